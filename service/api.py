@@ -1,0 +1,248 @@
+"""REST routes (PROTOCOL.md, Authentication and REST): thin adapters over the domain."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, status
+from fastapi.responses import JSONResponse
+from fastapi.security import OAuth2PasswordRequestForm
+from pydantic import BaseModel, Field, field_validator
+
+from . import accounts, history, metrics
+from .auth import COOKIE, CurrentUser
+from .db import Unavailable, is_outage
+from .security import issue_token
+from .validation import (
+    InvalidInput,
+    check_body,
+    check_client_id,
+    check_password,
+    normalize_username,
+)
+
+if TYPE_CHECKING:
+    from .app import Chat
+
+router = APIRouter(prefix="/api")
+RoomName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", max_length=64)]
+
+
+def get_chat(request: Request) -> Chat:
+    chat: Chat = request.app.state.chat
+    return chat
+
+
+ChatDep = Annotated["Chat", Depends(get_chat)]
+
+
+class Registration(BaseModel):
+    username: str = Field(examples=["alice"])
+    password: str = Field(examples=["correct horse battery"])
+
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        try:
+            return normalize_username(value)
+        except InvalidInput as error:
+            raise ValueError(error.detail) from None
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str) -> str:
+        try:
+            return check_password(value)
+        except InvalidInput as error:
+            raise ValueError(error.detail) from None
+
+
+class UserOut(BaseModel):
+    username: str
+
+
+class TokenOut(BaseModel):
+    access_token: str
+    token_type: str = "bearer"  # noqa: S105 - the OAuth2 token type, not a secret
+    expires_in: int
+
+
+class MessageOut(BaseModel):
+    room: str
+    seq: int
+    author: str
+    body: str
+    created_at: str
+    client_id: str | None
+
+
+class PageOut(BaseModel):
+    room: str
+    messages: list[MessageOut]
+    has_more: bool
+
+
+class RoomOut(BaseModel):
+    name: str
+    last_seq: int
+    created_at: str
+    last_message_at: str | None
+
+
+class OnlineOut(BaseModel):
+    room: str
+    users: list[str]
+
+
+class NewMessage(BaseModel):
+    body: str = Field(examples=["hello"])
+    client_id: str | None = Field(default=None, examples=["3f6c2a1e-0b7d-4e1a-9d1e-6c1f0f9d2a11"])
+
+
+def _unavailable() -> HTTPException:
+    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the database cannot be reached")
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+async def register(registration: Registration, chat: ChatDep) -> UserOut:
+    try:
+        await accounts.register(chat.engine, registration.username, registration.password)
+    except accounts.UsernameTaken:
+        raise HTTPException(status.HTTP_409_CONFLICT, "username is taken") from None
+    return UserOut(username=registration.username)
+
+
+@router.post("/token", response_model=TokenOut)
+async def login(
+    request: Request,
+    response: Response,
+    form: Annotated[OAuth2PasswordRequestForm, Depends()],
+    chat: ChatDep,
+) -> TokenOut:
+    """OAuth2 password flow; also sets the `session` cookie for the browser."""
+    settings = chat.settings
+    username = form.username.lower()
+    client = request.client.host if request.client else "?"
+    wait_ms = max(chat.login_limiter.take(f"ip:{client}"), chat.login_limiter.take(f"u:{username}"))
+    if wait_ms:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many login attempts; try again later",
+            headers={"Retry-After": str(max(1, wait_ms // 1000))},
+        )
+    if not await accounts.authenticate(chat.engine, username, form.password):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "wrong username or password",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    ttl = settings.token_ttl_seconds
+    token = issue_token(username, settings.require_secret(), ttl)
+    response.set_cookie(
+        COOKIE,
+        token,
+        max_age=ttl,
+        httponly=True,
+        samesite="lax",
+        secure=settings.cookie_secure or request.url.scheme == "https",
+        path="/",
+    )
+    return TokenOut(access_token=token, expires_in=ttl)
+
+
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
+async def logout(request: Request, chat: ChatDep) -> Response:
+    response = Response(status_code=status.HTTP_204_NO_CONTENT)
+    response.delete_cookie(
+        COOKIE,
+        path="/",
+        httponly=True,
+        samesite="lax",
+        secure=chat.settings.cookie_secure or request.url.scheme == "https",
+    )
+    return response
+
+
+@router.get("/me", response_model=UserOut)
+async def me(user: CurrentUser) -> UserOut:
+    return UserOut(username=user)
+
+
+@router.get("/rooms", response_model=list[RoomOut])
+async def list_rooms(user: CurrentUser, chat: ChatDep) -> list[dict[str, Any]]:
+    """Rooms, most recently active first."""
+    return [room.to_wire() for room in await chat.rooms.list()]
+
+
+async def _room_id(chat: Chat, room: str) -> int:
+    room_id = await chat.rooms.find(room)
+    if room_id is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"room {room} does not exist")
+    return room_id
+
+
+@router.get("/rooms/{room}/messages", response_model=PageOut)
+async def room_messages(
+    room: RoomName,
+    user: CurrentUser,
+    chat: ChatDep,
+    before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> dict[str, Any]:
+    """A page of history in ascending seq: the newest `limit` before `before`, the oldest
+    `limit` after `after`, or the newest `limit`; `has_more` says whether more lie beyond."""
+    if before is not None and after is not None:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give before or after, not both")
+    room_id = await _room_id(chat, room)
+    page = await history.page(chat.engine, room_id, room, before=before, after=after, limit=limit)
+    return {
+        "room": room,
+        "messages": [m.to_wire() for m in page.messages],
+        "has_more": page.has_more,
+    }
+
+
+@router.post(
+    "/rooms/{room}/messages",
+    status_code=status.HTTP_201_CREATED,
+    response_model=MessageOut,
+    responses={
+        200: {"model": MessageOut, "description": "the original, for a repeated client_id"},
+        413: {"description": "body too long"},
+    },
+)
+async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat: ChatDep) -> Any:
+    """Store a message (the room is created on first use); idempotent on `client_id`."""
+    try:
+        body = check_body(new.body, chat.settings.max_message_chars)
+        client_id = check_client_id(new.client_id)
+    except InvalidInput as error:
+        code = (
+            status.HTTP_413_CONTENT_TOO_LARGE
+            if error.code == "too_large"
+            else status.HTTP_422_UNPROCESSABLE_CONTENT
+        )
+        raise HTTPException(code, error.detail) from None
+    if chat.draining:
+        raise _unavailable()
+    try:
+        room_id = await chat.rooms.ensure(room)
+        metrics.MESSAGES_IN.labels("rest").inc()
+        posted = await chat.writer.post(room_id, room, user, body, client_id)
+    except Unavailable:
+        raise _unavailable() from None
+    except Exception as error:
+        if is_outage(error):
+            raise _unavailable() from None
+        raise
+    return JSONResponse(
+        posted.message.to_wire(),
+        status_code=status.HTTP_200_OK if posted.duplicate else status.HTTP_201_CREATED,
+    )
+
+
+@router.get("/rooms/{room}/online", response_model=OnlineOut)
+async def room_online(room: RoomName, user: CurrentUser, chat: ChatDep) -> OnlineOut:
+    room_id = await _room_id(chat, room)
+    return OnlineOut(room=room, users=await chat.presence.online(room_id))

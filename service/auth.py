@@ -1,0 +1,81 @@
+"""Who is calling: bearer token or session cookie, for REST and for the socket."""
+
+from __future__ import annotations
+
+from typing import Annotated
+from urllib.parse import urlsplit
+
+from fastapi import Depends, HTTPException, Request, WebSocket, status
+from fastapi.security import OAuth2PasswordBearer
+
+from .security import read_token
+from .settings import Settings
+
+COOKIE = "session"
+oauth2_scheme = OAuth2PasswordBearer(tokenUrl="/api/token", auto_error=False)
+
+
+def _unauthorized() -> HTTPException:
+    return HTTPException(
+        status.HTTP_401_UNAUTHORIZED,
+        detail="not authenticated",
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+async def current_user(
+    request: Request, bearer: Annotated[str | None, Depends(oauth2_scheme)]
+) -> str:
+    settings: Settings = request.app.state.settings
+    token = bearer or request.cookies.get(COOKIE)
+    username = read_token(token, settings.require_secret()) if token else None
+    if username is None:
+        raise _unauthorized()
+    return username
+
+
+CurrentUser = Annotated[str, Depends(current_user)]
+
+_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+
+
+def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
+    parts = urlsplit(f"//{netloc}")
+    return (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
+
+
+def origin_allowed(origin: str | None, host: str | None, settings: Settings, scheme: str) -> bool:
+    """Cross-site WebSocket hijacking guard, for sockets authenticated by cookie."""
+    if not origin:
+        return False
+    origin = origin.rstrip("/")
+    if settings.allowed_origins:
+        return origin in settings.allowed_origins
+    parsed = urlsplit(origin)
+    if not host or parsed.scheme not in ("http", "https"):
+        return False
+    request_scheme = "https" if scheme in ("https", "wss") else "http"
+    return _host_port(parsed.netloc, parsed.scheme) == _host_port(host, request_scheme)
+
+
+def websocket_user(websocket: WebSocket, settings: Settings) -> str | None:
+    """The socket's user, or None to refuse it (missing, bad or expired token, bad Origin)."""
+    secret = settings.require_secret()
+    token = websocket.query_params.get("token")
+    if not token:
+        header = websocket.headers.get("authorization", "")
+        scheme, _, value = header.partition(" ")
+        token = value.strip() if scheme.lower() == "bearer" else None
+    if token:
+        return read_token(token, secret)
+    cookie = websocket.cookies.get(COOKIE)
+    if not cookie:
+        return None
+    if not origin_allowed(
+        websocket.headers.get("origin"),
+        websocket.headers.get("host"),
+        settings,
+        websocket.url.scheme,
+    ):
+        return None
+    return read_token(cookie, secret)

@@ -1,0 +1,68 @@
+"""The engine, and telling a database outage apart from a bug."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .settings import Settings
+
+
+class Unavailable(Exception):
+    """The database cannot be reached now; nothing was stored."""
+
+
+def create_engine(settings: Settings) -> AsyncEngine:
+    return create_async_engine(
+        settings.sqlalchemy_url,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_pool_size,
+        # After a database restart every pooled connection is dead; ping on checkout
+        # so the first request after the outage does not fail for nothing.
+        pool_pre_ping=True,
+        pool_timeout=5,
+        connect_args={"timeout": 5, "command_timeout": 30},
+    )
+
+
+def is_outage(error: BaseException) -> bool:
+    """True when `error` means 'the database is unreachable or going away', not a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
+            return True
+        if isinstance(
+            current,
+            (
+                asyncpg.PostgresConnectionError,
+                asyncpg.CannotConnectNowError,
+                asyncpg.AdminShutdownError,
+                asyncpg.InterfaceError,
+                asyncpg.ConnectionDoesNotExistError,
+                sa_exc.TimeoutError,
+            ),
+        ):
+            return True
+        sqlstate = getattr(current, "sqlstate", None)
+        if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate.startswith("57P")):
+            return True
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+    return False
+
+
+async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:
+    """Ask the database itself; True only if it answered in time."""
+    try:
+        async with asyncio.timeout(timeout), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    except Exception:
+        return False
+    return True

@@ -1,0 +1,188 @@
+"""The fan-out listener: one broadcaster subscription per instance, whose health we own.
+
+broadcaster does not notice when its connection dies (FACTS.md): subscribers just wait. So
+the supervisor sends itself a canary over the channel every second; when one has not come
+back within the timeout, it throws the Broadcast away, builds a new one, and, once the new
+subscription hears again, asks the hubs to read back from the database whatever the rooms
+missed meanwhile. `healthy` is what /readyz reports.
+
+Publishing: with the Postgres backend, message notifications ride the writer's own
+transaction (see messages.py), and ephemeral events (presence, typing, canaries) are sent with
+`pg_notify` over the engine's pool, never over broadcaster's shared connection, which cannot
+take concurrent use. With another backend (Redis), everything goes through
+`Broadcast.publish`, after commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from broadcaster import Broadcast
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from . import metrics, notifications
+
+log = logging.getLogger(__name__)
+
+_NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+_NOTIFY_MANY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
+
+
+class Fanout:
+    def __init__(
+        self,
+        *,
+        url: str,
+        channel: str,
+        engine: AsyncEngine,
+        instance_id: str,
+        on_event: Callable[[dict[str, Any]], None],
+        on_recovered: Callable[[], Awaitable[None]],
+        check_interval: float = 1.0,
+        timeout: float = 3.0,
+    ) -> None:
+        self._url = url
+        self._channel = channel
+        self._engine = engine
+        self._instance_id = instance_id
+        self._on_event = on_event
+        self._on_recovered = on_recovered
+        self._check_interval = check_interval
+        self._timeout = timeout
+        self._broadcast: Broadcast | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._canary_seen = 0.0
+        self._counter = itertools.count()
+        self.healthy = False
+        self._healthy_event = asyncio.Event()
+        self.via_postgres = url.startswith(("postgresql:", "postgres:"))
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._supervise(), name="fanout-supervisor")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._discard()
+
+    async def wait_healthy(self, timeout: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await self._healthy_event.wait()
+        return self.healthy
+
+    async def notify_in(self, conn: AsyncConnection, payloads: list[str]) -> list[str]:
+        """Inside a transaction: with Postgres, NOTIFY as part of it (delivered if and only if
+        it commits); otherwise return the payloads, to `publish` after the commit."""
+        if not payloads or not self.via_postgres:
+            return payloads
+        await conn.execute(_NOTIFY_MANY, {"channel": self._channel, "payloads": payloads})
+        return []
+
+    async def publish(self, payloads: list[str]) -> None:
+        """Send notifications now (outside any message transaction)."""
+        if self.via_postgres:
+            async with self._engine.begin() as conn:
+                for payload in payloads:
+                    await conn.execute(_NOTIFY, {"channel": self._channel, "payload": payload})
+            return
+        broadcast = self._broadcast
+        if broadcast is None:
+            raise ConnectionError("fan-out is reconnecting")
+        for payload in payloads:
+            await broadcast.publish(self._channel, payload)
+
+    async def _supervise(self) -> None:
+        delay = 0.2
+        first = True
+        while True:
+            try:
+                await self._listen_once(first)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("fan-out listener lost: %s", error or type(error).__name__)
+            self._set_healthy(False)
+            await self._discard()
+            metrics.LISTENER_RECONNECTS.inc()
+            first = False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    async def _listen_once(self, first: bool) -> None:
+        broadcast = Broadcast(self._url)
+        self._broadcast = broadcast
+        async with asyncio.timeout(self._timeout):
+            await broadcast.connect()
+        subscription = broadcast.subscribe(self._channel)
+        async with asyncio.timeout(self._timeout):
+            subscriber = await subscription.__aenter__()
+        # The subscription is abandoned, not exited, on failure: exiting would UNLISTEN on
+        # a connection that may be dead and hang.
+        consumer = asyncio.create_task(self._consume(subscriber), name="fanout-consumer")
+        try:
+            self._canary_seen = 0.0
+            sent_at = time.monotonic()
+            while True:
+                await self._send_canary()
+                await asyncio.sleep(self._check_interval)
+                if consumer.done():
+                    raise ConnectionError("subscriber stopped")
+                heard = self._canary_seen >= sent_at
+                if not self.healthy and heard:
+                    self._set_healthy(True)
+                    log.info("fan-out listener %s", "ready" if first else "recovered")
+                    # Whatever was committed while we were deaf is in the database.
+                    await self._on_recovered()
+                if time.monotonic() - max(self._canary_seen, sent_at) > self._timeout:
+                    raise ConnectionError("canary not heard back")
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
+
+    async def _send_canary(self) -> None:
+        payload = notifications.encode("c", i=self._instance_id, n=next(self._counter))
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self.publish([payload])
+        except Exception as error:
+            log.debug("canary not sent: %s", error)
+
+    async def _consume(self, subscriber: Any) -> None:
+        while True:
+            event = await subscriber.get()
+            data = notifications.decode(event.message)
+            if data is None:
+                continue
+            if data["k"] == "c":
+                if data.get("i") == self._instance_id:
+                    self._canary_seen = time.monotonic()
+                continue
+            try:
+                self._on_event(data)
+            except Exception:
+                log.exception("bad notification dropped")
+
+    def _set_healthy(self, value: bool) -> None:
+        self.healthy = value
+        if value:
+            self._healthy_event.set()
+        else:
+            self._healthy_event.clear()
+        metrics.LISTENER_HEALTHY.set(1 if value else 0)
+
+    async def _discard(self) -> None:
+        broadcast, self._broadcast = self._broadcast, None
+        if broadcast is None:
+            return
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2):
+                await broadcast.disconnect()

@@ -1,0 +1,240 @@
+"""Per-room delivery on one instance: every local member gets each message once, in seq order.
+
+A room's hub holds `head`, the highest seq it has delivered, and `target`, the highest seq
+it knows to be committed. Messages arrive out of band (the local writer, notifications from
+any instance, the periodic resync); the hub delivers `head + 1` whenever it has it, and reads
+any missing range back from the database. Because seqs are gapless and follow commit order,
+a committed seq N means every seq below N is committed and readable.
+
+A join runs under the hub's lock: it reads the replay from the database and records the
+member's cursor (the highest seq it was sent), so the hub skips what the replay already
+covered and nothing between replay and live delivery is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from . import history, metrics
+
+log = logging.getLogger(__name__)
+
+# Messages held for a hub beyond its head; past this they are re-read from the database.
+_PENDING_MAX = 5000
+_FETCH_BATCH = 500
+
+
+class Member(Protocol):
+    """A local connection as the hub sees it."""
+
+    username: str
+
+    def push(self, frame: str, *, force: bool = False) -> None:
+        """Queue a frame; never blocks. Without `force`, a full queue closes the socket."""
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    replay: list[history.StoredMessage]
+    last_seq: int
+    truncated: bool
+
+
+class RoomHub:
+    def __init__(self, engine: AsyncEngine, room_id: int, room: str) -> None:
+        self.engine = engine
+        self.room_id = room_id
+        self.room = room
+        self.head = -1  # unknown until the first join reads it
+        self.target = 0
+        self.members: dict[Member, int] = {}
+        self.joining = 0  # joins under way: the hub must outlive them
+        self._pending: dict[int, tuple[str, datetime | None]] = {}
+        self._lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._task = asyncio.create_task(self._run(), name=f"hub-{room}")
+
+    def offer(self, seq: int, frame: str | None, committed_at: datetime | None = None) -> None:
+        """Seq `seq` is committed; `frame` is its encoded message when the caller has it."""
+        if seq <= self.head:
+            return
+        self.target = max(self.target, seq)
+        if frame is not None and len(self._pending) < _PENDING_MAX:
+            self._pending[seq] = (frame, committed_at)
+        self._wake.set()
+
+    def send_all(self, frame: str, *, skip_user: str | None = None) -> None:
+        """An ephemeral frame (presence, typing) to every member, unordered with messages."""
+        for member in self.members:
+            if member.username != skip_user:
+                member.push(frame)
+
+    async def join(
+        self,
+        member: Member,
+        since: int | None,
+        replay_limit: int,
+        resume_limit: int,
+        on_joined: Callable[[Joined], None],
+    ) -> Joined:
+        """Replay to `member`, call `on_joined` (still before any live message can reach the
+        member), then make it a member."""
+        async with self._lock:
+            replay = await history.replay(
+                self.engine, self.room_id, self.room, since, replay_limit, resume_limit
+            )
+            if self.head < 0:
+                # The first member: live delivery starts after what the database holds now.
+                self.head = replay.last_seq
+                self.target = max(self.target, self.head)
+                self._drop_delivered()
+            usable_since = since if since is not None and since <= replay.last_seq else 0
+            newest_sent = replay.messages[-1].seq if replay.messages else 0
+            cursor = max(replay.last_seq, newest_sent, usable_since)
+            for message in replay.messages:
+                member.push(message.frame(), force=True)
+            joined = Joined(replay.messages, cursor, replay.truncated)
+            on_joined(joined)
+            self.members[member] = cursor
+            if self.target > self.head:
+                self._wake.set()
+            return joined
+
+    def leave(self, member: Member) -> None:
+        self.members.pop(member, None)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        delay = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                async with self._lock:
+                    await self._catch_up()
+                delay = 0.1
+            except Exception as error:
+                # Usually the database is away; try again, backing off, and never give up.
+                log.warning("room %s: catch-up failed (%s), retrying", self.room, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                self._wake.set()
+
+    async def _catch_up(self) -> None:
+        if self.head < 0:
+            return
+        while self.head < self.target:
+            next_seq = self.head + 1
+            pending = self._pending.pop(next_seq, None)
+            if pending is not None:
+                self._deliver(next_seq, *pending)
+                continue
+            rows = await history.fetch_range(
+                self.engine, self.room_id, self.room, self.head, self.target, _FETCH_BATCH
+            )
+            if not rows or rows[0].seq != next_seq:
+                # Only a pruned room can lack a committed seq; skip what no longer exists.
+                log.warning("room %s: seq %d not found, skipping", self.room, next_seq)
+                self.head = rows[0].seq - 1 if rows else self.target
+                continue
+            metrics.GAP_FILLS.inc(len(rows))
+            for message in rows:
+                self._pending.pop(message.seq, None)
+                self._deliver(message.seq, message.frame(), None)
+        self._drop_delivered()
+
+    def _deliver(self, seq: int, frame: str, committed_at: datetime | None) -> None:
+        for member, cursor in self.members.items():
+            if seq > cursor:
+                member.push(frame)
+        self.head = seq
+        metrics.MESSAGES_OUT.inc(len(self.members))
+        if committed_at is not None:
+            lag = datetime.now(committed_at.tzinfo) - committed_at
+            metrics.FANOUT_LAG_SECONDS.observe(max(lag.total_seconds(), 0.0))
+
+    def _drop_delivered(self) -> None:
+        for seq in [s for s in self._pending if s <= self.head]:
+            del self._pending[seq]
+
+
+class Hubs:
+    """The hubs of every room that has local members."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._hubs: dict[int, RoomHub] = {}
+
+    def get(self, room_id: int) -> RoomHub | None:
+        return self._hubs.get(room_id)
+
+    def room_ids(self) -> list[int]:
+        return list(self._hubs)
+
+    async def join(
+        self,
+        room_id: int,
+        room: str,
+        member: Member,
+        since: int | None,
+        replay_limit: int,
+        resume_limit: int,
+        on_joined: Callable[[Joined], None],
+    ) -> Joined:
+        """Add `member` to the room's hub (created, and registered before any read, if the
+        room has no local members yet); returns what was replayed."""
+        hub = self._hubs.get(room_id)
+        if hub is None:
+            hub = self._hubs[room_id] = RoomHub(self._engine, room_id, room)
+            metrics.LOCAL_ROOMS.set(len(self._hubs))
+        hub.joining += 1
+        try:
+            return await hub.join(member, since, replay_limit, resume_limit, on_joined)
+        finally:
+            hub.joining -= 1
+            await self._drop_if_empty(hub)
+
+    async def leave(self, room_id: int, member: Member) -> None:
+        hub = self._hubs.get(room_id)
+        if hub is not None:
+            hub.leave(member)
+            await self._drop_if_empty(hub)
+
+    async def _drop_if_empty(self, hub: RoomHub) -> None:
+        if not hub.members and not hub.joining and self._hubs.get(hub.room_id) is hub:
+            del self._hubs[hub.room_id]
+            metrics.LOCAL_ROOMS.set(len(self._hubs))
+            await hub.close()
+
+    def offer(
+        self,
+        room_id: int,
+        seq: int,
+        frame: Callable[[], str] | str | None,
+        committed_at: datetime | None = None,
+    ) -> None:
+        """Seq `seq` of room `room_id` is committed. `frame` may be a thunk, so the frame is
+        encoded only when a local hub still needs it."""
+        hub = self._hubs.get(room_id)
+        if hub is None or seq <= hub.head:
+            return
+        hub.offer(seq, frame() if callable(frame) else frame, committed_at)
+
+    def resync(self, last_seqs: dict[int, int]) -> None:
+        """The database's last seqs: any hub behind them reads back what it missed."""
+        for room_id, last_seq in last_seqs.items():
+            self.offer(room_id, last_seq, None)
+
+    async def close(self) -> None:
+        hubs, self._hubs = list(self._hubs.values()), {}
+        await asyncio.gather(*(hub.close() for hub in hubs), return_exceptions=True)

@@ -1,0 +1,112 @@
+"""The schema, as SQLAlchemy models. Alembic revisions create it; nothing calls create_all."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    MetaData,
+    Text,
+    func,
+    text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    username: Mapped[str] = mapped_column(Text, primary_key=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Room(Base):
+    """A room and its counter: `last_seq` is the seq of its newest message (0 when empty).
+
+    Writers lock this row to assign seqs, which is what makes seqs gapless and in commit order.
+    """
+
+    __tablename__ = "rooms"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),)
+
+
+class Message(Base):
+    """A message; `(room_id, seq)` is its identity and the only order that matters."""
+
+    __tablename__ = "messages"
+
+    room_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("rooms.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    author: Mapped[str] = mapped_column(Text, ForeignKey("users.username"))
+    body: Mapped[str] = mapped_column(Text)
+    client_id: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        # Idempotency: a retried send finds its original through this index.
+        Index(
+            "uq_messages_room_author_client_id",
+            "room_id",
+            "author",
+            "client_id",
+            unique=True,
+            postgresql_where=text("client_id IS NOT NULL"),
+        ),
+        CheckConstraint("seq > 0", name="seq_positive"),
+        CheckConstraint(
+            "client_id IS NULL OR char_length(client_id) BETWEEN 1 AND 64",
+            name="client_id_length",
+        ),
+    )
+
+
+class Instance(Base):
+    """A running service instance; its heartbeat keeps its presence rows alive."""
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    heartbeat_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Presence(Base):
+    """User `username` has at least one connection on `instance_id` joined to `room_id`."""
+
+    __tablename__ = "presence"
+
+    room_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True
+    )
+    username: Mapped[str] = mapped_column(Text, primary_key=True)
+    instance_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("instances.id", ondelete="CASCADE"), primary_key=True
+    )
+    __table_args__ = (Index("ix_presence_instance_id", "instance_id"),)

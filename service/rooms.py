@@ -1,0 +1,67 @@
+"""Rooms: created on first use, listed by activity, their ids cached per instance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+_FIND = text("SELECT id FROM rooms WHERE name = :name")
+_CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NOTHING RETURNING id")
+_LIST = text(
+    "SELECT name, last_seq, created_at, last_message_at FROM rooms "
+    "ORDER BY last_message_at DESC NULLS LAST, created_at DESC, name LIMIT :limit"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomInfo:
+    name: str
+    last_seq: int
+    created_at: datetime
+    last_message_at: datetime | None
+
+    def to_wire(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "last_seq": self.last_seq,
+            "created_at": self.created_at.isoformat(),
+            "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
+        }
+
+
+class RoomDirectory:
+    """Maps room names to ids. Rooms are never renamed, so an id once known stays right."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._ids: dict[str, int] = {}
+
+    async def find(self, name: str) -> int | None:
+        """The room's id, or None when nobody has used that room yet."""
+        if name in self._ids:
+            return self._ids[name]
+        async with self._engine.connect() as conn:
+            room_id = (await conn.execute(_FIND, {"name": name})).scalar_one_or_none()
+        if room_id is not None:
+            self._ids[name] = room_id
+        return room_id
+
+    async def ensure(self, name: str) -> int:
+        """The room's id, creating the room if this is its first use."""
+        room_id = await self.find(name)
+        if room_id is not None:
+            return room_id
+        async with self._engine.begin() as conn:
+            room_id = (await conn.execute(_CREATE, {"name": name})).scalar_one_or_none()
+            if room_id is None:  # created concurrently by someone else
+                room_id = (await conn.execute(_FIND, {"name": name})).scalar_one()
+        self._ids[name] = int(room_id)
+        return int(room_id)
+
+    async def list(self, limit: int = 1000) -> list[RoomInfo]:
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(_LIST, {"limit": limit})).all()
+        return [RoomInfo(r.name, r.last_seq, r.created_at, r.last_message_at) for r in rows]

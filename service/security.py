@@ -1,0 +1,51 @@
+"""Passwords (argon2) and access tokens (HS256 JWT)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+ALGORITHM = "HS256"  # pinned: a token naming any other algorithm is refused
+
+_hasher = PasswordHasher()
+# Verified against when the user does not exist, so that both failures cost the same.
+_DUMMY_HASH = _hasher.hash("not-a-real-password-0123456789")
+
+
+async def hash_password(password: str) -> str:
+    # argon2 is deliberately slow; keep it off the event loop.
+    return await asyncio.to_thread(_hasher.hash, password)
+
+
+async def verify_password(password: str, password_hash: str | None) -> bool:
+    """True when `password` matches; takes as long when there is no such user (hash None)."""
+
+    def verify() -> bool:
+        try:
+            return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        except (VerificationError, InvalidHashError):
+            return False
+
+    return await asyncio.to_thread(verify)
+
+
+def issue_token(username: str, secret: str, ttl_seconds: int) -> str:
+    now = int(time.time())
+    claims = {"sub": username, "iat": now, "exp": now + ttl_seconds}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def read_token(token: str, secret: str) -> str | None:
+    """The username a valid, unexpired token names, else None."""
+    try:
+        claims = jwt.decode(
+            token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]}
+        )
+    except jwt.PyJWTError:
+        return None
+    sub = claims.get("sub")
+    return sub if isinstance(sub, str) else None

@@ -1,0 +1,135 @@
+"""Configuration: one `Settings` object per app, read from `CHAT_*` variables and `.env`."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Annotated, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+# Secrets that look like configuration but protect nothing.
+_PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", "dev", "test", "password"}
+MIN_SECRET_LENGTH = 32
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot work; the message names the variable to set."""
+
+
+def _strip_driver(url: str) -> tuple[str, str]:
+    """Split `postgresql+driver://rest` into (`postgresql`, `rest` with the scheme removed)."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme == "postgres":
+        scheme = "postgresql"
+    return scheme, urlunsplit(("", parts.netloc, parts.path, parts.query, parts.fragment))
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Limits are named as in PROTOCOL.md."""
+
+    model_config = SettingsConfigDict(env_prefix="CHAT_", env_file=".env", extra="ignore")
+
+    database_url: str | None = None
+    broadcast_url: str | None = None
+    # The fan-out channel; NOTIFY is per database, but a shared Redis needs distinct names.
+    broadcast_channel: str = Field(default="chat", pattern=r"^[a-z][a-z0-9_]{0,40}$")
+    secret_key: SecretStr | None = None
+    allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    cookie_secure: bool = False
+
+    max_message_chars: int = Field(default=4000, ge=1, le=100_000)
+    replay_limit: int = Field(default=50, ge=0, le=1000)
+    resume_limit: int = Field(default=1000, ge=1, le=100_000)
+    max_rooms_per_connection: int = Field(default=100, ge=1)
+    rate_limit_per_second: float = Field(default=20, ge=0)
+    rate_limit_burst: int = Field(default=40, ge=1)
+    max_frame_bytes: int = Field(default=65536, ge=1024)
+    send_queue_limit: int = Field(default=1000, ge=1)
+    max_connections: int = Field(default=10_000, ge=1)
+    max_connections_per_user: int = Field(default=20, ge=1)
+    login_attempts_per_minute: int = Field(default=10, ge=1)
+
+    db_pool_size: int = Field(default=10, ge=1)
+    write_batch_max: int = Field(default=500, ge=1)
+    # How often each joined room's last seq is compared with the database, to catch a lost
+    # final notification; and how often the listener proves it still hears (canary).
+    resync_interval_seconds: float = Field(default=5.0, gt=0)
+    listener_check_interval_seconds: float = Field(default=1.0, gt=0)
+    listener_timeout_seconds: float = Field(default=3.0, gt=0)
+    presence_heartbeat_seconds: float = Field(default=10.0, gt=0)
+    presence_ttl_seconds: float = Field(default=30.0, gt=0)
+    shutdown_grace_seconds: float = Field(default=10.0, gt=0)
+
+    log_format: Literal["json", "text"] = "json"
+    log_level: str = "INFO"
+
+    @field_validator("allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme, _ = _strip_driver(value)
+        if scheme != "postgresql":
+            raise ValueError("CHAT_DATABASE_URL must be a postgresql:// URL")
+        return value
+
+    def require_database_url(self) -> str:
+        if not self.database_url:
+            raise ConfigError("CHAT_DATABASE_URL is not set (e.g. postgresql://user@host/db)")
+        return self.database_url
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        """The database URL with the asyncpg driver, for SQLAlchemy."""
+        _, rest = _strip_driver(self.require_database_url())
+        return "postgresql+asyncpg:" + rest
+
+    @property
+    def asyncpg_url(self) -> str:
+        """The plain `postgresql://` URL, as asyncpg and broadcaster want it."""
+        _, rest = _strip_driver(self.require_database_url())
+        return "postgresql:" + rest
+
+    @property
+    def fanout_url(self) -> str:
+        """Where broadcaster listens: the database itself unless CHAT_BROADCAST_URL says."""
+        if self.broadcast_url:
+            scheme, _ = _strip_driver(self.broadcast_url)
+            if scheme == "postgresql":
+                _, rest = _strip_driver(self.broadcast_url)
+                return "postgresql:" + rest
+            return self.broadcast_url
+        return self.asyncpg_url
+
+    @property
+    def fanout_is_postgres(self) -> bool:
+        return self.fanout_url.startswith("postgresql:")
+
+    def require_secret(self) -> str:
+        """The signing key; refuses a missing, short or placeholder one."""
+        if self.secret_key is None:
+            raise ConfigError(
+                "CHAT_SECRET_KEY is not set; generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(48))'"
+            )
+        value = self.secret_key.get_secret_value()
+        if value.lower() in _PLACEHOLDER_SECRETS or len(value) < MIN_SECRET_LENGTH:
+            raise ConfigError(
+                f"CHAT_SECRET_KEY is too weak: use at least {MIN_SECRET_LENGTH} random characters"
+            )
+        return value
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(48)

@@ -1,0 +1,345 @@
+"""The WebSocket endpoint: a thin adapter from frames to the domain (PROTOCOL.md, WebSocket).
+
+Each connection has one bounded outgoing queue drained by its own writer task, so a slow
+reader delays nobody else: when its queue passes CHAT_SEND_QUEUE_LIMIT it is closed with
+1013 and resumes with `since`. Inbound frames are handled in order; a `send` is queued to
+the batch writer and its `ack` is pushed when the commit resolves, so a client may pipeline
+sends without waiting for each commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from fastapi import APIRouter, WebSocket
+from starlette.websockets import WebSocketState
+
+from . import metrics
+from .auth import websocket_user
+from .db import Unavailable, is_outage
+from .hubs import Joined
+from .messages import Posted
+from .ratelimit import TokenBucket
+from .validation import InvalidInput, check_body, check_client_id, check_room
+
+if TYPE_CHECKING:
+    from .app import Chat
+
+log = logging.getLogger(__name__)
+router = APIRouter()
+
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+_MAX_SINCE = 2**62
+_TYPING_INTERVAL = 1.0
+_ids = itertools.count(1)
+
+
+def _frame(kind: str, **fields: Any) -> str:
+    return orjson.dumps({"type": kind, **fields}).decode()
+
+
+class ProtocolError(Exception):
+    def __init__(self, code: str, detail: str, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.extra = code, detail, extra
+
+
+class Connection:
+    """One socket: its user, its rooms, its outgoing queue."""
+
+    def __init__(self, websocket: WebSocket, username: str, chat: Chat) -> None:
+        self.id = next(_ids)
+        self.websocket = websocket
+        self.username = username
+        self.chat = chat
+        self.rooms: dict[str, int] = {}
+        self._queue: deque[str] = deque()
+        self._wakeup = asyncio.Event()
+        self._limit = chat.settings.send_queue_limit
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self._bucket = TokenBucket(
+            chat.settings.rate_limit_per_second, chat.settings.rate_limit_burst
+        )
+        self._typing_at: dict[str, float] = {}
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    def push(self, frame: str, *, force: bool = False) -> None:
+        if self.close_code is not None:
+            return
+        if not force and len(self._queue) >= self._limit:
+            self.close(CLOSE_TRY_AGAIN, "send queue overflow: reconnect with since")
+            return
+        self._queue.append(frame)
+        self._wakeup.set()
+
+    def close(self, code: int, reason: str = "") -> None:
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+            self._wakeup.set()
+
+    async def write_loop(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            while self._queue and self.close_code is None:
+                await self.websocket.send_text(self._queue.popleft())
+            if self.close_code is not None:
+                metrics.CLOSES.labels(str(self.close_code)).inc()
+                await self.websocket.close(self.close_code, self.close_reason)
+                return
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (bounded) until everything queued so far has been written."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while self._queue and self.close_code is None:
+                    await asyncio.sleep(0.01)
+
+    def error(self, code: str, detail: str, ref: Any = None, **extra: Any) -> None:
+        metrics.ERRORS.labels(code).inc()
+        fields = {"code": code, "detail": detail, **extra}
+        if ref is not None:
+            fields["ref"] = ref
+        self.push(_frame("error", **fields), force=True)
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    async def handle(self, text: str) -> None:
+        ref = None
+        try:
+            try:
+                data = orjson.loads(text)
+            except orjson.JSONDecodeError:
+                raise ProtocolError("bad_request", "frame is not valid JSON") from None
+            if not isinstance(data, dict):
+                raise ProtocolError("bad_request", "frame must be a JSON object")
+            ref = data.get("ref")
+            if ref is not None and (
+                isinstance(ref, bool) or not isinstance(ref, (str, int)) or len(str(ref)) > 128
+            ):
+                ref = None
+                raise ProtocolError("bad_request", "ref must be a string or an integer")
+            kind = data.get("type")
+            if kind == "send":
+                await self._send(data, ref)
+            elif kind == "join":
+                await self._join(data, ref)
+            elif kind == "leave":
+                await self._leave(data, ref)
+            elif kind == "typing":
+                await self._typing(data)
+            elif kind == "ping":
+                self.push(_frame("pong", **({"ref": ref} if ref is not None else {})), force=True)
+            else:
+                raise ProtocolError("bad_request", "unknown or missing type")
+        except ProtocolError as error:
+            self.error(error.code, error.detail, ref, **error.extra)
+        except InvalidInput as error:
+            self.error(error.code, error.detail, ref)
+        except Unavailable:
+            self.error("unavailable", "the database cannot be reached; try again", ref)
+        except Exception as error:
+            if not is_outage(error):
+                raise
+            self.error("unavailable", "the database cannot be reached; try again", ref)
+
+    def _joined_room(self, data: dict[str, Any]) -> tuple[str, int]:
+        room = check_room(data.get("room"))
+        room_id = self.rooms.get(room)
+        if room_id is None:
+            raise ProtocolError("not_joined", f"room {room} is not joined", room=room)
+        return room, room_id
+
+    async def _join(self, data: dict[str, Any], ref: Any) -> None:
+        settings = self.chat.settings
+        room = check_room(data.get("room"))
+        since = data.get("since")
+        if since is not None and (
+            isinstance(since, bool) or not isinstance(since, int) or not 0 <= since < _MAX_SINCE
+        ):
+            raise ProtocolError("bad_request", "since must be an integer >= 0", room=room)
+        if room in self.rooms:
+            raise ProtocolError("conflict", f"room {room} is already joined", room=room)
+        if len(self.rooms) >= settings.max_rooms_per_connection:
+            raise ProtocolError(
+                "too_many_rooms",
+                f"at most {settings.max_rooms_per_connection} rooms per connection",
+                room=room,
+            )
+        room_id = await self.chat.rooms.ensure(room)
+        await self.chat.presence.join(room_id, room, self.username)
+        try:
+            online = await self.chat.presence.online(room_id)
+            if self.username not in online:
+                online = sorted([*online, self.username])
+
+            def announce(joined: Joined) -> None:
+                fields = {
+                    "room": room,
+                    "last_seq": joined.last_seq,
+                    "truncated": joined.truncated,
+                    "online": online,
+                }
+                if ref is not None:
+                    fields["ref"] = ref
+                self.push(_frame("joined", **fields), force=True)
+
+            await self.chat.hubs.join(
+                room_id,
+                room,
+                self,
+                since,
+                settings.replay_limit,
+                settings.resume_limit,
+                on_joined=announce,
+            )
+        except BaseException:
+            await self.chat.presence.leave(room_id, room, self.username)
+            raise
+        self.rooms[room] = room_id
+        metrics.JOINED_ROOMS.inc()
+
+    async def _leave(self, data: dict[str, Any], ref: Any) -> None:
+        room, room_id = self._joined_room(data)
+        await self._part(room, room_id)
+        self.push(
+            _frame("left", room=room, **({"ref": ref} if ref is not None else {})), force=True
+        )
+
+    async def _part(self, room: str, room_id: int) -> None:
+        del self.rooms[room]
+        metrics.JOINED_ROOMS.dec()
+        await self.chat.hubs.leave(room_id, self)
+        with contextlib.suppress(Exception):
+            await self.chat.presence.leave(room_id, room, self.username)
+
+    async def _send(self, data: dict[str, Any], ref: Any) -> None:
+        client_id = check_client_id(data.get("client_id"))
+        extra = {"client_id": client_id} if client_id is not None else {}
+        room, room_id = self._joined_room(data)
+        try:
+            body = check_body(data.get("body"), self.chat.settings.max_message_chars)
+        except InvalidInput as error:
+            raise ProtocolError(error.code, error.detail, room=room, **extra) from None
+        wait_ms = self._bucket.take()
+        if wait_ms:
+            raise ProtocolError(
+                "rate_limited", "sending too fast", room=room, retry_after_ms=wait_ms, **extra
+            )
+        if self.chat.draining:
+            raise ProtocolError("unavailable", "the instance is shutting down", room=room, **extra)
+        metrics.MESSAGES_IN.labels("ws").inc()
+        future = await self.chat.writer.submit(room_id, room, self.username, body, client_id)
+        future.add_done_callback(lambda f: self._acked(f, room, client_id, ref))
+
+    def _acked(
+        self, future: asyncio.Future[Posted], room: str, client_id: str | None, ref: Any
+    ) -> None:
+        extra: dict[str, Any] = {"ref": ref} if ref is not None else {}
+        if future.cancelled() or future.exception() is not None:
+            error = None if future.cancelled() else future.exception()
+            if error is None or isinstance(error, Unavailable) or is_outage(error):
+                self.error(
+                    "unavailable",
+                    "the database cannot be reached; nothing was stored",
+                    ref,
+                    room=room,
+                    client_id=client_id,
+                )
+            else:
+                self.error(
+                    "internal",
+                    "the message could not be stored",
+                    ref,
+                    room=room,
+                    client_id=client_id,
+                )
+            return
+        posted = future.result()
+        metrics.ACKS.labels(str(posted.duplicate).lower()).inc()
+        self.push(
+            _frame(
+                "ack",
+                room=room,
+                seq=posted.message.seq,
+                created_at=posted.message.created_at.isoformat(timespec="microseconds"),
+                client_id=client_id,
+                duplicate=posted.duplicate,
+                **extra,
+            ),
+            force=True,
+        )
+
+    async def _typing(self, data: dict[str, Any]) -> None:
+        room, room_id = self._joined_room(data)
+        now = time.monotonic()
+        if now - self._typing_at.get(room, 0.0) < _TYPING_INTERVAL:
+            return  # typing is a hint; extra ones are dropped, not refused
+        self._typing_at[room] = now
+        await self.chat.publish_typing(room_id, room, self.username)
+
+    async def part_all(self) -> None:
+        for room, room_id in list(self.rooms.items()):
+            await self._part(room, room_id)
+
+
+@router.websocket("/ws")
+async def websocket_endpoint(websocket: WebSocket) -> None:
+    chat: Chat = websocket.app.state.chat
+    username = websocket_user(websocket, chat.settings)
+    if username is None:
+        await websocket.close(CLOSE_POLICY)  # before accept: the handshake gets HTTP 403
+        return
+    refusal = chat.admit(username)
+    await websocket.accept()
+    if refusal is not None:
+        metrics.CLOSES.labels(str(CLOSE_TRY_AGAIN)).inc()
+        await websocket.close(CLOSE_RESTART if chat.draining else CLOSE_TRY_AGAIN, refusal)
+        return
+    conn = Connection(websocket, username, chat)
+    chat.connections.add(conn)
+    metrics.CONNECTIONS.inc()
+    writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer-{conn.id}")
+    reader = asyncio.create_task(_read_loop(conn), name=f"ws-reader-{conn.id}")
+    try:
+        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
+        if reader.done() and not reader.cancelled() and reader.exception() is not None:
+            log.error("socket %d failed", conn.id, exc_info=reader.exception())
+            conn.close(CLOSE_INTERNAL, "internal error: reconnect with since")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(2):
+                    await writer
+    finally:
+        for task in (reader, writer):
+            task.cancel()
+        await asyncio.gather(reader, writer, return_exceptions=True)
+        chat.connections.discard(conn)
+        metrics.CONNECTIONS.dec()
+        await conn.part_all()
+        if websocket.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await websocket.close(conn.close_code or 1000)
+
+
+async def _read_loop(conn: Connection) -> None:
+    while True:
+        message = await conn.websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        text = message.get("text")
+        if text is None:
+            conn.error("bad_request", "binary frames are not accepted; send JSON text")
+            continue
+        await conn.handle(text)
