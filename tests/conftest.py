@@ -1,0 +1,154 @@
+"""Fixtures: a real PostgreSQL for the whole run, a fresh migrated database on it, the app
+in-process for REST tests, and real `chat serve` processes for cross-instance behaviour.
+
+The server is, in this order: CHAT_TEST_DATABASE_URL (we create and drop our own database
+on it and touch no other); testcontainers' PostgreSQL when a Docker engine answers; a private
+cluster from the PostgreSQL binaries on this machine, in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from service import migrate, pgcluster
+from service.app import create_app
+from service.settings import Settings
+from tests.support import Instance, free_port, instance_env
+
+# Faster, still a real server: durability across crashes of the test cluster is not tested.
+TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=2).ping()
+    except Exception:
+        return False
+    return True
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> Iterator[str]:
+    """An admin URL of a running PostgreSQL server for this test run."""
+    url = os.environ.get("CHAT_TEST_DATABASE_URL")
+    if url:
+        yield url
+        return
+    if _docker_answers():
+        from testcontainers.postgres import PostgresContainer
+
+        with PostgresContainer("postgres:16-alpine", driver=None) as container:
+            yield container.get_connection_url()
+        return
+    root = Path(tempfile.mkdtemp(prefix="chat-test-pg-"))
+    root.chmod(0o755)
+    cluster = pgcluster.start_cluster(root / "data", settings=TEST_CLUSTER_SETTINGS)
+    try:
+        yield cluster.admin_url
+    finally:
+        cluster.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _database_url(admin_url: str, name: str) -> str:
+    base, _, _ = admin_url.rpartition("/")
+    return f"{base}/{name}"
+
+
+@pytest.fixture(scope="session")
+def new_database(pg_admin_url: str) -> Iterator[Callable[[], str]]:
+    """Makes fresh, empty databases on the test server; drops them at the end."""
+    made: list[str] = []
+
+    def make() -> str:
+        name = f"chat_test_{uuid.uuid4().hex[:12]}"
+        pgcluster.ensure_database(pg_admin_url, name)
+        made.append(name)
+        return _database_url(pg_admin_url, name)
+
+    yield make
+    for name in made:
+        with contextlib.suppress(Exception):
+            pgcluster.drop_database(pg_admin_url, name)
+
+
+@pytest.fixture(scope="session")
+def database_url(new_database: Callable[[], str]) -> str:
+    """A migrated database shared by the run; tests isolate by their own users and rooms."""
+    url = new_database()
+    migrate.upgrade(Settings(database_url=url))
+    return url
+
+
+@pytest.fixture(scope="session")
+def secret_key() -> str:
+    return secrets.token_urlsafe(48)
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, secret_key: str) -> Settings:
+    return Settings(database_url=database_url, secret_key=secret_key, log_format="text")
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[FastAPI]:
+    """The app in-process, lifespan running."""
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.fixture
+async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def spawn(
+    database_url: str, secret_key: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., Instance]]:
+    """Starts real `chat serve` processes (not yet waited for); stops them all at the end."""
+    started: list[Instance] = []
+    logs = tmp_path_factory.mktemp("instances")
+
+    def start(database: str | None = None, **env: Any) -> Instance:
+        port = free_port()
+        instance = Instance(
+            port=port,
+            env=instance_env(
+                database or database_url, secret_key, **{k: str(v) for k, v in env.items()}
+            ),
+            log_path=logs / f"instance-{port}.log",
+        )
+        instance.start()
+        started.append(instance)
+        return instance
+
+    yield start
+    for instance in started:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+async def pair(spawn: Callable[..., Instance]) -> tuple[Instance, Instance]:
+    """Two instances sharing the test database, for the tests that cross instances."""
+    a, b = spawn(), spawn()
+    await a.wait_ready()
+    await b.wait_ready()
+    return a, b

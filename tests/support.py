@@ -1,0 +1,224 @@
+"""Test helpers: unique users and rooms, a WebSocket client with timeouts, service processes."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+PROJECT = Path(__file__).resolve().parent.parent
+PASSWORD = "correct horse battery staple"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+async def new_user(client: httpx.AsyncClient, name: str | None = None) -> User:
+    """Register a fresh user and log in."""
+    name = name or unique("u_")
+    r = await client.post("/api/users", json={"username": name, "password": PASSWORD})
+    assert r.status_code == 201, r.text
+    r = await client.post("/api/token", data={"username": name, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return User(name.lower(), r.json()["access_token"])
+
+
+class WsClient:
+    """A protocol client: every receive has a timeout, frames are decoded dicts."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+
+    async def send(self, **frame: Any) -> None:
+        await self.ws.send(orjson.dumps(frame).decode())
+
+    async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
+        async with asyncio.timeout(timeout):
+            raw = await self.ws.recv()
+        data = orjson.loads(raw)
+        assert isinstance(data, dict)
+        return data
+
+    async def expect(
+        self, kind: str, timeout: float = 10.0
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Receive until a frame of `kind`; returns it and the frames before it."""
+        before: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                if frame["type"] == kind:
+                    return frame, before
+                before.append(frame)
+
+    async def join(
+        self, room: str, since: int | None = None, timeout: float = 10.0
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Join; returns the `joined` frame and the replayed messages."""
+        frame: dict[str, Any] = {"type": "join", "room": room}
+        if since is not None:
+            frame["since"] = since
+        await self.send(**frame)
+        joined, before = await self.expect("joined", timeout)
+        return joined, [f for f in before if f["type"] == "message"]
+
+    async def messages_until(
+        self, room: str, last_seq: int, timeout: float = 30.0
+    ) -> list[dict[str, Any]]:
+        """Every `message` frame of `room` received until one with seq >= last_seq."""
+        got: list[dict[str, Any]] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                frame = await self.recv(timeout)
+                if frame["type"] == "message" and frame["room"] == room:
+                    got.append(frame)
+                    if frame["seq"] >= last_seq:
+                        return got
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@contextlib.asynccontextmanager
+async def ws_connect(
+    base_url: str, token: str | None = None, **kwargs: Any
+) -> AsyncIterator[WsClient]:
+    url = base_url.replace("http", "ws", 1) + "/ws"
+    if token:
+        url += f"?token={token}"
+    async with asyncio.timeout(10):
+        ws = await websockets.connect(
+            url, open_timeout=10, close_timeout=5, max_size=2**22, **kwargs
+        )
+    try:
+        yield WsClient(ws)
+    finally:
+        await ws.close()
+
+
+def assert_exactly_once_in_order(seqs: list[int], first: int, last: int) -> None:
+    assert seqs == list(range(first, last + 1)), (
+        f"expected {first}..{last} once each in order; got {len(seqs)} frames, "
+        f"missing {sorted(set(range(first, last + 1)) - set(seqs))[:10]}, "
+        f"dupes {len(seqs) - len(set(seqs))}"
+    )
+
+
+@dataclass
+class Instance:
+    """A real `chat serve` process on a loopback port."""
+
+    port: int
+    env: dict[str, str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "service",
+                "serve",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--no-migrate",
+                *self.args,
+            ],
+            env=self.env,
+            cwd=PROJECT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        async with httpx.AsyncClient(base_url=self.url, timeout=2) as client:
+            while time.monotonic() < deadline:
+                assert self.proc is not None
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"instance exited early:\n{self.log_tail()}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"instance not ready in {timeout}s:\n{self.log_tail()}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def instance_env(database_url: str, secret: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    env.update(
+        CHAT_DATABASE_URL=database_url,
+        CHAT_SECRET_KEY=secret,
+        CHAT_LOG_FORMAT="text",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
