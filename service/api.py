@@ -123,7 +123,11 @@ async def login(
     settings = chat.settings
     username = form.username.lower()
     client = request.client.host if request.client else "?"
-    wait_ms = max(chat.login_limiter.take(f"ip:{client}"), chat.login_limiter.take(f"u:{username}"))
+    # Failed attempts are counted per name and per client address (a client may try many
+    # names, so its budget is larger); a success costs nothing.
+    keys = (f"u:{username}", f"ip:{client}")
+    limiters = (chat.login_limiter, chat.login_ip_limiter)
+    wait_ms = max(lim.wait_ms(key) for lim, key in zip(limiters, keys, strict=True))
     if wait_ms:
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
@@ -131,6 +135,8 @@ async def login(
             headers={"Retry-After": str(max(1, wait_ms // 1000))},
         )
     if not await accounts.authenticate(chat.engine, username, form.password):
+        for lim, key in zip(limiters, keys, strict=True):
+            lim.take(key)
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "wrong username or password",

@@ -63,6 +63,7 @@ class Chat:
     presence: Presence
     writer: MessageWriter
     login_limiter: KeyedLimiter
+    login_ip_limiter: KeyedLimiter
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -214,6 +215,7 @@ def build_chat(settings: Settings) -> Chat:
             engine, fanout=fanout, on_commit=on_commit, batch_max=settings.write_batch_max
         ),
         login_limiter=KeyedLimiter(settings.login_attempts_per_minute),
+        login_ip_limiter=KeyedLimiter(settings.login_attempts_per_minute * 5),
     )
     return chat
 

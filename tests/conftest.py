@@ -147,8 +147,10 @@ def spawn(
 
 @pytest.fixture(scope="session")
 async def pair(spawn: Callable[..., Instance]) -> tuple[Instance, Instance]:
-    """Two instances sharing the test database, for the tests that cross instances."""
-    a, b = spawn(), spawn()
+    """Two instances sharing the test database, for the tests that cross instances.
+
+    Rate limiting is off on these, so load tests can send as fast as the service stores."""
+    a, b = spawn(CHAT_RATE_LIMIT_PER_SECOND=0), spawn(CHAT_RATE_LIMIT_PER_SECOND=0)
     await a.wait_ready()
     await b.wait_ready()
     return a, b
