@@ -32,6 +32,29 @@ from . import metrics, notifications
 log = logging.getLogger(__name__)
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
+
+
+def _redis_backend(url: str) -> Any:
+    from broadcaster._backends.redis import RedisBackend
+
+    class SubscribedRedisBackend(RedisBackend):
+        """broadcaster 0.3.1 wakes its Redis listener before SUBSCRIBE has completed;
+        redis-py's `listen()` then sees no subscription, returns, and the listener waits
+        forever: no message is ever received. Subscribe first, then wake it."""
+
+        async def subscribe(self, channel: str) -> None:
+            await self._pubsub.subscribe(channel)
+            self._ready.set()
+
+    return SubscribedRedisBackend(url)
+
+
+def make_broadcast(url: str) -> Broadcast:
+    if url.startswith(("redis://", "rediss://")):
+        return Broadcast(backend=_redis_backend(url))
+    return Broadcast(url)
+
+
 _NOTIFY_MANY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 
 
@@ -118,7 +141,7 @@ class Fanout:
             delay = min(delay * 2, 2.0)
 
     async def _listen_once(self, first: bool) -> None:
-        broadcast = Broadcast(self._url)
+        broadcast = make_broadcast(self._url)
         self._broadcast = broadcast
         async with asyncio.timeout(self._timeout):
             await broadcast.connect()

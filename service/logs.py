@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 
 import orjson
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+_TOKEN = re.compile(r"((?:token|access_token)=)[^&\s\"']+")
+
+
+class RedactTokens(logging.Filter):
+    """uvicorn logs a WebSocket's URL, and a query token is a credential: never log it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "token=" in message:
+            record.msg, record.args = _TOKEN.sub(r"\1[redacted]", message), ()
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -32,6 +44,7 @@ def configure(fmt: str, level: str) -> None:
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    handler.addFilter(RedactTokens())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -168,9 +168,8 @@ class Presence:
             await conn.execute(_REAP_INSTANCES, {"ttl": self._ttl})
             if not gone:
                 return
-            names: dict[int, str] = dict(
-                (await conn.execute(_ROOM_NAMES, {"ids": list({r.room_id for r in gone})})).tuples()
-            )
+            rows = await conn.execute(_ROOM_NAMES, {"ids": list({r.room_id for r in gone})})
+            names = {r.id: r.name for r in rows}
             payloads = []
             for room_id, user in sorted({(r.room_id, r.username) for r in gone}):
                 await conn.execute(_KEY_LOCK, {"key": f"{room_id}/{user}"})

@@ -12,7 +12,10 @@ import contextlib
 import os
 import secrets
 import shutil
+import socket
+import subprocess
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -25,7 +28,7 @@ from fastapi import FastAPI
 from service import migrate, pgcluster
 from service.app import create_app
 from service.settings import Settings
-from tests.support import Instance, free_port, instance_env
+from tests.support import Instance, app_client, free_port, instance_env
 
 # Faster, still a real server: durability across crashes of the test cluster is not tested.
 TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -94,6 +97,14 @@ def database_url(new_database: Callable[[], str]) -> str:
     return url
 
 
+@pytest.fixture
+def own_database(new_database: Callable[[], str]) -> str:
+    """A migrated database of this test's own, for tests that would disturb others."""
+    url = new_database()
+    migrate.upgrade(Settings(database_url=url))
+    return url
+
+
 @pytest.fixture(scope="session")
 def secret_key() -> str:
     return secrets.token_urlsafe(48)
@@ -114,8 +125,8 @@ async def app(settings: Settings) -> AsyncIterator[FastAPI]:
 
 @pytest.fixture
 async def client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+    """An in-process client with a client address of its own (see support.app_client)."""
+    async with app_client(app) as c:
         yield c
 
 
@@ -154,3 +165,47 @@ async def pair(spawn: Callable[..., Instance]) -> tuple[Instance, Instance]:
     await a.wait_ready()
     await b.wait_ready()
     return a, b
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """CHAT_TEST_REDIS_URL, else a private redis-server on a free loopback port."""
+    url = os.environ.get("CHAT_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail(
+            "redis-server is not installed: apt-get install redis-server, "
+            "or set CHAT_TEST_REDIS_URL"
+        )
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.terminate()
+        proc.wait(10)
