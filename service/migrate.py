@@ -9,14 +9,21 @@ from alembic.config import Config
 
 from .settings import Settings
 
-# migrations/ and alembic.ini sit at the top of the project, beside this package.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+def project_root() -> Path:
+    """Where migrations/ and alembic.ini are: beside this package in a checkout (editable
+    install), else the working directory (the container image puts them in /app)."""
+    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
+        if (root / "migrations" / "env.py").is_file():
+            return root
+    raise FileNotFoundError("migrations/ not found beside the package nor in the working directory")
 
 
 def alembic_config(settings: Settings) -> Config:
-    ini = PROJECT_ROOT / "alembic.ini"
+    root = project_root()
+    ini = root / "alembic.ini"
     config = Config(str(ini)) if ini.exists() else Config()
-    config.set_main_option("script_location", str(PROJECT_ROOT / "migrations"))
+    config.set_main_option("script_location", str(root / "migrations"))
     # ConfigParser would read "%" as interpolation.
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
     config.attributes["configure_logging"] = False
