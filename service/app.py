@@ -231,6 +231,9 @@ class SecurityHeaders(BaseHTTPMiddleware):
         response.headers.setdefault("X-Frame-Options", "DENY")
         if path.startswith("/api"):
             response.headers.setdefault("Cache-Control", "no-store")
+        elif path.startswith("/static"):
+            # Revalidate (cheap, with ETag) so an upgrade never mixes old and new modules.
+            response.headers.setdefault("Cache-Control", "no-cache")
         return response
 
 

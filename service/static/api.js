@@ -1,0 +1,115 @@
+// Thin wrappers over the REST half of the protocol (see PROTOCOL.md).
+//
+// The page authenticates with the HttpOnly `session` cookie that POST /api/token sets, so
+// nothing here ever sees, stores or forwards the bearer token: a script injected into the page
+// could not steal it either.
+
+export class ApiError extends Error {
+  /**
+   * @param {number} status HTTP status, or 0 when the server could not be reached at all.
+   * @param {string} message Human-readable, already extracted from FastAPI's `detail`.
+   * @param {unknown} [detail] The raw `detail`, for callers that want to look closer.
+   */
+  constructor(status, message, detail) {
+    super(message);
+    this.name = 'ApiError';
+    this.status = status;
+    this.detail = detail;
+  }
+}
+
+let unauthorizedHandler = () => {};
+
+/**
+ * Called whenever an authenticated call answers 401, i.e. the session cookie expired or was
+ * revoked while the page was open. The app swaps to the login screen from there.
+ */
+export function onUnauthorized(handler) {
+  unauthorizedHandler = handler;
+}
+
+/**
+ * FastAPI errors carry `{"detail": ...}`: a string for HTTPException, a list of pydantic
+ * errors (`{loc, msg, type}`) for validation failures. Reduce either to one readable line.
+ */
+export function describeDetail(detail) {
+  if (typeof detail === 'string') return detail;
+  if (Array.isArray(detail)) {
+    return detail
+      .map((item) => (typeof item === 'string' ? item : item?.msg ?? ''))
+      // Pydantic prefixes custom validator messages; users don't need to see that.
+      .map((msg) => String(msg).replace(/^Value error,\s*/i, ''))
+      .filter(Boolean)
+      .join('; ');
+  }
+  if (detail && typeof detail === 'object' && typeof detail.message === 'string') {
+    return detail.message;
+  }
+  return '';
+}
+
+async function request(method, path, { json, form, auth = true } = {}) {
+  const headers = { Accept: 'application/json' };
+  let body;
+  if (json !== undefined) {
+    headers['Content-Type'] = 'application/json';
+    body = JSON.stringify(json);
+  } else if (form) {
+    // URLSearchParams makes fetch send application/x-www-form-urlencoded, which is what the
+    // OAuth2 password flow behind /api/token expects.
+    body = new URLSearchParams(form);
+  }
+
+  let res;
+  let text;
+  try {
+    res = await fetch(path, { method, headers, body, credentials: 'same-origin', cache: 'no-store' });
+    text = await res.text();
+  } catch {
+    throw new ApiError(0, "Can't reach the server. Check your connection and try again.");
+  }
+
+  let data = null;
+  if (text) {
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = null; // e.g. a proxy's HTML error page: fall back to the status line below
+    }
+  }
+
+  if (!res.ok) {
+    if (res.status === 401 && auth) unauthorizedHandler();
+    const message = describeDetail(data?.detail) || `${res.status} ${res.statusText}`.trim();
+    throw new ApiError(res.status, message, data?.detail);
+  }
+  return data;
+}
+
+const roomPath = (room) => `/api/rooms/${encodeURIComponent(room)}`;
+
+/** 201 {username}; 409 taken; 422 invalid. */
+export const register = (username, password) =>
+  request('POST', '/api/users', { json: { username, password }, auth: false });
+
+/** 200 and the `session` cookie; 401 on wrong credentials. */
+export const login = (username, password) =>
+  request('POST', '/api/token', { form: { username, password }, auth: false });
+
+export const logout = () => request('POST', '/api/logout', { auth: false });
+
+/** {username} of the session's user. Not in PROTOCOL.md v1: callers must tolerate a 404. */
+export const me = () => request('GET', '/api/me');
+
+/** [{name, last_seq, created_at, last_message_at}], most recently active first. */
+export const listRooms = () => request('GET', '/api/rooms');
+
+/** {room, messages: [ascending seq], has_more}. */
+export function fetchHistory(room, { before, limit = 50 } = {}) {
+  const query = new URLSearchParams({ limit: String(limit) });
+  if (before != null) query.set('before', String(before));
+  return request('GET', `${roomPath(room)}/messages?${query}`);
+}
+
+/** {room, users}. */
+export const fetchOnline = (room) => request('GET', `${roomPath(room)}/online`);

@@ -1,0 +1,266 @@
+// DOM builders and formatting.
+//
+// Every piece of text that came from a user or the server goes into the page as a text node
+// (through `h`), never through innerHTML, so a body like `<img src=x onerror=alert(1)>` is shown
+// literally. The server's CSP forbids inline scripts and style attributes, so all looks come
+// from classes in style.css.
+
+/** Consecutive messages by one author closer than this share one header. */
+const GROUP_WINDOW_MS = 5 * 60 * 1000;
+const AVATAR_COLOURS = 8;
+
+/**
+ * `h('li', {class: 'x', 'data-seq': 3}, child, 'text', [more])`. Strings become text nodes;
+ * null/false props and children are skipped.
+ */
+export function h(tag, props = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (value == null || value === false) continue;
+    // The CSP would block these anyway; refusing them here makes such a mistake loud in dev.
+    if (/^on/i.test(key) || key === 'style') throw new Error(`h(): refusing attribute "${key}"`);
+    if (key === 'class') el.className = value;
+    else el.setAttribute(key, value === true ? '' : String(value));
+  }
+  el.append(...children.flat(Infinity).filter((c) => c != null && c !== false)
+    .map((c) => (c instanceof Node ? c : String(c))));
+  return el;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Time
+
+const fmtTime = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
+const fmtFull = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'short' });
+const fmtDay = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' });
+const fmtDayYear = new Intl.DateTimeFormat(undefined, { year: 'numeric', month: 'long', day: 'numeric' });
+const fmtWeekday = new Intl.DateTimeFormat(undefined, { weekday: 'short' });
+const fmtShortDate = new Intl.DateTimeFormat(undefined, { month: 'short', day: 'numeric' });
+
+/** A Date for an ISO string; "now" for a missing or unparsable one (e.g. a pending message). */
+export function parseDate(iso) {
+  const date = iso ? new Date(iso) : new Date();
+  return Number.isNaN(date.getTime()) ? new Date() : date;
+}
+
+const startOfDay = (d) => new Date(d.getFullYear(), d.getMonth(), d.getDate()).getTime();
+
+export function dayLabel(date, now = new Date()) {
+  // Rounding absorbs the 23/25-hour days around DST changes.
+  const days = Math.round((startOfDay(now) - startOfDay(date)) / 86_400_000);
+  if (days === 0) return 'Today';
+  if (days === 1) return 'Yesterday';
+  return date.getFullYear() === now.getFullYear() ? fmtDay.format(date) : fmtDayYear.format(date);
+}
+
+/** Compact activity stamp for the room list: now, 5m, 3h, Tue, Nov 3. */
+export function relativeTime(date, now = new Date()) {
+  const seconds = (now.getTime() - date.getTime()) / 1000;
+  if (seconds < 60) return 'now'; // also absorbs a server clock slightly ahead of ours
+  if (seconds < 3600) return `${Math.floor(seconds / 60)}m`;
+  if (seconds < 86_400) return `${Math.floor(seconds / 3600)}h`;
+  if (seconds < 6 * 86_400) return fmtWeekday.format(date);
+  return fmtShortDate.format(date);
+}
+
+function timeEl(date, className) {
+  return h('time', { class: className, datetime: date.toISOString(), title: fmtFull.format(date) },
+    fmtTime.format(date));
+}
+
+function setTime(el, date) {
+  el.dateTime = date.toISOString();
+  el.title = fmtFull.format(date);
+  el.textContent = fmtTime.format(date);
+}
+
+// ---------------------------------------------------------------------------------------------
+// People
+
+/** A stable colour per user, so a name is recognisable at a glance across rooms and reloads. */
+export function avatarClass(name) {
+  let hash = 0;
+  for (const ch of name) hash = (hash * 31 + ch.codePointAt(0)) >>> 0;
+  return `avatar av-${hash % AVATAR_COLOURS}`;
+}
+
+export function avatar(name) {
+  const initial = (name.match(/[a-z0-9]/i)?.[0] ?? '?').toUpperCase();
+  return h('span', { class: avatarClass(name), 'aria-hidden': 'true' }, initial);
+}
+
+export function onlineItem(name, isMe) {
+  return h('li', { class: isMe ? 'online-user is-me' : 'online-user', 'data-testid': 'online-user' },
+    h('span', { class: 'presence-dot', 'aria-hidden': 'true' }),
+    h('span', { class: 'online-name' }, name));
+}
+
+export function typingText(users) {
+  const [a, b, c] = users;
+  switch (users.length) {
+    case 0: return '';
+    case 1: return `${a} is typing…`;
+    case 2: return `${a} and ${b} are typing…`;
+    case 3: return `${a}, ${b} and ${c} are typing…`;
+    default: return 'Several people are typing…';
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages
+
+const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
+
+/**
+ * The body as text nodes, with http(s) URLs turned into links. Links are built from parsed
+ * URLs, so nothing but http: and https: can ever become an href.
+ */
+export function richText(body) {
+  const frag = document.createDocumentFragment();
+  let last = 0;
+  for (const match of body.matchAll(URL_RE)) {
+    let url = match[0];
+    // Trailing punctuation is almost always prose ("see https://x.org."); a closing paren
+    // belongs to the URL only when it opened one inside it (Wikipedia-style links).
+    url = url.replace(/[.,;:!?'"\]}]+$/, '');
+    while (url.endsWith(')') && (url.match(/\(/g)?.length ?? 0) < (url.match(/\)/g)?.length ?? 0)) {
+      url = url.slice(0, -1).replace(/[.,;:!?'"\]}]+$/, '');
+    }
+    let href;
+    try {
+      href = new URL(url);
+    } catch {
+      continue;
+    }
+    if (href.protocol !== 'http:' && href.protocol !== 'https:') continue;
+    frag.append(body.slice(last, match.index));
+    frag.append(h('a', { href: href.href, target: '_blank', rel: 'noopener noreferrer nofollow' }, url));
+    last = match.index + url.length;
+  }
+  frag.append(body.slice(last));
+  return frag;
+}
+
+/** One message row. `msg.seq` is null for a pending (not yet acknowledged) message. */
+export function messageRow(msg, { state = 'confirmed', me = null } = {}) {
+  const date = parseDate(msg.created_at);
+  return h('li', {
+    class: msg.author === me ? 'msg is-own' : 'msg',
+    'data-testid': 'message',
+    'data-seq': msg.seq ?? '',
+    'data-client-id': msg.client_id ?? '',
+    'data-state': state,
+    'data-author': msg.author,
+    'data-ts': date.getTime(),
+  },
+  h('div', { class: 'msg-line' },
+    h('div', { class: 'msg-gutter' }, avatar(msg.author), timeEl(date, 'msg-hover-time')),
+    h('div', { class: 'msg-main' },
+      h('div', { class: 'msg-meta' },
+        h('span', { class: 'msg-author' }, msg.author), timeEl(date, 'msg-time')),
+      h('div', { class: 'msg-body', 'data-testid': 'message-body' }, richText(msg.body)),
+      h('div', { class: 'msg-status' }))));
+}
+
+/** Pending → confirmed in place: the row keeps its DOM node, so focus and selection survive. */
+export function confirmRow(row, { seq, created_at: createdAt }) {
+  const date = parseDate(createdAt);
+  row.dataset.seq = String(seq);
+  row.dataset.ts = String(date.getTime());
+  for (const el of row.querySelectorAll('.msg-time, .msg-hover-time')) setTime(el, date);
+  setRowState(row, 'confirmed');
+}
+
+export function setRowState(row, state, error = '') {
+  row.dataset.state = state;
+  const status = row.querySelector('.msg-status');
+  if (state !== 'failed') {
+    status.replaceChildren();
+    return;
+  }
+  status.replaceChildren(
+    h('span', { class: 'msg-error', 'data-testid': 'message-error' }, error || 'Not delivered.'),
+    h('button', { type: 'button', class: 'link-btn', 'data-action': 'retry', 'data-testid': 'message-retry' }, 'Retry'),
+    h('button', { type: 'button', class: 'link-btn', 'data-action': 'discard', 'data-testid': 'message-discard' }, 'Discard'));
+}
+
+const dayKey = (ms) => startOfDay(new Date(ms));
+
+/**
+ * Decide, from its predecessor, whether `row` opens a new day (divider) and whether it
+ * continues the previous author's group (header hidden). Only the row and its next sibling
+ * can change when a row is inserted, so callers regroup just those.
+ */
+export function regroup(row) {
+  if (!row) return;
+  const prev = row.previousElementSibling;
+  const ts = Number(row.dataset.ts);
+  const prevTs = prev ? Number(prev.dataset.ts) : NaN;
+  const newDay = !prev || dayKey(ts) !== dayKey(prevTs);
+  const continues = !newDay
+    && prev.dataset.author === row.dataset.author
+    && Math.abs(ts - prevTs) < GROUP_WINDOW_MS;
+  row.classList.toggle('is-cont', continues);
+
+  const first = row.firstElementChild;
+  const divider = first?.classList.contains('day-divider') ? first : null;
+  if (newDay) {
+    const label = dayLabel(new Date(ts));
+    if (divider) divider.firstElementChild.textContent = label;
+    else row.prepend(h('div', { class: 'day-divider', role: 'separator' }, h('span', {}, label)));
+  } else {
+    divider?.remove();
+  }
+}
+
+/** What sits above the oldest loaded message: a spinner, a retry, or the start of the room. */
+export function historyTop(room, { loading, error, hasMore }) {
+  if (loading) {
+    return h('div', { class: 'history-loading', role: 'status' },
+      h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Loading earlier messages…');
+  }
+  if (error) {
+    return h('div', { class: 'history-error', role: 'alert' },
+      `Couldn't load earlier messages: ${error}`, ' ',
+      h('button', { type: 'button', class: 'link-btn', 'data-action': 'load-older', 'data-testid': 'history-retry' }, 'Try again'));
+  }
+  if (hasMore === false) {
+    return h('div', { class: 'history-start', 'data-testid': 'history-start' },
+      h('span', { class: 'history-start-icon', 'aria-hidden': 'true' }, '#'),
+      h('p', { class: 'history-start-title' }, `This is the beginning of #${room}`),
+      h('p', { class: 'history-start-sub' }, 'Every message ever sent here is above this line — there is nothing older.'));
+  }
+  return null;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Room list
+
+export function roomItem(name) {
+  return h('li', { class: 'room' },
+    h('button', { type: 'button', class: 'room-item', 'data-testid': 'room-item', 'data-room': name },
+      h('span', { class: 'room-hash', 'aria-hidden': 'true' }, '#'),
+      h('span', { class: 'room-name' }, name),
+      h('span', { class: 'room-badge', hidden: true }),
+      h('time', { class: 'room-time' })));
+}
+
+/** Refresh an item built by roomItem() in place (cheaper than rebuilding, keeps focus). */
+export function updateRoomItem(li, { active, unread, activity, now }) {
+  const button = li.firstElementChild;
+  const badge = button.querySelector('.room-badge');
+  const time = button.querySelector('.room-time');
+  if (active) button.setAttribute('aria-current', 'page');
+  else button.removeAttribute('aria-current');
+  button.dataset.unread = String(unread > 0);
+  badge.hidden = !(unread > 0);
+  badge.textContent = unread > 99 ? '99+' : String(unread);
+  badge.setAttribute('aria-label', `${unread} unread`);
+  if (activity) {
+    time.dateTime = activity.toISOString();
+    time.title = `Last activity ${fmtFull.format(activity)}`;
+    time.textContent = relativeTime(activity, now);
+  } else {
+    time.textContent = '';
+  }
+}
