@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PORT   ?= 8000
 
-.PHONY: install run test check format bench clean
+.PHONY: install system-deps run test check format bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,7 +18,11 @@ install: $(STAMP)
 run: install
 	$(BIN)/chat dev --port $(PORT)
 
-test: install
+# System packages the suite needs (Chromium for the browser tests, PostgreSQL, Redis).
+system-deps:
+	@scripts/install-system-deps
+
+test: install system-deps
 	$(BIN)/pytest
 
 check: install
