@@ -68,6 +68,7 @@ class Connection:
         self._limit = chat.settings.send_queue_limit
         self.close_code: int | None = None
         self.close_reason = ""
+        self.closing = asyncio.Event()
         self._bucket = TokenBucket(
             chat.settings.rate_limit_per_second, chat.settings.rate_limit_burst
         )
@@ -85,9 +86,11 @@ class Connection:
         self._wakeup.set()
 
     def close(self, code: int, reason: str = "") -> None:
+        """Ask for the socket to be closed. The endpoint does it, even while the writer is
+        blocked on a client that stopped reading."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-            self._wakeup.set()
+            self.closing.set()
 
     async def write_loop(self) -> None:
         while True:
@@ -95,10 +98,6 @@ class Connection:
             self._wakeup.clear()
             while self._queue and self.close_code is None:
                 await self.websocket.send_text(self._queue.popleft())
-            if self.close_code is not None:
-                metrics.CLOSES.labels(str(self.close_code)).inc()
-                await self.websocket.close(self.close_code, self.close_reason)
-                return
 
     async def flush(self, timeout: float) -> None:
         """Wait (bounded) until everything queued so far has been written."""
@@ -313,24 +312,27 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     metrics.CONNECTIONS.inc()
     writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer-{conn.id}")
     reader = asyncio.create_task(_read_loop(conn), name=f"ws-reader-{conn.id}")
+    closing = asyncio.create_task(conn.closing.wait(), name=f"ws-closing-{conn.id}")
     try:
-        await asyncio.wait({writer, reader}, return_when=asyncio.FIRST_COMPLETED)
-        if reader.done() and not reader.cancelled() and reader.exception() is not None:
-            log.error("socket %d failed", conn.id, exc_info=reader.exception())
-            conn.close(CLOSE_INTERNAL, "internal error: reconnect with since")
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2):
-                    await writer
-    finally:
+        await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
         for task in (reader, writer):
-            task.cancel()
-        await asyncio.gather(reader, writer, return_exceptions=True)
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("socket %d failed", conn.id, exc_info=task.exception())
+                conn.close(CLOSE_INTERNAL, "internal error: reconnect with since")
+    finally:
+        for pending in (reader, writer, closing):
+            pending.cancel()
+        await asyncio.gather(reader, writer, closing, return_exceptions=True)
         chat.connections.discard(conn)
         metrics.CONNECTIONS.dec()
-        await conn.part_all()
+        if conn.close_code is not None:
+            metrics.CLOSES.labels(str(conn.close_code)).inc()
         if websocket.application_state == WebSocketState.CONNECTED:
+            # Bounded: a client that stopped reading may never complete the handshake.
             with contextlib.suppress(Exception):
-                await websocket.close(conn.close_code or 1000)
+                async with asyncio.timeout(2):
+                    await websocket.close(conn.close_code or 1000, conn.close_reason)
+        await conn.part_all()
 
 
 async def _read_loop(conn: Connection) -> None:
