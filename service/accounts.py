@@ -8,6 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
 
 from .models import User
 from .security import hash_password, verify_password
+from .validation import InvalidInput, normalize_username
 
 
 class UsernameTaken(Exception):
@@ -30,9 +31,12 @@ async def register(engine: AsyncEngine, username: str, password: str) -> None:
 
 async def authenticate(engine: AsyncEngine, username: str, password: str) -> bool:
     """True when the password is right; as slow for unknown users as for wrong passwords."""
+    try:
+        name = normalize_username(username)
+    except InvalidInput:
+        # No such account can exist; and a NUL would make PostgreSQL refuse the query.
+        return await verify_password(password, None)
     sessions = async_sessionmaker(engine, expire_on_commit=False)
     async with sessions() as session:
-        stored = await session.scalar(
-            select(User.password_hash).where(User.username == username.lower())
-        )
+        stored = await session.scalar(select(User.password_hash).where(User.username == name))
     return await verify_password(password, stored)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
@@ -35,6 +38,10 @@ def _app_state(config: uvicorn.Config) -> Any:
     return app.state if app is not None else None
 
 
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
 def run_server(settings: Settings, host: str, port: int) -> None:
     from .app import create_app
 
@@ -53,7 +60,11 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
         proxy_headers=True,
     )
-    _DrainingServer(config).run()
+    # uvicorn drains on SIGINT or SIGTERM, then raises the signal again once its own handlers
+    # are gone; as KeyboardInterrupt (SIGTERM too, by this handler) that is a clean exit 0.
+    signal.signal(signal.SIGTERM, _interrupt)
+    with contextlib.suppress(KeyboardInterrupt):
+        _DrainingServer(config).run()
 
 
 def _fail(error: Exception) -> None:
@@ -114,9 +125,14 @@ def dev_secret(data: Path) -> str:
     if os.environ.get("CHAT_SECRET_KEY"):
         return os.environ["CHAT_SECRET_KEY"]
     path = data / "secret_key"
-    if not path.exists():
-        path.write_text(new_secret())
-        path.chmod(0o600)
+    try:
+        # Created 0600 from the start: data/ itself is world-readable (see `dev`).
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as file:
+            file.write(new_secret())
     return path.read_text().strip()
 
 
@@ -130,11 +146,13 @@ def dev(host: str, port: int, data: Path) -> None:
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o755)  # the PostgreSQL server runs as another user and must reach pg/
-    from . import pgcluster
-
+    # uvicorn shuts down gracefully on SIGINT or SIGTERM, then raises the signal again. As
+    # KeyboardInterrupt (SIGTERM too, by this handler) it unwinds through the `finally` that
+    # stops our cluster; SIGTERM's default action would kill us and leave PostgreSQL running.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         database_url, cluster = dev_database(data)
-    except pgcluster.PostgresNotFound as error:
+    except RuntimeError as error:  # PostgresNotFound, or a cluster that cannot start
         _fail(error)
     try:
         settings = Settings(
@@ -146,6 +164,8 @@ def dev(host: str, port: int, data: Path) -> None:
         migrate.upgrade(settings)
         click.echo(f"chat is running at http://{host}:{port}  (Ctrl+C to stop)")
         run_server(settings, host, port)
+    except KeyboardInterrupt:
+        pass  # Ctrl+C or SIGTERM: the normal way to stop `chat dev`
     finally:
         if cluster is not None and cluster.started_here:
             cluster.stop()

@@ -29,6 +29,20 @@ def unique(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:12]}"
 
 
+def client_address() -> str:
+    """A client IP of its own (in 198.18.0.0/15, reserved for tests), as if each in-process
+    client were another machine: per-client limits (login attempts) then never carry over
+    from one test to the next."""
+    n = uuid.uuid4().int
+    return f"198.{18 + n % 2}.{(n >> 1) % 256}.{(n >> 9) % 254 + 1}"
+
+
+def app_client(app: Any, host: str | None = None) -> httpx.AsyncClient:
+    """An httpx client of the in-process `app`, from `host` or an address of its own."""
+    transport = httpx.ASGITransport(app=app, client=(host or client_address(), 50000))
+    return httpx.AsyncClient(transport=transport, base_url="http://testserver", timeout=30)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -145,6 +159,8 @@ class Instance:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     args: list[str] = field(default_factory=list)
+    # False passes --no-migrate (the tests migrate the shared database once, beforehand).
+    migrate: bool = False
 
     @property
     def url(self) -> str:
@@ -162,7 +178,7 @@ class Instance:
                 "127.0.0.1",
                 "--port",
                 str(self.port),
-                "--no-migrate",
+                *([] if self.migrate else ["--no-migrate"]),
                 *self.args,
             ],
             env=self.env,

@@ -16,6 +16,8 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 TS = sa.DateTime(timezone=True)
+# Check constraint names are given whole, in op.f(): env.py hands Alembic the models' naming
+# convention, which would otherwise prefix "ck_<table>_" a second time.
 
 
 def upgrade() -> None:
@@ -35,7 +37,7 @@ def upgrade() -> None:
         sa.Column("last_message_at", TS, nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_rooms"),
         sa.UniqueConstraint("name", name="uq_rooms_name"),
-        sa.CheckConstraint("last_seq >= 0", name="ck_rooms_last_seq_nonnegative"),
+        sa.CheckConstraint("last_seq >= 0", name=op.f("ck_rooms_last_seq_nonnegative")),
     )
     # Every commit of messages updates its rooms' counters: keep those updates HOT (no
     # index on the columns they change, and free space in the page for the new version).
@@ -52,13 +54,11 @@ def upgrade() -> None:
         # every page is a range scan of it, newest-first or oldest-first.
         sa.PrimaryKeyConstraint("room_id", "seq", name="pk_messages"),
         sa.ForeignKeyConstraint(["room_id"], ["rooms.id"], name="fk_messages_room_id_rooms"),
-        sa.ForeignKeyConstraint(
-            ["author"], ["users.username"], name="fk_messages_author_users"
-        ),
-        sa.CheckConstraint("seq > 0", name="ck_messages_seq_positive"),
+        sa.ForeignKeyConstraint(["author"], ["users.username"], name="fk_messages_author_users"),
+        sa.CheckConstraint("seq > 0", name=op.f("ck_messages_seq_positive")),
         sa.CheckConstraint(
             "client_id IS NULL OR char_length(client_id) BETWEEN 1 AND 64",
-            name="ck_messages_client_id_length",
+            name=op.f("ck_messages_client_id_length"),
         ),
     )
     op.create_index(
