@@ -30,6 +30,11 @@ check: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# The benchmark: its own PostgreSQL, two instances, baselines; a table, JSON and a plot
+# under bench/results/. `make bench ARGS=--full` adds the 10M-message history figure.
+bench: install
+	$(BIN)/python -m bench $(ARGS)
+
 format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
