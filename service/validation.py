@@ -52,13 +52,7 @@ def check_body(value: object, max_chars: int) -> str:
         raise InvalidInput(f"body is longer than {max_chars} characters", code="too_large")
     if not value.strip():
         raise InvalidInput("body must not be empty or only whitespace")
-    if "\x00" in value:
-        raise InvalidInput("body must not contain U+0000")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput("body must not contain unpaired surrogates") from None
-    return value
+    return _storable(value, "body")
 
 
 def check_client_id(value: object) -> str | None:
@@ -66,10 +60,15 @@ def check_client_id(value: object) -> str | None:
         return None
     if not isinstance(value, str) or not 1 <= len(value) <= CLIENT_ID_MAX:
         raise InvalidInput(f"client_id must be a string of 1 to {CLIENT_ID_MAX} characters")
+    return _storable(value, "client_id")
+
+
+def _storable(value: str, what: str) -> str:
+    """PostgreSQL text holds neither NUL nor unpaired surrogates (JSON can carry both)."""
     if "\x00" in value:
-        raise InvalidInput("client_id must not contain U+0000")
+        raise InvalidInput(f"{what} must not contain U+0000")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidInput("client_id must not contain unpaired surrogates") from None
+        raise InvalidInput(f"{what} must not contain unpaired surrogates") from None
     return value
