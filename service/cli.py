@@ -1,20 +1,29 @@
-"""The `chat` command: serve, migrate, dev (PROTOCOL.md, Command line)."""
+"""The `chat` command: serve, migrate, dev (PROTOCOL.md, Command line), and the operator
+commands user create, rooms, export and prune (their logic is in ops.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
 import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, BinaryIO, NoReturn, TypeVar
 
 import click
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import logs, migrate
+from . import logs, migrate, ops
+from .db import is_outage
 from .settings import ConfigError, Settings, new_secret
+from .validation import InvalidInput, check_password, check_room, normalize_username
+
+T = TypeVar("T")
 
 
 class _DrainingServer(uvicorn.Server):
@@ -67,9 +76,11 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         _DrainingServer(config).run()
 
 
-def _fail(error: Exception) -> None:
+def _fail(error: Exception | str, code: int = 2) -> NoReturn:
+    """Exit with `code`: 2 for what the command line or the configuration got wrong, 1 for
+    what the operation met (a taken name, a missing room, an unreachable database)."""
     click.echo(f"error: {error}", err=True)
-    sys.exit(2)
+    sys.exit(code)
 
 
 @click.group()
@@ -169,6 +180,220 @@ def dev(host: str, port: int, data: Path) -> None:
     finally:
         if cluster is not None and cluster.started_here:
             cluster.stop()
+
+
+# -- operator commands ---------------------------------------------------------------------
+
+
+def _database_settings() -> Settings:
+    """Settings for a command that only needs the database, like `chat migrate`."""
+    try:
+        settings = Settings()
+        settings.require_database_url()
+    except (ConfigError, ValueError) as error:
+        _fail(error)
+    logs.configure("text", settings.log_level)
+    return settings
+
+
+def _run(settings: Settings, task: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run `task` with an engine of its own; refusals and outages end the command cleanly."""
+
+    async def go() -> T:
+        async with ops.connect(settings) as engine:
+            return await task(engine)
+
+    try:
+        return asyncio.run(go())
+    except ops.OpsError as error:
+        _fail(error, 1)
+    except Exception as error:
+        if isinstance(error, BrokenPipeError) or not is_outage(error):
+            raise
+        _fail(f"cannot reach the database: {error}", 1)
+
+
+@main.group()
+def user() -> None:
+    """Manage accounts."""
+
+
+@user.command(name="create")
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read the password from the first line of standard input instead of a prompt.",
+)
+def user_create(name: str, password_stdin: bool) -> None:
+    """Create the account NAME; the password is asked for (twice) unless --password-stdin."""
+    settings = _database_settings()
+    try:
+        username = normalize_username(name)
+    except InvalidInput as error:
+        _fail(error)
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        check_password(password)
+    except InvalidInput as error:
+        _fail(error)
+    _run(settings, lambda engine: ops.create_user(engine, username, password))
+    click.echo(f"created user {username}")
+
+
+def _when(at: datetime | None) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if at else "-"
+
+
+def _table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(
+            c.rjust(w) if i in right else c.ljust(w)
+            for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join(line(r) for r in [header, *rows])
+
+
+@main.command()
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+def rooms(limit: int) -> None:
+    """List the most recently active rooms: messages kept, first and last seq, last activity
+    (UTC). Counting reads each listed room's messages: keep --limit modest on large rooms."""
+    settings = _database_settings()
+    stats, total = _run(settings, lambda engine: ops.room_stats(engine, limit))
+    if not stats:
+        click.echo("no rooms")
+        return
+    header = ["ROOM", "MESSAGES", "FIRST SEQ", "LAST SEQ", "LAST ACTIVITY", "CREATED"]
+    rows = [
+        [
+            s.name,
+            str(s.messages),
+            str(s.first_seq) if s.first_seq is not None else "-",
+            str(s.last_seq),
+            _when(s.last_message_at),
+            _when(s.created_at),
+        ]
+        for s in stats
+    ]
+    click.echo(_table(header, rows, right={1, 2, 3}))
+    if total > len(stats):
+        click.echo(f"({len(stats)} of {total} rooms; --limit shows more)")
+
+
+def _room_name(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        return check_room(value)
+    except InvalidInput as error:
+        raise click.BadParameter(error.detail) from None
+
+
+@main.command()
+@click.argument("room", callback=_room_name)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, writable=True, path_type=Path),
+    help="Write to this file (with a progress bar on stderr) instead of standard output.",
+)
+@click.option(
+    "--since",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Export only messages with a seq above this one.",
+)
+def export(room: str, out: Path | None, since: int) -> None:
+    """Export ROOM as JSON Lines: one message per line, in seq order, up to the room's last
+    seq when the export starts. Safe while the service runs."""
+    settings = _database_settings()
+    span = _run(settings, lambda engine: ops.export_range(engine, room, since))
+
+    def write(stream: BinaryIO, progress: Callable[[int], None]) -> int:
+        return _run(settings, lambda engine: ops.export(engine, room, span, stream, progress))
+
+    if out is None:
+        try:
+            written = write(sys.stdout.buffer, lambda advanced: None)
+        except BrokenPipeError:
+            # The reader went away (`chat export ROOM | head`): not an error of ours. Point
+            # stdout at /dev/null so that Python's final flush does not complain again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(1)
+    else:
+        with (
+            out.open("wb") as file,
+            click.progressbar(
+                length=max(span.upto - span.since, 0), label=f"exporting {room}", file=sys.stderr
+            ) as bar,
+        ):
+            written = write(file, bar.update)
+    click.echo(
+        f"exported {written} messages of {room} (seq {since + 1}..{span.upto})"
+        + (f" to {out}" if out else ""),
+        err=True,
+    )
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedelta:
+    try:
+        return ops.parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@main.command()
+@click.option(
+    "--older-than",
+    "older_than",
+    required=True,
+    callback=_duration,
+    help="Age of the messages to delete: 30d, 12h, 1w2d (s, m, h, d, w).",
+)
+@click.option("--room", callback=_room_name, help="Only this room (default: every room).")
+@click.option(
+    "--batch",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(1, 1_000_000),
+    help="Seqs per delete transaction.",
+)
+@click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
+def prune(older_than: timedelta, room: str | None, batch: int, dry_run: bool) -> None:
+    """Delete messages older than --older-than, in short transactions, safe while the service
+    runs. Rooms keep their seq counters: new messages go on counting up, and clients resume
+    and page back over what is left."""
+    settings = _database_settings()
+    plan = _run(settings, lambda engine: ops.plan_prune(engine, older_than, room))
+    cutoff = plan.cutoff.astimezone(UTC).isoformat(timespec="seconds")
+    if not plan.targets:
+        click.echo(f"nothing older than {cutoff}")
+        return
+    if dry_run:
+        for t in plan.targets:
+            span = f"seq {t.first_seq}..{t.last_seq}"
+            click.echo(f"{t.room}: would delete {t.count} messages ({span})")
+        click.echo(
+            f"dry run: would delete {plan.total} messages older than {cutoff} "
+            f"from {len(plan.targets)} rooms"
+        )
+        return
+    with click.progressbar(length=plan.total, label="pruning", file=sys.stderr) as bar:
+        deleted = _run(settings, lambda engine: ops.prune(engine, plan, batch, bar.update))
+    for t in plan.targets:
+        span = f"seq {t.first_seq}..{t.last_seq}"
+        click.echo(f"{t.room}: deleted {deleted[t.room]} messages ({span})")
+    click.echo(
+        f"deleted {sum(deleted.values())} messages older than {cutoff} "
+        f"from {len(plan.targets)} rooms"
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,18 @@
-"""Prometheus metrics. Process-wide, like the process they describe."""
+"""Prometheus metrics. Process-wide, like the process they describe.
+
+Counters and histograms are updated where things happen. Queue depths are read at scrape
+time instead (`watch`), so the hot paths pay nothing for them: the app registers, at start,
+two functions that read its writer's queue and its sockets' outgoing queues.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import threading
+from collections.abc import Callable, Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 CONNECTIONS = Gauge("chat_connections", "Open WebSocket connections")
 JOINED_ROOMS = Gauge("chat_joined_rooms", "Room memberships of open connections")
@@ -35,3 +45,78 @@ SEND_QUEUE_DEPTH = Histogram(
     "Frames waiting for a socket when a frame is queued",
     buckets=(0, 1, 5, 10, 50, 100, 500, 1000),
 )
+HTTP_REQUESTS = Counter(
+    "chat_http_requests_total", "HTTP requests answered, by method and status", ["method", "status"]
+)
+HTTP_SECONDS = Histogram(
+    "chat_http_request_seconds",
+    "HTTP request latency, from the request to the end of the answer",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+
+# -- queue depths, read at scrape time ------------------------------------------------------
+
+WriterDepth = Callable[[], int]
+SendQueueDepths = Callable[[], Iterable[int]]
+
+
+class _Queues(Collector):
+    """The depths of the watched queues. Usually one app per process; tests run several,
+    whose queues add up."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # scrapes may come from another thread
+        self._watched: dict[int, tuple[WriterDepth, SendQueueDepths]] = {}
+        self._next = 0
+
+    def add(self, writer: WriterDepth, sockets: SendQueueDepths) -> int:
+        with self._lock:
+            self._next += 1
+            self._watched[self._next] = (writer, sockets)
+            return self._next
+
+    def remove(self, key: int) -> None:
+        with self._lock:
+            self._watched.pop(key, None)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            watched = list(self._watched.values())
+        writer_depth = 0
+        frames = 0
+        longest = 0
+        for writer, sockets in watched:
+            writer_depth += writer()
+            for depth in sockets():
+                frames += depth
+                longest = max(longest, depth)
+        yield GaugeMetricFamily(
+            "chat_writer_queue_depth",
+            "Sends waiting for the batch writer (senders wait when it is full)",
+            value=writer_depth,
+        )
+        yield GaugeMetricFamily(
+            "chat_send_queue_frames",
+            "Frames waiting in all sockets' outgoing queues",
+            value=frames,
+        )
+        yield GaugeMetricFamily(
+            "chat_send_queue_max_frames",
+            "The longest socket outgoing queue (closed with 1013 past CHAT_SEND_QUEUE_LIMIT)",
+            value=longest,
+        )
+
+
+_QUEUES = _Queues()
+REGISTRY.register(_QUEUES)
+
+
+def watch(writer_depth: WriterDepth, send_queue_depths: SendQueueDepths) -> Callable[[], None]:
+    """Report these queues at every scrape until the returned function is called.
+
+    `writer_depth` returns the writer's queue length; `send_queue_depths` the length of each
+    open socket's outgoing queue. Both run in the scrape, so they must be cheap and must not
+    block."""
+    key = _QUEUES.add(writer_depth, send_queue_depths)
+    return lambda: _QUEUES.remove(key)

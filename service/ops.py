@@ -1,0 +1,279 @@
+"""Operator tasks behind `chat user create`, `chat rooms`, `chat export` and `chat prune`.
+
+They run against the live database while instances serve, so each keeps its transactions
+short: an export reads keyset pages of the primary key, a prune deletes in batches of their
+own. None of them touches `rooms.last_seq`: a room's seq never goes backwards, and after a
+prune new messages keep counting up from where they were.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import BinaryIO
+
+import orjson
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from . import accounts, history
+from .settings import Settings
+
+
+class OpsError(Exception):
+    """The operation cannot be done as asked; the message says why."""
+
+
+@asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[AsyncEngine]:
+    """A small engine for one command. No statement timeout: counting a large room may
+    legitimately take a while."""
+    engine = create_async_engine(
+        settings.sqlalchemy_url, pool_size=2, max_overflow=0, connect_args={"timeout": 10}
+    )
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+# -- users ----------------------------------------------------------------------------------
+
+
+async def create_user(engine: AsyncEngine, username: str, password: str) -> None:
+    """Create an account (validated name and password); OpsError if the name is taken."""
+    try:
+        await accounts.register(engine, username, password)
+    except accounts.UsernameTaken:
+        raise OpsError(f"user {username} already exists") from None
+
+
+# -- rooms ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RoomStats:
+    name: str
+    messages: int
+    first_seq: int | None  # the oldest message kept (after a prune, above 1)
+    last_seq: int
+    created_at: datetime
+    last_message_at: datetime | None
+
+
+# Counted per room through the primary key, for the listed rooms only.
+_ROOM_STATS = text(
+    "SELECT r.name, r.last_seq, r.created_at, r.last_message_at, c.messages, c.first_seq "
+    "FROM (SELECT * FROM rooms ORDER BY last_message_at DESC NULLS LAST, created_at DESC, name "
+    "      LIMIT :limit) AS r "
+    "CROSS JOIN LATERAL (SELECT count(*) AS messages, min(seq) AS first_seq "
+    "                    FROM messages m WHERE m.room_id = r.id) AS c "
+    "ORDER BY r.last_message_at DESC NULLS LAST, r.created_at DESC, r.name"
+)
+
+
+async def room_stats(engine: AsyncEngine, limit: int) -> tuple[list[RoomStats], int]:
+    """The `limit` most recently active rooms with their message counts, and how many rooms
+    there are in all."""
+    async with engine.connect() as conn:
+        total = (await conn.execute(text("SELECT count(*) FROM rooms"))).scalar_one()
+        rows = (await conn.execute(_ROOM_STATS, {"limit": limit})).all()
+    stats = [
+        RoomStats(r.name, r.messages, r.first_seq, r.last_seq, r.created_at, r.last_message_at)
+        for r in rows
+    ]
+    return stats, int(total)
+
+
+# -- export ---------------------------------------------------------------------------------
+
+_FIND_ROOM = text("SELECT id, last_seq FROM rooms WHERE name = :name")
+EXPORT_PAGE = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ExportRange:
+    room_id: int
+    since: int
+    upto: int  # the room's last seq when the export started: the export stops there
+
+
+async def export_range(engine: AsyncEngine, room: str, since: int) -> ExportRange:
+    async with engine.connect() as conn:
+        row = (await conn.execute(_FIND_ROOM, {"name": room})).one_or_none()
+    if row is None:
+        raise OpsError(f"no room named {room}")
+    return ExportRange(row.id, since, row.last_seq)
+
+
+async def export(
+    engine: AsyncEngine,
+    room: str,
+    span: ExportRange,
+    out: BinaryIO,
+    on_progress: Callable[[int], None] = lambda advanced: None,
+) -> int:
+    """Write the room's messages with since < seq <= upto to `out` as JSON Lines, in seq
+    order, one keyset page at a time (memory stays flat, no long transaction); returns how
+    many were written. `on_progress` gets how far each page moved through the seq range."""
+    written = 0
+    after = span.since
+    while after < span.upto:
+        page = await history.fetch_range(engine, span.room_id, room, after, span.upto, EXPORT_PAGE)
+        if not page:
+            break
+        out.write(b"".join(orjson.dumps(m.to_wire()) + b"\n" for m in page))
+        written += len(page)
+        on_progress(page[-1].seq - after)
+        after = page[-1].seq
+    on_progress(max(span.upto - after, 0))
+    out.flush()
+    return written
+
+
+# -- prune ----------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+)([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(value: str) -> timedelta:
+    """`30d`, `12h`, `1w2d`, `90m`, `45s` as a timedelta; ValueError otherwise."""
+    value = value.strip().lower()
+    parts = _DURATION_PART.findall(value)
+    if not parts or "".join(n + u for n, u in parts) != value:
+        raise ValueError(f"{value!r} is not a duration like 30d, 12h, 1w2d")
+    seconds = sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+    if seconds <= 0:
+        raise ValueError("the duration must be longer than zero")
+    return timedelta(seconds=seconds)
+
+
+@dataclass(frozen=True, slots=True)
+class PruneTarget:
+    """In room `room`, the messages with first_seq <= seq <= last_seq are older than the
+    cutoff; `count` of them exist."""
+
+    room_id: int
+    room: str
+    first_seq: int
+    last_seq: int
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class PrunePlan:
+    cutoff: datetime
+    targets: list[PruneTarget]
+
+    @property
+    def total(self) -> int:
+        return sum(t.count for t in self.targets)
+
+
+_ROOMS_PAGE = text(
+    "SELECT id, name FROM rooms WHERE id > :after AND last_seq > 0 "
+    "AND (CAST(:name AS text) IS NULL OR name = :name) ORDER BY id LIMIT 1000"
+)
+_FIRST = text("SELECT seq, created_at FROM messages WHERE room_id = :room_id ORDER BY seq LIMIT 1")
+_LAST = text(
+    "SELECT seq, created_at FROM messages WHERE room_id = :room_id ORDER BY seq DESC LIMIT 1"
+)
+_AT_OR_AFTER = text(
+    "SELECT seq, created_at FROM messages WHERE room_id = :room_id AND seq >= :seq "
+    "ORDER BY seq LIMIT 1"
+)
+_COUNT = text(
+    "SELECT count(*) FROM messages WHERE room_id = :room_id AND seq BETWEEN :first AND :last"
+)
+_DELETE = text(
+    "DELETE FROM messages WHERE room_id = :room_id AND seq >= :lo AND seq < :hi "
+    "AND created_at < :cutoff"
+)
+
+
+async def _old_prefix(
+    conn: AsyncConnection, room_id: int, cutoff: datetime
+) -> tuple[int, int] | None:
+    """The seqs (first, last) of the room's messages older than `cutoff`, or None.
+
+    A room's created_at follows its seq order (the writer stamps a batch after locking the
+    room), so the old messages are a prefix of the room, and its end is found by bisecting
+    the primary key: a few index probes instead of a scan of the room."""
+    first = (await conn.execute(_FIRST, {"room_id": room_id})).one_or_none()
+    if first is None or first.created_at >= cutoff:
+        return None
+    last = (await conn.execute(_LAST, {"room_id": room_id})).one()
+    if last.created_at < cutoff:
+        return first.seq, last.seq
+    # `lo` is an old message; every message with seq >= `hi` is new.
+    lo, hi = first.seq, last.seq
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        probe = (await conn.execute(_AT_OR_AFTER, {"room_id": room_id, "seq": mid})).one()
+        if probe.created_at < cutoff:
+            lo = probe.seq
+        else:
+            hi = mid
+    return first.seq, lo
+
+
+async def plan_prune(engine: AsyncEngine, older_than: timedelta, room: str | None) -> PrunePlan:
+    """What a prune of messages older than `older_than` (by the database's clock) would
+    delete, in every room or in `room` only."""
+    async with engine.connect() as conn:
+        cutoff = (
+            await conn.execute(
+                text("SELECT now() - make_interval(secs => :seconds)"),
+                {"seconds": older_than.total_seconds()},
+            )
+        ).scalar_one()
+        if room is not None and (await conn.execute(_FIND_ROOM, {"name": room})).first() is None:
+            raise OpsError(f"no room named {room}")
+        targets: list[PruneTarget] = []
+        after = 0
+        while True:
+            rooms = (await conn.execute(_ROOMS_PAGE, {"after": after, "name": room})).all()
+            if not rooms:
+                break
+            after = rooms[-1].id
+            for r in rooms:
+                prefix = await _old_prefix(conn, r.id, cutoff)
+                if prefix is None:
+                    continue
+                first, last = prefix
+                count = (
+                    await conn.execute(_COUNT, {"room_id": r.id, "first": first, "last": last})
+                ).scalar_one()
+                targets.append(PruneTarget(r.id, r.name, first, last, int(count)))
+            # Each page is its own short read, not one transaction spanning every room.
+            await conn.rollback()
+    return PrunePlan(cutoff, targets)
+
+
+async def prune(
+    engine: AsyncEngine,
+    plan: PrunePlan,
+    batch: int,
+    on_progress: Callable[[int], None] = lambda deleted: None,
+) -> dict[str, int]:
+    """Delete what `plan` found, `batch` seqs per transaction; returns the count deleted per
+    room. Every delete also checks the message is older than the cutoff, so nothing newer is
+    ever removed; messages keep their seqs and rooms keep their counters."""
+    deleted: dict[str, int] = {}
+    for target in plan.targets:
+        done = 0
+        for lo in range(target.first_seq, target.last_seq + 1, batch):
+            hi = min(lo + batch, target.last_seq + 1)
+            async with engine.begin() as conn:
+                result = await conn.execute(
+                    _DELETE,
+                    {"room_id": target.room_id, "lo": lo, "hi": hi, "cutoff": plan.cutoff},
+                )
+            done += result.rowcount
+            on_progress(result.rowcount)
+        deleted[target.room] = done
+    return deleted
