@@ -26,6 +26,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         pool_pre_ping=True,
         pool_timeout=5,
         connect_args={"timeout": 5, "command_timeout": 30},
+        # SQLAlchemy puts a failed statement's parameters in the error's text, and the
+        # writer's parameters are message bodies: never let them reach a log.
+        hide_parameters=True,
     )
 
 

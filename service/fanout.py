@@ -58,6 +58,18 @@ def make_broadcast(url: str) -> Broadcast:
 _NOTIFY_MANY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 
 
+def _watch_connection(broadcast: Broadcast) -> asyncio.Event:
+    """An event set when broadcaster's Postgres connection closes (a database restart,
+    pg_terminate_backend), so the listener is rebuilt at once rather than when the canary
+    times out; the canary still catches a connection that dies silently, and other backends."""
+    lost = asyncio.Event()
+    conn = getattr(getattr(broadcast, "_backend", None), "_conn", None)
+    add_listener = getattr(conn, "add_termination_listener", None)
+    if add_listener is not None:
+        add_listener(lambda _conn: lost.set())
+    return lost
+
+
 class Fanout:
     def __init__(
         self,
@@ -148,6 +160,7 @@ class Fanout:
         subscription = broadcast.subscribe(self._channel)
         async with asyncio.timeout(self._timeout):
             subscriber = await subscription.__aenter__()
+        lost = _watch_connection(broadcast)
         # The subscription is abandoned, not exited, on failure: exiting would UNLISTEN on
         # a connection that may be dead and hang.
         consumer = asyncio.create_task(self._consume(subscriber), name="fanout-consumer")
@@ -156,7 +169,11 @@ class Fanout:
             sent_at = time.monotonic()
             while True:
                 await self._send_canary()
-                await asyncio.sleep(self._check_interval)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._check_interval):
+                        await lost.wait()
+                if lost.is_set():
+                    raise ConnectionError("listener connection closed")
                 if consumer.done():
                     raise ConnectionError("subscriber stopped")
                 heard = self._canary_seen >= sent_at

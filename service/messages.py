@@ -70,6 +70,12 @@ class _Draft:
     future: asyncio.Future[Posted]
 
 
+def _fail(draft: _Draft, error: BaseException) -> None:
+    # A future may be done already: a REST caller that went away cancels the one it awaited.
+    if not draft.future.done():
+        draft.future.set_exception(error)
+
+
 # Called after each commit with the new messages and the notifications still to publish
 # (those that could not ride the transaction).
 OnCommit = Callable[[list[Posted], list[str]], Awaitable[None]]
@@ -93,8 +99,7 @@ class MessageWriter:
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Draft] = asyncio.Queue(queue_max)
         self._task: asyncio.Task[None] | None = None
-        self._idle = asyncio.Event()
-        self._idle.set()
+        self._stopped = False
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="message-writer")
@@ -109,17 +114,21 @@ class MessageWriter:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        self._stopped = True
         while not self._queue.empty():
-            draft = self._queue.get_nowait()
-            if not draft.future.done():
-                draft.future.set_exception(Unavailable("shutting down"))
+            _fail(self._queue.get_nowait(), Unavailable("shutting down"))
 
     async def submit(
         self, room_id: int, room: str, author: str, body: str, client_id: str | None
     ) -> asyncio.Future[Posted]:
         """Queue a validated message; waits only when the queue is full (back-pressure)."""
+        if self._stopped:
+            raise Unavailable("shutting down")
         future: asyncio.Future[Posted] = asyncio.get_running_loop().create_future()
-        await self._queue.put(_Draft(room_id, room, author, body, client_id, future))
+        draft = _Draft(room_id, room, author, body, client_id, future)
+        await self._queue.put(draft)
+        if self._stopped:  # queued after stop() emptied the queue: nobody will store it
+            _fail(draft, Unavailable("shutting down"))
         return future
 
     async def post(
@@ -137,8 +146,7 @@ class MessageWriter:
             except Exception:  # never let one bad batch stop the writer
                 log.exception("writer batch failed")
                 for draft in batch:
-                    if not draft.future.done():
-                        draft.future.set_exception(RuntimeError("internal error"))
+                    _fail(draft, RuntimeError("internal error"))
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -150,11 +158,11 @@ class MessageWriter:
         except Exception as error:
             if is_outage(error):
                 for draft in batch:
-                    draft.future.set_exception(Unavailable(str(error)))
+                    _fail(draft, Unavailable(str(error)))
                 return
             if len(batch) == 1:
                 log.exception("could not store a message")
-                batch[0].future.set_exception(error)
+                _fail(batch[0], error)
                 return
             # Isolate the culprit: one bad message must not fail its batch-mates.
             for draft in batch:

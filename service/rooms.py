@@ -32,12 +32,22 @@ class RoomInfo:
         }
 
 
+# Anyone may create rooms, so the cache of their ids is bounded (the oldest entry goes).
+_CACHE_MAX = 50_000
+
+
 class RoomDirectory:
     """Maps room names to ids. Rooms are never renamed, so an id once known stays right."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, cache_max: int = _CACHE_MAX) -> None:
         self._engine = engine
         self._ids: dict[str, int] = {}
+        self._cache_max = cache_max
+
+    def _remember(self, name: str, room_id: int) -> None:
+        if len(self._ids) >= self._cache_max:
+            del self._ids[next(iter(self._ids))]
+        self._ids[name] = room_id
 
     async def find(self, name: str) -> int | None:
         """The room's id, or None when nobody has used that room yet."""
@@ -46,7 +56,7 @@ class RoomDirectory:
         async with self._engine.connect() as conn:
             room_id = (await conn.execute(_FIND, {"name": name})).scalar_one_or_none()
         if room_id is not None:
-            self._ids[name] = room_id
+            self._remember(name, room_id)
         return room_id
 
     async def ensure(self, name: str) -> int:
@@ -58,7 +68,7 @@ class RoomDirectory:
             room_id = (await conn.execute(_CREATE, {"name": name})).scalar_one_or_none()
             if room_id is None:  # created concurrently by someone else
                 room_id = (await conn.execute(_FIND, {"name": name})).scalar_one()
-        self._ids[name] = int(room_id)
+        self._remember(name, int(room_id))
         return int(room_id)
 
     async def list(self, limit: int = 1000) -> list[RoomInfo]:

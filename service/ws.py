@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketState
+from starlette.websockets import WebSocketDisconnect, WebSocketState
 
 from . import metrics
 from .auth import websocket_user
@@ -41,7 +41,30 @@ CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 _MAX_SINCE = 2**62
 _TYPING_INTERVAL = 1.0
+_RESTART_FLUSH_SECONDS = 2.0
+_CLOSE_HANDSHAKE_SECONDS = 2.0
+_SLOW_CLOSE_SECONDS = 10.0
 _ids = itertools.count(1)
+
+
+class _QuietClientErrors(logging.Filter):
+    """uvicorn logs a client's text frame that is not UTF-8 as an error with a traceback,
+    though the fault is the client's and the socket is closed with 1007: one warning line is
+    enough, and a hostile client cannot fill the log with tracebacks."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.msg, str) and record.msg.startswith("Invalid UTF-8 sequence"):
+            record.msg = "invalid UTF-8 in a text frame from a client; closed with 1007"
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def quiet_client_errors() -> None:
+    """Install the filter above on uvicorn's logger (once)."""
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _QuietClientErrors) for f in logger.filters):
+        logger.addFilter(_QuietClientErrors())
 
 
 def _frame(kind: str, **fields: Any) -> str:
@@ -68,6 +91,7 @@ class Connection:
         self._limit = chat.settings.send_queue_limit
         self.close_code: int | None = None
         self.close_reason = ""
+        self.gone = False  # the client went away while frames were being written
         self.closing = asyncio.Event()
         self._bucket = TokenBucket(
             chat.settings.rate_limit_per_second, chat.settings.rate_limit_burst
@@ -92,18 +116,29 @@ class Connection:
             self.close_code, self.close_reason = code, reason
             self.closing.set()
 
+    @property
+    def writing(self) -> bool:
+        """Whether queued frames still go out: a restart (1012) is closed after the acks and
+        errors already queued; any other close drops them (the client resumes with since)."""
+        return self.close_code is None or self.close_code == CLOSE_RESTART
+
     async def write_loop(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue and self.close_code is None:
-                await self.websocket.send_text(self._queue.popleft())
+        try:
+            while True:
+                await self._wakeup.wait()
+                self._wakeup.clear()
+                while self._queue and self.writing:
+                    await self.websocket.send_text(self._queue.popleft())
+        except WebSocketDisconnect:
+            # The client closed, or vanished, while we wrote: the end of this socket, not
+            # a failure.
+            self.gone = True
 
     async def flush(self, timeout: float) -> None:
         """Wait (bounded) until everything queued so far has been written."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._queue and self.close_code is None:
+                while self._queue and self.writing and not self.gone:
                     await asyncio.sleep(0.01)
 
     def error(self, code: str, detail: str, ref: Any = None, **extra: Any) -> None:
@@ -319,20 +354,52 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             if task.done() and not task.cancelled() and task.exception() is not None:
                 log.error("socket %d failed", conn.id, exc_info=task.exception())
                 conn.close(CLOSE_INTERNAL, "internal error: reconnect with since")
+        if conn.close_code == CLOSE_RESTART and not writer.done():
+            # Read nothing more, then write what is queued: every send this instance took
+            # has its ack or error on the wire before the close frame.
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await conn.flush(_RESTART_FLUSH_SECONDS)
     finally:
         for pending in (reader, writer, closing):
             pending.cancel()
         await asyncio.gather(reader, writer, closing, return_exceptions=True)
-        chat.connections.discard(conn)
         metrics.CONNECTIONS.dec()
         if conn.close_code is not None:
             metrics.CLOSES.labels(str(conn.close_code)).inc()
+        code = conn.close_code or 1000
+        if code == CLOSE_TRY_AGAIN:
+            # The close frame waits behind what the client has not read: leave first.
+            await conn.part_all()
         if websocket.application_state == WebSocketState.CONNECTED:
-            # Bounded: a client that stopped reading may never complete the handshake.
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(2):
-                    await websocket.close(conn.close_code or 1000, conn.close_reason)
+            slow = code == CLOSE_TRY_AGAIN
+            timeout = _SLOW_CLOSE_SECONDS if slow else _CLOSE_HANDSHAKE_SECONDS
+            await _close(websocket, code, conn.close_reason, timeout)
         await conn.part_all()
+        # Last: a draining instance waits for this, so uvicorn's own shutdown finds nothing
+        # left to cut.
+        chat.connections.discard(conn)
+
+
+async def _close(websocket: WebSocket, code: int, reason: str, timeout: float) -> None:
+    """Send the close frame, then wait for the client's reply, both within `timeout`.
+
+    A client that stopped reading gets the frame only after what is already buffered for
+    it, so it can see its 1013 if it reads again soon enough. Waiting for the reply matters:
+    closing a TCP connection with unread input resets it, and a client that gets a reset may
+    lose the frames written just before the close, acks included; once the client has
+    answered, it sends nothing more."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await websocket.close(code, reason)
+            # uvicorn queues one disconnect event when the app closes and another when the
+            # connection is gone; Starlette's receive() stops at the first, hence the raw
+            # ASGI receive. Frames that arrived meanwhile are dropped.
+            disconnects = 0
+            while disconnects < 2:
+                message = await websocket._receive()
+                if message["type"] == "websocket.disconnect":
+                    disconnects += 1
 
 
 async def _read_loop(conn: Connection) -> None:
