@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
-from . import api, db, history, notifications, ws
+from . import api, db, history, logs, metrics, notifications, ws
 from .fanout import Fanout
 from .history import StoredMessage
 from .hubs import Hubs
@@ -120,7 +120,9 @@ class Chat:
                 hub.offer(p.message.seq, p.message.frame(), p.message.created_at)
         if later:
             try:
-                await self.fanout.publish(later)
+                # Bounded: a Redis that stops answering must not stall the writer.
+                async with asyncio.timeout(self.settings.listener_timeout_seconds):
+                    await self.fanout.publish(later)
             except Exception as error:  # other instances catch up at their next resync
                 log.warning("publish after commit failed: %s", error)
 
@@ -267,9 +269,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chat = build_chat(settings)
         app.state.chat = chat
         await chat.start()
+        stop_watching = metrics.watch(
+            lambda: chat.writer.depth, lambda: (c.queued for c in chat.connections)
+        )
         try:
             yield
         finally:
+            stop_watching()
             await chat.stop()
 
     app = FastAPI(
@@ -281,6 +287,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.add_middleware(SecurityHeaders)
+    app.add_middleware(logs.RequestContext)  # added last: it wraps everything else
     app.include_router(api.router)
     app.include_router(ws.router)
 

@@ -8,7 +8,7 @@ from urllib.parse import urlsplit
 from fastapi import Depends, HTTPException, Request, WebSocket, status
 from fastapi.security import OAuth2PasswordBearer
 
-from .security import read_token
+from .security import read_token, read_token_claims
 from .settings import Settings
 
 COOKIE = "session"
@@ -58,8 +58,9 @@ def origin_allowed(origin: str | None, host: str | None, settings: Settings, sch
     return _host_port(parsed.netloc, parsed.scheme) == _host_port(host, request_scheme)
 
 
-def websocket_user(websocket: WebSocket, settings: Settings) -> str | None:
-    """The socket's user, or None to refuse it (missing, bad or expired token, bad Origin)."""
+def websocket_user(websocket: WebSocket, settings: Settings) -> tuple[str, float] | None:
+    """The socket's user and its token's expiry (Unix time), or None to refuse it (missing,
+    bad or expired token, bad Origin)."""
     secret = settings.require_secret()
     token = websocket.query_params.get("token")
     if not token:
@@ -67,7 +68,7 @@ def websocket_user(websocket: WebSocket, settings: Settings) -> str | None:
         scheme, _, value = header.partition(" ")
         token = value.strip() if scheme.lower() == "bearer" else None
     if token:
-        return read_token(token, secret)
+        return read_token_claims(token, secret)
     cookie = websocket.cookies.get(COOKIE)
     if not cookie:
         return None
@@ -78,4 +79,4 @@ def websocket_user(websocket: WebSocket, settings: Settings) -> str | None:
         websocket.url.scheme,
     ):
         return None
-    return read_token(cookie, secret)
+    return read_token_claims(cookie, secret)

@@ -14,6 +14,7 @@ covered and nothing between replay and live delivery is lost or doubled.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,7 +60,11 @@ class RoomHub:
         self._pending: dict[int, tuple[str, datetime | None]] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
-        self._task = asyncio.create_task(self._run(), name=f"hub-{room}")
+        # A fresh context: the hub serves every socket of the room, not the one (whose
+        # conn_id is in the current context) that happened to create it.
+        self._task = asyncio.create_task(
+            self._run(), name=f"hub-{room}", context=contextvars.Context()
+        )
 
     def offer(self, seq: int, frame: str | None, committed_at: datetime | None = None) -> None:
         """Seq `seq` is committed; `frame` is its encoded message when the caller has it."""

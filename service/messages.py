@@ -101,6 +101,11 @@ class MessageWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopped = False
 
+    @property
+    def depth(self) -> int:
+        """Sends waiting for a transaction."""
+        return self._queue.qsize()
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="message-writer")
 

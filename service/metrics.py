@@ -40,11 +40,6 @@ FANOUT_LAG_SECONDS = Histogram(
 GAP_FILLS = Counter("chat_gap_fills_total", "Messages read back from the database to fill gaps")
 LISTENER_RECONNECTS = Counter("chat_listener_reconnects_total", "Fan-out listener rebuilds")
 LISTENER_HEALTHY = Gauge("chat_listener_healthy", "1 while the fan-out listener hears itself")
-SEND_QUEUE_DEPTH = Histogram(
-    "chat_send_queue_depth",
-    "Frames waiting for a socket when a frame is queued",
-    buckets=(0, 1, 5, 10, 50, 100, 500, 1000),
-)
 HTTP_REQUESTS = Counter(
     "chat_http_requests_total", "HTTP requests answered, by method and status", ["method", "status"]
 )

@@ -39,13 +39,21 @@ def issue_token(username: str, secret: str, ttl_seconds: int) -> str:
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-def read_token(token: str, secret: str) -> str | None:
-    """The username a valid, unexpired token names, else None."""
+def read_token_claims(token: str, secret: str) -> tuple[str, float] | None:
+    """(username, expiry as a Unix time) of a valid, unexpired token, else None."""
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]}
         )
     except jwt.PyJWTError:
         return None
-    sub = claims.get("sub")
-    return sub if isinstance(sub, str) else None
+    sub, exp = claims.get("sub"), claims.get("exp")
+    if not isinstance(sub, str) or not isinstance(exp, (int, float)):
+        return None
+    return sub, float(exp)
+
+
+def read_token(token: str, secret: str) -> str | None:
+    """The username a valid, unexpired token names, else None."""
+    claims = read_token_claims(token, secret)
+    return claims[0] if claims else None

@@ -100,6 +100,11 @@ class Connection:
 
     # -- outgoing ---------------------------------------------------------------------------
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting to be written to this socket."""
+        return len(self._queue)
+
     def push(self, frame: str, *, force: bool = False) -> None:
         if self.close_code is not None:
             return
@@ -332,10 +337,11 @@ class Connection:
 @router.websocket("/ws")
 async def websocket_endpoint(websocket: WebSocket) -> None:
     chat: Chat = websocket.app.state.chat
-    username = websocket_user(websocket, chat.settings)
-    if username is None:
+    identity = websocket_user(websocket, chat.settings)
+    if identity is None:
         await websocket.close(CLOSE_POLICY)  # before accept: the handshake gets HTTP 403
         return
+    username, expires_at = identity
     refusal = chat.admit(username)
     await websocket.accept()
     if refusal is not None:
@@ -348,6 +354,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer-{conn.id}")
     reader = asyncio.create_task(_read_loop(conn), name=f"ws-reader-{conn.id}")
     closing = asyncio.create_task(conn.closing.wait(), name=f"ws-closing-{conn.id}")
+    # A socket lives no longer than the token that opened it; the client logs in again.
+    expiry = asyncio.get_running_loop().call_later(
+        max(0.0, expires_at - time.time()), conn.close, CLOSE_POLICY, "token expired"
+    )
     try:
         await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
         for task in (reader, writer):
@@ -361,6 +371,7 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
             await asyncio.gather(reader, return_exceptions=True)
             await conn.flush(_RESTART_FLUSH_SECONDS)
     finally:
+        expiry.cancel()
         for pending in (reader, writer, closing):
             pending.cancel()
         await asyncio.gather(reader, writer, closing, return_exceptions=True)

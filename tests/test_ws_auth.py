@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import websockets
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from service.security import issue_token
 from tests.support import Instance, new_user, unique, ws_connect
@@ -63,3 +63,20 @@ async def test_cookie_needs_a_same_origin(pair: tuple[Instance, Instance]) -> No
     async with ws_connect(a.url, additional_headers=cookie, origin=a.url) as ws:
         await ws.send(type="ping")
         assert (await ws.recv())["type"] == "pong"
+
+
+async def test_socket_is_closed_when_its_token_expires(
+    pair: tuple[Instance, Instance], secret_key: str
+) -> None:
+    """A socket lives no longer than its token: at expiry it is closed with 1008."""
+    a, _ = pair
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        user = await new_user(http)
+    short = issue_token(user.name, secret_key, 2)
+    async with ws_connect(a.url, short) as ws:
+        joined, _ = await ws.join(unique("r-"))
+        assert joined["online"] == [user.name]
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv(timeout=10)  # nothing else arrives in this room before the close
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1008
