@@ -104,7 +104,15 @@ def _unavailable() -> HTTPException:
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserOut)
-async def register(registration: Registration, chat: ChatDep) -> UserOut:
+async def register(registration: Registration, request: Request, chat: ChatDep) -> UserOut:
+    client = request.client.host if request.client else "?"
+    wait_ms = chat.register_limiter.take(f"ip:{client}")
+    if wait_ms:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            "too many registrations from this address; try again later",
+            headers={"Retry-After": str(max(1, wait_ms // 1000))},
+        )
     try:
         await accounts.register(chat.engine, registration.username, registration.password)
     except accounts.UsernameTaken:

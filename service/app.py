@@ -70,6 +70,7 @@ class Chat:
     writer: MessageWriter
     login_limiter: KeyedLimiter
     login_ip_limiter: KeyedLimiter
+    register_limiter: KeyedLimiter
     connections: set[Connection] = field(default_factory=set)
     draining: bool = False
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -232,6 +233,7 @@ def build_chat(settings: Settings) -> Chat:
         ),
         login_limiter=KeyedLimiter(settings.login_attempts_per_minute),
         login_ip_limiter=KeyedLimiter(settings.login_attempts_per_minute * 5),
+        register_limiter=KeyedLimiter(settings.registrations_per_minute),
     )
     return chat
 

@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_user: int = Field(default=20, ge=1)
     login_attempts_per_minute: int = Field(default=10, ge=1)
+    # Each registration costs an argon2 hash: per client address, so one client cannot burn
+    # the CPU or fill the users table.
+    registrations_per_minute: int = Field(default=20, ge=1)
 
     db_pool_size: int = Field(default=10, ge=1)
     write_batch_max: int = Field(default=500, ge=1)

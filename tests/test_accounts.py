@@ -461,3 +461,30 @@ async def test_many_users_may_log_in_from_one_client(limited_app: FastAPI) -> No
         for name in names:
             r = await office.post("/api/token", data={"username": name, "password": PASSWORD})
             assert r.status_code == 200, f"login {names.index(name) + 1}: {r.status_code}"
+
+
+# -- the registration limit --------------------------------------------------------------
+
+
+async def test_registrations_are_limited_per_address(database_url: str, secret_key: str) -> None:
+    """Past CHAT_REGISTRATIONS_PER_MINUTE from one address: 429 with Retry-After, nothing
+    created; another address may still register."""
+    settings = Settings(
+        database_url=database_url,
+        secret_key=secret_key,
+        log_format="text",
+        registrations_per_minute=2,
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        async with app_client(application) as one:
+            assert await register(one, unique("reg_")) == 201
+            assert await register(one, unique("reg_")) == 201
+            refused = unique("reg_")
+            r = await one.post("/api/users", json={"username": refused, "password": PASSWORD})
+            assert r.status_code == 429
+            assert 1 <= int(r.headers["retry-after"]) <= 60
+            r = await one.post("/api/token", data={"username": refused, "password": PASSWORD})
+            assert r.status_code == 401  # it was not created
+        async with app_client(application) as other:
+            assert await register(other, unique("reg_")) == 201
