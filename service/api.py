@@ -24,6 +24,25 @@ from .validation import (
 if TYPE_CHECKING:
     from .app import Chat
 
+
+class ErrorOut(BaseModel):
+    """FastAPI's error body; a refused field's `detail` is a list of problems instead."""
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    described = {
+        401: "not authenticated, or wrong credentials",
+        404: "no such room",
+        409: "username is taken",
+        413: "body too long",
+        429: "too many attempts; see Retry-After",
+        503: "the database cannot be reached; nothing was stored",
+    }
+    return {code: {"model": ErrorOut, "description": described[code]} for code in codes}
+
+
 router = APIRouter(prefix="/api")
 RoomName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", max_length=64)]
 
@@ -103,7 +122,12 @@ def _unavailable() -> HTTPException:
     return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the database cannot be reached")
 
 
-@router.post("/users", status_code=status.HTTP_201_CREATED, response_model=UserOut)
+@router.post(
+    "/users",
+    status_code=status.HTTP_201_CREATED,
+    response_model=UserOut,
+    responses=_errors(409, 429),
+)
 async def register(registration: Registration, request: Request, chat: ChatDep) -> UserOut:
     client = request.client.host if request.client else "?"
     wait_ms = chat.register_limiter.take(f"ip:{client}")
@@ -120,7 +144,7 @@ async def register(registration: Registration, request: Request, chat: ChatDep) 
     return UserOut(username=registration.username)
 
 
-@router.post("/token", response_model=TokenOut)
+@router.post("/token", response_model=TokenOut, responses=_errors(401, 429))
 async def login(
     request: Request,
     response: Response,
@@ -177,12 +201,12 @@ async def logout(request: Request, chat: ChatDep) -> Response:
     return response
 
 
-@router.get("/me", response_model=UserOut)
+@router.get("/me", response_model=UserOut, responses=_errors(401))
 async def me(user: CurrentUser) -> UserOut:
     return UserOut(username=user)
 
 
-@router.get("/rooms", response_model=list[RoomOut])
+@router.get("/rooms", response_model=list[RoomOut], responses=_errors(401))
 async def list_rooms(user: CurrentUser, chat: ChatDep) -> list[dict[str, Any]]:
     """Rooms, most recently active first."""
     return [room.to_wire() for room in await chat.rooms.list()]
@@ -195,7 +219,7 @@ async def _room_id(chat: Chat, room: str) -> int:
     return room_id
 
 
-@router.get("/rooms/{room}/messages", response_model=PageOut)
+@router.get("/rooms/{room}/messages", response_model=PageOut, responses=_errors(401, 404))
 async def room_messages(
     room: RoomName,
     user: CurrentUser,
@@ -223,7 +247,7 @@ async def room_messages(
     response_model=MessageOut,
     responses={
         200: {"model": MessageOut, "description": "the original, for a repeated client_id"},
-        413: {"description": "body too long"},
+        **_errors(401, 413, 503),
     },
 )
 async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat: ChatDep) -> Any:
@@ -256,7 +280,7 @@ async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat:
     )
 
 
-@router.get("/rooms/{room}/online", response_model=OnlineOut)
+@router.get("/rooms/{room}/online", response_model=OnlineOut, responses=_errors(401, 404))
 async def room_online(room: RoomName, user: CurrentUser, chat: ChatDep) -> OnlineOut:
     room_id = await _room_id(chat, room)
     return OnlineOut(room=room, users=await chat.presence.online(room_id))
