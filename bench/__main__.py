@@ -1,0 +1,261 @@
+"""`python -m bench`: start everything, measure, print the table, write JSON and a plot.
+
+- `python -m bench`: the default profile (history at 1M rows), a few minutes;
+- `python -m bench --smoke`: every code path at tiny sizes, in seconds;
+- `python -m bench --full`: also history at 10M rows;
+- `--database-url URL` (or CHAT_BENCH_DATABASE_URL): use an existing server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from rich.console import Console
+
+from . import baselines, report, scenarios
+from .cluster import PROJECT, Database, chat_instance, database, seed_users, tokens
+from .config import DEFAULT, FULL, SMOKE, Profile
+from .figures import Percentiles, Results, Throughput, median_fanout, median_run
+from .system import load_average, machine_info, raise_open_files_limit
+from .ui import Ui
+
+SCENARIOS = ("memory", "joins", "ingest", "baseline-a", "baseline-b", "fanout", "history")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--smoke", action="store_true", help="tiny sizes: a few seconds in all")
+    size.add_argument("--full", action="store_true", help="also page through 10M rows")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="where latest.json and latest.png go (default: bench/results, or a temporary "
+        "directory with --smoke)",
+    )
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get("CHAT_BENCH_DATABASE_URL"),
+        help="an existing PostgreSQL server (admin URL) to create and drop a database on, "
+        "instead of a private cluster (env CHAT_BENCH_DATABASE_URL)",
+    )
+    parser.add_argument(
+        "--only",
+        help=f"comma-separated subset of: {', '.join(SCENARIOS)}",
+        type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+    )
+    parser.add_argument("--ingest-seconds", type=float)
+    parser.add_argument("--fanout-rate", type=float, help="offered messages/s in the fan-out")
+    parser.add_argument("--fanout-receivers", type=int)
+    parser.add_argument("--fanout-rooms", type=int)
+    parser.add_argument("--idle-sockets", type=int)
+    parser.add_argument("--repeats", type=int, help="runs of ingest, baseline A and fan-out")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    args = parser.parse_args(argv)
+    unknown = set(args.only or []) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    return args
+
+
+def choose_profile(args: argparse.Namespace) -> Profile:
+    profile = SMOKE if args.smoke else FULL if args.full else DEFAULT
+    overrides: dict[str, Any] = {
+        "ingest_seconds": args.ingest_seconds,
+        "fanout_rate": args.fanout_rate,
+        "fanout_receivers": args.fanout_receivers,
+        "fanout_rooms": args.fanout_rooms,
+        "idle_sockets": args.idle_sockets,
+        "repeats": args.repeats,
+    }
+    return replace(profile, **{k: v for k, v in overrides.items() if v is not None})
+
+
+async def postgres_version(db: Database) -> dict[str, Any]:
+    """The server's version and durability settings, and the round trip time of `SELECT 1`
+    from asyncpg (every statement the service sends pays it at least once)."""
+    conn = await asyncpg.connect(db.url)
+    try:
+        version = await conn.fetchval("SHOW server_version")
+        settings = {
+            name: str(await conn.fetchval(f"SHOW {name}"))
+            for name in ("fsync", "synchronous_commit", "shared_buffers", "max_wal_size")
+        }
+        trips = []
+        for _ in range(300):
+            began = time.perf_counter()
+            await conn.fetchval("SELECT 1")
+            trips.append((time.perf_counter() - began) * 1000)
+    finally:
+        await conn.close()
+    rtt = Percentiles.of(trips[50:])
+    return {"version": str(version), **settings, "round_trip_ms": {"p50": rtt.p50, "p99": rtt.p99}}
+
+
+async def run(
+    profile: Profile, db: Database, workdir: Path, ui: Ui, only: list[str] | None
+) -> tuple[Results, dict[str, Any]]:
+    wanted = set(only or SCENARIOS)
+    results = Results()
+    pg = await postgres_version(db)
+    secret = secrets.token_urlsafe(48)
+    setup = ui.step("starting: users, two chat instances", 3)
+    await seed_users(db, profile.users_needed)
+    setup.advance()
+    logs = workdir / "logs"
+    logs.mkdir(exist_ok=True)
+    instances = [chat_instance(f"chat-{name}", db, secret, logs) for name in ("a", "b")]
+    bench = scenarios.Bench(
+        profile=profile,
+        db=db,
+        instances=instances,
+        tokens=tokens(secret, profile.users_needed),
+        ui=ui,
+        workdir=workdir,
+    )
+    try:
+        for instance in instances:
+            instance.start()
+        await asyncio.gather(*(i.wait_ready() for i in instances))
+        setup.advance(2)
+        async with asyncio.timeout(profile.budget_seconds):
+            await _measure(bench, results, wanted)
+    except BaseException:
+        for instance in instances:
+            ui.log(f"--- {instance.name} log ---\n{instance.log_tail()}")
+        raise
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(i.stop) for i in instances))
+    return results, pg
+
+
+async def _measure(bench: scenarios.Bench, results: Results, wanted: set[str]) -> None:
+    a, b = bench.instances
+
+    async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
+        if name in wanted:
+            await action()
+
+    # Memory first, on instances that have done nothing yet: memory freed by earlier load
+    # would be reused by the new sockets and hide their cost.
+    async def memory() -> None:
+        results.memory.append(await scenarios.idle_memory(bench, a, compression=True))
+        results.memory.append(await scenarios.idle_memory(bench, b, compression=False))
+
+    async def joins() -> None:
+        results.connect_replay = await scenarios.connect_replay(bench)
+        results.resume = await scenarios.resume(bench)
+
+    # Ingest and baseline A alternate, so that both meet the same conditions.
+    ingests: list[Throughput] = []
+    raws: list[Throughput] = []
+
+    async def ingest() -> None:
+        ingests.append(await scenarios.ingest(bench))
+
+    async def baseline_a() -> None:
+        raws.append(await baselines.raw_asyncpg(bench))
+
+    async def baseline_b() -> None:
+        results.baseline_b = await baselines.naive(bench)
+
+    async def fanout() -> None:
+        runs = [await scenarios.fanout(bench) for _ in range(bench.profile.repeats)]
+        results.fanout = median_fanout(runs)
+
+    async def history() -> None:
+        for rows in bench.profile.history_sizes:
+            results.history[scenarios.size_label(rows)] = await scenarios.history(bench, rows)
+
+    await step("memory", memory)
+    await step("joins", joins)
+    for _ in range(bench.profile.repeats):
+        await step("ingest", ingest)
+        await step("baseline-a", baseline_a)
+    results.ingest = median_run(ingests) if ingests else None
+    results.baseline_a = median_run(raws) if raws else None
+    await step("baseline-b", baseline_b)
+    await step("fanout", fanout)
+    await step("history", history)
+
+
+def code_version() -> dict[str, object]:
+    """The commit measured, and whether service/ had uncommitted changes (read-only git)."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=PROJECT, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    changed = git("status", "--porcelain", "--", "service", "migrations")
+    return {"commit": git("rev-parse", "HEAD"), "service_uncommitted_changes": bool(changed)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = choose_profile(args)
+    if args.out is not None:
+        out: Path = args.out
+    elif args.smoke:
+        out = Path(tempfile.mkdtemp(prefix="chat-bench-results-"))
+    else:
+        out = PROJECT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    raise_open_files_limit()
+    stdout = Console(width=None if sys.stdout.isatty() else 150)
+    workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
+    started = datetime.datetime.now(datetime.UTC)
+    load_at_start = load_average()
+    try:
+        with Ui(Console(stderr=True)) as ui:
+            prep = ui.step("PostgreSQL: cluster, database, migrations", None)
+            with database(args.database_url, workdir) as db:
+                prep.done()
+                results, pg = asyncio.run(run(profile, db, workdir, ui, args.only))
+    finally:
+        if args.keep:
+            print(f"work directory kept: {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    meta: dict[str, Any] = {
+        "profile": profile.name,
+        "date": started.isoformat(timespec="seconds"),
+        "duration_seconds": round(
+            (datetime.datetime.now(datetime.UTC) - started).total_seconds(), 1
+        ),
+        "machine": machine_info() | {"load_average_at_start": load_at_start},
+        "code": code_version(),
+        "postgres": pg,
+        "database": "existing server" if args.database_url else "private cluster",
+        "sizes": asdict(profile),
+    }
+    report.print_report(stdout, results, meta)
+    report.write_json(out / "latest.json", results, meta)
+    report.write_plot(out / "latest.png", results, meta)
+    print(f"\nwrote {out / 'latest.json'} and {out / 'latest.png'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
+    sys.exit(130)

@@ -1,0 +1,75 @@
+"""How big each measurement is, per profile (`--smoke`, default, `--full`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+# About 60 characters, like the bodies FACTS.md measured with.
+BODY_TEXT = "lorem ipsum dolor sit amet, consectetur adipiscing elit"
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    # ingest and the two baselines: senders pipelining into a few rooms
+    ingest_senders: int = 32  # sockets, half on each instance
+    ingest_rooms: int = 8
+    # True: every room has senders on both instances (their writers contend for the room's
+    # row lock); False: each room's senders are all on one instance (needs an even count)
+    ingest_rooms_span_instances: bool = True
+    ingest_window: int = 64  # unacknowledged sends per socket
+    ingest_seconds: float = 10.0
+    warmup_seconds: float = 1.0
+    baseline_connections: int = 16
+    # fan-out: paced senders, receivers on both instances
+    fanout_rate: float = 1000.0  # offered messages/s, all rooms together
+    fanout_receivers: int = 200
+    fanout_rooms: int = 10
+    fanout_seconds: float = 10.0
+    # joins
+    joins: int = 200
+    replay_room_messages: int = 200
+    resumes: int = 20
+    resume_messages: int = 1000
+    # memory
+    idle_sockets: int = 2000
+    idle_rooms: int = 20
+    # history
+    history_sizes: tuple[int, ...] = (1_000_000,)
+    history_requests: int = 500
+    # ingest, baseline A and the fan-out run this many times, interleaved; the figure is the
+    # median run (a shared or noisy machine disturbs single runs)
+    repeats: int = 3
+    # the whole run stops by itself after this
+    budget_seconds: float = 900.0
+
+    @property
+    def users_needed(self) -> int:
+        return max(self.idle_sockets, self.fanout_receivers + self.fanout_rooms, self.joins) + 64
+
+
+DEFAULT = Profile(name="default")
+FULL = replace(DEFAULT, name="full", history_sizes=(1_000_000, 10_000_000), budget_seconds=1800)
+SMOKE = Profile(
+    name="smoke",
+    ingest_senders=8,
+    ingest_rooms=4,
+    ingest_window=16,
+    ingest_seconds=2.0,
+    warmup_seconds=0.5,
+    baseline_connections=4,
+    fanout_rate=200.0,
+    fanout_receivers=20,
+    fanout_rooms=4,
+    fanout_seconds=2.0,
+    joins=20,
+    replay_room_messages=100,
+    resumes=3,
+    resume_messages=1000,
+    idle_sockets=200,
+    idle_rooms=4,
+    history_sizes=(10_000,),
+    history_requests=50,
+    repeats=1,
+    budget_seconds=200,
+)

@@ -1,0 +1,155 @@
+"""What each measurement produces, and percentiles."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) by linear interpolation between closest ranks; 0 for no
+    values (the count, n, tells)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+@dataclass(frozen=True)
+class Percentiles:
+    n: int
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    max: float
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Percentiles:
+        ordered = sorted(values)
+        return cls(
+            n=len(ordered),
+            p50=round(percentile(ordered, 50), 3),
+            p90=round(percentile(ordered, 90), 3),
+            p95=round(percentile(ordered, 95), 3),
+            p99=round(percentile(ordered, 99), 3),
+            max=round(ordered[-1], 3) if ordered else 0.0,
+        )
+
+
+@dataclass
+class Throughput:
+    """Messages stored (and acknowledged) per second by one write path."""
+
+    label: str
+    per_second: float
+    count: int
+    seconds: float
+    setup: str
+    errors: dict[str, int] = field(default_factory=dict)
+    errors_in_window: dict[str, int] = field(default_factory=dict)
+    latency_ms: Percentiles | None = None  # send to ack (or commit, for raw asyncpg)
+    deliveries_per_second: float | None = None
+    cpu: dict[str, float] = field(default_factory=dict)
+    server: dict[str, float] = field(default_factory=dict)  # from the instances' /metrics
+    notes: list[str] = field(default_factory=list)
+    runs: list[float] = field(default_factory=list)  # per_second of every repeat
+
+    @property
+    def server_cpu_us_per_message(self) -> float:
+        """CPU time the servers (instances or naive app, and PostgreSQL) spent per message
+        stored: less disturbed by a shared machine than the rate itself."""
+        servers = sum(v for k, v in self.cpu.items() if k.startswith(("instance", "naive-")))
+        servers += self.cpu.get("postgres", 0.0)
+        return round(servers / self.per_second * 1e6, 1) if self.per_second and servers else 0.0
+
+
+@dataclass
+class Fanout:
+    offered_per_second: float
+    sent: int
+    receivers: int
+    rooms: int
+    seconds: float
+    cross_instance_ms: Percentiles
+    same_instance_ms: Percentiles
+    ack_ms: Percentiles  # the senders' send to ack
+    deliveries_per_second: float
+    expected_deliveries_per_second: float
+    missing: int  # receptions expected but not seen within the grace time
+    closed: dict[str, int]
+    errors: dict[str, int]
+    cpu: dict[str, float] = field(default_factory=dict)
+    server: dict[str, float] = field(default_factory=dict)  # from the instances' /metrics
+    runs: list[float] = field(default_factory=list)  # cross-instance p99 of every repeat
+
+
+def median_run(runs: list[Throughput]) -> Throughput:
+    """The run with the median rate (the lower middle one for an even count), with every
+    run's rate in `runs`."""
+    ordered = sorted(runs, key=lambda t: t.per_second)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.runs = [t.per_second for t in runs]
+    return chosen
+
+
+def median_fanout(runs: list[Fanout]) -> Fanout:
+    """The run with the median cross-instance p99, with every run's p99 in `runs`."""
+    ordered = sorted(runs, key=lambda f: f.cross_instance_ms.p99)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.runs = [f.cross_instance_ms.p99 for f in runs]
+    return chosen
+
+
+@dataclass
+class JoinTimes:
+    """Socket open to `joined`, sequential joins alternating between the instances."""
+
+    what: str
+    joins: int
+    replayed_per_join: int
+    total_ms: Percentiles
+    handshake_ms: Percentiles  # TCP connect + WebSocket upgrade
+    join_ms: Percentiles  # join frame to joined, replay included
+
+
+@dataclass
+class Memory:
+    sockets: int
+    compression: bool
+    before_kib: int
+    after_kib: int
+    per_socket_kib: float
+    connect_seconds: float
+
+
+@dataclass
+class History:
+    rows: int
+    other_rows: int
+    load_seconds: float
+    requests: int
+    latency_ms: Percentiles
+    plan: list[str]  # EXPLAIN (ANALYZE, BUFFERS) text
+    node: str  # e.g. "Limit > Index Scan Backward using pk_messages"
+    generic_node: str  # the same query as a generic prepared plan
+    sql_ms: float  # execution time EXPLAIN ANALYZE reported
+    # mean and p50/p99 estimated from the instances' request-duration histogram (coarse
+    # buckets), without the client's overhead; empty when the instances do not export it
+    server_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Results:
+    ingest: Throughput | None = None
+    baseline_a: Throughput | None = None
+    baseline_b: Throughput | None = None
+    fanout: Fanout | None = None
+    connect_replay: JoinTimes | None = None
+    resume: JoinTimes | None = None
+    memory: list[Memory] = field(default_factory=list)
+    history: dict[str, History] = field(default_factory=dict)  # by size label, e.g. "1M"

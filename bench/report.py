@@ -1,0 +1,406 @@
+"""The result table (stdout), the JSON of every figure, and the plot."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from .figures import Results, Throughput
+
+TARGET_INGEST_RATIO = 3.0
+TARGET_FANOUT_P99_MS = 25.0
+TARGET_JOIN_MS = 10.0
+TARGET_IDLE_KIB = 40.0
+TARGET_HISTORY_MS = 5.0
+
+
+@dataclass(frozen=True)
+class Row:
+    measurement: str
+    figure: float
+    unit: str
+    baseline: float | None = None
+    baseline_label: str = ""
+    ratio: float | None = None
+    target: str = ""
+    passed: bool | None = None
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 2) if b > 0 else None
+
+
+def rows(results: Results) -> list[Row]:
+    out: list[Row] = []
+    ingest, a, b = results.ingest, results.baseline_a, results.baseline_b
+    if ingest is not None:
+        if a is not None:
+            ratio = _ratio(ingest.per_second, a.per_second)
+            out.append(
+                Row(
+                    "ingest: acked messages",
+                    ingest.per_second,
+                    "msg/s",
+                    a.per_second,
+                    "A raw asyncpg",
+                    ratio,
+                    f">= {TARGET_INGEST_RATIO:g}x A",
+                    ratio is not None and ratio >= TARGET_INGEST_RATIO,
+                )
+            )
+        if b is not None:
+            out.append(
+                Row(
+                    "ingest vs the naive app",
+                    ingest.per_second,
+                    "msg/s",
+                    b.per_second,
+                    "B naive app",
+                    _ratio(ingest.per_second, b.per_second),
+                )
+            )
+        if a is None and b is None:
+            out.append(Row("ingest: acked messages", ingest.per_second, "msg/s"))
+    elif a is not None or b is not None:
+        for base in (a, b):
+            if base is not None:
+                out.append(Row(base.label, base.per_second, "msg/s"))
+    if results.fanout is not None:
+        f = results.fanout
+        cross = f.cross_instance_ms
+        out.append(Row("fan-out latency p50, other instance", cross.p50, "ms"))
+        out.append(Row("fan-out latency p95, other instance", cross.p95, "ms"))
+        out.append(
+            Row(
+                "fan-out latency p99, other instance",
+                cross.p99,
+                "ms",
+                target=f"< {TARGET_FANOUT_P99_MS:g} ms",
+                passed=cross.p99 < TARGET_FANOUT_P99_MS,
+            )
+        )
+        out.append(
+            Row(
+                f"fan-out deliveries ({f.offered_per_second:g} msg/s offered)",
+                f.deliveries_per_second,
+                "msg/s",
+                f.expected_deliveries_per_second,
+                "expected",
+                _ratio(f.deliveries_per_second, f.expected_deliveries_per_second),
+            )
+        )
+    if results.connect_replay is not None:
+        j = results.connect_replay
+        out.append(
+            Row(
+                f"connect + join, {j.replayed_per_join} replayed (median)",
+                j.total_ms.p50,
+                "ms",
+                target=f"< {TARGET_JOIN_MS:g} ms",
+                passed=j.total_ms.p50 < TARGET_JOIN_MS,
+            )
+        )
+    if results.resume is not None:
+        r = results.resume
+        out.append(Row(f"resume: {r.replayed_per_join} missed (median)", r.total_ms.p50, "ms"))
+    for m in results.memory:
+        kind = "deflate, as browsers" if m.compression else "no compression"
+        out.append(
+            Row(
+                f"idle memory per socket ({kind})",
+                m.per_socket_kib,
+                "KiB",
+                target=f"< {TARGET_IDLE_KIB:g} KiB",
+                passed=m.per_socket_kib < TARGET_IDLE_KIB,
+            )
+        )
+    for label, h in results.history.items():
+        out.append(Row(f"history page at {label} rows, p50", h.latency_ms.p50, "ms"))
+        out.append(
+            Row(
+                f"history page at {label} rows, p99",
+                h.latency_ms.p99,
+                "ms",
+                target=f"< {TARGET_HISTORY_MS:g} ms",
+                passed=h.latency_ms.p99 < TARGET_HISTORY_MS,
+            )
+        )
+    return out
+
+
+def figures(results: Results) -> dict[str, float]:
+    """Every headline number, flat, for the JSON (and the smoke test)."""
+    out: dict[str, float] = {}
+    for key, t in (
+        ("ingest", results.ingest),
+        ("baseline_a", results.baseline_a),
+        ("baseline_b", results.baseline_b),
+    ):
+        if t is not None:
+            out[f"{key}_msgs_per_s"] = t.per_second
+            if t.server_cpu_us_per_message:
+                out[f"{key}_server_cpu_us_per_msg"] = t.server_cpu_us_per_message
+    if results.ingest is not None:
+        for key, base in (("a", results.baseline_a), ("b", results.baseline_b)):
+            if base is not None and base.per_second > 0:
+                out[f"ingest_vs_baseline_{key}"] = round(
+                    results.ingest.per_second / base.per_second, 2
+                )
+        if results.ingest.latency_ms is not None:
+            out["ingest_ack_p50_ms"] = results.ingest.latency_ms.p50
+    if results.fanout is not None:
+        f = results.fanout
+        out["fanout_p50_ms"] = f.cross_instance_ms.p50
+        out["fanout_p95_ms"] = f.cross_instance_ms.p95
+        out["fanout_p99_ms"] = f.cross_instance_ms.p99
+        out["fanout_same_instance_p99_ms"] = f.same_instance_ms.p99
+        out["fanout_deliveries_per_s"] = f.deliveries_per_second
+    if results.connect_replay is not None:
+        out["connect_replay_median_ms"] = results.connect_replay.total_ms.p50
+    if results.resume is not None:
+        out["resume_median_ms"] = results.resume.total_ms.p50
+    for m in results.memory:
+        out[f"idle_kib_per_socket_{'deflate' if m.compression else 'plain'}"] = m.per_socket_kib
+    for label, h in results.history.items():
+        out[f"history_{label.lower()}_p50_ms"] = h.latency_ms.p50
+        out[f"history_{label.lower()}_p99_ms"] = h.latency_ms.p99
+    return out
+
+
+def _number(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if abs(value) < 10 else f"{value:.1f}"
+
+
+def print_report(console: Console, results: Results, meta: dict[str, Any]) -> None:
+    table = Table(title=f"chat benchmark ({meta['profile']}, {meta['machine']['cores']} cores)")
+    for name, justify in (
+        ("measurement", "left"),
+        ("figure", "right"),
+        ("unit", "left"),
+        ("baseline", "right"),
+        ("ratio", "right"),
+        ("target", "left"),
+        ("result", "left"),
+    ):
+        table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for row in rows(results):
+        baseline = f"{_number(row.baseline)} ({row.baseline_label})" if row.baseline else ""
+        verdict = "" if row.passed is None else ("PASS" if row.passed else "FAIL")
+        style = "" if row.passed is None else ("green" if row.passed else "red")
+        ratio = f"{row.ratio:.2f}x" if row.ratio is not None else ""
+        table.add_row(
+            row.measurement,
+            _number(row.figure),
+            row.unit,
+            baseline,
+            ratio,
+            row.target,
+            f"[{style}]{verdict}[/]" if style else verdict,
+        )
+    console.print(table)
+
+    cpu = Table(title="CPU while measuring, in cores (1.00 = one core busy)")
+    runs: list[tuple[str, dict[str, float]]] = []
+    for t in (results.ingest, results.baseline_a, results.baseline_b):
+        if t is not None and t.cpu:
+            runs.append((t.label, t.cpu))
+    if results.fanout is not None and results.fanout.cpu:
+        runs.append(("fan-out", results.fanout.cpu))
+    if runs:
+        present = {k for _, c in runs for k in c}
+        order = ["bench client", "instance a", "instance b", "naive-1", "naive-2", "postgres"]
+        order += sorted(present - set(order))
+        tail = ["interrupts", "rest of the machine", "machine"]
+        order = [c for c in order if c not in tail]
+        columns = [c for c in [*order, *tail] if c in present]
+        cpu.add_column("run")
+        for column in columns:
+            cpu.add_column(column, justify="right")
+        for label, values in runs:
+            cpu.add_row(label, *(_number(values.get(c)) for c in columns))
+        console.print(cpu)
+
+    pg, machine = meta["postgres"], meta["machine"]
+    dirty = meta["code"]["service_uncommitted_changes"]
+    console.print(
+        f"PostgreSQL {pg['version']} ({meta['database']}): fsync={pg['fsync']}, "
+        f"synchronous_commit={pg['synchronous_commit']}, shared_buffers={pg['shared_buffers']}; "
+        f"SELECT 1 round trip p50 {pg['round_trip_ms']['p50']} ms, p99 "
+        f"{pg['round_trip_ms']['p99']} ms; {machine['cores']} cores, load average at start "
+        f"{machine['load_average_at_start']}; commit {str(meta['code']['commit'])[:10]}"
+        + (" + uncommitted changes in service/" if dirty else ""),
+        highlight=False,
+        soft_wrap=True,
+    )
+    busy = [label for label, values in runs if values.get("rest of the machine", 0) > 0.2]
+    if busy:
+        console.print(
+            f"[yellow]warning:[/] other processes used more than 0.2 cores during: "
+            f"{', '.join(busy)}; those figures are lower than this machine gives when idle."
+        )
+    for line in notes(results):
+        console.print(line, highlight=False, soft_wrap=True)
+
+
+def notes(results: Results) -> list[str]:
+    out: list[str] = []
+    throughputs: list[Throughput] = [
+        t for t in (results.ingest, results.baseline_a, results.baseline_b) if t is not None
+    ]
+    for t in throughputs:
+        lat = (
+            f"; send-to-ack p50 {t.latency_ms.p50} ms, p99 {t.latency_ms.p99} ms"
+            if (t.latency_ms and t.latency_ms.n)
+            else ""
+        )
+        errors = f"; errors {t.errors}" if t.errors else ""
+        if t.server_cpu_us_per_message:
+            errors += f"; server CPU {t.server_cpu_us_per_message} µs per message"
+        if t.server:
+            errors += "; instances' metrics: " + ", ".join(f"{k} {v}" for k, v in t.server.items())
+        extra = "; " + "; ".join(t.notes) if t.notes else ""
+        if len(t.runs) > 1:
+            rates = ", ".join(f"{r:,.0f}" for r in t.runs)
+            extra += f"; median of {len(t.runs)} runs: {rates} msg/s"
+        out.append(f"- {t.label}: {t.setup}{lat}{errors}{extra}")
+    f = results.fanout
+    if f is not None:
+        out.append(
+            f"- fan-out: {f.offered_per_second:g} msg/s offered over {f.rooms} rooms, "
+            f"{f.receivers} receivers (half per instance), {f.seconds:g} s; "
+            f"other instance p50/p95/p99/max {f.cross_instance_ms.p50}/"
+            f"{f.cross_instance_ms.p95}/{f.cross_instance_ms.p99}/{f.cross_instance_ms.max} ms, "
+            f"same instance {f.same_instance_ms.p50}/{f.same_instance_ms.p95}/"
+            f"{f.same_instance_ms.p99}/{f.same_instance_ms.max} ms; send to ack p50/p99 "
+            f"{f.ack_ms.p50}/{f.ack_ms.p99} ms; missing {f.missing}"
+            + (
+                f"; median of {len(f.runs)} runs by p99: {', '.join(map(str, f.runs))} ms"
+                if len(f.runs) > 1
+                else ""
+            )
+            + (f"; closed {f.closed}" if f.closed else "")
+            + (
+                "; instances' metrics: " + ", ".join(f"{k} {v}" for k, v in f.server.items())
+                if f.server
+                else ""
+            )
+            + (f"; errors {f.errors}" if f.errors else "")
+        )
+    for j in (results.connect_replay, results.resume):
+        if j is not None:
+            out.append(
+                f"- {j.what}: {j.joins} joins; total p50/p90/p99 {j.total_ms.p50}/"
+                f"{j.total_ms.p90}/{j.total_ms.p99} ms (handshake p50 {j.handshake_ms.p50} ms, "
+                f"join to joined p50 {j.join_ms.p50} ms)"
+            )
+    for m in results.memory:
+        out.append(
+            f"- idle memory ({'deflate' if m.compression else 'no compression'}): "
+            f"{m.sockets} sockets, RSS {m.before_kib:,} -> {m.after_kib:,} KiB, "
+            f"opened in {m.connect_seconds} s"
+        )
+    for label, h in results.history.items():
+        out.append(
+            f"- history {label}: {h.rows:,} rows in the room (+{h.other_rows:,} in 10 others), "
+            f"loaded in {h.load_seconds} s; {h.requests} pages; plan: {h.node} "
+            f"(generic plan: {h.generic_node}); SQL {h.sql_ms} ms"
+            + (
+                f"; inside the instances: mean {h.server_ms['mean']} ms, p50 ~"
+                f"{h.server_ms['p50']} ms, p99 ~{h.server_ms['p99']} ms (histogram estimate)"
+                if h.server_ms.get("mean")
+                else ""
+            )
+        )
+        out.extend(f"    {line}" for line in h.plan[:3])
+    return out
+
+
+def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
+    data = {
+        **meta,
+        "figures": figures(results),
+        "rows": [dataclasses.asdict(r) for r in rows(results)],
+        "details": dataclasses.asdict(results),
+    }
+    path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
+
+
+def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.8))
+    fig.suptitle(
+        f"chat benchmark, {meta['profile']} profile, {meta['machine']['cores']} cores, "
+        f"PostgreSQL {meta['postgres']['version']}, {meta['date'][:10]}"
+    )
+
+    labels, values, colors = [], [], []
+    for t, color in (
+        (results.ingest, "tab:blue"),
+        (results.baseline_a, "tab:gray"),
+        (results.baseline_b, "tab:orange"),
+    ):
+        if t is not None:
+            labels.append(t.label.replace(" (", "\n("))
+            values.append(t.per_second)
+            colors.append(color)
+    left.bar(labels, values, color=colors)
+    if results.baseline_a is not None:
+        left.axhline(
+            TARGET_INGEST_RATIO * results.baseline_a.per_second,
+            color="tab:red",
+            linestyle="--",
+            label=f"target: {TARGET_INGEST_RATIO:g}x baseline A",
+        )
+        left.legend(loc="upper right", fontsize=8)
+    left.set_title("acknowledged messages/s (higher is better)")
+    left.tick_params(axis="x", labelsize=8)
+
+    groups: list[tuple[str, list[float], float | None]] = []
+    if results.fanout is not None:
+        c, s = results.fanout.cross_instance_ms, results.fanout.same_instance_ms
+        groups.append(("fan-out\nother instance", [c.p50, c.p95, c.p99], TARGET_FANOUT_P99_MS))
+        groups.append(("fan-out\nsame instance", [s.p50, s.p95, s.p99], None))
+    if results.connect_replay is not None:
+        j = results.connect_replay.total_ms
+        groups.append(("connect +\nreplay 50", [j.p50, j.p95, j.p99], TARGET_JOIN_MS))
+    for label, h in results.history.items():
+        q = h.latency_ms
+        groups.append((f"history\npage, {label}", [q.p50, q.p95, q.p99], TARGET_HISTORY_MS))
+    width = 0.25
+    for i, name in enumerate(("p50", "p95", "p99")):
+        xs = [g + (i - 1) * width for g in range(len(groups))]
+        middle.bar(xs, [g[1][i] for g in groups], width, label=name)
+    for g, (_, _, target) in enumerate(groups):
+        if target is not None:
+            middle.hlines(target, g - 0.45, g + 0.45, colors="tab:red", linestyles="--")
+    middle.set_xticks(range(len(groups)), [g[0] for g in groups], fontsize=8)
+    middle.set_yscale("log")
+    middle.set_title("latency, ms, log scale (dashes: targets)")
+    middle.legend(fontsize=8)
+
+    mem_labels = [
+        "deflate\n(browsers)" if m.compression else "no\ncompression" for m in results.memory
+    ]
+    right.bar(mem_labels, [m.per_socket_kib for m in results.memory], color="tab:green")
+    right.axhline(TARGET_IDLE_KIB, color="tab:red", linestyle="--", label="target")
+    right.set_title("idle memory per socket, KiB")
+    right.legend(fontsize=8)
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

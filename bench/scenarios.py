@@ -1,0 +1,560 @@
+"""One function per measurement of the service itself (the baselines are in baselines.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import random
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+from websockets.asyncio.client import ClientConnection
+
+from . import clients
+from .cluster import Database, Server, bulk_load, create_rooms
+from .config import Profile
+from .figures import Fanout, History, JoinTimes, Memory, Percentiles, Throughput
+from .system import CpuMeter
+from .ui import Ui
+
+_OPEN_CONCURRENCY = 64
+
+
+@dataclass
+class Bench:
+    """Everything a measurement needs: the sizes, the database, the running instances."""
+
+    profile: Profile
+    db: Database
+    instances: list[Server]  # two `chat serve` processes
+    tokens: list[str]  # tokens[i] is bench user i's
+    ui: Ui
+    workdir: Path
+
+    def cpu_meter(self, extra: dict[str, int] | None = None) -> CpuMeter:
+        pids = {f"instance {s.name[-1]}": s.pid for s in self.instances}
+        pids |= {"bench client": os.getpid()} | (extra or {})
+        data_dir = self.db.data_dir
+        return CpuMeter(pids, {"postgres": data_dir} if data_dir is not None else {})
+
+    async def connect_joined(
+        self, instance: Server, user: int, room: str, *, compression: bool = True
+    ) -> ClientConnection:
+        ws = await clients.open_socket(
+            clients.chat_url(instance.url, self.tokens[user]), compression=compression
+        )
+        try:
+            await clients.join(ws, room)
+        except BaseException:
+            await ws.close()
+            raise
+        return ws
+
+
+async def scrape(instances: list[Server]) -> dict[str, float]:
+    """The instances' Prometheus metrics, summed over the instances ('name{labels}': value)."""
+    totals: dict[str, float] = {}
+    async with httpx.AsyncClient(timeout=10) as http:
+        for instance in instances:
+            for line in (await http.get(f"{instance.url}/metrics")).text.splitlines():
+                if line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    with contextlib.suppress(ValueError):
+                        totals[name] = totals.get(name, 0.0) + float(value)
+    return totals
+
+
+def histogram_delta(
+    before: dict[str, float], after: dict[str, float], name: str
+) -> dict[str, float]:
+    """Count, mean and estimated p50/p99 of a Prometheus histogram between two scrapes
+    (linear interpolation inside a bucket, as PromQL's histogram_quantile)."""
+    count = after.get(f"{name}_count", 0.0) - before.get(f"{name}_count", 0.0)
+    total = after.get(f"{name}_sum", 0.0) - before.get(f"{name}_sum", 0.0)
+    prefix = f'{name}_bucket{{le="'
+    buckets = sorted(
+        (float(key[len(prefix) : -2]), value - before.get(key, 0.0))
+        for key, value in after.items()
+        if key.startswith(prefix) and not key.endswith('+Inf"}')
+    )
+    out = {"count": count, "mean": total / count if count else 0.0}
+    for q in (50, 99):
+        rank, low, seen = count * q / 100, 0.0, 0.0
+        estimate = buckets[-1][0] if buckets else 0.0
+        for upper, cumulative in buckets:
+            if cumulative >= rank and cumulative > seen:
+                estimate = low + (upper - low) * (rank - seen) / (cumulative - seen)
+                break
+            low, seen = upper, cumulative
+        out[f"p{q}"] = estimate
+    return out
+
+
+async def measured(
+    meter_factory: Callable[[], CpuMeter], start: float, stop: float, into: dict[str, float]
+) -> None:
+    """CPU use between two perf_counter instants, written into `into`."""
+    await asyncio.sleep(max(start - time.perf_counter(), 0))
+    meter = meter_factory()
+    await asyncio.sleep(max(stop - time.perf_counter(), 0))
+    into.update(meter.stop())
+
+
+# -- ingest ---------------------------------------------------------------------------------
+
+
+async def pipelined_run(
+    bench: Bench,
+    label: str,
+    open_sender: Callable[[int], Awaitable[tuple[ClientConnection, str]]],
+    *,
+    setup: str,
+    extra_pids: dict[str, int] | None = None,
+) -> Throughput:
+    """Open the senders (`open_sender(i)` gives a socket and its room), let them pipeline
+    for the profile's duration, and count acks per second inside the window."""
+    p = bench.profile
+    step = bench.ui.step(f"{label}: connecting {p.ingest_senders} senders", p.ingest_senders)
+    sockets: list[tuple[ClientConnection, str]] = []
+    server: dict[str, float] = {}
+    try:
+        for i in range(p.ingest_senders):
+            sockets.append(await open_sender(i))
+            step.advance()
+        step.update(description=f"{label}: sending")
+        before = await scrape(bench.instances)
+        tally = clients.SendTally()
+        run = uuid.uuid4().hex[:8]  # client_ids must not repeat an earlier run's
+        cpu: dict[str, float] = {}
+        start = time.perf_counter() + 0.2
+        measure_from = start + p.warmup_seconds
+        stop_at = measure_from + p.ingest_seconds
+        await asyncio.gather(
+            step.tick(stop_at - time.perf_counter()),
+            measured(lambda: bench.cpu_meter(extra_pids), measure_from, stop_at, cpu),
+            *(
+                clients.pipelined_sender(
+                    ws,
+                    room,
+                    f"{run}-{i}",
+                    window=p.ingest_window,
+                    start=start,
+                    measure_from=measure_from,
+                    stop_at=stop_at,
+                    tally=tally,
+                )
+                for i, (ws, room) in enumerate(sockets)
+            ),
+        )
+        after = await scrape(bench.instances)
+        batches = histogram_delta(before, after, "chat_write_batch_size")
+        commits = histogram_delta(before, after, "chat_commit_seconds")
+        if batches["count"]:
+            server = {
+                "write_transactions": batches["count"],
+                "messages_per_transaction_mean": round(batches["mean"], 1),
+                "commit_ms_mean": round(commits["mean"] * 1000, 2),
+                "commit_ms_p99_estimate": round(commits["p99"] * 1000, 2),
+            }
+    finally:
+        await clients.close_all([ws for ws, _ in sockets])
+        step.done()
+    notes = []
+    if tally.duplicates:
+        notes.append(f"{tally.duplicates} acks said duplicate (nothing stored)")
+    if tally.unanswered:
+        notes.append(f"{tally.unanswered} sends unanswered after the drain time")
+    if tally.closed:
+        notes.append(f"sockets closed by the server: {dict(tally.closed)}")
+    return Throughput(
+        label=label,
+        per_second=round(tally.acks / p.ingest_seconds, 1),
+        count=tally.acks,
+        seconds=p.ingest_seconds,
+        setup=setup,
+        errors=dict(tally.errors),
+        errors_in_window=dict(tally.errors_in_window),
+        latency_ms=Percentiles.of(tally.ack_ms),
+        deliveries_per_second=round(tally.deliveries / p.ingest_seconds, 1),
+        cpu=cpu,
+        server=server,
+        notes=notes,
+    )
+
+
+async def ingest(bench: Bench) -> Throughput:
+    """Senders on both instances pipeline sends into a few rooms; acked messages/s."""
+    p = bench.profile
+    rooms = [f"bench-ingest-{i}" for i in range(p.ingest_rooms)]
+
+    span = p.ingest_rooms_span_instances
+
+    async def open_sender(i: int) -> tuple[ClientConnection, str]:
+        # Sender i uses instance i % 2; with `span`, consecutive senders share a room.
+        room = rooms[(i // 2 if span else i) % len(rooms)]
+        return await bench.connect_joined(bench.instances[i % 2], i, room), room
+
+    per_room = p.ingest_senders // p.ingest_rooms
+    where = "on both instances" if span else "all on one instance"
+    setup = (
+        f"{p.ingest_senders} sockets ({p.ingest_senders // 2} per instance), {p.ingest_rooms} "
+        f"rooms ({per_room} senders each, {where}), up to {p.ingest_window} unacked "
+        f"sends per socket, client_id on every send, {p.ingest_seconds:g} s"
+    )
+    return await pipelined_run(bench, "ingest", open_sender, setup=setup)
+
+
+# -- fan-out --------------------------------------------------------------------------------
+
+
+async def fanout(bench: Bench) -> Fanout:
+    """Paced senders (one per room, alternating instances) at a fixed total rate; receivers
+    in every room on both instances measure send-to-receipt latency."""
+    p = bench.profile
+    rooms = [f"bench-fanout-{i}" for i in range(p.fanout_rooms)]
+    per_room = p.fanout_receivers // p.fanout_rooms
+    step = bench.ui.step("fan-out: connecting receivers", per_room * len(rooms) + len(rooms))
+    receivers: list[tuple[ClientConnection, int, int]] = []  # socket, instance, room index
+    senders: list[ClientConnection] = []
+    expected: list[int] = []  # messages each receiver should get
+    counts: list[int] = []  # messages each receiver got
+    server: dict[str, float] = {}
+    try:
+        plan = [(k, j % 2, k * per_room + j) for k in range(len(rooms)) for j in range(per_room)]
+
+        def opener(k: int, inst: int, user: int) -> Callable[[], Awaitable[ClientConnection]]:
+            return lambda: bench.connect_joined(bench.instances[inst], user, rooms[k])
+
+        opened = await clients.gather_bounded(
+            [opener(k, inst, user) for k, inst, user in plan], _OPEN_CONCURRENCY, step.advance
+        )
+        receivers = [(ws, inst, k) for ws, (k, inst, _) in zip(opened, plan, strict=True)]
+        first_sender_user = per_room * len(rooms)
+        for k, room in enumerate(rooms):
+            ws = await bench.connect_joined(bench.instances[k % 2], first_sender_user + k, room)
+            senders.append(ws)
+            step.advance()
+        await asyncio.sleep(0.5)  # presence events of the joins settle
+
+        step.update(description="fan-out: paced sends")
+        tally = clients.FanoutTally()
+        counts = [0] * len(receivers)
+        start = time.perf_counter() + 0.2
+        measure_from = start + p.warmup_seconds
+        stop_at = measure_from + p.fanout_seconds
+        to_ns = time.time_ns() - time.perf_counter_ns()
+        window = (int(measure_from * 1e9) + to_ns, int(stop_at * 1e9) + to_ns)
+        listening = [
+            asyncio.create_task(
+                clients.latency_receiver(
+                    ws, inst, window_ns=window, tally=tally, counts=counts, index=i
+                )
+            )
+            for i, (ws, inst, _) in enumerate(receivers)
+        ]
+        cpu: dict[str, float] = {}
+        rate = p.fanout_rate / len(rooms)
+        before = await scrape(bench.instances)
+        try:
+            pacing = asyncio.gather(
+                *(
+                    clients.paced_sender(
+                        ws,
+                        rooms[k],
+                        k % 2,
+                        rate=rate,
+                        start=start,
+                        measure_from=measure_from,
+                        stop_at=stop_at,
+                        tally=tally,
+                    )
+                    for k, ws in enumerate(senders)
+                )
+            )
+            sent_per_room, _, _ = await asyncio.gather(
+                pacing,
+                step.tick(stop_at - time.perf_counter()),
+                measured(bench.cpu_meter, measure_from, stop_at, cpu),
+            )
+            # Wait (bounded) until every receiver got every message of its room.
+            expected = [sent_per_room[k] for _, _, k in receivers]
+            grace = time.perf_counter() + 10
+            while counts != expected and time.perf_counter() < grace:
+                await asyncio.sleep(0.05)
+            after = await scrape(bench.instances)
+            lag = histogram_delta(before, after, "chat_fanout_lag_seconds")
+            batches = histogram_delta(before, after, "chat_write_batch_size")
+            server = {
+                "commit_to_queued_ms_mean": round(lag["mean"] * 1000, 2),
+                "commit_to_queued_ms_p50_estimate": round(lag["p50"] * 1000, 2),
+                "commit_to_queued_ms_p99_estimate": round(lag["p99"] * 1000, 2),
+                "messages_per_transaction_mean": round(batches["mean"], 1),
+            }
+        finally:
+            for task in listening:
+                task.cancel()
+            await asyncio.gather(*listening, return_exceptions=True)
+    finally:
+        await clients.close_all([ws for ws, _, _ in receivers] + senders)
+        step.done()
+    in_window = len(tally.cross_ms) + len(tally.same_ms)
+    expected_in_window = tally.sent * per_room
+    missing = sum(max(e - c, 0) for e, c in zip(expected, counts, strict=True))
+    return Fanout(
+        offered_per_second=p.fanout_rate,
+        sent=tally.sent,
+        receivers=len(receivers),
+        rooms=len(rooms),
+        seconds=p.fanout_seconds,
+        cross_instance_ms=Percentiles.of(tally.cross_ms),
+        same_instance_ms=Percentiles.of(tally.same_ms),
+        ack_ms=Percentiles.of(tally.ack_ms),
+        deliveries_per_second=round(in_window / p.fanout_seconds, 1),
+        expected_deliveries_per_second=round(expected_in_window / p.fanout_seconds, 1),
+        missing=missing,
+        closed=dict(tally.closed),
+        errors=dict(tally.errors),
+        cpu=cpu,
+        server=server,
+    )
+
+
+# -- joins ----------------------------------------------------------------------------------
+
+
+async def _preload(bench: Bench, room: str, count: int) -> int:
+    """A room holding `count` messages (loaded in SQL); returns its last seq."""
+    conn = await asyncpg.connect(bench.db.url)
+    try:
+        room_id = (await create_rooms(conn, [room]))[room]
+        await bulk_load(conn, room_id, count, authors=50)
+        return int(await conn.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room_id))
+    finally:
+        await conn.close()
+
+
+async def _timed_joins(
+    bench: Bench, what: str, room: str, count: int, since: int | None, expect: int
+) -> JoinTimes:
+    """`count` sequential connect + join, alternating instances, each by another user (so
+    each join is that user's arrival in the room: presence is announced)."""
+    step = bench.ui.step(f"{what}: {count} joins", count)
+    total: list[float] = []
+    handshake: list[float] = []
+    joining: list[float] = []
+    try:
+        for i in range(count):
+            instance = bench.instances[i % 2]
+            url = clients.chat_url(instance.url, bench.tokens[i % len(bench.tokens)])
+            began = time.perf_counter()
+            ws = await clients.open_socket(url)
+            opened = time.perf_counter()
+            try:
+                joined = await clients.join(ws, room, since)
+                ended = time.perf_counter()
+            finally:
+                await ws.close()
+            if joined.replayed != expect:
+                raise RuntimeError(f"{what}: replayed {joined.replayed}, expected {expect}")
+            total.append((ended - began) * 1000)
+            handshake.append((opened - began) * 1000)
+            joining.append((ended - opened) * 1000)
+            step.advance()
+    finally:
+        step.done()
+    return JoinTimes(
+        what=what,
+        joins=count,
+        replayed_per_join=expect,
+        total_ms=Percentiles.of(total),
+        handshake_ms=Percentiles.of(handshake),
+        join_ms=Percentiles.of(joining),
+    )
+
+
+async def connect_replay(bench: Bench) -> JoinTimes:
+    """Socket open to `joined`, with the default replay of the newest 50 messages."""
+    p = bench.profile
+    await _preload(bench, "bench-replay", p.replay_room_messages)
+    replay = min(50, p.replay_room_messages)
+    return await _timed_joins(bench, "connect + replay", "bench-replay", p.joins, None, replay)
+
+
+async def resume(bench: Bench) -> JoinTimes:
+    """Socket open to `joined` for a join with `since`, 1,000 messages missed."""
+    p = bench.profile
+    last = await _preload(bench, "bench-resume", 2 * p.resume_messages)
+    since = last - p.resume_messages
+    return await _timed_joins(bench, "resume", "bench-resume", p.resumes, since, p.resume_messages)
+
+
+# -- idle memory ----------------------------------------------------------------------------
+
+
+def _rss_settled(server: Server, seconds: float = 2.0) -> Callable[[], Awaitable[int]]:
+    async def read() -> int:
+        await asyncio.sleep(seconds)
+        return server.rss_kib()
+
+    return read
+
+
+async def idle_memory(bench: Bench, instance: Server, *, compression: bool) -> Memory:
+    """RSS of one instance before and after opening many authenticated, joined sockets."""
+    p = bench.profile
+    rooms = [f"bench-idle-{i}" for i in range(p.idle_rooms)]
+    kind = "deflate" if compression else "no compression"
+    step = bench.ui.step(f"idle memory ({kind}): {p.idle_sockets} sockets", p.idle_sockets)
+
+    def opener(i: int) -> Callable[[], Awaitable[ClientConnection]]:
+        room = rooms[i % len(rooms)]
+        return lambda: bench.connect_joined(instance, i, room, compression=compression)
+
+    # Warm up first (the pool's connections, code paths run once), then measure.
+    warm = await clients.gather_bounded([opener(i) for i in range(20)], 20)
+    await clients.close_all(warm)
+    before = await _rss_settled(instance)()
+    sockets: list[ClientConnection] = []
+    try:
+        began = time.perf_counter()
+        sockets = await clients.gather_bounded(
+            [opener(i) for i in range(p.idle_sockets)], _OPEN_CONCURRENCY, step.advance
+        )
+        connect_seconds = time.perf_counter() - began
+        after = await _rss_settled(instance)()
+    finally:
+        await clients.close_all(sockets)
+        step.done()
+    return Memory(
+        sockets=p.idle_sockets,
+        compression=compression,
+        before_kib=before,
+        after_kib=after,
+        per_socket_kib=round((after - before) / p.idle_sockets, 2),
+        connect_seconds=round(connect_seconds, 2),
+    )
+
+
+# -- history at scale -----------------------------------------------------------------------
+
+# The instances' own request timing (from the request to the end of the answer): what the
+# client measures, minus the client's own overhead.
+_HTTP_METRIC = "chat_http_request_seconds"
+_PAGE_SQL = (
+    "SELECT seq, author, body, client_id, created_at FROM messages "
+    "WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+)
+
+
+def size_label(rows: int) -> str:
+    if rows >= 1_000_000 and rows % 1_000_000 == 0:
+        return f"{rows // 1_000_000}M"
+    if rows >= 1000 and rows % 1000 == 0:
+        return f"{rows // 1000}k"
+    return str(rows)
+
+
+def _node_path(plan: dict[str, Any]) -> str:
+    """'Limit > Index Scan Backward using pk_messages' from an EXPLAIN (FORMAT JSON) plan."""
+    parts = []
+    node: dict[str, Any] | None = plan
+    while node is not None:
+        name = node["Node Type"]
+        if node.get("Scan Direction") == "Backward":
+            name += " Backward"
+        if "Index Name" in node:
+            name += f" using {node['Index Name']}"
+        parts.append(name)
+        children = node.get("Plans") or []
+        node = children[0] if children else None
+    return " > ".join(parts)
+
+
+async def history(bench: Bench, rows: int) -> History:
+    """Load `rows` messages into one room (and a tenth as many into other rooms), then page
+    back at random points through the REST API and EXPLAIN the query behind it."""
+    p = bench.profile
+    label = size_label(rows)
+    room = f"bench-history-{label.lower()}"
+    others = [f"{room}-other-{i}" for i in range(10)]
+    other_rows = max(rows // 10 // len(others), 1)
+    total = rows + other_rows * len(others)
+    step = bench.ui.step(f"history {label}: loading {total:,} rows", total)
+    conn = await asyncpg.connect(bench.db.url, command_timeout=1800)
+    try:
+        began = time.perf_counter()
+        ids = await create_rooms(conn, [room, *others])
+        chunk = max(min(rows // 20, 500_000), 10_000)
+        await bulk_load(conn, ids[room], rows, authors=50, chunk=chunk, on_chunk=step.advance)
+        for other in others:
+            await bulk_load(conn, ids[other], other_rows, authors=50, on_chunk=step.advance)
+        step.update(description=f"history {label}: VACUUM ANALYZE")
+        await conn.execute("VACUUM (ANALYZE) messages")
+        await conn.execute("ANALYZE rooms")
+        load_seconds = time.perf_counter() - began
+        room_id = ids[room]
+
+        step.update(description=f"history {label}: {p.history_requests} pages", completed=0)
+        step.update(total=p.history_requests)
+        rng = random.Random(rows)
+        latencies: list[float] = []
+        headers = {"Authorization": f"Bearer {bench.tokens[0]}"}
+        limits = httpx.Limits(max_keepalive_connections=2)
+        metrics_before = await scrape(bench.instances)
+        async with contextlib.AsyncExitStack() as stack:
+            http = [
+                await stack.enter_async_context(
+                    httpx.AsyncClient(base_url=s.url, headers=headers, timeout=30, limits=limits)
+                )
+                for s in bench.instances
+            ]
+            for i in range(20 + p.history_requests):
+                before = rng.randint(2, rows + 1)
+                path = f"/api/rooms/{room}/messages?before={before}&limit=50"
+                began = time.perf_counter()
+                response = await http[i % 2].get(path)
+                elapsed = (time.perf_counter() - began) * 1000
+                response.raise_for_status()
+                page = response.json()["messages"]
+                if len(page) != min(50, before - 1) or page[-1]["seq"] != before - 1:
+                    raise RuntimeError(f"history page before {before} is wrong")
+                if i >= 20:  # the first 20 warm the connections up
+                    latencies.append(elapsed)
+                    step.advance()
+        served = histogram_delta(metrics_before, await scrape(bench.instances), _HTTP_METRIC)
+
+        before = rng.randint(2, rows + 1)
+        args = (room_id, before, 51)
+        text_plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {_PAGE_SQL}", *args)
+        raw = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_PAGE_SQL}", *args)
+        plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
+        await conn.execute(f"PREPARE bench_page(bigint, bigint, int) AS {_PAGE_SQL}")
+        await conn.execute("SET plan_cache_mode = force_generic_plan")
+        execute = "EXECUTE bench_page({}, {}, {})".format(*args)
+        raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {execute}")
+        generic = (json.loads(raw) if isinstance(raw, str) else raw)[0]
+        await conn.execute("DEALLOCATE bench_page")
+        await conn.execute("RESET plan_cache_mode")
+    finally:
+        await conn.close()
+        step.done()
+    return History(
+        rows=rows,
+        other_rows=other_rows * len(others),
+        load_seconds=round(load_seconds, 1),
+        requests=len(latencies),
+        latency_ms=Percentiles.of(latencies),
+        plan=[r[0] for r in text_plan],
+        node=_node_path(plan["Plan"]),
+        generic_node=_node_path(generic["Plan"]),
+        sql_ms=round(float(plan["Execution Time"]), 3),
+        server_ms={k: round(v * 1000, 2) for k, v in served.items() if k != "count"},
+    )

@@ -1,0 +1,63 @@
+"""The benchmark runs end to end and reports a number for every figure.
+
+Not a timed assertion: `--smoke` uses tiny sizes on whatever machine runs the suite; this only
+checks that every scenario and baseline works and writes its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import PROJECT
+
+EXPECTED = {
+    "ingest_msgs_per_s",
+    "baseline_a_msgs_per_s",
+    "baseline_b_msgs_per_s",
+    "ingest_vs_baseline_a",
+    "ingest_vs_baseline_b",
+    "fanout_p50_ms",
+    "fanout_p95_ms",
+    "fanout_p99_ms",
+    "fanout_deliveries_per_s",
+    "connect_replay_median_ms",
+    "resume_median_ms",
+    "idle_kib_per_socket_deflate",
+    "idle_kib_per_socket_plain",
+    "history_10k_p50_ms",
+    "history_10k_p99_ms",
+}
+
+
+@pytest.mark.timeout(300)
+def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    # The suite's own server, when it has one, serves the benchmark too (its own database).
+    if os.environ.get("CHAT_TEST_DATABASE_URL"):
+        env["CHAT_BENCH_DATABASE_URL"] = os.environ["CHAT_TEST_DATABASE_URL"]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert "ingest" in result.stdout
+    data = json.loads((tmp_path / "latest.json").read_text())
+    figures = data["figures"]
+    assert set(figures) >= EXPECTED, sorted(EXPECTED - set(figures))
+    for name, value in figures.items():
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, value)
+    assert data["machine"]["cores"] > 0 and data["postgres"]["version"]
+    assert "pk_messages" in data["details"]["history"]["10k"]["node"]
+    assert (tmp_path / "latest.png").stat().st_size > 0
