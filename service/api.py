@@ -47,7 +47,8 @@ router = APIRouter(prefix="/api")
 RoomName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", max_length=64)]
 
 
-def get_chat(request: Request) -> Chat:
+async def get_chat(request: Request) -> Chat:
+    # async: a plain `def` dependency would be run in the threadpool on every request.
     chat: Chat = request.app.state.chat
     return chat
 
@@ -266,7 +267,7 @@ async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat:
         raise _unavailable()
     try:
         room_id = await chat.rooms.ensure(room)
-        metrics.MESSAGES_IN.labels("rest").inc()
+        metrics.MESSAGES_IN_REST.inc()
         posted = await chat.writer.post(room_id, room, user, body, client_id)
     except Unavailable:
         raise _unavailable() from None

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, Gauge, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
 
@@ -291,6 +292,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(SecurityHeaders)
     app.add_middleware(logs.RequestContext)  # added last: it wraps everything else
     app.include_router(api.router)
+
+    async def database_error(request: Request, error: Exception) -> Response:
+        # An outage (or a pooled connection that died with the last one) is 503 and the
+        # client retries; anything else is a bug and stays a 500.
+        if db.is_outage(error):
+            return JSONResponse({"detail": "the database cannot be reached"}, status_code=503)
+        log.error("request failed", exc_info=error)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    for kind in (SQLAlchemyError, OSError, db.Unavailable):
+        app.add_exception_handler(kind, database_error)
     app.include_router(ws.router)
 
     @app.get("/healthz", tags=["ops"])

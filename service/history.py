@@ -14,6 +14,8 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from .db import reading
+
 _COLUMNS = "seq, author, body, client_id, created_at"
 _NEWEST_BEFORE = text(
     f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq < :before "
@@ -98,7 +100,7 @@ async def page(
     limit: int,
 ) -> Page:
     """A history page in ascending seq; `has_more` says whether the scan could go further."""
-    async with engine.connect() as conn:
+    async with reading(engine) as conn:
         if after is not None:
             return await _oldest(conn, room_id, room, after, limit)
         return await _newest(conn, room_id, room, _END if before is None else before, limit)
@@ -121,7 +123,7 @@ async def replay(
 ) -> Replay:
     """What a joining connection is sent: everything after `since` (at most `resume_limit`,
     the newest), or without a usable `since` the newest `replay_limit`."""
-    async with engine.connect() as conn:
+    async with reading(engine) as conn:
         last_seq = (await conn.execute(_LAST_SEQ, {"room_id": room_id})).scalar_one()
         if since is not None and since <= last_seq:
             rows = (
@@ -139,7 +141,7 @@ async def fetch_range(
     engine: AsyncEngine, room_id: int, room: str, after: int, upto: int, limit: int = 500
 ) -> list[StoredMessage]:
     """Messages with after < seq <= upto, ascending, at most `limit`."""
-    async with engine.connect() as conn:
+    async with reading(engine) as conn:
         rows = (
             await conn.execute(
                 _RANGE, {"room_id": room_id, "after": after, "upto": upto, "limit": limit}
@@ -149,6 +151,6 @@ async def fetch_range(
 
 
 async def last_seqs(engine: AsyncEngine, room_ids: list[int]) -> dict[int, int]:
-    async with engine.connect() as conn:
+    async with reading(engine) as conn:
         rows = (await conn.execute(_LAST_SEQS, {"ids": room_ids})).all()
     return {r.id: r.last_seq for r in rows}

@@ -22,6 +22,11 @@ MESSAGES_OUT = Counter("chat_messages_out_total", "Message frames queued to sock
 ACKS = Counter("chat_acks_total", "Acks sent", ["duplicate"])
 ERRORS = Counter("chat_errors_total", "Error frames sent, by code", ["code"])
 CLOSES = Counter("chat_closes_total", "Sockets closed by the server, by close code", ["code"])
+# Label children resolved once: `.labels()` per message cost ~7% of an instance's CPU.
+MESSAGES_IN_WS = MESSAGES_IN.labels("ws")
+MESSAGES_IN_REST = MESSAGES_IN.labels("rest")
+ACKS_FRESH = ACKS.labels("false")
+ACKS_DUPLICATE = ACKS.labels("true")
 WRITE_BATCH_SIZE = Histogram(
     "chat_write_batch_size",
     "Messages per write transaction",

@@ -20,6 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from . import notifications
+from .db import reading
 from .fanout import Fanout
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class Presence:
                 await self._announce(key, joined=False)
 
     async def online(self, room_id: int) -> list[str]:
-        async with self._engine.connect() as conn:
+        async with reading(self._engine) as conn:
             rows = await conn.execute(_ONLINE, {"room_id": room_id, "ttl": self._ttl})
             return [r.username for r in rows]
 

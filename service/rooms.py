@@ -8,6 +8,8 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from .db import reading
+
 _FIND = text("SELECT id FROM rooms WHERE name = :name")
 _CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NOTHING RETURNING id")
 _LIST = text(
@@ -53,7 +55,7 @@ class RoomDirectory:
         """The room's id, or None when nobody has used that room yet."""
         if name in self._ids:
             return self._ids[name]
-        async with self._engine.connect() as conn:
+        async with reading(self._engine) as conn:
             room_id = (await conn.execute(_FIND, {"name": name})).scalar_one_or_none()
         if room_id is not None:
             self._remember(name, room_id)
@@ -72,6 +74,6 @@ class RoomDirectory:
         return int(room_id)
 
     async def list(self, limit: int = 1000) -> list[RoomInfo]:
-        async with self._engine.connect() as conn:
+        async with reading(self._engine) as conn:
             rows = (await conn.execute(_LIST, {"limit": limit})).all()
         return [RoomInfo(r.name, r.last_seq, r.created_at, r.last_message_at) for r in rows]

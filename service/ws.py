@@ -279,7 +279,7 @@ class Connection:
             )
         if self.chat.draining:
             raise ProtocolError("unavailable", "the instance is shutting down", room=room, **extra)
-        metrics.MESSAGES_IN.labels("ws").inc()
+        metrics.MESSAGES_IN_WS.inc()
         future = await self.chat.writer.submit(room_id, room, self.username, body, client_id)
         future.add_done_callback(lambda f: self._acked(f, room, client_id, ref))
 
@@ -307,7 +307,7 @@ class Connection:
                 )
             return
         posted = future.result()
-        metrics.ACKS.labels(str(posted.duplicate).lower()).inc()
+        (metrics.ACKS_DUPLICATE if posted.duplicate else metrics.ACKS_FRESH).inc()
         self.push(
             _frame(
                 "ack",
