@@ -112,13 +112,7 @@ def serve(host: str, port: int, no_migrate: bool) -> None:
 @main.command(name="migrate")
 def migrate_command() -> None:
     """Apply pending migrations (same as `alembic upgrade head`)."""
-    try:
-        settings = Settings()
-        settings.require_database_url()
-    except (ConfigError, ValueError) as error:
-        _fail(error)
-    logs.configure("text", settings.log_level)
-    migrate.upgrade(settings)
+    migrate.upgrade(_database_settings())
     click.echo("migrations applied")
 
 
