@@ -104,7 +104,7 @@ class Chat:
                 message = StoredMessage(hub.room, seq, author, body, client_id, at)
                 hub.offer(seq, message.frame(), at)
             for room_id, seq in event.get("r", ()):
-                self.hubs.offer(room_id, seq, None)
+                self.hubs.committed(room_id, seq)
         elif kind in ("p", "t"):
             hub = self.hubs.get(event["r"])
             if hub is None:

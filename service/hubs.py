@@ -221,24 +221,16 @@ class Hubs:
             metrics.LOCAL_ROOMS.set(len(self._hubs))
             await hub.close()
 
-    def offer(
-        self,
-        room_id: int,
-        seq: int,
-        frame: Callable[[], str] | str | None,
-        committed_at: datetime | None = None,
-    ) -> None:
-        """Seq `seq` of room `room_id` is committed. `frame` may be a thunk, so the frame is
-        encoded only when a local hub still needs it."""
+    def committed(self, room_id: int, seq: int) -> None:
+        """Seq `seq` of room `room_id` is committed; a local hub behind it reads it back."""
         hub = self._hubs.get(room_id)
-        if hub is None or seq <= hub.head:
-            return
-        hub.offer(seq, frame() if callable(frame) else frame, committed_at)
+        if hub is not None:
+            hub.offer(seq, None)
 
     def resync(self, last_seqs: dict[int, int]) -> None:
         """The database's last seqs: any hub behind them reads back what it missed."""
         for room_id, last_seq in last_seqs.items():
-            self.offer(room_id, last_seq, None)
+            self.committed(room_id, last_seq)
 
     async def close(self) -> None:
         hubs, self._hubs = list(self._hubs.values()), {}
