@@ -7,10 +7,10 @@ subscription hears again, asks the hubs to read back from the database whatever 
 missed meanwhile. `healthy` is what /readyz reports.
 
 Publishing: with the Postgres backend, message notifications ride the writer's own
-transaction (see messages.py), and ephemeral events (presence, typing, canaries) are sent with
-`pg_notify` over the engine's pool, never over broadcaster's shared connection, which cannot
-take concurrent use. With another backend (Redis), everything goes through
-`Broadcast.publish`, after commit.
+transaction (chat_post_messages, migration 0002, sends them), and ephemeral events
+(presence, typing, canaries) are sent with `pg_notify` over the engine's pool, never over
+broadcaster's shared connection, which cannot take concurrent use. With another backend
+(Redis), everything goes through `Broadcast.publish`, after commit.
 """
 
 from __future__ import annotations
@@ -113,6 +113,12 @@ class Fanout:
             async with asyncio.timeout(timeout):
                 await self._healthy_event.wait()
         return self.healthy
+
+    @property
+    def notify_channel(self) -> str | None:
+        """The channel to NOTIFY inside a transaction, or None when notifications are
+        published after the commit (another backend)."""
+        return self._channel if self.via_postgres else None
 
     async def notify_in(self, conn: AsyncConnection, payloads: list[str]) -> list[str]:
         """Inside a transaction: with Postgres, NOTIFY as part of it (delivered if and only if

@@ -1,9 +1,10 @@
 """What happens to a message: queued, committed in a batch with its seq, acknowledged, fanned out.
 
 One writer task per instance takes every pending send (from all sockets and REST posts) and
-commits them together: one transaction locks the rooms involved, assigns each room's next
-seqs, inserts the rows and issues the notifications, so a notification exists if and only if
-its messages do. A send that arrives while nothing is committing goes at once; the ones that
+commits them together with one statement (chat_post_messages, migration 0002), one
+transaction and one round trip: it locks the rooms involved, assigns each room's next seqs,
+inserts the rows and issues the notifications, so a notification exists if and only if its
+messages do. A send that arrives while nothing is committing goes at once; the ones that
 arrive meanwhile form the next batch. This is what lifts the write path above PostgreSQL's
 one-NOTIFY-per-commit ceiling (see FACTS.md).
 """
@@ -17,37 +18,21 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import metrics, notifications
-from .db import Unavailable, is_outage
+from . import metrics
+from .db import Unavailable, is_outage, reading
 from .fanout import Fanout
 from .history import StoredMessage
 
 log = logging.getLogger(__name__)
 
-_LOCK_ROOMS = text(
-    "SELECT id, last_seq FROM rooms WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id FOR UPDATE"
-)
-_FIND_REPEATS = text(
-    "SELECT m.room_id, m.author, m.client_id, m.seq, m.body, m.created_at FROM messages m "
-    "JOIN unnest(CAST(:rooms AS bigint[]), CAST(:authors AS text[]), CAST(:cids AS text[])) "
-    "AS k(room_id, author, client_id) "
-    "ON m.room_id = k.room_id AND m.author = k.author AND m.client_id = k.client_id "
-    "WHERE m.client_id IS NOT NULL"
-)
-# statement_timestamp() runs after the rooms are locked, so created_at follows seq order.
-_INSERT = text(
-    "WITH ins AS ("
-    " INSERT INTO messages (room_id, seq, author, body, client_id, created_at)"
-    " SELECT r, s, a, b, c, statement_timestamp() FROM unnest("
-    "  CAST(:r AS bigint[]), CAST(:s AS bigint[]), CAST(:a AS text[]),"
-    "  CAST(:b AS text[]), CAST(:c AS text[])) AS t(r, s, a, b, c)"
-    "), adv AS ("
-    " UPDATE rooms SET last_seq = v.seq, last_message_at = statement_timestamp()"
-    " FROM unnest(CAST(:ids AS bigint[]), CAST(:seqs AS bigint[])) AS v(id, seq)"
-    " WHERE rooms.id = v.id"
-    ") SELECT statement_timestamp()"
+# One round trip, one implicit transaction: lock the rooms, find repeated client_ids, number
+# and insert the new rows, advance the rooms, NOTIFY (migrations/versions/0002).
+_POST = text(
+    "SELECT seqs, created, repeated, stored_bodies, payloads FROM chat_post_messages("
+    "CAST(:rooms AS bigint[]), CAST(:authors AS text[]), CAST(:bodies AS text[]),"
+    " CAST(:cids AS text[]), CAST(:channel AS text))"
 )
 
 
@@ -183,82 +168,46 @@ class MessageWriter:
             await self._on_commit(fresh, payloads)
 
     async def _store(self, batch: list[_Draft]) -> tuple[list[Posted], list[str]]:
-        # Each draft's outcome: a Posted for a repeat of an earlier commit, or the index of
-        # the fresh row it stores (or repeats, for a client_id sent twice in one batch).
-        outcome: list[Posted | int] = []
-        fresh: list[tuple[_Draft, int]] = []
-        async with self._engine.begin() as conn:
-            # Locked in id order, so concurrent writers (other instances) cannot deadlock.
-            locked = await conn.execute(_LOCK_ROOMS, {"ids": sorted({d.room_id for d in batch})})
-            last_seq = {row.id: row.last_seq for row in locked}
-            earlier = await self._find_repeats(conn, batch)
-            in_batch: dict[tuple[int, str, str], int] = {}
-            for draft in batch:
-                key = (draft.room_id, draft.author, draft.client_id or "")
-                if draft.client_id is not None and key in earlier:
-                    outcome.append(Posted(draft.room_id, earlier[key], True))
-                elif draft.client_id is not None and key in in_batch:
-                    outcome.append(in_batch[key])
-                else:
-                    last_seq[draft.room_id] += 1
-                    if draft.client_id is not None:
-                        in_batch[key] = len(fresh)
-                    outcome.append(len(fresh))
-                    fresh.append((draft, last_seq[draft.room_id]))
-            stored: list[StoredMessage] = []
-            payloads: list[str] = []
-            if fresh:
-                advanced = {d.room_id: last_seq[d.room_id] for d, _ in fresh}
-                created_at = (
-                    await conn.execute(
-                        _INSERT,
-                        {
-                            "r": [d.room_id for d, _ in fresh],
-                            "s": [seq for _, seq in fresh],
-                            "a": [d.author for d, _ in fresh],
-                            "b": [d.body for d, _ in fresh],
-                            "c": [d.client_id for d, _ in fresh],
-                            "ids": list(advanced),
-                            "seqs": list(advanced.values()),
-                        },
-                    )
-                ).scalar_one()
-                stored = [
-                    StoredMessage(d.room, seq, d.author, d.body, d.client_id, created_at)
-                    for d, seq in fresh
-                ]
-                payloads = notifications.encode_messages(
-                    (d.room_id, m) for (d, _), m in zip(fresh, stored, strict=True)
+        # A client_id sent twice in one batch is stored once: the later sends repeat the
+        # first (`owner[i]` is the index, among the unique sends, of the one that stores i).
+        unique: list[_Draft] = []
+        owner: list[int] = []
+        first: dict[tuple[int, str, str], int] = {}
+        for draft in batch:
+            if draft.client_id is None:
+                owner.append(len(unique))
+                unique.append(draft)
+                continue
+            key = (draft.room_id, draft.author, draft.client_id)
+            index = first.setdefault(key, len(unique))
+            if index == len(unique):
+                unique.append(draft)
+            owner.append(index)
+        async with reading(self._engine) as conn:
+            row = (
+                await conn.execute(
+                    _POST,
+                    {
+                        "rooms": [d.room_id for d in unique],
+                        "authors": [d.author for d in unique],
+                        "bodies": [d.body for d in unique],
+                        "cids": [d.client_id for d in unique],
+                        "channel": self._fanout.notify_channel,
+                    },
                 )
-                payloads = await self._fanout.notify_in(conn, payloads)
-        results: list[Posted] = []
-        for draft, result in zip(batch, outcome, strict=True):
-            if isinstance(result, int):
-                owner = fresh[result][0]
-                results.append(Posted(draft.room_id, stored[result], owner is not draft))
-            else:
-                results.append(result)
-        return results, payloads
-
-    @staticmethod
-    async def _find_repeats(
-        conn: AsyncConnection, batch: list[_Draft]
-    ) -> dict[tuple[int, str, str], StoredMessage]:
-        keyed = [d for d in batch if d.client_id is not None]
-        if not keyed:
-            return {}
-        rows = await conn.execute(
-            _FIND_REPEATS,
-            {
-                "rooms": [d.room_id for d in keyed],
-                "authors": [d.author for d in keyed],
-                "cids": [d.client_id for d in keyed],
-            },
-        )
-        rooms = {d.room_id: d.room for d in keyed}
-        return {
-            (r.room_id, r.author, r.client_id or ""): StoredMessage(
-                rooms[r.room_id], r.seq, r.author, r.body, r.client_id, r.created_at
+            ).one()
+        stored = [
+            StoredMessage(d.room, seq, d.author, body if again else d.body, d.client_id, at)
+            for d, seq, at, again, body in zip(
+                unique, row.seqs, row.created, row.repeated, row.stored_bodies, strict=True
             )
-            for r in rows
-        }
+        ]
+        results = [
+            Posted(
+                draft.room_id,
+                stored[index],
+                row.repeated[index] or unique[index] is not draft,
+            )
+            for draft, index in zip(batch, owner, strict=True)
+        ]
+        return results, list(row.payloads)

@@ -1,0 +1,203 @@
+"""chat_post_messages(), the writer's one statement (migration 0002), called directly:
+numbering, repeats, payload packing under PostgreSQL's NOTIFY limit, concurrent writers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import asyncpg
+import pytest
+
+from tests.support import unique
+
+POST = (
+    "SELECT seqs, created, repeated, stored_bodies, payloads"
+    " FROM chat_post_messages($1, $2, $3, $4, $5)"
+)
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        yield conn
+    finally:
+        await conn.close(timeout=5)
+
+
+async def make_room(pg: asyncpg.Connection) -> int:
+    room_id: int = await pg.fetchval(
+        "INSERT INTO rooms (name) VALUES ($1) RETURNING id", unique("wp-")
+    )
+    return room_id
+
+
+async def make_user(pg: asyncpg.Connection) -> str:
+    name = unique("wp_")
+    await pg.execute("INSERT INTO users (username, password_hash) VALUES ($1, 'x')", name)
+    return name
+
+
+class Heard:
+    """Notifications on a fresh channel, collected by a LISTEN of its own."""
+
+    def __init__(self) -> None:
+        self.channel = unique("wp_chan_")
+        self.payloads: list[str] = []
+        self.arrived = asyncio.Event()
+
+    def __call__(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
+        self.payloads.append(payload)
+        self.arrived.set()
+
+    async def until(self, count: int) -> list[str]:
+        async with asyncio.timeout(10):
+            while len(self.payloads) < count:
+                self.arrived.clear()
+                await self.arrived.wait()
+        return self.payloads
+
+
+def unpack(payloads: list[str]) -> tuple[list[list[Any]], list[list[Any]]]:
+    inline: list[list[Any]] = []
+    refs: list[list[Any]] = []
+    for payload in payloads:
+        assert len(payload.encode()) < 8000
+        event = json.loads(payload)
+        assert event["k"] == "m"
+        inline += event["m"]
+        refs += event["r"]
+    return inline, refs
+
+
+async def test_a_batch_is_numbered_stored_and_announced_in_one_call(
+    pg: asyncpg.Connection, database_url: str
+) -> None:
+    """400 messages over two rooms, some too big to travel inline: seqs continue each
+    room's count in input order, every row is stored with one created_at, the rooms
+    advance, and the notifications (each under 8000 bytes) carry each message once, in
+    order, inline or as a reference."""
+    author = await make_user(pg)
+    a, b = await make_room(pg), await make_room(pg)
+    await pg.execute("UPDATE rooms SET last_seq = 41 WHERE id = $1", b)
+    rooms = [a if i % 3 else b for i in range(400)]
+    bodies = ["🙂" * 2000 if i % 50 == 7 else f'message {i} "quoted" \\ é' for i in range(400)]
+    heard = Heard()
+    listener = await asyncpg.connect(database_url, timeout=10)
+    try:
+        await listener.add_listener(heard.channel, heard)
+        row = await pg.fetchrow(POST, rooms, [author] * 400, bodies, [None] * 400, heard.channel)
+        assert row["payloads"] == []  # sent, not returned
+        expected = {a: iter(range(1, 1000)), b: iter(range(42, 1000))}
+        assert row["seqs"] == [next(expected[r]) for r in rooms]
+        assert row["repeated"] == [False] * 400
+        assert row["stored_bodies"] == [None] * 400
+        assert len(set(row["created"])) == 1
+        stored = await pg.fetch(
+            "SELECT room_id, seq, body, created_at FROM messages"
+            " WHERE room_id = ANY($1) ORDER BY created_at, room_id, seq",
+            [a, b],
+        )
+        assert sorted((r["room_id"], r["seq"], r["body"]) for r in stored) == sorted(
+            zip(rooms, row["seqs"], bodies, strict=True)
+        )
+        assert {r["created_at"] for r in stored} == set(row["created"])
+        last = dict(await pg.fetch("SELECT id, last_seq FROM rooms WHERE id = ANY($1)", [a, b]))
+        assert last == {a: max(row["seqs"][i] for i in range(400) if rooms[i] == a), b: 41 + 134}
+
+        # 400 entries of ~50 bytes and 8 references cannot share one payload.
+        payloads = await heard.until(3)
+        await asyncio.sleep(0.2)  # nothing more is coming: one statement, one commit
+        inline, refs = unpack(payloads)
+        assert len(payloads) >= 3
+        big = {i for i in range(400) if i % 50 == 7}
+        assert [tuple(r) for r in refs] == [(rooms[i], row["seqs"][i]) for i in sorted(big)]
+        assert [(m[0], m[1], m[2], m[3], m[4]) for m in inline] == [
+            (rooms[i], row["seqs"][i], author, bodies[i], None) for i in range(400) if i not in big
+        ]
+    finally:
+        await listener.close(timeout=5)
+
+
+async def test_repeats_of_committed_client_ids_return_the_stored_message(
+    pg: asyncpg.Connection,
+) -> None:
+    author = await make_user(pg)
+    room = await make_room(pg)
+    first = await pg.fetchrow(
+        POST, [room, room], [author, author], ["one", "two"], ["c1", "c2"], None
+    )
+    assert first["seqs"] == [1, 2]
+    assert len(first["payloads"]) == 1  # no channel: returned for the caller to publish
+    # A retry of c2 with another body, a new c3, and a message without client_id.
+    again = await pg.fetchrow(
+        POST,
+        [room, room, room],
+        [author] * 3,
+        ["two, edited", "three", "four"],
+        ["c2", "c3", None],
+        None,
+    )
+    assert again["seqs"] == [2, 3, 4]
+    assert again["repeated"] == [True, False, False]
+    assert again["stored_bodies"] == ["two", None, None]
+    assert again["created"][0] == first["created"][1]
+    inline, refs = unpack(again["payloads"])
+    assert [m[1:5] for m in inline] == [[3, author, "three", "c3"], [4, author, "four", None]]
+    assert refs == []
+    # The same client_id from another author is another message.
+    other = await make_user(pg)
+    third = await pg.fetchrow(POST, [room], [other], ["mine"], ["c2"], None)
+    assert third["seqs"] == [5] and third["repeated"] == [False]
+
+
+async def test_a_failing_batch_stores_nothing(pg: asyncpg.Connection) -> None:
+    """An author that does not exist fails the statement: none of its batch-mates is stored
+    and the room does not advance (the writer then retries them one by one)."""
+    author = await make_user(pg)
+    room = await make_room(pg)
+    with pytest.raises(asyncpg.ForeignKeyViolationError):
+        await pg.fetchrow(
+            POST, [room, room], [author, unique("nobody_")], ["ok", "bad"], [None, None], None
+        )
+    assert await pg.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room) == 0
+    assert await pg.fetchval("SELECT count(*) FROM messages WHERE room_id = $1", room) == 0
+
+
+async def test_concurrent_writers_on_shared_rooms_neither_deadlock_nor_skip(
+    database_url: str, pg: asyncpg.Connection
+) -> None:
+    """Four connections post 50 batches each over the same three rooms, listed in different
+    orders: every call completes, and each room holds exactly 1..n."""
+    author = await make_user(pg)
+    rooms = [await make_room(pg) for _ in range(3)]
+    conns = [await asyncpg.connect(database_url, timeout=10) for _ in range(4)]
+
+    async def writer(k: int, conn: asyncpg.Connection) -> None:
+        order = rooms if k % 2 else rooms[::-1]
+        for n in range(50):
+            batch = [order[(n + j) % 3] for j in range(5)]
+            await conn.fetchrow(
+                POST, batch, [author] * 5, [f"{k}/{n}/{j}" for j in range(5)], [None] * 5, None
+            )
+
+    try:
+        async with asyncio.timeout(60):
+            await asyncio.gather(*(writer(k, c) for k, c in enumerate(conns)))
+    finally:
+        for conn in conns:
+            await conn.close(timeout=5)
+    for room in rooms:
+        seqs = [
+            r["seq"]
+            for r in await pg.fetch(
+                "SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq", room
+            )
+        ]
+        assert seqs == list(range(1, len(seqs) + 1))
+        assert await pg.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room) == len(seqs)
+    total = await pg.fetchval("SELECT count(*) FROM messages WHERE room_id = ANY($1)", rooms)
+    assert total == 4 * 50 * 5
