@@ -58,9 +58,9 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         create_app(settings),
         host=host,
         port=port,
-        loop="uvloop",
+        loop=settings.event_loop,
         http="httptools",
-        ws="websockets-sansio",
+        ws=settings.ws_implementation,
         ws_max_size=settings.max_frame_bytes,
         # Measured (bench/): deflate costs ~48 KiB per socket and ~12% of an instance's CPU;
         # chat frames are small and already compact JSON.

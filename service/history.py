@@ -70,7 +70,8 @@ class Page:
 
 
 def _rows(room: str, rows: Any) -> list[StoredMessage]:
-    return [StoredMessage(room, r.seq, r.author, r.body, r.client_id, r.created_at) for r in rows]
+    # Unpacked by position (the order of _COLUMNS): a Row's attribute lookups cost ~3x more.
+    return [StoredMessage(room, *r) for r in rows]
 
 
 async def _newest(conn: AsyncConnection, room_id: int, room: str, before: int, limit: int) -> Page:

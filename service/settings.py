@@ -66,6 +66,10 @@ class Settings(BaseSettings):
     presence_heartbeat_seconds: float = Field(default=10.0, gt=0)
     presence_ttl_seconds: float = Field(default=30.0, gt=0)
     shutdown_grace_seconds: float = Field(default=10.0, gt=0)
+    # uvicorn's WebSocket implementation and event loop (`chat serve`); the alternatives are
+    # measured against the defaults by `python -m bench --only transports`.
+    ws_implementation: Literal["websockets-sansio", "websockets", "wsproto"] = "websockets-sansio"
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
 
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"

@@ -1,10 +1,11 @@
 """The WebSocket endpoint: a thin adapter from frames to the domain (PROTOCOL.md, WebSocket).
 
-Each connection has one bounded outgoing queue drained by its own writer task, so a slow
-reader delays nobody else: when its queue passes CHAT_SEND_QUEUE_LIMIT it is closed with
-1013 and resumes with `since`. Inbound frames are handled in order; a `send` is queued to
-the batch writer and its `ack` is pushed when the commit resolves, so a client may pipeline
-sends without waiting for each commit.
+Each connection has one bounded outgoing queue, drained by a writer task that exists only
+while frames are queued, so a slow reader delays nobody else: when its queue passes
+CHAT_SEND_QUEUE_LIMIT it is closed with 1013 and resumes with `since`. The endpoint's own
+task reads: inbound frames are handled in order; a `send` is queued to the batch writer and
+its `ack` is pushed when the commit resolves, so a client may pipeline sends without waiting
+for each commit. An idle joined socket holds that one task and ~29 KiB in all (bench/).
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from fastapi import APIRouter, WebSocket
-from starlette.websockets import WebSocketDisconnect, WebSocketState
+from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import metrics
 from .auth import websocket_user
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from .app import Chat
 
 log = logging.getLogger(__name__)
-router = APIRouter()
 
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
@@ -87,12 +87,14 @@ class Connection:
         self.chat = chat
         self.rooms: dict[str, int] = {}
         self._queue: deque[str] = deque()
-        self._wakeup = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None  # exists only while frames are queued
+        self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while it reads
+        self._interrupted = False  # close() cancelled the reader
         self._limit = chat.settings.send_queue_limit
         self.close_code: int | None = None
         self.close_reason = ""
         self.gone = False  # the client went away while frames were being written
-        self.closing = asyncio.Event()
+        self._finished = False  # the endpoint is closing up: nothing more is written
         self._bucket = TokenBucket(
             chat.settings.rate_limit_per_second, chat.settings.rate_limit_burst
         )
@@ -106,20 +108,56 @@ class Connection:
         return len(self._queue)
 
     def push(self, frame: str, *, force: bool = False) -> None:
-        if self.close_code is not None:
+        if self.close_code is not None or self._finished:
             return
         if not force and len(self._queue) >= self._limit:
             self.close(CLOSE_TRY_AGAIN, "send queue overflow: reconnect with since")
             return
         self._queue.append(frame)
-        self._wakeup.set()
+        if self._writer is None:
+            # An idle socket holds no task: one is started when there is something to write
+            # and ends when its queue is empty (each task costs ~1.5 KiB while it lives).
+            self._writer = asyncio.create_task(self._write())
 
     def close(self, code: int, reason: str = "") -> None:
         """Ask for the socket to be closed. The endpoint does it, even while the writer is
         blocked on a client that stopped reading."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-            self.closing.set()
+            self._stop_reading()
+
+    def _stop_reading(self) -> None:
+        """Wake the endpoint from its read (or from handling a frame) by cancelling its task.
+        Never from inside that task: there, the read loop sees close_code before it reads
+        again."""
+        task = self._reader
+        if task is not None and task is not asyncio.current_task() and not self._interrupted:
+            self._interrupted = True
+            task.cancel()
+
+    async def read_until_closed(self) -> None:
+        """The endpoint's own task reads and handles frames until the client leaves or
+        close() is called (one task per socket instead of a reader and a watcher)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reader = task
+        try:
+            while self.close_code is None and not self.gone:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    self.error("bad_request", "binary frames are not accepted; send JSON text")
+                    continue
+                await self.handle(text)
+        except asyncio.CancelledError:
+            # Ours (close() or the writer found the client gone): the end of reading. Any
+            # other cancellation, uvicorn's, goes on.
+            if not self._interrupted or task.uncancel() > 0:
+                raise
+        finally:
+            self._reader = None
 
     @property
     def writing(self) -> bool:
@@ -127,17 +165,27 @@ class Connection:
         errors already queued; any other close drops them (the client resumes with since)."""
         return self.close_code is None or self.close_code == CLOSE_RESTART
 
-    async def write_loop(self) -> None:
+    async def _write(self) -> None:
         try:
-            while True:
-                await self._wakeup.wait()
-                self._wakeup.clear()
-                while self._queue and self.writing:
-                    await self.websocket.send_text(self._queue.popleft())
+            while self._queue and self.writing:
+                await self.websocket.send_text(self._queue.popleft())
         except WebSocketDisconnect:
             # The client closed, or vanished, while we wrote: the end of this socket, not
             # a failure.
             self.gone = True
+            self._stop_reading()
+        except Exception:
+            log.exception("socket %d: writing failed", self.id)
+            self.close(CLOSE_INTERNAL, "internal error: reconnect with since")
+        finally:
+            self._writer = None
+
+    async def stop_writing(self) -> None:
+        self._finished = True
+        writer = self._writer
+        if writer is not None:
+            writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
 
     async def flush(self, timeout: float) -> None:
         """Wait (bounded) until everything queued so far has been written."""
@@ -334,7 +382,22 @@ class Connection:
             await self._part(room, room_id)
 
 
-@router.websocket("/ws")
+class Endpoint:
+    """Pure ASGI middleware that takes `/ws` straight to `websocket_endpoint`.
+
+    Through FastAPI's router a socket held its routing and dependency machinery (six
+    AsyncExitStacks and a dozen coroutine frames, ~6 KiB) for its whole life."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and scope["path"] == "/ws":
+            await websocket_endpoint(WebSocket(scope, receive, send))
+        else:
+            await self.app(scope, receive, send)
+
+
 async def websocket_endpoint(websocket: WebSocket) -> None:
     chat: Chat = websocket.app.state.chat
     identity = websocket_user(websocket, chat.settings)
@@ -351,30 +414,23 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
     conn = Connection(websocket, username, chat)
     chat.connections.add(conn)
     metrics.CONNECTIONS.inc()
-    writer = asyncio.create_task(conn.write_loop(), name=f"ws-writer-{conn.id}")
-    reader = asyncio.create_task(_read_loop(conn), name=f"ws-reader-{conn.id}")
-    closing = asyncio.create_task(conn.closing.wait(), name=f"ws-closing-{conn.id}")
     # A socket lives no longer than the token that opened it; the client logs in again.
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, expires_at - time.time()), conn.close, CLOSE_POLICY, "token expired"
     )
     try:
-        await asyncio.wait({writer, reader, closing}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (reader, writer):
-            if task.done() and not task.cancelled() and task.exception() is not None:
-                log.error("socket %d failed", conn.id, exc_info=task.exception())
-                conn.close(CLOSE_INTERNAL, "internal error: reconnect with since")
-        if conn.close_code == CLOSE_RESTART and not writer.done():
-            # Read nothing more, then write what is queued: every send this instance took
-            # has its ack or error on the wire before the close frame.
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        try:
+            await conn.read_until_closed()
+        except Exception:
+            log.exception("socket %d failed", conn.id)
+            conn.close(CLOSE_INTERNAL, "internal error: reconnect with since")
+        if conn.close_code == CLOSE_RESTART:
+            # Reading has stopped; write what is queued: every send this instance took has
+            # its ack or error on the wire before the close frame.
             await conn.flush(_RESTART_FLUSH_SECONDS)
     finally:
         expiry.cancel()
-        for pending in (reader, writer, closing):
-            pending.cancel()
-        await asyncio.gather(reader, writer, closing, return_exceptions=True)
+        await conn.stop_writing()
         metrics.CONNECTIONS.dec()
         if conn.close_code is not None:
             metrics.CLOSES.labels(str(conn.close_code)).inc()
@@ -382,7 +438,10 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         if code == CLOSE_TRY_AGAIN:
             # The close frame waits behind what the client has not read: leave first.
             await conn.part_all()
-        if websocket.application_state == WebSocketState.CONNECTED:
+        if (
+            websocket.application_state == WebSocketState.CONNECTED
+            and websocket.client_state == WebSocketState.CONNECTED
+        ):  # not when the client has closed already: it would wait for nothing
             slow = code == CLOSE_TRY_AGAIN
             timeout = _SLOW_CLOSE_SECONDS if slow else _CLOSE_HANDSHAKE_SECONDS
             await _close(websocket, code, conn.close_reason, timeout)
@@ -411,15 +470,3 @@ async def _close(websocket: WebSocket, code: int, reason: str, timeout: float) -
                 message = await websocket._receive()
                 if message["type"] == "websocket.disconnect":
                     disconnects += 1
-
-
-async def _read_loop(conn: Connection) -> None:
-    while True:
-        message = await conn.websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text")
-        if text is None:
-            conn.error("bad_request", "binary frames are not accepted; send JSON text")
-            continue
-        await conn.handle(text)

@@ -212,3 +212,32 @@ def test_environment_overrides_dotenv(monkeypatch: pytest.MonkeyPatch, tmp_path:
     (tmp_path / ".env").write_text("CHAT_MAX_MESSAGE_CHARS=321\n")
     monkeypatch.setenv("CHAT_MAX_MESSAGE_CHARS", "999")
     assert Settings().max_message_chars == 999
+
+
+def test_transport_defaults() -> None:
+    """Without configuration `chat serve` runs websockets-sansio on uvloop."""
+    settings = Settings()
+    assert settings.ws_implementation == "websockets-sansio"
+    assert settings.event_loop == "uvloop"
+
+
+def test_transport_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CHAT_WS_IMPLEMENTATION and CHAT_EVENT_LOOP choose uvicorn's alternatives."""
+    monkeypatch.setenv("CHAT_WS_IMPLEMENTATION", "wsproto")
+    monkeypatch.setenv("CHAT_EVENT_LOOP", "asyncio")
+    settings = Settings()
+    assert settings.ws_implementation == "wsproto"
+    assert settings.event_loop == "asyncio"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("CHAT_WS_IMPLEMENTATION", "tornado"), ("CHAT_EVENT_LOOP", "tornado")],
+)
+def test_unknown_transport_is_refused(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    """An implementation or loop uvicorn does not offer is refused at start."""
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ValidationError):
+        Settings()

@@ -353,6 +353,27 @@ class Storm:
         self._sending: list[asyncio.Task[None]] = []
         self._receiving: list[asyncio.Task[None]] = []
 
+    @classmethod
+    def across(
+        cls,
+        database_url: str,
+        people: Sequence[User],
+        room: str,
+        first: str,
+        second: str,
+        count: int,
+    ) -> Storm:
+        """Four unpaced senders (32 sends in flight each, `count` sends apiece) and four
+        receivers from `people` (eight), half starting on `first`, half on `second`; each
+        may fail over to the other. Clients 0, 2, ... start on `first`."""
+        routes = [[first, second], [second, first]]
+        senders = [
+            Sender(people[i], room, Urls(routes[i % 2]), count=count, tag=f"s{i}", window=32)
+            for i in range(4)
+        ]
+        receivers = [Receiver(people[4 + i], room, Urls(routes[i % 2])) for i in range(4)]
+        return cls(database_url, senders, receivers)
+
     @property
     def acked(self) -> int:
         return sum(s.acked for s in self.senders)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.faults.conftest import MakeUsers
-from tests.faults.harness import Receiver, Sender, Storm, Urls, check_log
+from tests.faults.harness import Receiver, Sender, Storm, check_log
 from tests.support import Instance, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -37,14 +37,9 @@ async def test_sigterm_during_a_send_storm(
     a, b = await start_instances(2)
     people = await users(8)
     room = unique("term-")
-    routes = [[a.url, b.url], [b.url, a.url]]
-    senders = [
-        # Unpaced, 32 in flight each: SIGTERM finds sends queued, committing and unacked.
-        Sender(people[i], room, Urls(routes[i % 2]), count=800, tag=f"s{i}", window=32)
-        for i in range(4)
-    ]
-    receivers = [Receiver(people[4 + i], room, Urls(routes[i % 2])) for i in range(4)]
-    storm = Storm(database_url, senders, receivers)
+    # Unpaced, 32 in flight each: SIGTERM finds sends queued, committing and unacked.
+    storm = Storm.across(database_url, people, room, a.url, b.url, count=800)
+    senders, receivers = storm.senders, storm.receivers
     storm.start()
     await storm.joined()
     await storm.wait_acked(storm.total // 3)

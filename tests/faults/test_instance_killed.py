@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from tests.faults.conftest import MakeUsers
-from tests.faults.harness import Receiver, Sender, Storm, Urls, check_log
+from tests.faults.harness import Receiver, Sender, Storm, check_log
 from tests.support import Instance, unique
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
@@ -25,14 +25,9 @@ async def test_kill_9_during_a_send_storm(
     people = await users(8)
     room = unique("kill-")
     # Half the clients start on A (the victim), half on B; all may fail over to the other.
-    routes = [[a.url, b.url], [b.url, a.url]]
-    senders = [
-        # Unpaced, 32 in flight each: the kill finds sends committed but not yet acked.
-        Sender(people[i], room, Urls(routes[i % 2]), count=900, tag=f"s{i}", window=32)
-        for i in range(4)
-    ]
-    receivers = [Receiver(people[4 + i], room, Urls(routes[i % 2])) for i in range(4)]
-    storm = Storm(database_url, senders, receivers)
+    # Unpaced, 32 in flight each: the kill finds sends committed but not yet acked.
+    storm = Storm.across(database_url, people, room, a.url, b.url, count=900)
+    senders, receivers = storm.senders, storm.receivers
     storm.start()
     await storm.joined()
     await storm.wait_acked(storm.total // 3)
