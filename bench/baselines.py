@@ -18,7 +18,6 @@ import time
 import uuid
 
 import asyncpg
-from websockets.asyncio.client import ClientConnection
 
 from . import clients, naive_app
 from .cluster import create_rooms, naive_instance, username
@@ -126,14 +125,18 @@ async def naive(bench: Bench) -> Throughput:
             server.start()
         await asyncio.gather(*(s.wait_ready() for s in servers))
 
-        async def open_sender(i: int) -> tuple[ClientConnection, str]:
+        async def open_sender(
+            i: int, tag: str, tally: clients.SendTally
+        ) -> clients.PipelinedSender:
             room = rooms[(i // 2) % len(rooms)]
             url = clients.naive_url(servers[i % 2].url, room, username(i))
-            ws = await clients.open_socket(url)
+            sender = await clients.open_pipelined(
+                url, room, tag, p.ingest_window, tally, join_room=False
+            )
             # Its subscription starts after the handshake; two first subscriptions to one
             # channel at once are what broadcaster gets wrong (FACTS.md): give it a moment.
             await asyncio.sleep(0.02)
-            return ws, room
+            return sender
 
         result = await pipelined_run(
             bench,

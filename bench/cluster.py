@@ -147,8 +147,11 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def chat_instance(name: str, db: Database, secret: str, logs: Path) -> Server:
-    """A `chat serve` process: rate limit off, warnings only."""
+def chat_instance(
+    name: str, db: Database, secret: str, logs: Path, extra_env: dict[str, str] | None = None
+) -> Server:
+    """A `chat serve` process: rate limit off, warnings only; `extra_env` adds or overrides
+    CHAT_ variables (e.g. CHAT_WS_IMPLEMENTATION)."""
     port = free_port()
     env = _base_env() | {
         "CHAT_DATABASE_URL": db.url,
@@ -157,6 +160,7 @@ def chat_instance(name: str, db: Database, secret: str, logs: Path) -> Server:
         "CHAT_LOG_LEVEL": "WARNING",
         "CHAT_LOG_FORMAT": "text",
     }
+    env |= extra_env or {}
     argv = [sys.executable, "-m", "service", "serve", "--host", "127.0.0.1"]
     argv += ["--port", str(port), "--no-migrate"]
     return Server(name, argv, env, port, logs / f"{name}.log", "/readyz")

@@ -34,9 +34,16 @@ class Profile:
     # memory
     idle_sockets: int = 2000
     idle_rooms: int = 20
+    rss_settle_seconds: float = 2.0  # before each RSS reading (the joins' work finishes)
+    # transports: every WebSocket implementation and event loop, each on an instance of its
+    # own: idle sockets (RSS), then picows receivers in one room fed by one paced sender
+    transport_sockets: int = 1000
+    transport_receivers: int = 100
+    transport_rate: float = 200.0  # messages/s, each delivered to every receiver
+    transport_seconds: float = 5.0
     # history
     history_sizes: tuple[int, ...] = (1_000_000,)
-    history_requests: int = 500
+    history_requests: int = 2000  # a p99 of 500 samples is the 5th worst: too noisy
     # ingest, baseline A and the fan-out run this many times, interleaved; the figure is the
     # median run (a shared or noisy machine disturbs single runs)
     repeats: int = 3
@@ -45,7 +52,9 @@ class Profile:
 
     @property
     def users_needed(self) -> int:
-        return max(self.idle_sockets, self.fanout_receivers + self.fanout_rooms, self.joins) + 64
+        transports = self.transport_sockets + self.transport_receivers + 1
+        fanout = self.fanout_receivers + self.fanout_rooms
+        return max(self.idle_sockets, fanout, self.joins, transports) + 64
 
 
 DEFAULT = Profile(name="default")
@@ -68,6 +77,11 @@ SMOKE = Profile(
     resume_messages=1000,
     idle_sockets=200,
     idle_rooms=4,
+    rss_settle_seconds=0.5,
+    transport_sockets=30,
+    transport_receivers=10,
+    transport_rate=50.0,
+    transport_seconds=1.0,
     history_sizes=(10_000,),
     history_requests=50,
     repeats=1,

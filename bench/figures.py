@@ -128,6 +128,29 @@ class Memory:
 
 
 @dataclass
+class Transport:
+    """One WebSocket implementation and event loop of uvicorn, on an instance of its own."""
+
+    ws: str  # CHAT_WS_IMPLEMENTATION
+    loop: str  # CHAT_EVENT_LOOP
+    chosen: bool  # the service's default
+    sockets: int  # idle, authenticated and joined, no deflate
+    before_kib: int
+    after_kib: int
+    per_socket_kib: float
+    receivers: int  # picows, one room, on the sender's instance
+    offered_per_second: float  # messages sent/s, each to every receiver
+    seconds: float
+    deliveries_per_second: float  # receipts of messages sent inside the window
+    cpu_us_per_delivery: float  # the instance's CPU time per receipt
+    latency_ms: Percentiles  # send to receipt
+    missing: int  # receipts expected but not seen within the grace time
+    cpu: dict[str, float] = field(default_factory=dict)  # cores, while measuring deliveries
+    closed: dict[str, int] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
 class History:
     rows: int
     other_rows: int
@@ -141,6 +164,7 @@ class History:
     # mean and p50/p99 estimated from the instances' request-duration histogram (coarse
     # buckets), without the client's overhead; empty when the instances do not export it
     server_ms: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # while the pages were requested
 
 
 @dataclass
@@ -152,4 +176,5 @@ class Results:
     connect_replay: JoinTimes | None = None
     resume: JoinTimes | None = None
     memory: list[Memory] = field(default_factory=list)
+    transports: list[Transport] = field(default_factory=list)
     history: dict[str, History] = field(default_factory=dict)  # by size label, e.g. "1M"

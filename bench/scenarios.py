@@ -14,14 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import asyncpg
 import httpx
+import orjson
 from websockets.asyncio.client import ClientConnection
 
+from service.settings import Settings
+
 from . import clients
-from .cluster import Database, Server, bulk_load, create_rooms
+from .cluster import Database, Server, bulk_load, chat_instance, create_rooms
 from .config import Profile
-from .figures import Fanout, History, JoinTimes, Memory, Percentiles, Throughput
+from .figures import Fanout, History, JoinTimes, Memory, Percentiles, Throughput, Transport
 from .system import CpuMeter
 from .ui import Ui
 
@@ -38,6 +42,7 @@ class Bench:
     tokens: list[str]  # tokens[i] is bench user i's
     ui: Ui
     workdir: Path
+    secret: str  # the instances' signing key, which minted `tokens`
 
     def cpu_meter(self, extra: dict[str, int] | None = None) -> CpuMeter:
         pids = {f"instance {s.name[-1]}": s.pid for s in self.instances}
@@ -111,28 +116,32 @@ async def measured(
 # -- ingest ---------------------------------------------------------------------------------
 
 
+# Opens sender i: given its client_id prefix and the tally it reports to.
+OpenSender = Callable[[int, str, clients.SendTally], Awaitable[clients.PipelinedSender]]
+
+
 async def pipelined_run(
     bench: Bench,
     label: str,
-    open_sender: Callable[[int], Awaitable[tuple[ClientConnection, str]]],
+    open_sender: OpenSender,
     *,
     setup: str,
     extra_pids: dict[str, int] | None = None,
 ) -> Throughput:
-    """Open the senders (`open_sender(i)` gives a socket and its room), let them pipeline
-    for the profile's duration, and count acks per second inside the window."""
+    """Open the senders, let them pipeline for the profile's duration, and count acks per
+    second inside the window."""
     p = bench.profile
     step = bench.ui.step(f"{label}: connecting {p.ingest_senders} senders", p.ingest_senders)
-    sockets: list[tuple[ClientConnection, str]] = []
+    senders: list[clients.PipelinedSender] = []
     server: dict[str, float] = {}
+    tally = clients.SendTally()
+    run = uuid.uuid4().hex[:8]  # client_ids must not repeat an earlier run's
     try:
         for i in range(p.ingest_senders):
-            sockets.append(await open_sender(i))
+            senders.append(await open_sender(i, f"{run}-{i}", tally))
             step.advance()
         step.update(description=f"{label}: sending")
         before = await scrape(bench.instances)
-        tally = clients.SendTally()
-        run = uuid.uuid4().hex[:8]  # client_ids must not repeat an earlier run's
         cpu: dict[str, float] = {}
         start = time.perf_counter() + 0.2
         measure_from = start + p.warmup_seconds
@@ -140,19 +149,7 @@ async def pipelined_run(
         await asyncio.gather(
             step.tick(stop_at - time.perf_counter()),
             measured(lambda: bench.cpu_meter(extra_pids), measure_from, stop_at, cpu),
-            *(
-                clients.pipelined_sender(
-                    ws,
-                    room,
-                    f"{run}-{i}",
-                    window=p.ingest_window,
-                    start=start,
-                    measure_from=measure_from,
-                    stop_at=stop_at,
-                    tally=tally,
-                )
-                for i, (ws, room) in enumerate(sockets)
-            ),
+            clients.run_pipelined(senders, start=start, measure_from=measure_from, stop_at=stop_at),
         )
         after = await scrape(bench.instances)
         batches = histogram_delta(before, after, "chat_write_batch_size")
@@ -165,7 +162,7 @@ async def pipelined_run(
                 "commit_ms_p99_estimate": round(commits["p99"] * 1000, 2),
             }
     finally:
-        await clients.close_all([ws for ws, _ in sockets])
+        await clients.close_joined(senders)
         step.done()
     notes = []
     if tally.duplicates:
@@ -197,10 +194,11 @@ async def ingest(bench: Bench) -> Throughput:
 
     span = p.ingest_rooms_span_instances
 
-    async def open_sender(i: int) -> tuple[ClientConnection, str]:
+    async def open_sender(i: int, tag: str, tally: clients.SendTally) -> clients.PipelinedSender:
         # Sender i uses instance i % 2; with `span`, consecutive senders share a room.
         room = rooms[(i // 2 if span else i) % len(rooms)]
-        return await bench.connect_joined(bench.instances[i % 2], i, room), room
+        url = clients.chat_url(bench.instances[i % 2].url, bench.tokens[i])
+        return await clients.open_pipelined(url, room, tag, p.ingest_window, tally)
 
     per_room = p.ingest_senders // p.ingest_rooms
     where = "on both instances" if span else "all on one instance"
@@ -219,24 +217,26 @@ async def fanout(bench: Bench) -> Fanout:
     """Paced senders (one per room, alternating instances) at a fixed total rate; receivers
     in every room on both instances measure send-to-receipt latency."""
     p = bench.profile
-    rooms = [f"bench-fanout-{i}" for i in range(p.fanout_rooms)]
+    # Fresh rooms for each run: a room used before would replay its last messages on join.
+    run = uuid.uuid4().hex[:8]
+    rooms = [f"bench-fanout-{run}-{i}" for i in range(p.fanout_rooms)]
     per_room = p.fanout_receivers // p.fanout_rooms
     step = bench.ui.step("fan-out: connecting receivers", per_room * len(rooms) + len(rooms))
-    receivers: list[tuple[ClientConnection, int, int]] = []  # socket, instance, room index
+    receivers: list[tuple[clients.Receiver, int]] = []  # socket, room index
     senders: list[ClientConnection] = []
     expected: list[int] = []  # messages each receiver should get
-    counts: list[int] = []  # messages each receiver got
     server: dict[str, float] = {}
     try:
         plan = [(k, j % 2, k * per_room + j) for k in range(len(rooms)) for j in range(per_room)]
 
-        def opener(k: int, inst: int, user: int) -> Callable[[], Awaitable[ClientConnection]]:
-            return lambda: bench.connect_joined(bench.instances[inst], user, rooms[k])
+        def opener(k: int, inst: int, user: int) -> Callable[[], Awaitable[clients.Receiver]]:
+            url = clients.chat_url(bench.instances[inst].url, bench.tokens[user])
+            return lambda: clients.open_receiver(url, rooms[k], inst)
 
         opened = await clients.gather_bounded(
             [opener(k, inst, user) for k, inst, user in plan], _OPEN_CONCURRENCY, step.advance
         )
-        receivers = [(ws, inst, k) for ws, (k, inst, _) in zip(opened, plan, strict=True)]
+        receivers = [(r, k) for r, (k, _, _) in zip(opened, plan, strict=True)]
         first_sender_user = per_room * len(rooms)
         for k, room in enumerate(rooms):
             ws = await bench.connect_joined(bench.instances[k % 2], first_sender_user + k, room)
@@ -246,67 +246,60 @@ async def fanout(bench: Bench) -> Fanout:
 
         step.update(description="fan-out: paced sends")
         tally = clients.FanoutTally()
-        counts = [0] * len(receivers)
         start = time.perf_counter() + 0.2
         measure_from = start + p.warmup_seconds
         stop_at = measure_from + p.fanout_seconds
         to_ns = time.time_ns() - time.perf_counter_ns()
         window = (int(measure_from * 1e9) + to_ns, int(stop_at * 1e9) + to_ns)
-        listening = [
-            asyncio.create_task(
-                clients.latency_receiver(
-                    ws, inst, window_ns=window, tally=tally, counts=counts, index=i
-                )
-            )
-            for i, (ws, inst, _) in enumerate(receivers)
-        ]
+        for receiver, _ in receivers:
+            receiver.measure(tally, window)
         cpu: dict[str, float] = {}
         rate = p.fanout_rate / len(rooms)
         before = await scrape(bench.instances)
-        try:
-            pacing = asyncio.gather(
-                *(
-                    clients.paced_sender(
-                        ws,
-                        rooms[k],
-                        k % 2,
-                        rate=rate,
-                        start=start,
-                        measure_from=measure_from,
-                        stop_at=stop_at,
-                        tally=tally,
-                    )
-                    for k, ws in enumerate(senders)
+        pacing = asyncio.gather(
+            *(
+                clients.paced_sender(
+                    ws,
+                    rooms[k],
+                    k % 2,
+                    rate=rate,
+                    start=start,
+                    measure_from=measure_from,
+                    stop_at=stop_at,
+                    tally=tally,
                 )
+                for k, ws in enumerate(senders)
             )
-            sent_per_room, _, _ = await asyncio.gather(
-                pacing,
-                step.tick(stop_at - time.perf_counter()),
-                measured(bench.cpu_meter, measure_from, stop_at, cpu),
-            )
-            # Wait (bounded) until every receiver got every message of its room.
-            expected = [sent_per_room[k] for _, _, k in receivers]
-            grace = time.perf_counter() + 10
-            while counts != expected and time.perf_counter() < grace:
-                await asyncio.sleep(0.05)
-            after = await scrape(bench.instances)
-            lag = histogram_delta(before, after, "chat_fanout_lag_seconds")
-            batches = histogram_delta(before, after, "chat_write_batch_size")
-            server = {
-                "commit_to_queued_ms_mean": round(lag["mean"] * 1000, 2),
-                "commit_to_queued_ms_p50_estimate": round(lag["p50"] * 1000, 2),
-                "commit_to_queued_ms_p99_estimate": round(lag["p99"] * 1000, 2),
-                "messages_per_transaction_mean": round(batches["mean"], 1),
-            }
-        finally:
-            for task in listening:
-                task.cancel()
-            await asyncio.gather(*listening, return_exceptions=True)
+        )
+        sent_per_room, _, _ = await asyncio.gather(
+            pacing,
+            step.tick(stop_at - time.perf_counter()),
+            measured(bench.cpu_meter, measure_from, stop_at, cpu),
+        )
+        # Wait (bounded) until every receiver got every message of its room.
+        expected = [sent_per_room[k] for _, k in receivers]
+        grace = time.perf_counter() + 10
+        while [r.count for r, _ in receivers] != expected and time.perf_counter() < grace:
+            await asyncio.sleep(0.05)
+        after = await scrape(bench.instances)
+        lag = histogram_delta(before, after, "chat_fanout_lag_seconds")
+        batches = histogram_delta(before, after, "chat_write_batch_size")
+        commits = histogram_delta(before, after, "chat_commit_seconds")
+        server = {
+            "commit_ms_mean": round(commits["mean"] * 1000, 2),
+            "commit_ms_p99_estimate": round(commits["p99"] * 1000, 2),
+            "commit_to_queued_ms_mean": round(lag["mean"] * 1000, 2),
+            "commit_to_queued_ms_p50_estimate": round(lag["p50"] * 1000, 2),
+            "commit_to_queued_ms_p99_estimate": round(lag["p99"] * 1000, 2),
+            "messages_per_transaction_mean": round(batches["mean"], 1),
+        }
     finally:
-        await clients.close_all([ws for ws, _, _ in receivers] + senders)
+        await clients.close_joined([r for r, _ in receivers])
+        await clients.close_all(senders)
         step.done()
     in_window = len(tally.cross_ms) + len(tally.same_ms)
     expected_in_window = tally.sent * per_room
+    counts = [r.count for r, _ in receivers]
     missing = sum(max(e - c, 0) for e, c in zip(expected, counts, strict=True))
     return Fanout(
         offered_per_second=p.fanout_rate,
@@ -399,7 +392,7 @@ async def resume(bench: Bench) -> JoinTimes:
 # -- idle memory ----------------------------------------------------------------------------
 
 
-def _rss_settled(server: Server, seconds: float = 2.0) -> Callable[[], Awaitable[int]]:
+def _rss_settled(server: Server, seconds: float) -> Callable[[], Awaitable[int]]:
     async def read() -> int:
         await asyncio.sleep(seconds)
         return server.rss_kib()
@@ -410,9 +403,29 @@ def _rss_settled(server: Server, seconds: float = 2.0) -> Callable[[], Awaitable
 async def idle_memory(bench: Bench, instance: Server, *, compression: bool) -> Memory:
     """RSS of one instance before and after opening many authenticated, joined sockets."""
     p = bench.profile
-    rooms = [f"bench-idle-{i}" for i in range(p.idle_rooms)]
-    kind = "deflate" if compression else "no compression"
-    step = bench.ui.step(f"idle memory ({kind}): {p.idle_sockets} sockets", p.idle_sockets)
+    kind = "deflate offered" if compression else "no deflate offered"
+    return await socket_memory(
+        bench,
+        instance,
+        count=p.idle_sockets,
+        rooms=[f"bench-idle-{i}" for i in range(p.idle_rooms)],
+        compression=compression,
+        label=f"idle memory ({kind})",
+    )
+
+
+async def socket_memory(
+    bench: Bench,
+    instance: Server,
+    *,
+    count: int,
+    rooms: list[str],
+    compression: bool,
+    label: str,
+) -> Memory:
+    """RSS of `instance` (settled) before and after opening `count` sockets, socket i by
+    user i and joined to one of `rooms`; then they are closed."""
+    step = bench.ui.step(f"{label}: {count} sockets", count)
 
     def opener(i: int) -> Callable[[], Awaitable[ClientConnection]]:
         room = rooms[i % len(rooms)]
@@ -421,26 +434,193 @@ async def idle_memory(bench: Bench, instance: Server, *, compression: bool) -> M
     # Warm up first (the pool's connections, code paths run once), then measure.
     warm = await clients.gather_bounded([opener(i) for i in range(20)], 20)
     await clients.close_all(warm)
-    before = await _rss_settled(instance)()
+    settle = bench.profile.rss_settle_seconds
+    before = await _rss_settled(instance, settle)()
     sockets: list[ClientConnection] = []
     try:
         began = time.perf_counter()
         sockets = await clients.gather_bounded(
-            [opener(i) for i in range(p.idle_sockets)], _OPEN_CONCURRENCY, step.advance
+            [opener(i) for i in range(count)], _OPEN_CONCURRENCY, step.advance
         )
         connect_seconds = time.perf_counter() - began
-        after = await _rss_settled(instance)()
+        after = await _rss_settled(instance, settle)()
     finally:
         await clients.close_all(sockets)
         step.done()
     return Memory(
-        sockets=p.idle_sockets,
+        sockets=count,
         compression=compression,
         before_kib=before,
         after_kib=after,
-        per_socket_kib=round((after - before) / p.idle_sockets, 2),
+        per_socket_kib=round((after - before) / count, 2),
         connect_seconds=round(connect_seconds, 2),
     )
+
+
+# -- WebSocket implementation and event loop -------------------------------------------------
+
+# Every combination uvicorn offers the service (CHAT_WS_IMPLEMENTATION, CHAT_EVENT_LOOP).
+TRANSPORTS = (
+    ("websockets-sansio", "uvloop"),
+    ("websockets", "uvloop"),
+    ("wsproto", "uvloop"),
+    ("websockets-sansio", "asyncio"),
+    ("websockets", "asyncio"),
+    ("wsproto", "asyncio"),
+)
+
+
+def default_transport() -> tuple[str, str]:
+    """The implementation and loop `chat serve` uses when not configured."""
+    fields = Settings.model_fields
+    return str(fields["ws_implementation"].default), str(fields["event_loop"].default)
+
+
+@dataclass
+class _Deliveries:
+    tally: clients.FanoutTally
+    receivers: int
+    missing: int  # of the messages sent, warm-up included: each receiver should get all
+    instance_cpu_seconds: float  # inside the window, unrounded
+    cpu: dict[str, float]  # cores inside the window, by process
+
+
+async def _window_cpu(
+    bench: Bench, instance: Server, start: float, stop: float, into: dict[str, float]
+) -> float:
+    """The instance's CPU seconds between two perf_counter instants; the cores of the
+    instance, the bench client and PostgreSQL are written into `into`."""
+    await asyncio.sleep(max(start - time.perf_counter(), 0))
+    pids = {"instance": instance.pid, "bench client": os.getpid()}
+    data_dir = bench.db.data_dir
+    meter = CpuMeter(pids, {"postgres": data_dir} if data_dir is not None else {})
+    began = instance.cpu_seconds()
+    await asyncio.sleep(max(stop - time.perf_counter(), 0))
+    used = instance.cpu_seconds() - began
+    into.update(meter.stop())
+    return used
+
+
+async def _deliveries(bench: Bench, instance: Server, room: str, label: str) -> _Deliveries:
+    """Picows receivers in `room` and one paced sender, all on `instance` (users after the
+    idle sockets'): what the receivers got of the messages sent inside the window, and the
+    CPU used meanwhile."""
+    p = bench.profile
+    step = bench.ui.step(f"{label}: connecting receivers", p.transport_receivers + 1)
+    first_user = p.transport_sockets
+    receivers: list[clients.Receiver] = []
+    sender: ClientConnection | None = None
+    tally = clients.FanoutTally()
+    cpu: dict[str, float] = {}
+    try:
+
+        def opener(user: int) -> Callable[[], Awaitable[clients.Receiver]]:
+            url = clients.chat_url(instance.url, bench.tokens[user])
+            return lambda: clients.open_receiver(url, room, 0)
+
+        receivers = await clients.gather_bounded(
+            [opener(first_user + j) for j in range(p.transport_receivers)],
+            _OPEN_CONCURRENCY,
+            step.advance,
+        )
+        sender_user = first_user + p.transport_receivers
+        sender = await bench.connect_joined(instance, sender_user, room, compression=False)
+        step.advance()
+        await asyncio.sleep(0.5)  # presence events of the joins settle
+
+        step.update(description=f"{label}: paced sends")
+        start = time.perf_counter() + 0.2
+        measure_from = start + p.warmup_seconds
+        stop_at = measure_from + p.transport_seconds
+        to_ns = time.time_ns() - time.perf_counter_ns()
+        window = (int(measure_from * 1e9) + to_ns, int(stop_at * 1e9) + to_ns)
+        for receiver in receivers:
+            receiver.measure(tally, window)
+        async with asyncio.timeout(stop_at - time.perf_counter() + 30):
+            sent, _, used = await asyncio.gather(
+                clients.paced_sender(
+                    sender,
+                    room,
+                    0,
+                    rate=p.transport_rate,
+                    start=start,
+                    measure_from=measure_from,
+                    stop_at=stop_at,
+                    tally=tally,
+                ),
+                step.tick(stop_at - time.perf_counter()),
+                _window_cpu(bench, instance, measure_from, stop_at, cpu),
+            )
+        # Wait (bounded) until every receiver got every message.
+        grace = time.perf_counter() + 10
+        while any(r.count < sent for r in receivers) and time.perf_counter() < grace:
+            await asyncio.sleep(0.05)
+    finally:
+        await clients.close_joined(receivers)
+        await clients.close_all([sender] if sender is not None else [])
+        step.done()
+    missing = sum(max(sent - r.count, 0) for r in receivers)
+    return _Deliveries(tally, len(receivers), missing, used, cpu)
+
+
+async def _transport(bench: Bench, ws: str, loop: str) -> Transport:
+    """A fresh instance on `ws` and `loop`: idle memory per socket first (nothing else has
+    run on it), then the delivery cost; the instance is stopped at the end."""
+    p = bench.profile
+    label = f"{ws} + {loop}"
+    extra_env = {"CHAT_WS_IMPLEMENTATION": ws, "CHAT_EVENT_LOOP": loop}
+    logs = bench.workdir / "logs"
+    instance = chat_instance(f"chat-{ws}-{loop}", bench.db, bench.secret, logs, extra_env)
+    starting = bench.ui.step(f"{label}: starting an instance", None)
+    try:
+        instance.start()
+        await instance.wait_ready()
+        starting.done()
+        memory = await socket_memory(
+            bench,
+            instance,
+            count=p.transport_sockets,
+            rooms=[f"bench-transport-idle-{i}" for i in range(p.idle_rooms)],
+            compression=False,
+            label=f"{label}: idle memory",
+        )
+        # A room of its own: a used one would replay its last messages to the receivers.
+        got = await _deliveries(bench, instance, f"bench-transport-{ws}-{loop}", label)
+    except BaseException:
+        bench.ui.log(f"--- {instance.name} log ---\n{instance.log_tail()}")
+        raise
+    finally:
+        starting.done()
+        await asyncio.to_thread(instance.stop)
+    deliveries = len(got.tally.same_ms)
+    return Transport(
+        ws=ws,
+        loop=loop,
+        chosen=(ws, loop) == default_transport(),
+        sockets=memory.sockets,
+        before_kib=memory.before_kib,
+        after_kib=memory.after_kib,
+        per_socket_kib=memory.per_socket_kib,
+        receivers=got.receivers,
+        offered_per_second=p.transport_rate,
+        seconds=p.transport_seconds,
+        deliveries_per_second=round(deliveries / p.transport_seconds, 1),
+        cpu_us_per_delivery=(
+            round(got.instance_cpu_seconds / deliveries * 1e6, 2) if deliveries else 0.0
+        ),
+        latency_ms=Percentiles.of(got.tally.same_ms),
+        missing=got.missing,
+        cpu=got.cpu,
+        closed=dict(got.tally.closed),
+        errors=dict(got.tally.errors),
+    )
+
+
+async def transports(bench: Bench) -> list[Transport]:
+    """Each WebSocket implementation and event loop on an instance of its own, in turn (the
+    two main instances stay idle): idle memory per socket, and the instance's CPU per
+    delivered message with the send-to-receipt latency."""
+    return [await _transport(bench, ws, loop) for ws, loop in TRANSPORTS]
 
 
 # -- history at scale -----------------------------------------------------------------------
@@ -499,6 +679,9 @@ async def history(bench: Bench, rows: int) -> History:
         step.update(description=f"history {label}: VACUUM ANALYZE")
         await conn.execute("VACUUM (ANALYZE) messages")
         await conn.execute("ANALYZE rooms")
+        # Write the loaded pages out now, so the checkpointer does not flush them meanwhile.
+        with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+            await conn.execute("CHECKPOINT")
         load_seconds = time.perf_counter() - began
         room_id = ids[room]
 
@@ -507,12 +690,18 @@ async def history(bench: Bench, rows: int) -> History:
         rng = random.Random(rows)
         latencies: list[float] = []
         headers = {"Authorization": f"Bearer {bench.tokens[0]}"}
-        limits = httpx.Limits(max_keepalive_connections=2)
         metrics_before = await scrape(bench.instances)
+        meter = bench.cpu_meter()
+        # aiohttp (its HTTP parser is C): httpx spent ~1.5 ms of its own on each request.
         async with contextlib.AsyncExitStack() as stack:
             http = [
                 await stack.enter_async_context(
-                    httpx.AsyncClient(base_url=s.url, headers=headers, timeout=30, limits=limits)
+                    aiohttp.ClientSession(
+                        base_url=s.url,
+                        headers=headers,
+                        timeout=aiohttp.ClientTimeout(total=30),
+                        connector=aiohttp.TCPConnector(limit=1),
+                    )
                 )
                 for s in bench.instances
             ]
@@ -520,15 +709,17 @@ async def history(bench: Bench, rows: int) -> History:
                 before = rng.randint(2, rows + 1)
                 path = f"/api/rooms/{room}/messages?before={before}&limit=50"
                 began = time.perf_counter()
-                response = await http[i % 2].get(path)
+                async with http[i % 2].get(path) as response:
+                    body = await response.read()
                 elapsed = (time.perf_counter() - began) * 1000
                 response.raise_for_status()
-                page = response.json()["messages"]
+                page = orjson.loads(body)["messages"]
                 if len(page) != min(50, before - 1) or page[-1]["seq"] != before - 1:
                     raise RuntimeError(f"history page before {before} is wrong")
                 if i >= 20:  # the first 20 warm the connections up
                     latencies.append(elapsed)
                     step.advance()
+        cpu = meter.stop()
         served = histogram_delta(metrics_before, await scrape(bench.instances), _HTTP_METRIC)
 
         before = rng.randint(2, rows + 1)
@@ -557,4 +748,5 @@ async def history(bench: Bench, rows: int) -> History:
         generic_node=_node_path(generic["Plan"]),
         sql_ms=round(float(plan["Execution Time"]), 3),
         server_ms={k: round(v * 1000, 2) for k, v in served.items() if k != "count"},
+        cpu=cpu,
     )

@@ -34,6 +34,23 @@ EXPECTED = {
     "history_10k_p50_ms",
     "history_10k_p99_ms",
 }
+# Every WebSocket implementation and event loop the service can run on (bench/scenarios.py).
+TRANSPORTS = [
+    (ws, loop)
+    for loop in ("uvloop", "asyncio")
+    for ws in ("websockets-sansio", "websockets", "wsproto")
+]
+EXPECTED |= {
+    f"transport_{ws}_{loop}_{figure}"
+    for ws, loop in TRANSPORTS
+    for figure in (
+        "kib_per_socket",
+        "cpu_us_per_delivery",
+        "deliveries_per_s",
+        "p50_ms",
+        "p99_ms",
+    )
+}
 
 
 @pytest.mark.timeout(300)
@@ -60,4 +77,8 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, value)
     assert data["machine"]["cores"] > 0 and data["postgres"]["version"]
     assert "pk_messages" in data["details"]["history"]["10k"]["node"]
+    transports = data["details"]["transports"]
+    assert [(t["ws"], t["loop"]) for t in transports] == TRANSPORTS
+    assert [t["missing"] for t in transports] == [0] * len(TRANSPORTS)
+    assert "WebSocket implementation and event loop" in result.stdout
     assert (tmp_path / "latest.png").stat().st_size > 0
