@@ -38,7 +38,9 @@ class Member(Protocol):
     username: str
 
     def push(self, frame: str, *, force: bool = False) -> None:
-        """Queue a frame; never blocks. Without `force`, a full queue closes the socket."""
+        """Queue a frame; never blocks. Without `force` (live traffic), a queue already holding
+        its limit of live frames closes the socket; forced frames (a join's replay) are always
+        queued and do not count toward that limit."""
 
 
 @dataclass(frozen=True, slots=True)

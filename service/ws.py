@@ -1,8 +1,11 @@
 """The WebSocket endpoint: a thin adapter from frames to the domain (PROTOCOL.md, WebSocket).
 
 Each connection has one bounded outgoing queue, drained by a writer task that exists only
-while frames are queued, so a slow reader delays nobody else: when its queue passes
-CHAT_SEND_QUEUE_LIMIT it is closed with 1013 and resumes with `since`. The endpoint's own
+while frames are queued, so a slow reader delays nobody else: when more than
+CHAT_SEND_QUEUE_LIMIT frames of live traffic wait for it, it is closed with 1013 and resumes
+with `since`. Answers to its own requests (acks, errors, a join's replay) are bounded by the
+request rate and the resume limit instead, so a resume of 1,000 is not cut off by the first
+live message behind it. The endpoint's own
 task reads: inbound frames are handled in order; a `send` is queued to the batch writer and
 its `ack` is pushed when the commit resolves, so a client may pipeline sends without waiting
 for each commit. An idle joined socket holds that one task and ~29 KiB in all (bench/).
@@ -86,7 +89,10 @@ class Connection:
         self.username = username
         self.chat = chat
         self.rooms: dict[str, int] = {}
-        self._queue: deque[str] = deque()
+        # A frame, or a 1-tuple holding an answer to the client's own request; `_answers`
+        # counts those, which the overflow limit leaves out.
+        self._queue: deque[str | tuple[str]] = deque()
+        self._answers = 0
         self._writer: asyncio.Task[None] | None = None  # exists only while frames are queued
         self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while it reads
         self._interrupted = False  # close() cancelled the reader
@@ -110,10 +116,14 @@ class Connection:
     def push(self, frame: str, *, force: bool = False) -> None:
         if self.close_code is not None or self._finished:
             return
-        if not force and len(self._queue) >= self._limit:
+        if force:
+            self._queue.append((frame,))
+            self._answers += 1
+        elif len(self._queue) - self._answers >= self._limit:
             self.close(CLOSE_TRY_AGAIN, "send queue overflow: reconnect with since")
             return
-        self._queue.append(frame)
+        else:
+            self._queue.append(frame)
         if self._writer is None:
             # An idle socket holds no task: one is started when there is something to write
             # and ends when its queue is empty (each task costs ~1.5 KiB while it lives).
@@ -168,7 +178,11 @@ class Connection:
     async def _write(self) -> None:
         try:
             while self._queue and self.writing:
-                await self.websocket.send_text(self._queue.popleft())
+                frame = self._queue.popleft()
+                if isinstance(frame, tuple):
+                    self._answers -= 1
+                    frame = frame[0]
+                await self.websocket.send_text(frame)
         except WebSocketDisconnect:
             # The client closed, or vanished, while we wrote: the end of this socket, not
             # a failure.

@@ -1,6 +1,7 @@
 """A client that stops reading, next to fast ones, under a storm of large messages: the fast
-ones get everything promptly, the slow one is closed with 1013 once CHAT_SEND_QUEUE_LIMIT
-frames wait for it, gets everything on resume, and the server's memory stays bounded."""
+ones get everything promptly, the slow one is closed with 1013 once more than
+CHAT_SEND_QUEUE_LIMIT live frames wait for it, gets everything on resume, and the server's
+memory stays bounded. A resume longer than that limit is not itself cut off."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from tests.faults.harness import (
     close_code,
     connect,
     delivery_lag,
+    dumps,
     join,
     loads,
     metric,
@@ -38,6 +40,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(180)]
 QUEUE_LIMIT = 50
 BODY_CHARS = 3000  # of a 3-byte character: 9 kB frames
 MESSAGES = 2000  # 18 MB to every receiver, far past the 4 MB a kernel socket may buffer
+# Per sender: 500 messages (4.5 MB) a second to each receiver. Unpaced, the senders outran
+# this test's own process on a loaded machine, and the fast receivers were cut off too.
+RATE = 250
+RESUMED = 800  # a replay of 7 MB: most of it still queued when live messages come behind it
+LIVE = 20  # fewer than QUEUE_LIMIT
 RSS_GROWTH_LIMIT_KIB = 64 * 1024
 
 
@@ -79,7 +86,7 @@ async def test_slow_consumer_is_cut_off_and_resumes(
     room = unique("slow-")
     urls = [server.url]
     senders = [
-        Sender(people[i], room, Urls(urls), count=MESSAGES // 2, tag=f"s{i}", body=_body)
+        Sender(people[i], room, Urls(urls), count=MESSAGES // 2, tag=f"s{i}", rate=RATE, body=_body)
         for i in range(2)
     ]
     fast = [Receiver(people[2 + i], room, Urls(urls)) for i in range(3)]
@@ -137,9 +144,80 @@ async def test_slow_consumer_is_cut_off_and_resumes(
         f"{rss_after // 1024} MiB"
     )
     assert slow_close == 1013
+    # Only the slow one was cut off: the fast receivers, the senders and the resumed client
+    # (whose resume is longer than the limit) never were.
+    assert [s.close_codes for s in senders] == [[], []]
+    assert [r.close_codes for r in (*fast, resumed)] == [[], [], [], []]
     assert closes == 1
     assert len(got) < last[room] // 2, "the slow client was not cut off early"
     assert max(lags) < 3.0, lags  # nobody waits for the slow one
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB
     for instance in (server,):
         check_log(instance.log_path, senders)
+
+
+async def _send_and_see(ws: ClientConnection, room: str, tag: str, count: int) -> None:
+    """Send `count` messages on `ws` (a member of `room`), a window at a time, each window
+    waited for until its messages come back as `message` frames: then they have been queued
+    to every local member of the room."""
+    window = QUEUE_LIMIT // 2
+    async with asyncio.timeout(60):
+        for start in range(0, count, window):
+            ids = {f"{tag}-{i}" for i in range(start, min(start + window, count))}
+            for client_id in sorted(ids):
+                body = _body(tag, int(client_id.rsplit("-", 1)[1]))
+                frame = {"type": "send", "room": room, "body": body, "client_id": client_id}
+                await ws.send(dumps(frame))
+            while ids:
+                frame = loads(await ws.recv())
+                assert frame["type"] != "error", frame
+                if frame["type"] == "message":
+                    ids.discard(frame["client_id"])
+
+
+async def test_resume_longer_than_the_queue_limit_is_not_cut_off(
+    start_instances: Callable[..., Awaitable[list[Instance]]],
+    users: MakeUsers,
+) -> None:
+    """A join's replay answers the client's own request: hundreds of replayed frames still
+    waiting for a client do not count toward CHAT_SEND_QUEUE_LIMIT, so live messages arriving
+    behind them do not close it with 1013, and it gets the replay and the live messages once
+    each, in order."""
+    (server,) = await start_instances(1, CHAT_SEND_QUEUE_LIMIT=QUEUE_LIMIT)
+    author, reader = await users(2)
+    room = unique("resume-")
+    closed_1013 = 'chat_closes_total{code="1013"}'
+    writer = await connect(server.url, author.token)
+    resumer = await connect(
+        server.url, reader.token, sock=_tiny_socket(server.port), max_queue=1, compression=None
+    )
+    try:
+        await join(writer, room, None)
+        await _send_and_see(writer, room, "old", RESUMED)
+        closes_before = await metric(server.url, closed_1013, 0)
+        await resumer.send(dumps({"type": "join", "room": room, "since": 0}))
+        # Its first replayed frame: the whole replay is queued and the client is a member.
+        async with asyncio.timeout(30):
+            first = loads(await resumer.recv())
+        assert (first["type"], first["seq"]) == ("message", 1), first
+        # Not reading on: the live messages are queued behind most of the replay.
+        await _send_and_see(writer, room, "live", LIVE)
+        seqs = [first["seq"]]
+        joined: dict[str, object] = {}
+        async with asyncio.timeout(30):
+            while len(seqs) < RESUMED + LIVE:
+                frame = loads(await resumer.recv())
+                assert frame["type"] in ("message", "joined"), frame
+                if frame["type"] == "joined":
+                    joined = frame
+                else:
+                    seqs.append(frame["seq"])
+        closes = await metric(server.url, closed_1013, 0) - closes_before
+    finally:
+        await writer.close()
+        await resumer.close()
+    print(f"\nresume of {RESUMED} with {LIVE} live behind it: {closes:.0f} closed with 1013")
+    assert seqs == list(range(1, RESUMED + LIVE + 1))
+    assert joined.get("last_seq") == RESUMED, joined
+    assert close_code(resumer) == 1000
+    assert closes == 0
