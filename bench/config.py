@@ -44,8 +44,9 @@ class Profile:
     # history
     history_sizes: tuple[int, ...] = (1_000_000,)
     history_requests: int = 2000  # a p99 of 500 samples is the 5th worst: too noisy
-    # ingest, baseline A and the fan-out run this many times, interleaved; the figure is the
-    # median run (a shared or noisy machine disturbs single runs)
+    # ingest, baseline A and the fan-out run this many times, interleaved, and so does each
+    # transport's delivery window; the figure is the median run (a shared or noisy machine
+    # disturbs single runs)
     repeats: int = 3
     # the whole run stops by itself after this
     budget_seconds: float = 900.0

@@ -129,7 +129,8 @@ class Memory:
 
 @dataclass
 class Transport:
-    """One WebSocket implementation and event loop of uvicorn, on an instance of its own."""
+    """One WebSocket implementation and event loop of uvicorn, on an instance of its own: idle
+    memory once, delivery cost over several runs."""
 
     ws: str  # CHAT_WS_IMPLEMENTATION
     loop: str  # CHAT_EVENT_LOOP
@@ -140,12 +141,15 @@ class Transport:
     per_socket_kib: float
     receivers: int  # picows, one room, on the sender's instance
     offered_per_second: float  # messages sent/s, each to every receiver
-    seconds: float
-    deliveries_per_second: float  # receipts of messages sent inside the window
-    cpu_us_per_delivery: float  # the instance's CPU time per receipt
-    latency_ms: Percentiles  # send to receipt
-    missing: int  # receipts expected but not seen within the grace time
-    cpu: dict[str, float] = field(default_factory=dict)  # cores, while measuring deliveries
+    seconds: float  # per run
+    runs: int  # delivery windows, interleaved with the other combinations'
+    deliveries_per_second: float  # receipts of messages sent inside the windows
+    cpu_us_per_delivery: float  # the instance's CPU time per receipt, median run
+    cpu_us_per_delivery_runs: list[float]  # each run's, in the order they ran
+    latency_ms: Percentiles  # send to receipt, every run's receipts pooled
+    p99_ms_runs: list[float]  # each run's p99
+    missing: int  # receipts expected but not seen within the grace time, all runs
+    cpu: dict[str, float] = field(default_factory=dict)  # cores, the median run
     closed: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
 

@@ -254,15 +254,21 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
 
 def transport_table(transports: list[Transport]) -> Table:
     """One row per WebSocket implementation and event loop, the service's default marked."""
-    table = Table(title="WebSocket implementation and event loop (one instance each)")
+    runs = max((w.runs for w in transports), default=1)
+    table = Table(
+        title="WebSocket implementation and event loop (one instance each; "
+        f"{runs} interleaved runs, CPU the median run, latency all runs pooled)"
+    )
     for name, justify in (
         ("implementation", "left"),
         ("loop", "left"),
         ("KiB per idle socket", "right"),
         ("instance CPU µs per delivery", "right"),
+        ("CPU µs, each run", "right"),
         ("deliveries/s", "right"),
         ("p50 ms", "right"),
         ("p99 ms", "right"),
+        ("p99 ms, each run", "right"),
         ("missing", "right"),
     ):
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
@@ -272,9 +278,11 @@ def transport_table(transports: list[Transport]) -> Table:
             w.loop,
             _number(w.per_socket_kib),
             _number(w.cpu_us_per_delivery),
+            " ".join(_number(x) for x in w.cpu_us_per_delivery_runs),
             _number(w.deliveries_per_second),
             _number(w.latency_ms.p50),
             _number(w.latency_ms.p99),
+            " ".join(_number(x) for x in w.p99_ms_runs),
             str(w.missing),
             style="bold" if w.chosen else None,
         )
@@ -345,10 +353,12 @@ def notes(results: Results) -> list[str]:
             f"- transport {w.ws} + {w.loop}{' (chosen)' if w.chosen else ''}: {w.sockets} idle "
             f"sockets (no deflate), RSS {w.before_kib:,} -> {w.after_kib:,} KiB; {w.receivers} "
             f"receivers in one room on the sender's instance, {w.offered_per_second:g} msg/s for "
-            f"{w.seconds:g} s: {w.deliveries_per_second:,.0f} deliveries/s, "
-            f"{w.cpu_us_per_delivery} µs instance CPU each; cores: "
+            f"{w.seconds:g} s, {w.runs} runs: {w.deliveries_per_second:,.0f} deliveries/s, "
+            f"{w.cpu_us_per_delivery} µs instance CPU each (median; runs "
+            f"{', '.join(map(str, w.cpu_us_per_delivery_runs))}); cores in the median run: "
             + ", ".join(f"{k} {v}" for k, v in w.cpu.items())
-            + f"; send to receipt p50/p95/p99/max {q.p50}/{q.p95}/{q.p99}/{q.max} ms; "
+            + f"; send to receipt p50/p95/p99/max {q.p50}/{q.p95}/{q.p99}/{q.max} ms (p99 by run "
+            f"{', '.join(map(str, w.p99_ms_runs))}); "
             f"missing {w.missing}"
             + (f"; closed {w.closed}" if w.closed else "")
             + (f"; errors {w.errors}" if w.errors else "")

@@ -9,6 +9,7 @@ import os
 import random
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -563,36 +564,38 @@ async def _deliveries(bench: Bench, instance: Server, room: str, label: str) -> 
     return _Deliveries(tally, len(receivers), missing, used, cpu)
 
 
-async def _transport(bench: Bench, ws: str, loop: str) -> Transport:
-    """A fresh instance on `ws` and `loop`: idle memory per socket first (nothing else has
-    run on it), then the delivery cost; the instance is stopped at the end."""
-    p = bench.profile
-    label = f"{ws} + {loop}"
+async def _start_transport(bench: Bench, ws: str, loop: str) -> Server:
+    """A fresh instance of its own on `ws` and `loop`, ready."""
     extra_env = {"CHAT_WS_IMPLEMENTATION": ws, "CHAT_EVENT_LOOP": loop}
     logs = bench.workdir / "logs"
     instance = chat_instance(f"chat-{ws}-{loop}", bench.db, bench.secret, logs, extra_env)
-    starting = bench.ui.step(f"{label}: starting an instance", None)
+    starting = bench.ui.step(f"{ws} + {loop}: starting an instance", None)
     try:
         instance.start()
         await instance.wait_ready()
-        starting.done()
-        memory = await socket_memory(
-            bench,
-            instance,
-            count=p.transport_sockets,
-            rooms=[f"bench-transport-idle-{i}" for i in range(p.idle_rooms)],
-            compression=False,
-            label=f"{label}: idle memory",
-        )
-        # A room of its own: a used one would replay its last messages to the receivers.
-        got = await _deliveries(bench, instance, f"bench-transport-{ws}-{loop}", label)
-    except BaseException:
-        bench.ui.log(f"--- {instance.name} log ---\n{instance.log_tail()}")
-        raise
     finally:
         starting.done()
-        await asyncio.to_thread(instance.stop)
-    deliveries = len(got.tally.same_ms)
+    return instance
+
+
+def _transport(
+    ws: str, loop: str, memory: Memory, runs: list[_Deliveries], p: Profile
+) -> Transport:
+    """One combination's figures: CPU per delivery is the median of its runs; latencies and
+    deliveries pool the receipts of every run."""
+    per_run = [
+        round(run.instance_cpu_seconds / len(run.tally.same_ms) * 1e6, 2)
+        if run.tally.same_ms
+        else 0.0
+        for run in runs
+    ]
+    median = sorted(range(len(runs)), key=per_run.__getitem__)[len(runs) // 2]
+    pooled = [ms for run in runs for ms in run.tally.same_ms]
+    closed: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
+    for run in runs:
+        closed.update(run.tally.closed)
+        errors.update(run.tally.errors)
     return Transport(
         ws=ws,
         loop=loop,
@@ -601,26 +604,57 @@ async def _transport(bench: Bench, ws: str, loop: str) -> Transport:
         before_kib=memory.before_kib,
         after_kib=memory.after_kib,
         per_socket_kib=memory.per_socket_kib,
-        receivers=got.receivers,
+        receivers=runs[median].receivers,
         offered_per_second=p.transport_rate,
         seconds=p.transport_seconds,
-        deliveries_per_second=round(deliveries / p.transport_seconds, 1),
-        cpu_us_per_delivery=(
-            round(got.instance_cpu_seconds / deliveries * 1e6, 2) if deliveries else 0.0
-        ),
-        latency_ms=Percentiles.of(got.tally.same_ms),
-        missing=got.missing,
-        cpu=got.cpu,
-        closed=dict(got.tally.closed),
-        errors=dict(got.tally.errors),
+        runs=len(runs),
+        deliveries_per_second=round(len(pooled) / (p.transport_seconds * len(runs)), 1),
+        cpu_us_per_delivery=per_run[median],
+        cpu_us_per_delivery_runs=per_run,
+        latency_ms=Percentiles.of(pooled),
+        p99_ms_runs=[Percentiles.of(run.tally.same_ms).p99 for run in runs],
+        missing=sum(run.missing for run in runs),
+        cpu=runs[median].cpu,
+        closed=dict(closed),
+        errors=dict(errors),
     )
 
 
 async def transports(bench: Bench) -> list[Transport]:
-    """Each WebSocket implementation and event loop on an instance of its own, in turn (the
-    two main instances stay idle): idle memory per socket, and the instance's CPU per
-    delivered message with the send-to-receipt latency."""
-    return [await _transport(bench, ws, loop) for ws, loop in TRANSPORTS]
+    """Each WebSocket implementation and event loop on an instance of its own (the two main
+    instances stay idle). Idle memory per socket first, on each fresh instance in turn; then
+    the delivery cost in `repeats` rounds, each through every combination in a rotated order,
+    so that neither a slow moment of the machine nor a place in the order falls on one
+    combination alone."""
+    p = bench.profile
+    instances: dict[tuple[str, str], Server] = {}
+    memory: dict[tuple[str, str], Memory] = {}
+    runs: dict[tuple[str, str], list[_Deliveries]] = {combo: [] for combo in TRANSPORTS}
+    try:
+        for ws, loop in TRANSPORTS:
+            instance = instances[ws, loop] = await _start_transport(bench, ws, loop)
+            memory[ws, loop] = await socket_memory(
+                bench,
+                instance,
+                count=p.transport_sockets,
+                rooms=[f"bench-transport-idle-{i}" for i in range(p.idle_rooms)],
+                compression=False,
+                label=f"{ws} + {loop}: idle memory",
+            )
+        for round_ in range(p.repeats):
+            shift = round_ * len(TRANSPORTS) // p.repeats
+            for ws, loop in TRANSPORTS[shift:] + TRANSPORTS[:shift]:
+                # A room of its own: a used one would replay its last messages to receivers.
+                room = f"bench-transport-{ws}-{loop}-{round_}"
+                label = f"{ws} + {loop} ({round_ + 1}/{p.repeats})"
+                runs[ws, loop].append(await _deliveries(bench, instances[ws, loop], room, label))
+    except BaseException:
+        for instance in instances.values():
+            bench.ui.log(f"--- {instance.name} log ---\n{instance.log_tail()}")
+        raise
+    finally:
+        await asyncio.gather(*(asyncio.to_thread(i.stop) for i in instances.values()))
+    return [_transport(ws, loop, memory[ws, loop], runs[ws, loop], p) for ws, loop in TRANSPORTS]
 
 
 # -- history at scale -----------------------------------------------------------------------
