@@ -103,7 +103,8 @@ class _Queues(Collector):
         )
         yield GaugeMetricFamily(
             "chat_send_queue_max_frames",
-            "The longest socket outgoing queue (closed with 1013 past CHAT_SEND_QUEUE_LIMIT)",
+            "The longest socket outgoing queue, replies and replays included (a socket is "
+            "closed with 1013 when its live frames pass CHAT_SEND_QUEUE_LIMIT)",
             value=longest,
         )
 
