@@ -163,10 +163,15 @@ async def _send_and_see(ws: ClientConnection, room: str, tag: str, count: int) -
     window = QUEUE_LIMIT // 2
     async with asyncio.timeout(60):
         for start in range(0, count, window):
-            ids = {f"{tag}-{i}" for i in range(start, min(start + window, count))}
-            for client_id in sorted(ids):
-                body = _body(tag, int(client_id.rsplit("-", 1)[1]))
-                frame = {"type": "send", "room": room, "body": body, "client_id": client_id}
+            ids: set[str] = set()
+            for i in range(start, min(start + window, count)):
+                ids.add(client_id := f"{tag}-{i}")
+                frame = {
+                    "type": "send",
+                    "room": room,
+                    "body": _body(tag, i),
+                    "client_id": client_id,
+                }
                 await ws.send(dumps(frame))
             while ids:
                 frame = loads(await ws.recv())
