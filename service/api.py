@@ -10,11 +10,15 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, field_validator
 
-from . import accounts, history, metrics
+from . import metrics
+from .accounts import Accounts, RateLimited, UsernameTaken
 from .auth import COOKIE, CurrentUser
-from .db import Unavailable, is_outage
+from .protocol import MAX_SEQ, PROTOCOL_VERSION
 from .security import issue_token
+from .settings import Settings
 from .validation import (
+    ROOM_PATTERN,
+    USERNAME_PATTERN,
     InvalidInput,
     check_body,
     check_client_id,
@@ -23,7 +27,7 @@ from .validation import (
 )
 
 if TYPE_CHECKING:
-    from .app import Chat
+    from .chat import Chat
 
 
 class ErrorOut(BaseModel):
@@ -45,7 +49,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 router = APIRouter(prefix="/api")
-RoomName = Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", max_length=64)]
+RoomName = Annotated[str, Path(pattern=ROOM_PATTERN)]
 
 
 async def get_chat(request: Request) -> Chat:
@@ -54,7 +58,13 @@ async def get_chat(request: Request) -> Chat:
     return chat
 
 
+async def get_accounts(request: Request) -> Accounts:
+    accounts: Accounts = request.app.state.accounts
+    return accounts
+
+
 ChatDep = Annotated["Chat", Depends(get_chat)]
+AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 
 
 class Registration(BaseModel):
@@ -120,8 +130,12 @@ class NewMessage(BaseModel):
     client_id: str | None = Field(default=None, examples=["3f6c2a1e-0b7d-4e1a-9d1e-6c1f0f9d2a11"])
 
 
-def _unavailable() -> HTTPException:
-    return HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "the database cannot be reached")
+def _too_many(detail: str, limited: RateLimited) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail,
+        headers={"Retry-After": str(max(1, limited.retry_after_ms // 1000))},
+    )
 
 
 @router.post(
@@ -130,18 +144,15 @@ def _unavailable() -> HTTPException:
     response_model=UserOut,
     responses=_errors(409, 429),
 )
-async def register(registration: Registration, request: Request, chat: ChatDep) -> UserOut:
+async def register(registration: Registration, request: Request, accounts: AccountsDep) -> UserOut:
     client = request.client.host if request.client else "?"
-    wait_ms = chat.register_limiter.take(f"ip:{client}")
-    if wait_ms:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            "too many registrations from this address; try again later",
-            headers={"Retry-After": str(max(1, wait_ms // 1000))},
-        )
     try:
-        await accounts.register(chat.engine, registration.username, registration.password)
-    except accounts.UsernameTaken:
+        await accounts.register(registration.username, registration.password, client)
+    except RateLimited as limited:
+        raise _too_many(
+            "too many registrations from this address; try again later", limited
+        ) from None
+    except UsernameTaken:
         raise HTTPException(status.HTTP_409_CONFLICT, "username is taken") from None
     return UserOut(username=registration.username)
 
@@ -151,26 +162,17 @@ async def login(
     request: Request,
     response: Response,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
-    chat: ChatDep,
+    accounts: AccountsDep,
 ) -> TokenOut:
     """OAuth2 password flow; also sets the `session` cookie for the browser."""
-    settings = chat.settings
+    settings: Settings = request.app.state.settings
     username = form.username.lower()
     client = request.client.host if request.client else "?"
-    # Failed attempts are counted per name and per client address (a client may try many
-    # names, so its budget is larger); a success costs nothing.
-    keys = (f"u:{username}", f"ip:{client}")
-    limiters = (chat.login_limiter, chat.login_ip_limiter)
-    wait_ms = max(lim.wait_ms(key) for lim, key in zip(limiters, keys, strict=True))
-    if wait_ms:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            "too many login attempts; try again later",
-            headers={"Retry-After": str(max(1, wait_ms // 1000))},
-        )
-    if not await accounts.authenticate(chat.engine, username, form.password):
-        for lim, key in zip(limiters, keys, strict=True):
-            lim.take(key)
+    try:
+        authenticated = await accounts.login(username, form.password, client)
+    except RateLimited as limited:
+        raise _too_many("too many login attempts; try again later", limited) from None
+    if not authenticated:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "wrong username or password",
@@ -191,14 +193,15 @@ async def login(
 
 
 @router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(request: Request, chat: ChatDep) -> Response:
+async def logout(request: Request) -> Response:
+    settings: Settings = request.app.state.settings
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.delete_cookie(
         COOKIE,
         path="/",
         httponly=True,
         samesite="lax",
-        secure=chat.settings.cookie_secure or request.url.scheme == "https",
+        secure=settings.cookie_secure or request.url.scheme == "https",
     )
     return response
 
@@ -208,14 +211,48 @@ async def me(user: CurrentUser) -> UserOut:
     return UserOut(username=user)
 
 
+class ConfigOut(BaseModel):
+    protocol: int
+    max_message_chars: int
+    max_frame_bytes: int
+    replay_limit: int
+    resume_limit: int
+    max_rooms_per_connection: int
+    rate_limit_per_second: float
+    rate_limit_burst: int
+    max_emoji_per_message: int
+    room_pattern: str = Field(examples=[ROOM_PATTERN])
+    username_pattern: str = Field(examples=[USERNAME_PATTERN])
+
+
+@router.get("/config", response_model=ConfigOut)
+async def config(chat: ChatDep) -> ConfigOut:
+    """The limits this instance enforces, so clients check input with the server's own rules;
+    no authentication, because the login form needs them too."""
+    s = chat.settings
+    return ConfigOut(
+        protocol=PROTOCOL_VERSION,
+        max_message_chars=s.max_message_chars,
+        max_frame_bytes=s.max_frame_bytes,
+        replay_limit=s.replay_limit,
+        resume_limit=s.resume_limit,
+        max_rooms_per_connection=s.max_rooms_per_connection,
+        rate_limit_per_second=s.rate_limit_per_second,
+        rate_limit_burst=s.rate_limit_burst,
+        max_emoji_per_message=s.max_emoji_per_message,
+        room_pattern=ROOM_PATTERN,
+        username_pattern=USERNAME_PATTERN,
+    )
+
+
 @router.get("/rooms", response_model=list[RoomOut], responses=_errors(401))
 async def list_rooms(user: CurrentUser, chat: ChatDep) -> list[dict[str, Any]]:
     """Rooms, most recently active first."""
-    return [room.to_wire() for room in await chat.rooms.list()]
+    return [room.to_wire() for room in await chat.room_list()]
 
 
 async def _room_id(chat: Chat, room: str) -> int:
-    room_id = await chat.rooms.find(room)
+    room_id = await chat.room_id(room)
     if room_id is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"room {room} does not exist")
     return room_id
@@ -226,8 +263,8 @@ async def room_messages(
     room: RoomName,
     user: CurrentUser,
     chat: ChatDep,
-    before: Annotated[int | None, Query(ge=0, le=2**62)] = None,
-    after: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+    before: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:
     """A page of history in ascending seq: the newest `limit` before `before`, the oldest
@@ -235,7 +272,7 @@ async def room_messages(
     if before is not None and after is not None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give before or after, not both")
     room_id = await _room_id(chat, room)
-    page = await history.page(chat.engine, room_id, room, before=before, after=after, limit=limit)
+    page = await chat.history(room_id, room, before=before, after=after, limit=limit)
     # Encoded directly: validating the page against PageOut again (FastAPI's default for a
     # returned dict) cost more than the query. PageOut still documents it.
     body = {
@@ -267,18 +304,8 @@ async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat:
             else status.HTTP_422_UNPROCESSABLE_CONTENT
         )
         raise HTTPException(code, error.detail) from None
-    if chat.draining:
-        raise _unavailable()
-    try:
-        room_id = await chat.rooms.ensure(room)
-        metrics.MESSAGES_IN_REST.inc()
-        posted = await chat.writer.post(room_id, room, user, body, client_id)
-    except Unavailable:
-        raise _unavailable() from None
-    except Exception as error:
-        if is_outage(error):
-            raise _unavailable() from None
-        raise
+    metrics.MESSAGES_IN_REST.inc()
+    posted = await chat.post(room, user, body, client_id)  # Unavailable: 503 (app.py)
     return JSONResponse(
         posted.message.to_wire(),
         status_code=status.HTTP_200_OK if posted.duplicate else status.HTTP_201_CREATED,
@@ -288,4 +315,4 @@ async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat:
 @router.get("/rooms/{room}/online", response_model=OnlineOut, responses=_errors(401, 404))
 async def room_online(room: RoomName, user: CurrentUser, chat: ChatDep) -> OnlineOut:
     room_id = await _room_id(chat, room)
-    return OnlineOut(room=room, users=await chat.presence.online(room_id))
+    return OnlineOut(room=room, users=await chat.online(room_id))

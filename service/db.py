@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -15,7 +15,12 @@ from .settings import Settings
 
 
 class Unavailable(Exception):
-    """The database cannot be reached now; nothing was stored."""
+    """The database cannot be reached now; nothing was stored.
+
+    The one way an outage reaches the domain and the adapters: every database access goes
+    through `reading`, `writing` or `outages_unavailable`, which turn what `is_outage`
+    recognises into this, so callers catch this alone (socket: `unavailable`, REST: 503,
+    command line: exit 1)."""
 
 
 def create_engine(settings: Settings) -> AsyncEngine:
@@ -35,11 +40,33 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+@contextmanager
+def outages_unavailable() -> Iterator[None]:
+    """Within the block, an error that means an outage is raised as Unavailable."""
+    try:
+        yield
+    except Unavailable:
+        raise
+    except Exception as error:
+        if is_outage(error):
+            raise Unavailable(str(error) or type(error).__name__) from error
+        raise
+
+
 @asynccontextmanager
 async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A connection for reads only, in autocommit: no BEGIN and ROLLBACK round trips."""
-    async with engine.connect() as conn:
-        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+    with outages_unavailable():
+        async with engine.connect() as conn:
+            yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+@asynccontextmanager
+async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
+    """A transaction, committed at the end of the block."""
+    with outages_unavailable():
+        async with engine.begin() as conn:
+            yield conn
 
 
 def is_outage(error: BaseException) -> bool:
@@ -48,6 +75,8 @@ def is_outage(error: BaseException) -> bool:
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, Unavailable):
+            return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)):

@@ -3,14 +3,15 @@
 broadcaster does not notice when its connection dies (FACTS.md): subscribers just wait. So
 the supervisor sends itself a canary over the channel every second; when one has not come
 back within the timeout, it throws the Broadcast away, builds a new one, and, once the new
-subscription hears again, asks the hubs to read back from the database whatever the rooms
-missed meanwhile. `healthy` is what /readyz reports.
+subscription hears again, calls `on_recovered` (the core's resync: every room reads back from
+the database what it missed meanwhile). `healthy` is what /readyz reports. What a
+notification says is protocol.py's business; this module only carries it.
 
 Publishing: with the Postgres backend, message notifications ride the writer's own
-transaction (chat_post_messages, migration 0002, sends them), and ephemeral events
-(presence, typing, canaries) are sent with `pg_notify` over the engine's pool, never over
-broadcaster's shared connection, which cannot take concurrent use. With another backend
-(Redis), everything goes through `Broadcast.publish`, after commit.
+transaction (service/sql/post_messages.sql sends them), and ephemeral events (presence,
+typing, canaries) are sent with `pg_notify` over the engine's pool, never over the
+listener's connection. With another backend (Redis), everything goes through
+`Broadcast.publish`, after commit.
 """
 
 from __future__ import annotations
@@ -27,47 +28,37 @@ from broadcaster import Broadcast
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from . import metrics, notifications
+from . import backends, metrics
+from .db import writing
+from .protocol import CanaryNote, Note, decode_note, encode_note
 
 log = logging.getLogger(__name__)
 
 _NOTIFY = text("SELECT pg_notify(:channel, :payload)")
 
 
-def _redis_backend(url: str) -> Any:
-    from broadcaster._backends.redis import RedisBackend
-
-    class SubscribedRedisBackend(RedisBackend):
-        """broadcaster 0.3.1 wakes its Redis listener before SUBSCRIBE has completed;
-        redis-py's `listen()` then sees no subscription, returns, and the listener waits
-        forever: no message is ever received. Subscribe first, then wake it."""
-
-        async def subscribe(self, channel: str) -> None:
-            await self._pubsub.subscribe(channel)
-            self._ready.set()
-
-    return SubscribedRedisBackend(url)
-
-
-def make_broadcast(url: str) -> Broadcast:
-    if url.startswith(("redis://", "rediss://")):
-        return Broadcast(backend=_redis_backend(url))
-    return Broadcast(url)
+def make_broadcast(url: str) -> tuple[Broadcast, asyncio.Event]:
+    """A Broadcast on our own backend for `url` (service/backends.py), and the event that
+    backend sets when its connection is lost, so the listener is rebuilt at once rather than
+    when the canary times out; the canary still catches a connection that dies silently."""
+    backend = backends.for_url(url)
+    return Broadcast(backend=backend), backend.lost
 
 
 _NOTIFY_MANY = text("SELECT pg_notify(:channel, p) FROM unnest(CAST(:payloads AS text[])) AS p")
 
 
-def _watch_connection(broadcast: Broadcast) -> asyncio.Event:
-    """An event set when broadcaster's Postgres connection closes (a database restart,
-    pg_terminate_backend), so the listener is rebuilt at once rather than when the canary
-    times out; the canary still catches a connection that dies silently, and other backends."""
-    lost = asyncio.Event()
-    conn = getattr(getattr(broadcast, "_backend", None), "_conn", None)
-    add_listener = getattr(conn, "add_termination_listener", None)
-    if add_listener is not None:
-        add_listener(lambda _conn: lost.set())
-    return lost
+def via_postgres(url: str) -> bool:
+    """Whether a fan-out URL names PostgreSQL (LISTEN/NOTIFY) rather than another backend."""
+    return url.startswith(("postgresql:", "postgres:"))
+
+
+def _ignore(note: Note) -> None:
+    pass
+
+
+async def _nothing() -> None:
+    pass
 
 
 class Fanout:
@@ -78,8 +69,6 @@ class Fanout:
         channel: str,
         engine: AsyncEngine,
         instance_id: str,
-        on_event: Callable[[dict[str, Any]], None],
-        on_recovered: Callable[[], Awaitable[None]],
         check_interval: float = 1.0,
         timeout: float = 3.0,
     ) -> None:
@@ -87,8 +76,8 @@ class Fanout:
         self._channel = channel
         self._engine = engine
         self._instance_id = instance_id
-        self._on_event = on_event
-        self._on_recovered = on_recovered
+        self._on_note: Callable[[Note], None] = _ignore
+        self._on_recovered: Callable[[], Awaitable[None]] = _nothing
         self._check_interval = check_interval
         self._timeout = timeout
         self._broadcast: Broadcast | None = None
@@ -97,9 +86,15 @@ class Fanout:
         self._counter = itertools.count()
         self.healthy = False
         self._healthy_event = asyncio.Event()
-        self.via_postgres = url.startswith(("postgresql:", "postgres:"))
+        self.via_postgres = via_postgres(url)
 
-    def start(self) -> None:
+    def start(
+        self, on_note: Callable[[Note], None], on_recovered: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Listen: every notification from any instance (this one included) goes to
+        `on_note`; `on_recovered` runs each time the listener hears again after being deaf,
+        to read back from the database what was missed."""
+        self._on_note, self._on_recovered = on_note, on_recovered
         self._task = asyncio.create_task(self._supervise(), name="fanout-supervisor")
 
     async def stop(self) -> None:
@@ -131,7 +126,7 @@ class Fanout:
     async def publish(self, payloads: list[str]) -> None:
         """Send notifications now (outside any message transaction)."""
         if self.via_postgres:
-            async with self._engine.begin() as conn:
+            async with writing(self._engine) as conn:
                 for payload in payloads:
                     await conn.execute(_NOTIFY, {"channel": self._channel, "payload": payload})
             return
@@ -159,14 +154,13 @@ class Fanout:
             delay = min(delay * 2, 2.0)
 
     async def _listen_once(self, first: bool) -> None:
-        broadcast = make_broadcast(self._url)
+        broadcast, lost = make_broadcast(self._url)
         self._broadcast = broadcast
         async with asyncio.timeout(self._timeout):
             await broadcast.connect()
         subscription = broadcast.subscribe(self._channel)
         async with asyncio.timeout(self._timeout):
             subscriber = await subscription.__aenter__()
-        lost = _watch_connection(broadcast)
         # The subscription is abandoned, not exited, on failure: exiting would UNLISTEN on
         # a connection that may be dead and hang.
         consumer = asyncio.create_task(self._consume(subscriber), name="fanout-consumer")
@@ -195,7 +189,7 @@ class Fanout:
             await asyncio.gather(consumer, return_exceptions=True)
 
     async def _send_canary(self) -> None:
-        payload = notifications.encode("c", i=self._instance_id, n=next(self._counter))
+        payload = encode_note(CanaryNote(self._instance_id, next(self._counter)))
         try:
             async with asyncio.timeout(self._timeout):
                 await self.publish([payload])
@@ -205,17 +199,19 @@ class Fanout:
     async def _consume(self, subscriber: Any) -> None:
         while True:
             event = await subscriber.get()
-            data = notifications.decode(event.message)
-            if data is None:
+            note = decode_note(event.message)
+            if note is None:
+                # Not ours, or malformed: a wake-up we cannot use; the resync covers it.
+                log.debug("a notification that does not decode was dropped")
                 continue
-            if data["k"] == "c":
-                if data.get("i") == self._instance_id:
+            if isinstance(note, CanaryNote):
+                if note.instance == self._instance_id:
                     self._canary_seen = time.monotonic()
                 continue
             try:
-                self._on_event(data)
+                self._on_note(note)
             except Exception:
-                log.exception("bad notification dropped")
+                log.exception("a notification could not be delivered")
 
     def _set_healthy(self, value: bool) -> None:
         self.healthy = value

@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from . import history, metrics
+from . import metrics
+from .protocol import StoredMessage
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -33,55 +33,67 @@ _FETCH_BATCH = 500
 
 
 class Member(Protocol):
-    """A local connection as the hub sees it."""
+    """A local connection as the hub sees it. Neither method blocks; a push that passes the
+    connection's bounds closes it (service/outbox.py)."""
 
     username: str
 
-    def push(self, frame: str, *, force: bool = False) -> None:
-        """Queue a frame; never blocks. Without `force` (live traffic), a queue already holding
-        its limit of live frames closes the socket; forced frames (a join's replay) are always
-        queued and do not count toward that limit."""
+    def push_live(self, frame: str) -> None:
+        """Queue live traffic."""
+
+    def push_answer(self, frame: str) -> None:
+        """Queue an answer to the member's own request (a join's replay)."""
 
 
 @dataclass(frozen=True, slots=True)
 class Joined:
-    replay: list[history.StoredMessage]
     last_seq: int
     truncated: bool
 
 
 class RoomHub:
-    def __init__(self, engine: AsyncEngine, room_id: int, room: str) -> None:
-        self.engine = engine
+    """Create with `start()` called once the hub is registered; `close()` ends it."""
+
+    def __init__(self, store: Store, room_id: int, room: str) -> None:
+        self.store = store
         self.room_id = room_id
         self.room = room
         self.head = -1  # unknown until the first join reads it
         self.target = 0
         self.members: dict[Member, int] = {}
         self.joining = 0  # joins under way: the hub must outlive them
-        self._pending: dict[int, tuple[str, datetime | None]] = {}
+        self._pending: dict[int, StoredMessage] = {}  # offered beyond the head
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
         # A fresh context: the hub serves every socket of the room, not the one (whose
         # conn_id is in the current context) that happened to create it.
         self._task = asyncio.create_task(
-            self._run(), name=f"hub-{room}", context=contextvars.Context()
+            self._run(), name=f"hub-{self.room}", context=contextvars.Context()
         )
 
-    def offer(self, seq: int, frame: str | None, committed_at: datetime | None = None) -> None:
-        """Seq `seq` is committed; `frame` is its encoded message when the caller has it."""
-        if seq <= self.head:
+    def offer(self, message: StoredMessage) -> None:
+        """A committed message (from the local writer or a notification)."""
+        if message.seq <= self.head:
             return
-        self.target = max(self.target, seq)
-        if frame is not None and len(self._pending) < _PENDING_MAX:
-            self._pending[seq] = (frame, committed_at)
-        self._wake.set()
+        if len(self._pending) < _PENDING_MAX:
+            self._pending[message.seq] = message
+        self.committed(message.seq)
+
+    def committed(self, seq: int) -> None:
+        """Seq `seq` is committed: it, and every seq below it, will be delivered."""
+        if seq > self.target:
+            self.target = seq
+        if seq > self.head:
+            self._wake.set()
 
     def send_all(self, frame: str, *, skip_user: str | None = None) -> None:
         """An ephemeral frame (presence, typing) to every member, unordered with messages."""
         for member in self.members:
             if member.username != skip_user:
-                member.push(frame)
+                member.push_live(frame)
 
     async def join(
         self,
@@ -94,8 +106,8 @@ class RoomHub:
         """Replay to `member`, call `on_joined` (still before any live message can reach the
         member), then make it a member."""
         async with self._lock:
-            replay = await history.replay(
-                self.engine, self.room_id, self.room, since, replay_limit, resume_limit
+            replay = await self.store.replay(
+                self.room_id, self.room, since, replay_limit, resume_limit
             )
             if self.head < 0:
                 # The first member: live delivery starts after what the database holds now.
@@ -106,8 +118,8 @@ class RoomHub:
             newest_sent = replay.messages[-1].seq if replay.messages else 0
             cursor = max(replay.last_seq, newest_sent, usable_since)
             for message in replay.messages:
-                member.push(message.frame(), force=True)
-            joined = Joined(replay.messages, cursor, replay.truncated)
+                member.push_answer(message.frame())
+            joined = Joined(cursor, replay.truncated)
             on_joined(joined)
             self.members[member] = cursor
             if self.target > self.head:
@@ -118,8 +130,9 @@ class RoomHub:
         self.members.pop(member, None)
 
     async def close(self) -> None:
-        self._task.cancel()
-        await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
         delay = 0.1
@@ -144,10 +157,10 @@ class RoomHub:
             next_seq = self.head + 1
             pending = self._pending.pop(next_seq, None)
             if pending is not None:
-                self._deliver(next_seq, *pending)
+                self._deliver(pending, live=True)
                 continue
-            rows = await history.fetch_range(
-                self.engine, self.room_id, self.room, self.head, self.target, _FETCH_BATCH
+            rows = await self.store.fetch_range(
+                self.room_id, self.room, self.head, self.target, _FETCH_BATCH
             )
             if not rows or rows[0].seq != next_seq:
                 # Only a pruned room can lack a committed seq; skip what no longer exists.
@@ -157,17 +170,21 @@ class RoomHub:
             metrics.GAP_FILLS.inc(len(rows))
             for message in rows:
                 self._pending.pop(message.seq, None)
-                self._deliver(message.seq, message.frame(), None)
+                self._deliver(message, live=False)
         self._drop_delivered()
 
-    def _deliver(self, seq: int, frame: str, committed_at: datetime | None) -> None:
+    def _deliver(self, message: StoredMessage, *, live: bool) -> None:
+        """To every member whose cursor is below it; `live` when it was offered, not read
+        back (only then does its lag say how fast fan-out is)."""
+        frame = message.frame()  # encoded once, shared by every member
+        seq = message.seq
         for member, cursor in self.members.items():
             if seq > cursor:
-                member.push(frame)
+                member.push_live(frame)
         self.head = seq
         metrics.MESSAGES_OUT.inc(len(self.members))
-        if committed_at is not None:
-            lag = datetime.now(committed_at.tzinfo) - committed_at
+        if live:
+            lag = datetime.now(message.created_at.tzinfo) - message.created_at
             metrics.FANOUT_LAG_SECONDS.observe(max(lag.total_seconds(), 0.0))
 
     def _drop_delivered(self) -> None:
@@ -178,8 +195,8 @@ class RoomHub:
 class Hubs:
     """The hubs of every room that has local members."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+    def __init__(self, store: Store) -> None:
+        self._store = store
         self._hubs: dict[int, RoomHub] = {}
 
     def get(self, room_id: int) -> RoomHub | None:
@@ -202,7 +219,8 @@ class Hubs:
         room has no local members yet); returns what was replayed."""
         hub = self._hubs.get(room_id)
         if hub is None:
-            hub = self._hubs[room_id] = RoomHub(self._engine, room_id, room)
+            hub = self._hubs[room_id] = RoomHub(self._store, room_id, room)
+            hub.start()
             metrics.LOCAL_ROOMS.set(len(self._hubs))
         hub.joining += 1
         try:
@@ -227,7 +245,7 @@ class Hubs:
         """Seq `seq` of room `room_id` is committed; a local hub behind it reads it back."""
         hub = self._hubs.get(room_id)
         if hub is not None:
-            hub.offer(seq, None)
+            hub.committed(seq)
 
     def resync(self, last_seqs: dict[int, int]) -> None:
         """The database's last seqs: any hub behind them reads back what it missed."""

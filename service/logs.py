@@ -46,10 +46,6 @@ def log_context(**fields: object) -> Iterator[None]:
         _context.reset(token)
 
 
-def current_context() -> Mapping[str, object]:
-    return _context.get()
-
-
 class ContextFilter(logging.Filter):
     """Adds the fields of the current `log_context` to each record; a field passed with
     `extra=` keeps its own value."""

@@ -22,7 +22,8 @@ MESSAGES_OUT = Counter("chat_messages_out_total", "Message frames queued to sock
 ACKS = Counter("chat_acks_total", "Acks sent", ["duplicate"])
 ERRORS = Counter("chat_errors_total", "Error frames sent, by code", ["code"])
 CLOSES = Counter("chat_closes_total", "Sockets closed by the server, by close code", ["code"])
-# Label children resolved once: `.labels()` per message cost ~7% of an instance's CPU.
+# Label children resolved once: `.labels()` per message was a visible share of an instance's
+# CPU in profiles.
 MESSAGES_IN_WS = MESSAGES_IN.labels("ws")
 MESSAGES_IN_REST = MESSAGES_IN.labels("rest")
 ACKS_FRESH = ACKS.labels("false")

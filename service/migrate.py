@@ -10,20 +10,23 @@ from alembic.config import Config
 from .settings import Settings
 
 
-def project_root() -> Path:
-    """Where migrations/ and alembic.ini are: beside this package in a checkout (editable
-    install), else the working directory (the container image puts them in /app)."""
-    for root in (Path(__file__).resolve().parent.parent, Path.cwd()):
-        if (root / "migrations" / "env.py").is_file():
-            return root
-    raise FileNotFoundError("migrations/ not found beside the package nor in the working directory")
+def migrations_dir() -> Path:
+    """The Alembic revisions: inside the package where it is installed from a wheel (which
+    carries them as service/migrations), else beside the package in a checkout (an editable
+    install). Never the working directory: what is applied does not depend on where the
+    command runs."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "migrations", package.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"no migrations in {package} nor beside it")
 
 
 def alembic_config(settings: Settings) -> Config:
-    root = project_root()
-    ini = root / "alembic.ini"
-    config = Config(str(ini)) if ini.exists() else Config()
-    config.set_main_option("script_location", str(root / "migrations"))
+    # Not alembic.ini: an installed package has none, and everything it sets is set here or
+    # unused (env.py skips its logging setup when called from code).
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
     # ConfigParser would read "%" as interpolation.
     config.set_main_option("sqlalchemy.url", settings.sqlalchemy_url.replace("%", "%%"))
     config.attributes["configure_logging"] = False

@@ -19,8 +19,10 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from . import accounts, history
+from . import accounts
+from .db import reading, writing
 from .settings import Settings
+from .store import PostgresStore
 
 
 class OpsError(Exception):
@@ -78,7 +80,7 @@ _ROOM_STATS = text(
 async def room_stats(engine: AsyncEngine, limit: int) -> tuple[list[RoomStats], int]:
     """The `limit` most recently active rooms with their message counts, and how many rooms
     there are in all."""
-    async with engine.connect() as conn:
+    async with reading(engine) as conn:
         total = (await conn.execute(text("SELECT count(*) FROM rooms"))).scalar_one()
         rows = (await conn.execute(_ROOM_STATS, {"limit": limit})).all()
     stats = [
@@ -102,7 +104,7 @@ class ExportRange:
 
 
 async def export_range(engine: AsyncEngine, room: str, since: int) -> ExportRange:
-    async with engine.connect() as conn:
+    async with reading(engine) as conn:
         row = (await conn.execute(_FIND_ROOM, {"name": room})).one_or_none()
     if row is None:
         raise OpsError(f"no room named {room}")
@@ -122,7 +124,9 @@ async def export(
     written = 0
     after = span.since
     while after < span.upto:
-        page = await history.fetch_range(engine, span.room_id, room, after, span.upto, EXPORT_PAGE)
+        page = await PostgresStore(engine).fetch_range(
+            span.room_id, room, after, span.upto, EXPORT_PAGE
+        )
         if not page:
             break
         out.write(b"".join(orjson.dumps(m.to_wire()) + b"\n" for m in page))
@@ -224,7 +228,7 @@ async def _old_prefix(
 async def plan_prune(engine: AsyncEngine, older_than: timedelta, room: str | None) -> PrunePlan:
     """What a prune of messages older than `older_than` (by the database's clock) would
     delete, in every room or in `room` only."""
-    async with engine.connect() as conn:
+    async with reading(engine) as conn:
         cutoff = (
             await conn.execute(
                 text("SELECT now() - make_interval(secs => :seconds)"),
@@ -268,7 +272,7 @@ async def prune(
         done = 0
         for lo in range(target.first_seq, target.last_seq + 1, batch):
             hi = min(lo + batch, target.last_seq + 1)
-            async with engine.begin() as conn:
+            async with writing(engine) as conn:
                 result = await conn.execute(
                     _DELETE,
                     {"room_id": target.room_id, "lo": lo, "hi": hi, "cutoff": plan.cutoff},

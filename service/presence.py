@@ -19,9 +19,9 @@ from collections import defaultdict
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import notifications
-from .db import reading
+from .db import reading, writing
 from .fanout import Fanout
+from .protocol import PresenceNote, encode_note
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class Presence:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        async with self._engine.begin() as conn:
+        async with writing(self._engine) as conn:
             await conn.execute(_REGISTER, {"me": self._me})
         self._task = asyncio.create_task(self._beat(), name="presence-heartbeat")
 
@@ -96,7 +96,7 @@ class Presence:
                 await self._announce(key, joined=False)
         self._counts.clear()
         with contextlib.suppress(Exception):
-            async with self._engine.begin() as conn:
+            async with writing(self._engine) as conn:
                 await conn.execute(_UNREGISTER, {"me": self._me})
 
     async def join(self, room_id: int, room: str, user: str) -> None:
@@ -128,14 +128,13 @@ class Presence:
         room_id, room, user = key
         params = {"room_id": room_id, "user": user, "me": self._me, "ttl": self._ttl}
         later: list[str] = []
-        async with self._engine.begin() as conn:
+        async with writing(self._engine) as conn:
             await conn.execute(_KEY_LOCK, {"key": f"{room_id}/{user}"})
             await conn.execute(_ADD if joined else _REMOVE, params)
             elsewhere = (await conn.execute(_ONLINE_ELSEWHERE, params)).scalar_one()
             if not elsewhere:
-                event = "join" if joined else "leave"
-                payload = notifications.encode("p", r=room_id, n=room, u=user, e=event)
-                later = await self._fanout.notify_in(conn, [payload])
+                note = PresenceNote(room_id, room, user, "join" if joined else "leave")
+                later = await self._fanout.notify_in(conn, [encode_note(note)])
         if later:
             await self._fanout.publish(later)
 
@@ -149,7 +148,7 @@ class Presence:
                 log.warning("presence heartbeat failed: %s", error)
 
     async def _heartbeat_once(self) -> None:
-        async with self._engine.begin() as conn:
+        async with writing(self._engine) as conn:
             alive = (await conn.execute(_HEARTBEAT, {"me": self._me})).rowcount
             if not alive:
                 await conn.execute(_REGISTER, {"me": self._me})
@@ -162,7 +161,7 @@ class Presence:
     async def reap(self) -> None:
         """Remove the rows of instances whose heartbeat stopped, with their leave events."""
         later: list[str] = []
-        async with self._engine.begin() as conn:
+        async with writing(self._engine) as conn:
             if not (await conn.execute(_TRY_REAP, {"k": _REAPER_LOCK})).scalar_one():
                 return  # another instance is reaping
             gone = (await conn.execute(_REAP_ROWS, {"ttl": self._ttl})).all()
@@ -176,11 +175,8 @@ class Presence:
                 await conn.execute(_KEY_LOCK, {"key": f"{room_id}/{user}"})
                 params = {"room_id": room_id, "user": user, "me": "", "ttl": self._ttl}
                 if not (await conn.execute(_ONLINE_ELSEWHERE, params)).scalar_one():
-                    payloads.append(
-                        notifications.encode(
-                            "p", r=room_id, n=names.get(room_id, ""), u=user, e="leave"
-                        )
-                    )
+                    note = PresenceNote(room_id, names.get(room_id, ""), user, "leave")
+                    payloads.append(encode_note(note))
             later = await self._fanout.notify_in(conn, payloads)
         if later:
             await self._fanout.publish(later)

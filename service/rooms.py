@@ -8,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import reading
+from .db import reading, writing
 
 _FIND = text("SELECT id FROM rooms WHERE name = :name")
 _CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NOTHING RETURNING id")
@@ -66,7 +66,7 @@ class RoomDirectory:
         room_id = await self.find(name)
         if room_id is not None:
             return room_id
-        async with self._engine.begin() as conn:
+        async with writing(self._engine) as conn:
             room_id = (await conn.execute(_CREATE, {"name": name})).scalar_one_or_none()
             if room_id is None:  # created concurrently by someone else
                 room_id = (await conn.execute(_FIND, {"name": name})).scalar_one()

@@ -40,7 +40,7 @@ def issue_token(username: str, secret: str, ttl_seconds: int) -> str:
 
 
 # Tokens already verified: (token, secret) -> (username, expiry). Checking a signature costs
-# ~100 µs, a tenth of a history page; a token's claims never change, and expiry is checked on
+# a visible share of a history page; a token's claims never change, and expiry is checked on
 # every use. Bounded; the oldest entries go first.
 _VERIFIED: dict[tuple[str, str], tuple[str, float]] = {}
 _VERIFIED_MAX = 10_000

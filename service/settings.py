@@ -47,8 +47,12 @@ class Settings(BaseSettings):
     max_rooms_per_connection: int = Field(default=100, ge=1)
     rate_limit_per_second: float = Field(default=20, ge=0)
     rate_limit_burst: int = Field(default=40, ge=1)
+    # Distinct emoji reacting to one message (v2 reactions); GET /api/config announces it.
+    max_emoji_per_message: int = Field(default=20, ge=1)
     max_frame_bytes: int = Field(default=65536, ge=1024)
     send_queue_limit: int = Field(default=1000, ge=1)
+    # Everything waiting for one socket, answers included (service/outbox.py).
+    send_queue_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_user: int = Field(default=20, ge=1)
     login_attempts_per_minute: int = Field(default=10, ge=1)
@@ -91,6 +95,16 @@ class Settings(BaseSettings):
             raise ValueError("CHAT_DATABASE_URL must be a postgresql:// URL")
         return value
 
+    @field_validator("broadcast_url")
+    @classmethod
+    def _check_broadcast_url(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        scheme, _ = _strip_driver(value)
+        if scheme not in ("postgresql", "redis", "rediss"):
+            raise ValueError("CHAT_BROADCAST_URL must be a postgresql:// or redis:// URL")
+        return value
+
     def require_database_url(self) -> str:
         if not self.database_url:
             raise ConfigError("CHAT_DATABASE_URL is not set (e.g. postgresql://user@host/db)")
@@ -118,10 +132,6 @@ class Settings(BaseSettings):
                 return "postgresql:" + rest
             return self.broadcast_url
         return self.asyncpg_url
-
-    @property
-    def fanout_is_postgres(self) -> bool:
-        return self.fanout_url.startswith("postgresql:")
 
     def require_secret(self) -> str:
         """The signing key; refuses a missing, short or placeholder one."""

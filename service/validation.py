@@ -7,8 +7,16 @@ from __future__ import annotations
 
 import re
 
-USERNAME_RE = re.compile(r"[a-z0-9_][a-z0-9_.-]{2,31}")
-ROOM_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+# The one definition of each name rule. GET /api/config hands these strings to the page, so
+# they keep their anchors (RegExp.test searches) and stay in the subset that Python's re,
+# JavaScript's RegExp and pydantic's regex engine read alike. Match with fullmatch: Python's
+# `$` also matches before a final newline.
+USERNAME_PATTERN = r"^[a-z0-9_][a-z0-9_.-]{2,31}$"
+ROOM_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+USERNAME_RE = re.compile(USERNAME_PATTERN)
+ROOM_RE = re.compile(ROOM_PATTERN)
+USERNAME_INVALID = f"username must match {USERNAME_PATTERN} after lower-casing"
+ROOM_INVALID = f"room must match {ROOM_PATTERN}"
 PASSWORD_MIN, PASSWORD_MAX = 8, 128
 CLIENT_ID_MAX = 64
 
@@ -25,10 +33,7 @@ class InvalidInput(ValueError):
 def normalize_username(value: str) -> str:
     name = value.lower()
     if not USERNAME_RE.fullmatch(name):
-        raise InvalidInput(
-            "username must be 3 to 32 characters of a-z, 0-9, '_', '.', '-', "
-            "not starting with '.' or '-'"
-        )
+        raise InvalidInput(USERNAME_INVALID)
     return name
 
 
@@ -40,7 +45,7 @@ def check_password(value: str) -> str:
 
 def check_room(value: object) -> str:
     if not isinstance(value, str) or not ROOM_RE.fullmatch(value):
-        raise InvalidInput("room must match ^[a-z0-9][a-z0-9_-]{0,63}$")
+        raise InvalidInput(ROOM_INVALID)
     return value
 
 

@@ -1,14 +1,15 @@
-"""The WebSocket endpoint: a thin adapter from frames to the domain (PROTOCOL.md, WebSocket).
+"""The WebSocket endpoint: a thin adapter from frames to the domain core (chat.py).
 
-Each connection has one bounded outgoing queue, drained by a writer task that exists only
-while frames are queued, so a slow reader delays nobody else: when more than
-CHAT_SEND_QUEUE_LIMIT frames of live traffic wait for it, it is closed with 1013 and resumes
-with `since`. Answers to its own requests (acks, errors, a join's replay) are bounded by the
-request rate and the resume limit instead, so a resume of 1,000 is not cut off by the first
-live message behind it. The endpoint's own
-task reads: inbound frames are handled in order; a `send` is queued to the batch writer and
-its `ack` is pushed when the commit resolves, so a client may pipeline sends without waiting
-for each commit. An idle joined socket holds that one task and ~29 KiB in all (bench/).
+Each connection has one bounded outbox (outbox.py), drained by a writer task that exists
+only while frames are queued, so a slow reader delays nobody else. The endpoint's own task
+reads: inbound frames are parsed (protocol.py) and handled in order; a `send` is queued to
+the batch writer and its `ack` is pushed when the commit resolves, so a client may pipeline
+sends without waiting for each commit.
+
+A connection's life: open (close_code None) until close() is asked for, by the client going
+away, the server (1012 drain, 1013 overflow, 1008 expiry) or a failure; then the endpoint
+stops reading, writes what may still go out (only on 1012: acks before the close frame),
+leaves its rooms and closes.
 """
 
 from __future__ import annotations
@@ -18,31 +19,40 @@ import contextlib
 import itertools
 import logging
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from . import metrics
+from . import metrics, protocol
 from .auth import websocket_user
-from .db import Unavailable, is_outage
-from .hubs import Joined
-from .messages import Posted
+from .db import Unavailable
+from .outbox import Outbox
+from .protocol import (
+    CLOSE_INTERNAL,
+    CLOSE_POLICY,
+    CLOSE_RESTART,
+    CLOSE_TRY_AGAIN,
+    Join,
+    Leave,
+    Ping,
+    ProtocolError,
+    Ref,
+    Typing,
+)
+from .protocol import (
+    Send as SendCommand,
+)
 from .ratelimit import TokenBucket
-from .validation import InvalidInput, check_body, check_client_id, check_room
+from .store import Posted
 
 if TYPE_CHECKING:
-    from .app import Chat
+    from .chat import Chat
 
 log = logging.getLogger(__name__)
 
-CLOSE_POLICY = 1008
-CLOSE_INTERNAL = 1011
-CLOSE_RESTART = 1012
-CLOSE_TRY_AGAIN = 1013
-_MAX_SINCE = 2**62
+# Not a code we send: the client went away (its TCP connection ended) while we wrote.
+CLOSE_GONE = 1006
 _TYPING_INTERVAL = 1.0
 _RESTART_FLUSH_SECONDS = 2.0
 _CLOSE_HANDSHAKE_SECONDS = 2.0
@@ -70,63 +80,50 @@ def quiet_client_errors() -> None:
         logger.addFilter(_QuietClientErrors())
 
 
-def _frame(kind: str, **fields: Any) -> str:
-    return orjson.dumps({"type": kind, **fields}).decode()
-
-
-class ProtocolError(Exception):
-    def __init__(self, code: str, detail: str, **extra: Any) -> None:
-        super().__init__(detail)
-        self.code, self.detail, self.extra = code, detail, extra
-
-
 class Connection:
-    """One socket: its user, its rooms, its outgoing queue."""
+    """One socket: its user, its rooms, its outbox, its reader and writer."""
 
     def __init__(self, websocket: WebSocket, username: str, chat: Chat) -> None:
+        settings = chat.settings
         self.id = next(_ids)
         self.websocket = websocket
         self.username = username
         self.chat = chat
         self.rooms: dict[str, int] = {}
-        # A frame, or a 1-tuple holding an answer to the client's own request; `_answers`
-        # counts those, which the overflow limit leaves out.
-        self._queue: deque[str | tuple[str]] = deque()
-        self._answers = 0
-        self._writer: asyncio.Task[None] | None = None  # exists only while frames are queued
-        self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while it reads
-        self._interrupted = False  # close() cancelled the reader
-        self._limit = chat.settings.send_queue_limit
+        self.outbox = Outbox(settings.send_queue_limit, settings.send_queue_max_bytes)
         self.close_code: int | None = None
         self.close_reason = ""
-        self.gone = False  # the client went away while frames were being written
-        self._finished = False  # the endpoint is closing up: nothing more is written
-        self._bucket = TokenBucket(
-            chat.settings.rate_limit_per_second, chat.settings.rate_limit_burst
-        )
+        self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while it reads
+        self._interrupted = False  # close() cancelled the reader
+        self._writer: asyncio.Task[None] | None = None  # exists only while frames are queued
+        self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
         self._typing_at: dict[str, float] = {}
 
     # -- outgoing ---------------------------------------------------------------------------
 
     @property
+    def closing(self) -> bool:
+        return self.close_code is not None
+
+    @property
     def queued(self) -> int:
         """Frames waiting to be written to this socket."""
-        return len(self._queue)
+        return len(self.outbox)
 
-    def push(self, frame: str, *, force: bool = False) -> None:
-        if self.close_code is not None or self._finished:
-            return
-        if force:
-            self._queue.append((frame,))
-            self._answers += 1
-        elif len(self._queue) - self._answers >= self._limit:
+    def push_live(self, frame: str) -> None:
+        if self.close_code is None:
+            self._queued(self.outbox.push_live(frame))
+
+    def push_answer(self, frame: str) -> None:
+        if self.close_code is None:
+            self._queued(self.outbox.push_answer(frame))
+
+    def _queued(self, accepted: bool) -> None:
+        if not accepted:
             self.close(CLOSE_TRY_AGAIN, "send queue overflow: reconnect with since")
-            return
-        else:
-            self._queue.append(frame)
-        if self._writer is None:
+        elif self._writer is None and self.outbox:
             # An idle socket holds no task: one is started when there is something to write
-            # and ends when its queue is empty (each task costs ~1.5 KiB while it lives).
+            # and ends when its outbox is empty.
             self._writer = asyncio.create_task(self._write())
 
     def close(self, code: int, reason: str = "") -> None:
@@ -134,6 +131,8 @@ class Connection:
         blocked on a client that stopped reading."""
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
+            if code != CLOSE_RESTART:  # a restart still writes the acks already queued
+                self.outbox.close()
             self._stop_reading()
 
     def _stop_reading(self) -> None:
@@ -145,49 +144,14 @@ class Connection:
             self._interrupted = True
             task.cancel()
 
-    async def read_until_closed(self) -> None:
-        """The endpoint's own task reads and handles frames until the client leaves or
-        close() is called (one task per socket instead of a reader and a watcher)."""
-        task = asyncio.current_task()
-        assert task is not None
-        self._reader = task
-        try:
-            while self.close_code is None and not self.gone:
-                message = await self.websocket.receive()
-                if message["type"] == "websocket.disconnect":
-                    return
-                text = message.get("text")
-                if text is None:
-                    self.error("bad_request", "binary frames are not accepted; send JSON text")
-                    continue
-                await self.handle(text)
-        except asyncio.CancelledError:
-            # Ours (close() or the writer found the client gone): the end of reading. Any
-            # other cancellation, uvicorn's, goes on.
-            if not self._interrupted or task.uncancel() > 0:
-                raise
-        finally:
-            self._reader = None
-
-    @property
-    def writing(self) -> bool:
-        """Whether queued frames still go out: a restart (1012) is closed after the acks and
-        errors already queued; any other close drops them (the client resumes with since)."""
-        return self.close_code is None or self.close_code == CLOSE_RESTART
-
     async def _write(self) -> None:
         try:
-            while self._queue and self.writing:
-                frame = self._queue.popleft()
-                if isinstance(frame, tuple):
-                    self._answers -= 1
-                    frame = frame[0]
-                await self.websocket.send_text(frame)
+            while self.outbox:
+                await self.websocket.send_text(self.outbox.pop())
         except WebSocketDisconnect:
             # The client closed, or vanished, while we wrote: the end of this socket, not
             # a failure.
-            self.gone = True
-            self._stop_reading()
+            self.close(CLOSE_GONE)
         except Exception:
             log.exception("socket %d: writing failed", self.id)
             self.close(CLOSE_INTERNAL, "internal error: reconnect with since")
@@ -195,7 +159,7 @@ class Connection:
             self._writer = None
 
     async def stop_writing(self) -> None:
-        self._finished = True
+        self.outbox.close()
         writer = self._writer
         if writer is not None:
             writer.cancel()
@@ -205,214 +169,146 @@ class Connection:
         """Wait (bounded) until everything queued so far has been written."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
-                while self._queue and self.writing and not self.gone:
+                while self.outbox and self._writer is not None:
                     await asyncio.sleep(0.01)
 
-    def error(self, code: str, detail: str, ref: Any = None, **extra: Any) -> None:
-        metrics.ERRORS.labels(code).inc()
-        fields = {"code": code, "detail": detail, **extra}
-        if ref is not None:
-            fields["ref"] = ref
-        self.push(_frame("error", **fields), force=True)
+    def _error(self, error: ProtocolError) -> None:
+        metrics.ERRORS.labels(error.code).inc()
+        self.push_answer(error.frame())
 
     # -- incoming ---------------------------------------------------------------------------
 
-    async def handle(self, text: str) -> None:
-        ref = None
+    async def read_until_closed(self) -> None:
+        """The endpoint's own task reads and handles frames until the client leaves or
+        close() is called (one task per socket instead of a reader and a watcher)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._reader = task
         try:
-            try:
-                data = orjson.loads(text)
-            except orjson.JSONDecodeError:
-                raise ProtocolError("bad_request", "frame is not valid JSON") from None
-            if not isinstance(data, dict):
-                raise ProtocolError("bad_request", "frame must be a JSON object")
-            ref = data.get("ref")
-            if ref is not None and (
-                isinstance(ref, bool) or not isinstance(ref, (str, int)) or len(str(ref)) > 128
-            ):
-                ref = None
-                raise ProtocolError("bad_request", "ref must be a string or an integer")
-            kind = data.get("type")
-            if kind == "send":
-                await self._send(data, ref)
-            elif kind == "join":
-                await self._join(data, ref)
-            elif kind == "leave":
-                await self._leave(data, ref)
-            elif kind == "typing":
-                await self._typing(data)
-            elif kind == "ping":
-                self.push(_frame("pong", **({"ref": ref} if ref is not None else {})), force=True)
-            else:
-                raise ProtocolError("bad_request", "unknown or missing type")
-        except ProtocolError as error:
-            self.error(error.code, error.detail, ref, **error.extra)
-        except InvalidInput as error:
-            self.error(error.code, error.detail, ref)
-        except Unavailable:
-            self.error("unavailable", "the database cannot be reached; try again", ref)
-        except Exception as error:
-            if not is_outage(error):
+            while self.close_code is None:
+                message = await self.websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                text = message.get("text")
+                if text is None:
+                    detail = "binary frames are not accepted; send JSON text"
+                    self._error(ProtocolError("bad_request", detail))
+                    continue
+                await self.handle(text)
+        except asyncio.CancelledError:
+            # Ours (close()): the end of reading. Any other cancellation, uvicorn's, goes on.
+            if not self._interrupted or task.uncancel() > 0:
                 raise
-            self.error("unavailable", "the database cannot be reached; try again", ref)
+        finally:
+            self._reader = None
 
-    def _joined_room(self, data: dict[str, Any]) -> tuple[str, int]:
-        room = check_room(data.get("room"))
+    async def handle(self, text: str) -> None:
+        ref: Ref = None
+        try:
+            command = protocol.parse(text, self.chat.settings.max_message_chars)
+            ref = command.ref
+            if isinstance(command, SendCommand):
+                await self._send(command)
+            elif isinstance(command, Join):
+                await self._join(command)
+            elif isinstance(command, Leave):
+                await self._leave(command)
+            elif isinstance(command, Typing):
+                await self._typing(command)
+            elif isinstance(command, Ping):
+                self.push_answer(protocol.pong(ref))
+        except ProtocolError as error:
+            self._error(error)
+        except Unavailable:
+            self._error(
+                ProtocolError("unavailable", "the database cannot be reached; try again", ref)
+            )
+
+    def _joined_room(self, room: str, ref: Ref, **extra: Any) -> int:
         room_id = self.rooms.get(room)
         if room_id is None:
-            raise ProtocolError("not_joined", f"room {room} is not joined", room=room)
-        return room, room_id
+            raise ProtocolError("not_joined", f"room {room} is not joined", ref, room=room, **extra)
+        return room_id
 
-    async def _join(self, data: dict[str, Any], ref: Any) -> None:
-        settings = self.chat.settings
-        room = check_room(data.get("room"))
-        since = data.get("since")
-        if since is not None and (
-            isinstance(since, bool) or not isinstance(since, int) or not 0 <= since < _MAX_SINCE
-        ):
-            raise ProtocolError("bad_request", "since must be an integer >= 0", room=room)
+    async def _join(self, command: Join) -> None:
+        room, ref = command.room, command.ref
         if room in self.rooms:
-            raise ProtocolError("conflict", f"room {room} is already joined", room=room)
-        if len(self.rooms) >= settings.max_rooms_per_connection:
+            raise ProtocolError("conflict", f"room {room} is already joined", ref, room=room)
+        limit = self.chat.settings.max_rooms_per_connection
+        if len(self.rooms) >= limit:
             raise ProtocolError(
-                "too_many_rooms",
-                f"at most {settings.max_rooms_per_connection} rooms per connection",
-                room=room,
+                "too_many_rooms", f"at most {limit} rooms per connection", ref, room=room
             )
-        room_id = await self.chat.rooms.ensure(room)
-        await self.chat.presence.join(room_id, room, self.username)
-        try:
-            online = await self.chat.presence.online(room_id)
-            if self.username not in online:
-                online = sorted([*online, self.username])
+        self.rooms[room] = await self.chat.join(self, room, command.since, ref)
 
-            def announce(joined: Joined) -> None:
-                fields = {
-                    "room": room,
-                    "last_seq": joined.last_seq,
-                    "truncated": joined.truncated,
-                    "online": online,
-                }
-                if ref is not None:
-                    fields["ref"] = ref
-                self.push(_frame("joined", **fields), force=True)
+    async def _leave(self, command: Leave) -> None:
+        room_id = self._joined_room(command.room, command.ref)
+        del self.rooms[command.room]
+        await self.chat.leave(self, room_id, command.room)
+        self.push_answer(protocol.left(command.room, command.ref))
 
-            await self.chat.hubs.join(
-                room_id,
-                room,
-                self,
-                since,
-                settings.replay_limit,
-                settings.resume_limit,
-                on_joined=announce,
-            )
-        except BaseException:
-            await self.chat.presence.leave(room_id, room, self.username)
-            raise
-        self.rooms[room] = room_id
-        metrics.JOINED_ROOMS.inc()
-
-    async def _leave(self, data: dict[str, Any], ref: Any) -> None:
-        room, room_id = self._joined_room(data)
-        await self._part(room, room_id)
-        self.push(
-            _frame("left", room=room, **({"ref": ref} if ref is not None else {})), force=True
-        )
-
-    async def _part(self, room: str, room_id: int) -> None:
-        del self.rooms[room]
-        metrics.JOINED_ROOMS.dec()
-        await self.chat.hubs.leave(room_id, self)
-        with contextlib.suppress(Exception):
-            await self.chat.presence.leave(room_id, room, self.username)
-
-    async def _send(self, data: dict[str, Any], ref: Any) -> None:
-        client_id = check_client_id(data.get("client_id"))
+    async def _send(self, command: SendCommand) -> None:
+        room, ref, client_id = command.room, command.ref, command.client_id
         extra = {"client_id": client_id} if client_id is not None else {}
-        room, room_id = self._joined_room(data)
-        try:
-            body = check_body(data.get("body"), self.chat.settings.max_message_chars)
-        except InvalidInput as error:
-            raise ProtocolError(error.code, error.detail, room=room, **extra) from None
+        room_id = self._joined_room(room, ref, **extra)
         wait_ms = self._bucket.take()
         if wait_ms:
             raise ProtocolError(
-                "rate_limited", "sending too fast", room=room, retry_after_ms=wait_ms, **extra
+                "rate_limited", "sending too fast", ref, room=room, retry_after_ms=wait_ms, **extra
             )
-        if self.chat.draining:
-            raise ProtocolError("unavailable", "the instance is shutting down", room=room, **extra)
         metrics.MESSAGES_IN_WS.inc()
-        future = await self.chat.writer.submit(room_id, room, self.username, body, client_id)
+        try:
+            future = await self.chat.send(room_id, room, self.username, command.body, client_id)
+        except Unavailable as error:
+            raise ProtocolError("unavailable", str(error), ref, room=room, **extra) from None
         future.add_done_callback(lambda f: self._acked(f, room, client_id, ref))
 
     def _acked(
-        self, future: asyncio.Future[Posted], room: str, client_id: str | None, ref: Any
+        self, future: asyncio.Future[Posted], room: str, client_id: str | None, ref: Ref
     ) -> None:
-        extra: dict[str, Any] = {"ref": ref} if ref is not None else {}
-        if future.cancelled() or future.exception() is not None:
-            error = None if future.cancelled() else future.exception()
-            if error is None or isinstance(error, Unavailable) or is_outage(error):
-                self.error(
-                    "unavailable",
-                    "the database cannot be reached; nothing was stored",
-                    ref,
-                    room=room,
-                    client_id=client_id,
-                )
+        error = None if future.cancelled() else future.exception()
+        if future.cancelled() or error is not None:
+            if error is None or isinstance(error, Unavailable):
+                code, detail = "unavailable", "the database cannot be reached; nothing was stored"
             else:
-                self.error(
-                    "internal",
-                    "the message could not be stored",
-                    ref,
-                    room=room,
-                    client_id=client_id,
-                )
+                code, detail = "internal", "the message could not be stored"
+            self._error(ProtocolError(code, detail, ref, room=room, client_id=client_id))
             return
         posted = future.result()
         (metrics.ACKS_DUPLICATE if posted.duplicate else metrics.ACKS_FRESH).inc()
-        self.push(
-            _frame(
-                "ack",
-                room=room,
-                seq=posted.message.seq,
-                created_at=posted.message.created_at.isoformat(timespec="microseconds"),
-                client_id=client_id,
-                duplicate=posted.duplicate,
-                **extra,
-            ),
-            force=True,
-        )
+        self.push_answer(protocol.ack(posted.message, posted.duplicate, ref))
 
-    async def _typing(self, data: dict[str, Any]) -> None:
-        room, room_id = self._joined_room(data)
+    async def _typing(self, command: Typing) -> None:
+        room_id = self._joined_room(command.room, command.ref)
         now = time.monotonic()
-        if now - self._typing_at.get(room, 0.0) < _TYPING_INTERVAL:
+        if now - self._typing_at.get(command.room, 0.0) < _TYPING_INTERVAL:
             return  # typing is a hint; extra ones are dropped, not refused
-        self._typing_at[room] = now
-        await self.chat.publish_typing(room_id, room, self.username)
+        self._typing_at[command.room] = now
+        await self.chat.typing(room_id, command.room, self.username)
 
-    async def part_all(self) -> None:
+    async def leave_all(self) -> None:
         for room, room_id in list(self.rooms.items()):
-            await self._part(room, room_id)
+            del self.rooms[room]
+            await self.chat.leave(self, room_id, room)
 
 
 class Endpoint:
     """Pure ASGI middleware that takes `/ws` straight to `websocket_endpoint`.
 
     Through FastAPI's router a socket held its routing and dependency machinery (six
-    AsyncExitStacks and a dozen coroutine frames, ~6 KiB) for its whole life."""
+    AsyncExitStacks and a dozen coroutine frames) for its whole life."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket" and scope["path"] == "/ws":
-            await websocket_endpoint(WebSocket(scope, receive, send))
+            await websocket_endpoint(WebSocket(scope, receive, send), receive)
         else:
             await self.app(scope, receive, send)
 
 
-async def websocket_endpoint(websocket: WebSocket) -> None:
+async def websocket_endpoint(websocket: WebSocket, receive: Receive) -> None:
     chat: Chat = websocket.app.state.chat
     identity = websocket_user(websocket, chat.settings)
     if identity is None:
@@ -446,26 +342,29 @@ async def websocket_endpoint(websocket: WebSocket) -> None:
         expiry.cancel()
         await conn.stop_writing()
         metrics.CONNECTIONS.dec()
-        if conn.close_code is not None:
-            metrics.CLOSES.labels(str(conn.close_code)).inc()
-        code = conn.close_code or 1000
+        code = conn.close_code
+        if code is not None and code != CLOSE_GONE:
+            metrics.CLOSES.labels(str(code)).inc()
         if code == CLOSE_TRY_AGAIN:
             # The close frame waits behind what the client has not read: leave first.
-            await conn.part_all()
+            await conn.leave_all()
         if (
-            websocket.application_state == WebSocketState.CONNECTED
+            code != CLOSE_GONE
+            and websocket.application_state == WebSocketState.CONNECTED
             and websocket.client_state == WebSocketState.CONNECTED
         ):  # not when the client has closed already: it would wait for nothing
             slow = code == CLOSE_TRY_AGAIN
             timeout = _SLOW_CLOSE_SECONDS if slow else _CLOSE_HANDSHAKE_SECONDS
-            await _close(websocket, code, conn.close_reason, timeout)
-        await conn.part_all()
+            await _close(websocket, receive, code or 1000, conn.close_reason, timeout)
+        await conn.leave_all()
         # Last: a draining instance waits for this, so uvicorn's own shutdown finds nothing
         # left to cut.
         chat.connections.discard(conn)
 
 
-async def _close(websocket: WebSocket, code: int, reason: str, timeout: float) -> None:
+async def _close(
+    websocket: WebSocket, receive: Receive, code: int, reason: str, timeout: float
+) -> None:
     """Send the close frame, then wait for the client's reply, both within `timeout`.
 
     A client that stopped reading gets the frame only after what is already buffered for
@@ -477,10 +376,10 @@ async def _close(websocket: WebSocket, code: int, reason: str, timeout: float) -
         async with asyncio.timeout(timeout):
             await websocket.close(code, reason)
             # uvicorn queues one disconnect event when the app closes and another when the
-            # connection is gone; Starlette's receive() stops at the first, hence the raw
-            # ASGI receive. Frames that arrived meanwhile are dropped.
+            # connection is gone; Starlette's WebSocket.receive() stops at the first, so the
+            # raw ASGI receive is read here. Frames that arrived meanwhile are dropped.
             disconnects = 0
             while disconnects < 2:
-                message = await websocket._receive()
+                message = await receive()
                 if message["type"] == "websocket.disconnect":
                     disconnects += 1

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -103,6 +104,16 @@ def own_database(new_database: Callable[[], str]) -> str:
     url = new_database()
     migrate.upgrade(Settings(database_url=url))
     return url
+
+
+@pytest.fixture
+async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to the shared test database."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        yield conn
+    finally:
+        await conn.close(timeout=5)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,59 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from service.validation import InvalidInput
+
 PROJECT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
+
+# Names at the edges of the room and username rules, to hold the patterns of GET /api/config
+# to the server's validation: lengths at and past the bounds, first characters, case, a final
+# newline (which Python's `$` alone would let through), characters outside ASCII, NUL.
+ROOM_NAMES = [
+    "a",
+    "0",
+    "general",
+    "a-b_c",
+    "x" * 64,
+    "x" * 65,
+    "-a",
+    "_a",
+    "General",
+    "a b",
+    "a.b",
+    "room\n",
+    "é",
+    "\uff41",  # a fullwidth "a", which must not pass for an ASCII one
+    "a\x00",
+    "",
+    "a/b",
+]
+USERNAMES = [
+    "abc",
+    "a_b",
+    "_ab",
+    "0ab",
+    "a.b-c",
+    "x" * 32,
+    "x" * 33,
+    "ab",
+    ".ab",
+    "-ab",
+    "ab c",
+    "abc\n",
+    "émile",
+    "a@b",
+    "",
+]
+
+
+def accepts(check: Callable[[str], object], name: str) -> bool:
+    """Whether a check of service.validation lets `name` through."""
+    try:
+        check(name)
+    except InvalidInput:
+        return False
+    return True
 
 
 def unique(prefix: str) -> str:

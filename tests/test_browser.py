@@ -26,13 +26,25 @@ from playwright.async_api import (
     Dialog,
     Locator,
     Page,
+    Route,
     WebSocketRoute,
     async_playwright,
     expect,
 )
 from playwright.async_api import Error as PlaywrightError
 
-from tests.support import PASSWORD, PROJECT, Instance, User, new_user, unique
+from service.validation import check_room, normalize_username
+from tests.support import (
+    PASSWORD,
+    PROJECT,
+    ROOM_NAMES,
+    USERNAMES,
+    Instance,
+    User,
+    accepts,
+    new_user,
+    unique,
+)
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -50,6 +62,7 @@ DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 WAIT_MS = 10_000  # default bound of every expect and every action
 XSS_BODY = "<img src=x onerror=alert(1)>"
+SHORT_LIMIT = 50  # CHAT_MAX_MESSAGE_CHARS of `short_server`, far below the default
 
 # Reports CSP violations to Python as they happen (an exposed binding survives reloads,
 # unlike a variable in the page). Init scripts run through the DevTools protocol, which the
@@ -65,6 +78,11 @@ document.addEventListener('securitypolicyviolation', (e) => {
 # the answer is 401, which Chromium logs as a console error. Allowed only before the log-in.
 LOGGED_OUT_PROBE = re.compile(
     r"^Failed to load resource: the server responded with a status of 401 .*/api/rooms:"
+)
+
+# Logged by Chromium for each GET /api/config that a test makes fail on purpose.
+CONFIG_REFUSED = re.compile(
+    r"^Failed to load resource: the server responded with a status of 503 .*/api/config"
 )
 
 # What a browser logs on its own when the server it talks to is down: expected while the
@@ -264,6 +282,17 @@ async def server(spawn: Callable[..., Instance]) -> Instance:
     instance = spawn()
     await instance.wait_ready()
     return instance
+
+
+@pytest.fixture(scope="module")
+async def short_server(spawn: Callable[..., Instance]) -> AsyncIterator[Instance]:
+    """An instance whose limit on message length is SHORT_LIMIT, for the page to learn."""
+    instance = spawn(CHAT_MAX_MESSAGE_CHARS=SHORT_LIMIT)
+    try:
+        await instance.wait_ready()
+        yield instance
+    finally:
+        await asyncio.to_thread(instance.stop)
 
 
 @pytest.fixture
@@ -703,3 +732,109 @@ async def test_long_room_name_fits(tabs: Tabs, server: Instance, http: httpx.Asy
     assert boxes["item"] <= boxes["sidebar"] + 0.5, boxes
     await expect_confirmed(await send_from_page(tab, "Long names are cut with an ellipsis."))
     tab.watch.assert_clean()
+
+
+async def test_page_takes_its_limits_from_the_server(
+    tabs: Tabs, short_server: Instance, http: httpx.AsyncClient
+) -> None:
+    """The page checks with the server's config: its patterns, compiled by the page's
+    JavaScript, accept exactly the names the server does and refuse a bad username (logged
+    out) and a bad room name before any request; with CHAT_MAX_MESSAGE_CHARS=50 the composer
+    flags and keeps 51 characters and sends 50."""
+    async with httpx.AsyncClient(base_url=short_server.url, timeout=15) as own:
+        config = (await own.get("/api/config")).json()
+    assert config["max_message_chars"] == SHORT_LIMIT
+    user = await new_user(http)
+    tab = await tabs.open(short_server)
+    posted: list[str] = []
+    tab.page.on("request", lambda r: posted.append(r.url) if r.method == "POST" else None)
+    await tab.goto()
+    await expect(tab.by("login-submit")).to_be_visible()
+
+    in_page = "([pattern, names]) => names.map((n) => new RegExp(pattern).test(n))"
+    rooms = await tab.page.evaluate(in_page, [config["room_pattern"], ROOM_NAMES])
+    assert rooms == [accepts(check_room, n) for n in ROOM_NAMES]
+    users = await tab.page.evaluate(in_page, [config["username_pattern"], USERNAMES])
+    assert users == [accepts(normalize_username, n) for n in USERNAMES]
+
+    await tab.by("login-username").fill("-" + short("x"))
+    await tab.by("login-password").fill(PASSWORD)
+    await tab.by("register-submit").click()
+    await expect(tab.by("login-error")).to_have_text(
+        f"Not a valid username: names must match {config['username_pattern']}"
+    )
+    assert not [url for url in posted if url.endswith("/api/users")], posted
+    await log_in(tab, user.name)
+
+    too_long = unique("a-room-one-character-too-long-").ljust(65, "x")
+    await tab.by("room-input").fill(too_long)
+    await tab.by("room-join").click()
+    await expect(tab.page.locator("#room-error")).to_have_text(
+        f"Not a valid room name: names must match {config['room_pattern']}"
+    )
+    await expect(tab.by("room-title")).to_have_text("")
+    assert "#/room/" not in tab.page.url
+
+    await join_by_name(tab, unique("limits-"))
+    composer, counter = tab.by("composer"), tab.page.locator("#char-count")
+    over = "y" * (SHORT_LIMIT + 1)
+    await composer.fill(over)
+    await expect(counter).to_have_text("1 characters too long")
+    await expect(counter).to_have_class(re.compile(r"\bis-over\b"))
+    await composer.press("Enter")
+    await expect(tab.page.locator("#toast")).to_have_text(
+        f"Messages can be at most {SHORT_LIMIT} characters."
+    )
+    await expect(composer).to_have_value(over)
+    await expect(tab.rows).to_have_count(0)
+
+    exact = "z" * SHORT_LIMIT
+    await composer.fill(exact)
+    await expect(counter).to_have_text("0 characters left")
+    await expect(counter).not_to_have_class(re.compile(r"\bis-over\b"))
+    assert await expect_confirmed(await send_from_page(tab, exact)) == 1
+    await expect(tab.rows).to_have_count(1)
+    tab.watch.assert_clean()
+
+
+async def test_page_starts_without_its_config_and_picks_it_up(
+    tabs: Tabs, short_server: Instance, http: httpx.AsyncClient
+) -> None:
+    """While GET /api/config fails the page still logs in and sends, and the server judges a
+    message that is too long; once the config answers, the page applies the server's limit."""
+    user = await new_user(http)
+    tab = await tabs.open(short_server)
+    refused: list[str] = []
+    down = True
+
+    async def config_route(route: Route) -> None:
+        if down:
+            refused.append(route.request.url)
+            await route.fulfill(status=503, json={"detail": "refused by the test"})
+        else:
+            await route.continue_()
+
+    await tab.page.route(re.compile(r"/api/config$"), config_route)
+    await tab.goto()
+    await log_in(tab, user.name)
+    await join_by_name(tab, unique("degraded-"))
+    composer, counter = tab.by("composer"), tab.page.locator("#char-count")
+    over = "y" * (SHORT_LIMIT + 1)
+    await composer.fill(over)
+    await expect(counter).to_be_hidden()
+    row = await send_from_page(tab, over)
+    await expect(row).to_have_attribute("data-state", "failed")
+    await expect(row.get_by_test_id("message-error")).to_have_text("Too long to send.")
+    assert refused, "the page never asked for its config"
+
+    down = False
+    await composer.fill(over)
+    # The page retries with a growing delay; this bound covers the delay reached by now.
+    await expect(counter).to_have_text("1 characters too long", timeout=40_000)
+    await composer.press("Enter")
+    await expect(tab.page.locator("#toast")).to_have_text(
+        f"Messages can be at most {SHORT_LIMIT} characters."
+    )
+    await expect(composer).to_have_value(over)
+    await expect(tab.rows).to_have_count(1)
+    tab.watch.assert_clean(allow=(CONFIG_REFUSED,))

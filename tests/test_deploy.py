@@ -67,6 +67,16 @@ def test_dockerfile_is_multi_stage_non_root_with_a_healthcheck() -> None:
     }
 
 
+def test_dockerfile_installs_the_runtime_lock() -> None:
+    """The image's dependencies are requirements.lock's, hash-checked; the package adds none
+    and carries its migrations, so the runtime copies nothing but the virtualenv."""
+    _, build, *_, runtime = dockerfile_stages()
+    runs = [args for keyword, args in build if keyword == "RUN"]
+    assert any(a.endswith("pip install --require-hashes -r requirements.lock") for a in runs)
+    assert any(a.endswith("pip install --no-deps .") for a in runs)
+    assert [a for k, a in runtime if k == "COPY"] == ["--from=build /opt/venv /opt/venv"]
+
+
 def test_dockerfile_holds_no_secret() -> None:
     """No ENV or ARG gives a secret, a password or the database URL a value."""
     for stage in dockerfile_stages():

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from fastapi import FastAPI
@@ -147,11 +148,20 @@ async def test_has_more_is_exact_at_the_edges(
     assert await page(client, user, room, **params) == expected
 
 
-async def test_empty_room_has_an_empty_page(client: httpx.AsyncClient, app: FastAPI) -> None:
+async def create_room(database_url: str, room: str) -> None:
+    """A room as a join creates it: a row, no messages."""
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        await conn.execute("INSERT INTO rooms (name) VALUES ($1)", room)
+    finally:
+        await conn.close(timeout=5)
+
+
+async def test_empty_room_has_an_empty_page(client: httpx.AsyncClient, database_url: str) -> None:
     """A room that exists without messages answers an empty page, not 404."""
     user = await new_user(client)
     room = unique("empty-")
-    await app.state.chat.rooms.ensure(room)
+    await create_room(database_url, room)
     assert await page(client, user, room) == ([], False)
     assert await page(client, user, room, after=0) == ([], False)
 
@@ -256,14 +266,16 @@ async def own_app(own_database: str, secret_key: str) -> AsyncIterator[FastAPI]:
         yield application
 
 
-async def test_room_without_messages_is_listed_after_active_ones(own_app: FastAPI) -> None:
+async def test_room_without_messages_is_listed_after_active_ones(
+    own_app: FastAPI, own_database: str
+) -> None:
     """A room created by a join but never posted to has last_seq 0, last_message_at null,
     and comes after rooms with messages, even newer ones."""
     async with app_client(own_app) as client:
         user = await new_user(client)
         busy, quiet = unique("busy-"), unique("quiet-")
         await post(client, user, busy, "m1")
-        await own_app.state.chat.rooms.ensure(quiet)
+        await create_room(own_database, quiet)
         r = await client.get("/api/rooms", headers=user.headers)
     names = [x["name"] for x in r.json()]
     assert names == [busy, quiet]

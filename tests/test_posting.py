@@ -16,6 +16,7 @@ from service.settings import Settings
 from tests.support import User, app_client, new_user, unique
 
 API_PATHS = {
+    "/api/config",
     "/api/users",
     "/api/token",
     "/api/logout",

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from service.fanout import via_postgres
 from service.settings import MIN_SECRET_LENGTH, ConfigError, Settings
 
 STRONG_SECRET = "k" * MIN_SECRET_LENGTH
@@ -38,7 +39,7 @@ def test_urls_are_derived_from_any_postgres_spelling(given: str) -> None:
     assert settings.sqlalchemy_url == "postgresql+asyncpg:" + rest
     assert settings.asyncpg_url == "postgresql:" + rest
     assert settings.fanout_url == "postgresql:" + rest
-    assert settings.fanout_is_postgres
+    assert via_postgres(settings.fanout_url)
 
 
 def test_database_url_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -77,7 +78,7 @@ def test_broadcast_url_redis_is_used_as_given(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("CHAT_BROADCAST_URL", "redis://cache.example:6380/2")
     settings = Settings()
     assert settings.fanout_url == "redis://cache.example:6380/2"
-    assert not settings.fanout_is_postgres
+    assert not via_postgres(settings.fanout_url)
     assert settings.sqlalchemy_url == "postgresql+asyncpg://u@h/d"
 
 
@@ -87,7 +88,7 @@ def test_broadcast_url_postgres_is_normalised() -> None:
         database_url="postgresql://u@h/d", broadcast_url="postgresql+asyncpg://v@other/e"
     )
     assert settings.fanout_url == "postgresql://v@other/e"
-    assert settings.fanout_is_postgres
+    assert via_postgres(settings.fanout_url)
 
 
 def test_missing_secret_names_the_variable() -> None:
@@ -232,3 +233,11 @@ def test_transport_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     settings = Settings()
     assert settings.ws_implementation == "wsproto"
     assert settings.event_loop == "asyncio"
+
+
+@pytest.mark.parametrize("url", ["memory://", "kafka://k:9092", "redis-stream://r", "http://x"])
+def test_broadcast_url_without_a_backend_is_refused_at_start(url: str) -> None:
+    """Only PostgreSQL and Redis have fan-out backends (service/backends.py): any other
+    scheme is a configuration error, not a listener that fails forever."""
+    with pytest.raises(ValidationError, match="CHAT_BROADCAST_URL"):
+        Settings(database_url="postgresql://u@h/d", broadcast_url=url)

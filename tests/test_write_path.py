@@ -1,31 +1,50 @@
-"""chat_post_messages(), the writer's one statement (migration 0002), called directly:
-numbering, repeats, payload packing under PostgreSQL's NOTIFY limit, concurrent writers."""
+"""chat_post_messages(), the writer's one statement (service/sql/post_messages.sql), called
+directly: numbering, repeats, payload packing under PostgreSQL's NOTIFY limit, concurrent
+writers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
 import pytest
 
+from service.protocol import (
+    NOTIFY_INLINE_MAX_BYTES,
+    NOTIFY_PAYLOAD_MAX_BYTES,
+    MessagesNote,
+    NotifiedMessage,
+    decode_note,
+)
 from tests.support import unique
 
-POST = (
+_POST = (
     "SELECT seqs, created, repeated, stored_bodies, payloads"
-    " FROM chat_post_messages($1, $2, $3, $4, $5)"
+    " FROM chat_post_messages($1, $2, $3, $4, $5, $6, $7)"
 )
 
 
-@pytest.fixture
-async def pg(database_url: str) -> AsyncIterator[asyncpg.Connection]:
-    conn = await asyncpg.connect(database_url, timeout=10)
-    try:
-        yield conn
-    finally:
-        await conn.close(timeout=5)
+async def post(
+    pg: asyncpg.Connection,
+    rooms: list[int],
+    authors: list[str],
+    bodies: list[str],
+    client_ids: list[str | None],
+    channel: str | None,
+) -> asyncpg.Record:
+    """One call with the limits the writer passes."""
+    return await pg.fetchrow(
+        _POST,
+        rooms,
+        authors,
+        bodies,
+        client_ids,
+        channel,
+        NOTIFY_PAYLOAD_MAX_BYTES,
+        NOTIFY_INLINE_MAX_BYTES,
+    )
 
 
 async def make_room(pg: asyncpg.Connection) -> int:
@@ -61,15 +80,18 @@ class Heard:
         return self.payloads
 
 
-def unpack(payloads: list[str]) -> tuple[list[list[Any]], list[list[Any]]]:
-    inline: list[list[Any]] = []
-    refs: list[list[Any]] = []
+def unpack(payloads: list[str]) -> tuple[list[NotifiedMessage], list[tuple[int, int]]]:
+    """The messages and refs of `messages` notifications, each checked to be one that
+    service/protocol.py decodes and PostgreSQL accepts."""
+    inline: list[NotifiedMessage] = []
+    refs: list[tuple[int, int]] = []
     for payload in payloads:
-        assert len(payload.encode()) < 8000
-        event = json.loads(payload)
-        assert event["k"] == "m"
-        inline += event["m"]
-        refs += event["r"]
+        assert len(payload.encode()) <= NOTIFY_PAYLOAD_MAX_BYTES < 8000
+        assert json.loads(payload)["kind"] == "messages"
+        note = decode_note(payload)
+        assert isinstance(note, MessagesNote), payload
+        inline += note.messages
+        refs += note.refs
     return inline, refs
 
 
@@ -89,7 +111,7 @@ async def test_a_batch_is_numbered_stored_and_announced_in_one_call(
     listener = await asyncpg.connect(database_url, timeout=10)
     try:
         await listener.add_listener(heard.channel, heard)
-        row = await pg.fetchrow(POST, rooms, [author] * 400, bodies, [None] * 400, heard.channel)
+        row = await post(pg, rooms, [author] * 400, bodies, [None] * 400, heard.channel)
         assert row["payloads"] == []  # sent, not returned
         expected = {a: iter(range(1, 1000)), b: iter(range(42, 1000))}
         assert row["seqs"] == [next(expected[r]) for r in rooms]
@@ -114,10 +136,11 @@ async def test_a_batch_is_numbered_stored_and_announced_in_one_call(
         inline, refs = unpack(payloads)
         assert len(payloads) >= 3
         big = {i for i in range(400) if i % 50 == 7}
-        assert [tuple(r) for r in refs] == [(rooms[i], row["seqs"][i]) for i in sorted(big)]
-        assert [(m[0], m[1], m[2], m[3], m[4]) for m in inline] == [
+        assert refs == [(rooms[i], row["seqs"][i]) for i in sorted(big)]
+        assert [(m.room_id, m.seq, m.author, m.body, m.client_id) for m in inline] == [
             (rooms[i], row["seqs"][i], author, bodies[i], None) for i in range(400) if i not in big
         ]
+        assert {m.created_at for m in inline} == set(row["created"])
     finally:
         await listener.close(timeout=5)
 
@@ -127,14 +150,12 @@ async def test_repeats_of_committed_client_ids_return_the_stored_message(
 ) -> None:
     author = await make_user(pg)
     room = await make_room(pg)
-    first = await pg.fetchrow(
-        POST, [room, room], [author, author], ["one", "two"], ["c1", "c2"], None
-    )
+    first = await post(pg, [room, room], [author, author], ["one", "two"], ["c1", "c2"], None)
     assert first["seqs"] == [1, 2]
     assert len(first["payloads"]) == 1  # no channel: returned for the caller to publish
     # A retry of c2 with another body, a new c3, and a message without client_id.
-    again = await pg.fetchrow(
-        POST,
+    again = await post(
+        pg,
         [room, room, room],
         [author] * 3,
         ["two, edited", "three", "four"],
@@ -146,11 +167,14 @@ async def test_repeats_of_committed_client_ids_return_the_stored_message(
     assert again["stored_bodies"] == ["two", None, None]
     assert again["created"][0] == first["created"][1]
     inline, refs = unpack(again["payloads"])
-    assert [m[1:5] for m in inline] == [[3, author, "three", "c3"], [4, author, "four", None]]
+    assert [(m.seq, m.author, m.body, m.client_id) for m in inline] == [
+        (3, author, "three", "c3"),
+        (4, author, "four", None),
+    ]
     assert refs == []
     # The same client_id from another author is another message.
     other = await make_user(pg)
-    third = await pg.fetchrow(POST, [room], [other], ["mine"], ["c2"], None)
+    third = await post(pg, [room], [other], ["mine"], ["c2"], None)
     assert third["seqs"] == [5] and third["repeated"] == [False]
 
 
@@ -160,9 +184,7 @@ async def test_a_failing_batch_stores_nothing(pg: asyncpg.Connection) -> None:
     author = await make_user(pg)
     room = await make_room(pg)
     with pytest.raises(asyncpg.ForeignKeyViolationError):
-        await pg.fetchrow(
-            POST, [room, room], [author, unique("nobody_")], ["ok", "bad"], [None, None], None
-        )
+        await post(pg, [room, room], [author, unique("nobody_")], ["ok", "bad"], [None, None], None)
     assert await pg.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room) == 0
     assert await pg.fetchval("SELECT count(*) FROM messages WHERE room_id = $1", room) == 0
 
@@ -180,9 +202,8 @@ async def test_concurrent_writers_on_shared_rooms_neither_deadlock_nor_skip(
         order = rooms if k % 2 else rooms[::-1]
         for n in range(50):
             batch = [order[(n + j) % 3] for j in range(5)]
-            await conn.fetchrow(
-                POST, batch, [author] * 5, [f"{k}/{n}/{j}" for j in range(5)], [None] * 5, None
-            )
+            bodies = [f"{k}/{n}/{j}" for j in range(5)]
+            await post(conn, batch, [author] * 5, bodies, [None] * 5, None)
 
     try:
         async with asyncio.timeout(60):

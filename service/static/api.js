@@ -98,6 +98,9 @@ export const login = (username, password) =>
 
 export const logout = () => request('POST', '/api/logout', { auth: false });
 
+/** {protocol, max_message_chars, room_pattern, username_pattern, ...}; needs no session. */
+export const config = () => request('GET', '/api/config', { auth: false });
+
 /** {username} of the session's user. Not in PROTOCOL.md v1: callers must tolerate a 404. */
 export const me = () => request('GET', '/api/me');
 

@@ -5,9 +5,9 @@
 
 import * as api from './api.js';
 import { ChatSession } from './chat.js';
+import * as config from './config.js';
 
 const USER_KEY = 'chat.username';
-const USERNAME_RE = /^[a-z0-9_][a-z0-9_.-]{2,31}$/;
 
 const $ = (id) => document.getElementById(id);
 const dom = {
@@ -117,10 +117,11 @@ async function boot() {
   showOnly('boot');
   dom.bootText.textContent = 'Loading…';
   dom.bootRetry.hidden = true;
-  let rooms;
-  try {
-    rooms = await api.listRooms();
-  } catch (err) {
+  // The config is fetched alongside, so the forms have the server's rules when they show;
+  // config.load never rejects (without a config, see config.js).
+  const [probe] = await Promise.allSettled([api.listRooms(), config.load()]);
+  if (probe.status === 'rejected') {
+    const err = probe.reason;
     if (err.status === 401) {
       showLogin();
       return;
@@ -130,6 +131,7 @@ async function boot() {
     dom.bootRetry.focus();
     return;
   }
+  const rooms = probe.value;
   const me = await whoAmI();
   if (me) startSession(me, rooms);
   else showLogin();
@@ -148,9 +150,8 @@ function loginErrorFor(mode, err) {
 function validate(mode, username, password) {
   if (!username || !password) return 'Enter a username and a password.';
   if (mode !== 'register') return '';
-  if (!USERNAME_RE.test(username)) {
-    return 'Usernames have 3 to 32 characters: letters, digits, "_", "." and "-", '
-      + 'and cannot start with "." or "-".';
+  if (config.refusesUsername(username)) {
+    return `Not a valid username: names must match ${config.usernamePattern()}`;
   }
   if (password.length < 8) return 'Passwords need at least 8 characters.';
   if (password.length > 128) return 'Passwords can have at most 128 characters.';

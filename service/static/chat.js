@@ -4,13 +4,13 @@
 
 import * as api from './api.js';
 import { Composer, newClientId } from './composer.js';
+import * as config from './config.js';
 import { MessagePane } from './pane.js';
 import { avatarClass, onlineItem, typingText } from './render.js';
 import { RoomList } from './room-list.js';
 import { RoomView } from './room-view.js';
 import { ChatSocket } from './socket.js';
 
-export const ROOM_RE = /^[a-z0-9][a-z0-9_-]{0,63}$/;
 const ROOMS_REFRESH_MS = 30_000;
 const NARROW = window.matchMedia('(max-width: 700px)');
 
@@ -186,7 +186,7 @@ export class ChatSession {
     } catch {
       // malformed escape: falls through to the invalid-name path
     }
-    if (!ROOM_RE.test(name)) {
+    if (!name || config.refusesRoomName(name)) {
       this.#toast(`"${name || match[1]}" is not a valid room name.`);
       history.replaceState(null, '', location.pathname + location.search);
       this.#open(null);
@@ -232,9 +232,9 @@ export class ChatSession {
   #joinFromInput() {
     const d = this.#dom;
     const name = d.roomInput.value.trim().replace(/^#/, '').toLowerCase();
-    if (!ROOM_RE.test(name)) {
+    if (!name || config.refusesRoomName(name)) {
       d.roomError.textContent = name
-        ? 'Room names use a–z, 0–9, "-" and "_", start with a letter or digit, and have at most 64 characters.'
+        ? `Not a valid room name: names must match ${config.roomPattern()}`
         : 'Type a room name.';
       d.roomError.hidden = false;
       d.roomInput.setAttribute('aria-invalid', 'true');

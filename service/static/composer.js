@@ -1,7 +1,8 @@
 // The message box: Enter to send, Shift+Enter for a new line, a length counter near the limit,
 // auto-growing height, per-room drafts, and throttled "typing" notifications.
 
-const MAX_BODY_CHARS = 4000; // the server's default CHAT_MAX_MESSAGE_CHARS; it has the last word
+import * as config from './config.js';
+
 const TYPING_EVERY_MS = 3_000;
 const MAX_HEIGHT_PX = 240;
 
@@ -38,6 +39,8 @@ export class Composer {
     }, { signal });
     dom.composer.addEventListener('keydown', (e) => this.#onKey(e), { signal });
     dom.composer.addEventListener('input', () => this.#onInput(), { signal });
+    // A config that arrives late (see config.js) brings the counter with it.
+    config.loaded.then(() => { if (!signal.aborted) this.#changed(); });
   }
 
   get value() {
@@ -82,8 +85,9 @@ export class Composer {
     // Drop blank leading lines and trailing whitespace; keep the first line's indentation.
     const body = composer.value.replace(/^(?:[ \t]*\r?\n)+/, '').trimEnd();
     if (!body.trim()) return;
-    if (charCount(body) > MAX_BODY_CHARS) {
-      this.#hooks.onTooLong(MAX_BODY_CHARS);
+    const max = config.maxMessageChars();
+    if (max != null && charCount(body) > max) {
+      this.#hooks.onTooLong(max);
       return;
     }
     this.#hooks.onSend(body);
@@ -100,12 +104,12 @@ export class Composer {
       composer.style.height = 'auto'; // CSSOM, which the CSP allows (unlike style attributes)
       composer.style.height = `${Math.min(composer.scrollHeight, MAX_HEIGHT_PX)}px`;
     }
+    const max = config.maxMessageChars();
     const count = charCount(composer.value);
-    const over = count > MAX_BODY_CHARS;
-    counter.hidden = count < MAX_BODY_CHARS * 0.9;
-    counter.textContent = over
-      ? `${count - MAX_BODY_CHARS} characters too long`
-      : `${MAX_BODY_CHARS - count} characters left`;
+    const over = max != null && count > max;
+    counter.hidden = max == null || count < max * 0.9;
+    counter.textContent = max == null ? ''
+      : over ? `${count - max} characters too long` : `${max - count} characters left`;
     counter.classList.toggle('is-over', over);
   }
 }

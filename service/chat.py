@@ -1,0 +1,298 @@
+"""What happens to a message, a join and a leave on one instance: the domain core.
+
+The socket handler (ws.py) and the REST routes (api.py) are thin adapters over `Chat`; it
+knows nothing of FastAPI or Starlette. A message's way, in four files:
+
+1. an adapter validates it and calls `Chat.send` (or `Chat.post` for REST), which hands it
+   to the instance's batch writer (writer.py);
+2. the writer commits everything waiting with one call to the store (store.py, and the
+   SQL in sql/post_messages.sql): seqs assigned, rows inserted, notifications sent in the
+   same transaction, so a notification exists if and only if its messages do;
+3. `Chat._committed` gives the new messages to this instance's room hubs at once; every
+   other instance hears the notification (fanout.py) and `Chat._on_note` does the same;
+4. each room's hub (hubs.py) delivers seq `head + 1` to its local members, reading back
+   from the database any seq that no notification brought, so every member gets every
+   message once, in order.
+
+A join runs under the room hub's lock (replay read, `joined` queued, then live delivery), so
+nothing committed meanwhile is lost or doubled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Protocol
+
+from . import metrics
+from .db import Unavailable
+from .fanout import Fanout
+from .hubs import Hubs, Joined
+from .hubs import Member as HubMember
+from .presence import Presence
+from .protocol import (
+    CLOSE_RESTART,
+    MessagesNote,
+    Note,
+    PresenceNote,
+    Ref,
+    TypingNote,
+    encode_note,
+)
+from .protocol import joined as joined_frame
+from .protocol import presence as presence_frame
+from .protocol import typing as typing_frame
+from .rooms import RoomDirectory, RoomInfo
+from .settings import Settings
+from .store import Draft, Page, Posted, PostgresStore
+from .writer import MessageWriter
+
+log = logging.getLogger(__name__)
+
+
+class Member(HubMember, Protocol):
+    """A local connection as the core sees it."""
+
+    @property
+    def closing(self) -> bool:
+        """Closed or closing: it no longer counts against its user."""
+
+    @property
+    def queued(self) -> int:
+        """Frames waiting to be written."""
+
+    def close(self, code: int, reason: str) -> None:
+        """Ask for the connection to be closed."""
+
+    async def flush(self, timeout: float) -> None:
+        """Wait, at most `timeout`, until what is queued has been written."""
+
+
+class Chat:
+    """One instance's domain. Build it with its collaborators; `start()` and `stop()` run
+    its background work."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        store: PostgresStore,
+        rooms: RoomDirectory,
+        fanout: Fanout,
+        presence: Presence,
+    ) -> None:
+        self.settings = settings
+        self._store = store
+        self._rooms = rooms
+        self._fanout = fanout
+        self._presence = presence
+        self._hubs = Hubs(store)
+        self._writer = MessageWriter(
+            store,
+            channel=fanout.notify_channel,
+            on_commit=self._committed,
+            batch_max=settings.write_batch_max,
+        )
+        self.connections: set[Member] = set()
+        self.draining = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- connections ---------------------------------------------------------------------
+
+    def admit(self, username: str) -> str | None:
+        """None to accept a new socket for `username`, else why it is refused."""
+        if self.draining:
+            return "the instance is shutting down; reconnect"
+        if len(self.connections) >= self.settings.max_connections:
+            return "too many connections on this instance; try another or later"
+        # A socket being closed (its close handshake may wait for a slow client) no longer
+        # counts against its user, who may well be reconnecting.
+        mine = sum(1 for c in self.connections if c.username == username and not c.closing)
+        if mine >= self.settings.max_connections_per_user:
+            return "too many connections for this user"
+        return None
+
+    @property
+    def writer_depth(self) -> int:
+        return self._writer.depth
+
+    # -- posting -------------------------------------------------------------------------
+
+    async def send(
+        self, room_id: int, room: str, author: str, body: str, client_id: str | None
+    ) -> asyncio.Future[Posted]:
+        """Queue a validated message of a known room; the future resolves after commit (or
+        fails with Unavailable: nothing was stored). Waits only while the writer is full."""
+        if self.draining:
+            raise Unavailable("the instance is shutting down")
+        return await self._writer.submit(Draft(room_id, room, author, body, client_id))
+
+    async def post(self, room: str, author: str, body: str, client_id: str | None) -> Posted:
+        """Store a validated message, creating the room on first use (REST)."""
+        if self.draining:
+            raise Unavailable("the instance is shutting down")
+        room_id = await self._rooms.ensure(room)
+        return await (await self.send(room_id, room, author, body, client_id))
+
+    async def _committed(self, posted: list[Posted], later: list[str]) -> None:
+        """Local members get new messages straight from the writer, without the round trip;
+        other instances from the notifications (published now if they could not ride the
+        transaction)."""
+        for p in posted:
+            hub = self._hubs.get(p.room_id)
+            if hub is not None:
+                hub.offer(p.message)
+        if later:
+            try:
+                # Bounded: a Redis that stops answering must not stall the writer.
+                async with asyncio.timeout(self.settings.listener_timeout_seconds):
+                    await self._fanout.publish(later)
+            except Exception as error:  # other instances catch up at their next resync
+                log.warning("publish after commit failed: %s", error)
+
+    # -- joining and leaving -------------------------------------------------------------
+
+    async def join(self, member: Member, room: str, since: int | None, ref: Ref) -> int:
+        """Subscribe `member` to `room` (created on first use): the replay and `joined` are
+        queued for it, then live messages follow. Returns the room's id."""
+        room_id = await self._rooms.ensure(room)
+        await self._presence.join(room_id, room, member.username)
+        try:
+            online = await self._presence.online(room_id)
+            if member.username not in online:
+                online = sorted([*online, member.username])
+
+            def announce(joined: Joined) -> None:
+                member.push_answer(
+                    joined_frame(room, joined.last_seq, joined.truncated, online, ref)
+                )
+
+            settings = self.settings
+            await self._hubs.join(
+                room_id,
+                room,
+                member,
+                since,
+                settings.replay_limit,
+                settings.resume_limit,
+                on_joined=announce,
+            )
+        except BaseException:
+            # The join did not happen: neither does its presence. Bounded and best effort:
+            # the reaper removes what an outage leaves behind.
+            with contextlib.suppress(Exception):
+                await self._presence.leave(room_id, room, member.username)
+            raise
+        metrics.JOINED_ROOMS.inc()
+        return room_id
+
+    async def leave(self, member: Member, room_id: int, room: str) -> None:
+        """Unsubscribe `member`; its presence ends when it was the user's last connection
+        in the room on any instance."""
+        metrics.JOINED_ROOMS.dec()
+        await self._hubs.leave(room_id, member)
+        with contextlib.suppress(Exception):
+            await self._presence.leave(room_id, room, member.username)
+
+    async def typing(self, room_id: int, room: str, user: str) -> None:
+        """A hint to the room's other members; lost when the fan-out is."""
+        with contextlib.suppress(Exception):
+            await self._fanout.publish([encode_note(TypingNote(room_id, room, user))])
+
+    # -- reading -------------------------------------------------------------------------
+
+    async def room_id(self, room: str) -> int | None:
+        """The room's id, or None when nobody has used it yet."""
+        return await self._rooms.find(room)
+
+    async def history(
+        self, room_id: int, room: str, *, before: int | None, after: int | None, limit: int
+    ) -> Page:
+        return await self._store.page(room_id, room, before=before, after=after, limit=limit)
+
+    async def online(self, room_id: int) -> list[str]:
+        return await self._presence.online(room_id)
+
+    async def room_list(self) -> list[RoomInfo]:
+        return await self._rooms.list()
+
+    # -- fan-out in ----------------------------------------------------------------------
+
+    def _on_note(self, note: Note) -> None:
+        """A notification from any instance (this one included)."""
+        if isinstance(note, MessagesNote):
+            for m in note.messages:
+                hub = self._hubs.get(m.room_id)
+                if hub is not None:  # else nobody here is in that room
+                    hub.offer(m.stored(hub.room))
+            for room_id, seq in note.refs:
+                self._hubs.committed(room_id, seq)
+        elif isinstance(note, PresenceNote):
+            hub = self._hubs.get(note.room_id)
+            if hub is not None:
+                hub.send_all(presence_frame(hub.room, note.user, note.event), skip_user=note.user)
+        elif isinstance(note, TypingNote):
+            hub = self._hubs.get(note.room_id)
+            if hub is not None:
+                hub.send_all(typing_frame(hub.room, note.user), skip_user=note.user)
+
+    async def resync(self) -> None:
+        """Compare every local room with the database; hubs read back what they missed."""
+        room_ids = self._hubs.room_ids()
+        if not room_ids:
+            return
+        try:
+            self._hubs.resync(await self._store.last_seqs(room_ids))
+        except Exception as error:
+            log.warning("resync failed: %s", error)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_interval_seconds)
+            await self.resync()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self._presence.start()
+        self._writer.start()
+        self._fanout.start(on_note=self._on_note, on_recovered=self.resync)
+        self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
+        if not await self._fanout.wait_healthy(10):
+            log.warning("fan-out listener not healthy yet; /readyz says 503 until it is")
+
+    @property
+    def listener_healthy(self) -> bool:
+        return self._fanout.healthy
+
+    async def drain(self) -> None:
+        """Graceful shutdown: refuse new work, finish in-flight sends (each acked or failed),
+        flush acks, then close every socket with 1012."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.settings.shutdown_grace_seconds
+        await self._writer.stop(grace)
+        await asyncio.gather(*(c.flush(grace / 2) for c in list(self.connections)))
+        for conn in list(self.connections):
+            conn.close(CLOSE_RESTART, "instance shutting down: reconnect with since")
+        # Each socket writes what it still holds, closes and hears the client's reply;
+        # uvicorn's own shutdown would cut the ones still open.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(grace / 2):
+                while self.connections:
+                    await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        await self.drain()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                while self.connections:
+                    await asyncio.sleep(0.05)
+        await self._presence.stop()
+        await self._fanout.stop()
+        await self._hubs.close()

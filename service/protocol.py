@@ -1,0 +1,380 @@
+"""The wire, defined once: every frame the server sends or parses (PROTOCOL.md, WebSocket),
+and every notification instances send each other over the fan-out channel.
+
+Frames are JSON objects with a `type`. Notifications are JSON objects with a `kind`:
+
+- `messages`: committed messages, `{"kind": "messages", "messages": [entry], "refs": [ref]}`;
+  an entry is `{"room_id", "seq", "author", "body", "client_id", "created_at"}`, a ref
+  `{"room_id", "seq"}` names a message too large to travel inline, which receivers read back
+  from the database. These are built by PostgreSQL itself, inside the writer's transaction
+  (service/sql/post_messages.sql, with the same keys and the limits below, which the writer
+  passes in); tests/test_protocol_codec.py decodes what PostgreSQL actually produced.
+- `presence`: `{"kind": "presence", "room_id", "room", "user", "event": "join" | "leave"}`.
+- `typing`: `{"kind": "typing", "room_id", "room", "user"}`.
+- `canary`: `{"kind": "canary", "instance", "n"}`, the listener's proof that it still hears.
+
+A notification is a wake-up: the database stays the truth, and a receiver that sees a gap
+reads it back. So a notification that does not decode is dropped, never trusted in part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+import orjson
+
+from .validation import InvalidInput, check_body, check_client_id, check_room
+
+# The version of PROTOCOL.md this service implements in full; 2 once every v2 part is built.
+PROTOCOL_VERSION = 1
+# Beyond any seq a room can reach: the bound of `since`, `before` and `after`.
+MAX_SEQ = 2**62
+# A `ref` is echoed in the direct reply; longer ones are refused.
+MAX_REF_CHARS = 128
+
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+CLOSE_RESTART = 1012
+CLOSE_TRY_AGAIN = 1013
+
+# PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; payloads stay under the first
+# figure, and a message whose entry is larger than the second travels as a ref.
+NOTIFY_PAYLOAD_MAX_BYTES = 7900
+NOTIFY_INLINE_MAX_BYTES = 6000
+
+
+# -- messages ------------------------------------------------------------------------------
+
+
+def _timestamp(at: datetime) -> str:
+    return at.isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    """A committed message: `(room, seq)` is its identity."""
+
+    room: str
+    seq: int
+    author: str
+    body: str
+    client_id: str | None
+    created_at: datetime
+
+    def to_wire(self) -> dict[str, Any]:
+        """The message as REST answers and `message` frames carry it."""
+        return {
+            "room": self.room,
+            "seq": self.seq,
+            "author": self.author,
+            "body": self.body,
+            "created_at": _timestamp(self.created_at),
+            "client_id": self.client_id,
+        }
+
+    def frame(self) -> str:
+        """The `message` frame, encoded once and shared by every receiving socket."""
+        return orjson.dumps({"type": "message", **self.to_wire()}).decode()
+
+
+# -- server to client ----------------------------------------------------------------------
+
+Ref = str | int | None
+
+
+def _encode(kind: str, ref: Ref = None, **fields: Any) -> str:
+    if ref is not None:
+        fields["ref"] = ref
+    return orjson.dumps({"type": kind, **fields}).decode()
+
+
+def joined(room: str, last_seq: int, truncated: bool, online: list[str], ref: Ref) -> str:
+    return _encode("joined", ref, room=room, last_seq=last_seq, truncated=truncated, online=online)
+
+
+def left(room: str, ref: Ref) -> str:
+    return _encode("left", ref, room=room)
+
+
+def ack(message: StoredMessage, duplicate: bool, ref: Ref) -> str:
+    return _encode(
+        "ack",
+        ref,
+        room=message.room,
+        seq=message.seq,
+        created_at=_timestamp(message.created_at),
+        client_id=message.client_id,
+        duplicate=duplicate,
+    )
+
+
+def presence(room: str, user: str, event: str) -> str:
+    return _encode("presence", room=room, user=user, event=event)
+
+
+def typing(room: str, user: str) -> str:
+    return _encode("typing", room=room, user=user)
+
+
+def pong(ref: Ref) -> str:
+    return _encode("pong", ref)
+
+
+def error(code: str, detail: str, ref: Ref = None, **extra: Any) -> str:
+    return _encode("error", ref, code=code, detail=detail, **extra)
+
+
+# -- client to server ----------------------------------------------------------------------
+
+
+class ProtocolError(Exception):
+    """A frame refused with an `error` frame; the connection stays open."""
+
+    def __init__(self, code: str, detail: str, ref: Ref = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.ref, self.extra = code, detail, ref, extra
+
+    def frame(self) -> str:
+        return error(self.code, self.detail, self.ref, **self.extra)
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    room: str
+    since: int | None
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Leave:
+    room: str
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    room: str
+    body: str
+    client_id: str | None
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Typing:
+    room: str
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    ref: Ref
+
+
+Command = Join | Leave | Send | Typing | Ping
+
+
+def parse(text: str, max_body_chars: int) -> Command:
+    """The command a text frame carries, fully validated; raises ProtocolError (carrying
+    the frame's `ref` when it had a usable one)."""
+    try:
+        data = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("bad_request", "frame is not valid JSON") from None
+    if not isinstance(data, dict):
+        raise ProtocolError("bad_request", "frame must be a JSON object")
+    ref = data.get("ref")
+    if ref is not None and (
+        isinstance(ref, bool) or not isinstance(ref, (str, int)) or len(str(ref)) > MAX_REF_CHARS
+    ):
+        raise ProtocolError("bad_request", "ref must be a string or an integer")
+    kind = data.get("type")
+    try:
+        if kind == "send":
+            client_id = check_client_id(data.get("client_id"))
+            room = check_room(data.get("room"))
+            try:
+                body = check_body(data.get("body"), max_body_chars)
+            except InvalidInput as refused:
+                extra = {"client_id": client_id} if client_id is not None else {}
+                raise ProtocolError(refused.code, refused.detail, ref, room=room, **extra) from None
+            return Send(room, body, client_id, ref)
+        if kind == "join":
+            room = check_room(data.get("room"))
+            since = data.get("since")
+            if since is not None and (
+                isinstance(since, bool) or not isinstance(since, int) or not 0 <= since < MAX_SEQ
+            ):
+                raise ProtocolError("bad_request", "since must be an integer >= 0", ref, room=room)
+            return Join(room, since, ref)
+        if kind == "leave":
+            return Leave(check_room(data.get("room")), ref)
+        if kind == "typing":
+            return Typing(check_room(data.get("room")), ref)
+        if kind == "ping":
+            return Ping(ref)
+    except InvalidInput as refused:
+        raise ProtocolError(refused.code, refused.detail, ref) from None
+    raise ProtocolError("bad_request", "unknown or missing type", ref)
+
+
+# -- between instances ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NotifiedMessage:
+    room_id: int
+    seq: int
+    author: str
+    body: str
+    client_id: str | None
+    created_at: datetime
+
+    def stored(self, room: str) -> StoredMessage:
+        return StoredMessage(
+            room, self.seq, self.author, self.body, self.client_id, self.created_at
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MessagesNote:
+    """Messages committed together: inline ones, and refs `(room_id, seq)` to read back."""
+
+    messages: tuple[NotifiedMessage, ...]
+    refs: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class PresenceNote:
+    room_id: int
+    room: str
+    user: str
+    event: Literal["join", "leave"]
+
+
+@dataclass(frozen=True, slots=True)
+class TypingNote:
+    room_id: int
+    room: str
+    user: str
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryNote:
+    instance: str
+    n: int
+
+
+Note = MessagesNote | PresenceNote | TypingNote | CanaryNote
+
+
+def encode_note(note: Note) -> str:
+    if isinstance(note, MessagesNote):
+        return orjson.dumps(
+            {
+                "kind": "messages",
+                "messages": [message_entry(m) for m in note.messages],
+                "refs": [{"room_id": r, "seq": s} for r, s in note.refs],
+            }
+        ).decode()
+    if isinstance(note, PresenceNote):
+        fields: dict[str, Any] = {
+            "kind": "presence",
+            "room_id": note.room_id,
+            "room": note.room,
+            "user": note.user,
+            "event": note.event,
+        }
+    elif isinstance(note, TypingNote):
+        fields = {"kind": "typing", "room_id": note.room_id, "room": note.room, "user": note.user}
+    else:
+        fields = {"kind": "canary", "instance": note.instance, "n": note.n}
+    return orjson.dumps(fields).decode()
+
+
+def message_entry(m: NotifiedMessage) -> dict[str, Any]:
+    """One message as a `messages` notification carries it inline."""
+    return {
+        "room_id": m.room_id,
+        "seq": m.seq,
+        "author": m.author,
+        "body": m.body,
+        "client_id": m.client_id,
+        "created_at": _timestamp(m.created_at),
+    }
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _int(data: dict[str, Any], key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Malformed(key)
+    return value
+
+
+def _str(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if not isinstance(value, str):
+        raise _Malformed(key)
+    return value
+
+
+def _entry(data: object) -> NotifiedMessage:
+    if not isinstance(data, dict):
+        raise _Malformed("entry")
+    client_id = data.get("client_id")
+    if client_id is not None and not isinstance(client_id, str):
+        raise _Malformed("client_id")
+    try:
+        at = datetime.fromisoformat(_str(data, "created_at"))
+    except ValueError:
+        raise _Malformed("created_at") from None
+    return NotifiedMessage(
+        _int(data, "room_id"), _int(data, "seq"), _str(data, "author"), _str(data, "body"),
+        client_id, at,
+    )  # fmt: skip
+
+
+def _ref(data: object) -> tuple[int, int]:
+    if not isinstance(data, dict):
+        raise _Malformed("ref")
+    return _int(data, "room_id"), _int(data, "seq")
+
+
+def _list(data: dict[str, Any], key: str) -> list[Any]:
+    value = data.get(key)
+    if not isinstance(value, list):
+        raise _Malformed(key)
+    return value
+
+
+def decode_note(payload: str) -> Note | None:
+    """The notification, or None when it is not one of ours or is malformed in any part."""
+    try:
+        data = orjson.loads(payload)
+        if not isinstance(data, dict):
+            return None
+        kind = data.get("kind")
+        if kind == "messages":
+            return MessagesNote(
+                tuple(_entry(e) for e in _list(data, "messages")),
+                tuple(_ref(r) for r in _list(data, "refs")),
+            )
+        if kind == "presence":
+            event = data.get("event")
+            if event not in ("join", "leave"):
+                return None
+            return PresenceNote(
+                _int(data, "room_id"), _str(data, "room"), _str(data, "user"), event
+            )
+        if kind == "typing":
+            return TypingNote(_int(data, "room_id"), _str(data, "room"), _str(data, "user"))
+        if kind == "canary":
+            return CanaryNote(_str(data, "instance"), _int(data, "n"))
+    except (orjson.JSONDecodeError, _Malformed):
+        return None
+    return None

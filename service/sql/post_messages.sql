@@ -1,0 +1,108 @@
+-- chat_post_messages(): a batch of messages stored, numbered and announced in one statement,
+-- one implicit transaction and one round trip (the writer calls it in autocommit).
+--
+-- Locks the rooms involved, finds sends that repeat a committed (room, author, client_id),
+-- numbers the others after each room's last seq, inserts them, advances the rooms, and packs
+-- the new messages into `messages` notifications (service/protocol.py defines the keys; the
+-- writer passes the size limits). With p_channel set, the notifications are sent with
+-- pg_notify in this transaction, so they exist if and only if the rows commit; with
+-- p_channel NULL (another fan-out backend) they are returned for the caller to publish
+-- after the commit.
+--
+-- This file is the source; each migration that (re)defines the function embeds a frozen
+-- copy of it, and tests/test_sql_sources.py fails when the newest copy and this file differ.
+CREATE OR REPLACE FUNCTION chat_post_messages(
+    p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
+    p_channel text, p_payload_max integer, p_inline_max integer,
+    OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
+    OUT stored_bodies text[], OUT payloads text[]
+) LANGUAGE plpgsql AS $fn$
+DECLARE
+    stamp timestamptz;
+    entries json[];
+    sizes integer[];
+    is_ref boolean[];
+    inline_part json[] := '{}';
+    refs_part json[] := '{}';
+    envelope constant integer := octet_length(json_build_object(
+        'kind', 'messages', 'messages', '[]'::json, 'refs', '[]'::json)::text);
+    size integer := envelope;
+BEGIN
+    -- Locked in id order, so writers on other instances queue here instead of deadlocking.
+    PERFORM 1 FROM rooms WHERE id = ANY (p_rooms) ORDER BY id FOR UPDATE;
+    -- Read under the locks, so created_at follows seq order within a room.
+    stamp := clock_timestamp();
+
+    WITH input AS (
+        SELECT t.ord, t.r, t.a, t.b, t.c
+        FROM unnest(p_rooms, p_authors, p_bodies, p_client_ids) WITH ORDINALITY
+            AS t (r, a, b, c, ord)
+    ), earlier AS (  -- sends that repeat a committed (room, author, client_id)
+        SELECT i.ord, m.seq, m.created_at, m.body
+        FROM input i
+        JOIN messages m ON m.room_id = i.r AND m.author = i.a AND m.client_id = i.c
+        WHERE m.client_id IS NOT NULL
+    ), fresh AS (
+        SELECT i.ord, i.r, i.a, i.b, i.c,
+               rm.last_seq + row_number() OVER (PARTITION BY i.r ORDER BY i.ord) AS seq
+        FROM input i
+        JOIN rooms rm ON rm.id = i.r
+        WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = i.ord)
+    ), ins AS (
+        INSERT INTO messages (room_id, seq, author, body, client_id, created_at)
+        SELECT f.r, f.seq, f.a, f.b, f.c, stamp FROM fresh f
+    ), adv AS (
+        UPDATE rooms SET last_seq = top.seq, last_message_at = stamp
+        FROM (SELECT f.r, max(f.seq) AS seq FROM fresh f GROUP BY f.r) AS top
+        WHERE rooms.id = top.r
+    ), noted AS (  -- each new message as its notification entry: inline, or a ref if large
+        SELECT f.ord, octet_length(j.entry::text) > p_inline_max AS is_ref,
+               CASE WHEN octet_length(j.entry::text) > p_inline_max
+                    THEN json_build_object('room_id', f.r, 'seq', f.seq)
+                    ELSE j.entry END AS entry
+        FROM fresh f
+        CROSS JOIN LATERAL (SELECT json_build_object(
+            'room_id', f.r, 'seq', f.seq, 'author', f.a, 'body', f.b,
+            'client_id', f.c, 'created_at', stamp) AS entry) AS j
+    )
+    SELECT array_agg(coalesce(e.seq, f.seq) ORDER BY i.ord),
+           array_agg(coalesce(e.created_at, stamp) ORDER BY i.ord),
+           array_agg(e.ord IS NOT NULL ORDER BY i.ord),
+           array_agg(e.body ORDER BY i.ord),
+           array_agg(n.entry ORDER BY i.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(octet_length(n.entry::text) ORDER BY i.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(n.is_ref ORDER BY i.ord) FILTER (WHERE n.ord IS NOT NULL)
+    INTO seqs, created, repeated, stored_bodies, entries, sizes, is_ref
+    FROM input i
+    LEFT JOIN earlier e ON e.ord = i.ord
+    LEFT JOIN fresh f ON f.ord = i.ord
+    LEFT JOIN noted n ON n.ord = i.ord;
+
+    -- Pack the new messages, in order, into as few payloads as fit under p_payload_max.
+    payloads := '{}';
+    FOR k IN 1 .. coalesce(array_length(entries, 1), 0) LOOP
+        IF size > envelope AND size + sizes[k] + 1 > p_payload_max THEN
+            payloads := payloads || json_build_object('kind', 'messages',
+                'messages', array_to_json(inline_part), 'refs', array_to_json(refs_part))::text;
+            inline_part := '{}';
+            refs_part := '{}';
+            size := envelope;
+        END IF;
+        IF is_ref[k] THEN
+            refs_part := refs_part || entries[k];
+        ELSE
+            inline_part := inline_part || entries[k];
+        END IF;
+        size := size + sizes[k] + 1;
+    END LOOP;
+    IF size > envelope THEN
+        payloads := payloads || json_build_object('kind', 'messages',
+            'messages', array_to_json(inline_part), 'refs', array_to_json(refs_part))::text;
+    END IF;
+
+    IF p_channel IS NOT NULL THEN
+        PERFORM pg_notify(p_channel, p) FROM unnest(payloads) AS p;
+        payloads := '{}';
+    END IF;
+END
+$fn$;

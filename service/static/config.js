@@ -1,0 +1,85 @@
+// The server's limits and name rules (GET /api/config), so the page checks input with the
+// numbers and patterns the server enforces instead of copies that drift from them.
+//
+// When the config cannot be fetched the page starts anyway and lets the server be the judge:
+// every check below passes while the rules are unknown, so a message that is too long or a
+// bad name goes to the server, which refuses it with its own error (a failed row, a toast,
+// the login form's error). Blocking the page instead would lock people out over checks that
+// only save a round trip. Meanwhile the fetch is retried with backoff, and the checks apply
+// from the moment it answers.
+
+import * as api from './api.js';
+
+const RETRY_BASE_MS = 1_000;
+const RETRY_MAX_MS = 30_000;
+
+/** @type {{maxMessageChars: number, roomPattern: string, roomRe: RegExp,
+ *   usernamePattern: string, usernameRe: RegExp}|null} */
+let current = null;
+let attempt = null; // the fetch under way, if any
+let failures = 0;
+let retryTimer = 0;
+let announce;
+
+/** Resolves once, with the config, the first time it has been fetched. */
+export const loaded = new Promise((resolve) => { announce = resolve; });
+
+/**
+ * Fetch the config unless it is known; resolves with it, or with null when this attempt
+ * failed (another is then scheduled). Never rejects. Calling it again while the page waits
+ * for a retry tries at once.
+ */
+export function load() {
+  if (current) return Promise.resolve(current);
+  if (attempt) return attempt;
+  clearTimeout(retryTimer);
+  attempt = api.config().then(parse).catch(() => null).then((config) => {
+    attempt = null;
+    if (config) {
+      current = config;
+      announce(config);
+    } else {
+      const wait = Math.min(RETRY_MAX_MS, RETRY_BASE_MS * 2 ** failures);
+      failures = Math.min(failures + 1, 16);
+      retryTimer = setTimeout(load, wait);
+    }
+    return config;
+  });
+  return attempt;
+}
+
+/** A malformed answer (an old server, a proxy's page) counts as no answer. */
+function parse(raw) {
+  const limit = raw?.max_message_chars;
+  const room = raw?.room_pattern;
+  const username = raw?.username_pattern;
+  // RegExp would turn a missing pattern into one that matches everything.
+  if (!Number.isInteger(limit) || limit < 1 || typeof room !== 'string'
+      || typeof username !== 'string') return null;
+  try {
+    return {
+      maxMessageChars: limit,
+      roomPattern: room,
+      roomRe: new RegExp(room),
+      usernamePattern: username,
+      usernameRe: new RegExp(username),
+    };
+  } catch {
+    return null; // a pattern this browser cannot compile
+  }
+}
+
+/** The longest body the server accepts, in code points; null while unknown. */
+export const maxMessageChars = () => current?.maxMessageChars ?? null;
+
+/** The server's room pattern, for error messages; null while unknown. */
+export const roomPattern = () => current?.roomPattern ?? null;
+
+/** The server's username pattern, for error messages; null while unknown. */
+export const usernamePattern = () => current?.usernamePattern ?? null;
+
+/** True only when the server's rule is known and refuses `name`. */
+export const refusesRoomName = (name) => current != null && !current.roomRe.test(name);
+
+/** True only when the server's rule is known and refuses `name` (already lower-cased). */
+export const refusesUsername = (name) => current != null && !current.usernameRe.test(name);

@@ -1,0 +1,216 @@
+"""Where messages are kept: the seam between the domain and PostgreSQL.
+
+`Store` is what the writer and the hubs need (a batch stored in one call, replays, ranges
+that fill delivery gaps, the rooms' last seqs); `PostgresStore` is the real one, and the
+fast tests of the core run the same code against an in-memory store (tests/memory_store.py).
+Every read is a range scan of the (room_id, seq) primary key, so its cost does not grow
+with the size of the table. Outages surface as `db.Unavailable`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from .db import reading
+from .protocol import MAX_SEQ, NOTIFY_INLINE_MAX_BYTES, NOTIFY_PAYLOAD_MAX_BYTES, StoredMessage
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    """A validated message waiting for its seq."""
+
+    room_id: int
+    room: str
+    author: str
+    body: str
+    client_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Posted:
+    """The outcome of a send: the stored message, and whether it was stored before."""
+
+    room_id: int
+    message: StoredMessage
+    duplicate: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Stored:
+    """What one batch stored: an outcome per draft, in order, and the notifications still
+    to publish (none when they rode the transaction)."""
+
+    posted: list[Posted]
+    payloads: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    messages: list[StoredMessage]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    messages: list[StoredMessage]
+    truncated: bool
+    last_seq: int  # the room's last seq as read, before or at the newest message replayed
+
+
+class Store(Protocol):
+    async def store(self, drafts: Sequence[Draft], channel: str | None) -> Stored:
+        """Store the drafts in one transaction, numbering each after its room's last seq.
+
+        A draft whose (room, author, client_id) was stored before stores nothing and comes
+        back as that message with `duplicate`; so does a repeat within the batch. With
+        `channel`, the notifications are sent in the transaction; else they are returned."""
+        ...
+
+    async def replay(
+        self, room_id: int, room: str, since: int | None, replay_limit: int, resume_limit: int
+    ) -> Replay:
+        """What a joining connection is sent: everything after `since` (at most
+        `resume_limit`, the newest), or without a usable `since` the newest `replay_limit`."""
+        ...
+
+    async def fetch_range(
+        self, room_id: int, room: str, after: int, upto: int, limit: int
+    ) -> list[StoredMessage]:
+        """Messages with after < seq <= upto, ascending, at most `limit`."""
+        ...
+
+    async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
+        """Each room's last seq."""
+        ...
+
+
+_COLUMNS = "seq, author, body, client_id, created_at"
+_NEWEST_BEFORE = text(
+    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq < :before "
+    "ORDER BY seq DESC LIMIT :limit"
+)
+_OLDEST_AFTER = text(
+    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq > :after "
+    "ORDER BY seq LIMIT :limit"
+)
+_NEWEST_AFTER = text(
+    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq > :since "
+    "ORDER BY seq DESC LIMIT :limit"
+)
+_RANGE = text(
+    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq > :after "
+    "AND seq <= :upto ORDER BY seq LIMIT :limit"
+)
+_LAST_SEQ = text("SELECT last_seq FROM rooms WHERE id = :room_id")
+_LAST_SEQS = text("SELECT id, last_seq FROM rooms WHERE id = ANY(CAST(:ids AS bigint[]))")
+# service/sql/post_messages.sql
+_POST = text(
+    "SELECT seqs, created, repeated, stored_bodies, payloads FROM chat_post_messages("
+    "CAST(:rooms AS bigint[]), CAST(:authors AS text[]), CAST(:bodies AS text[]),"
+    " CAST(:cids AS text[]), CAST(:channel AS text), :payload_max, :inline_max)"
+)
+
+
+def _rows(room: str, rows: Any) -> list[StoredMessage]:
+    # Unpacked by position (the order of _COLUMNS): a Row's attribute lookups cost more.
+    return [StoredMessage(room, *r) for r in rows]
+
+
+def unique_drafts(drafts: Sequence[Draft]) -> tuple[list[Draft], list[int]]:
+    """The drafts that store something, and for each draft the index among them of the one
+    that stores it: a client_id sent twice in one batch is stored once."""
+    unique: list[Draft] = []
+    owner: list[int] = []
+    first: dict[tuple[int, str, str], int] = {}
+    for draft in drafts:
+        if draft.client_id is None:
+            owner.append(len(unique))
+            unique.append(draft)
+            continue
+        index = first.setdefault((draft.room_id, draft.author, draft.client_id), len(unique))
+        if index == len(unique):
+            unique.append(draft)
+        owner.append(index)
+    return unique, owner
+
+
+class PostgresStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def store(self, drafts: Sequence[Draft], channel: str | None) -> Stored:
+        unique, owner = unique_drafts(drafts)
+        async with reading(self._engine) as conn:  # autocommit: the call is the transaction
+            row = (
+                await conn.execute(
+                    _POST,
+                    {
+                        "rooms": [d.room_id for d in unique],
+                        "authors": [d.author for d in unique],
+                        "bodies": [d.body for d in unique],
+                        "cids": [d.client_id for d in unique],
+                        "channel": channel,
+                        "payload_max": NOTIFY_PAYLOAD_MAX_BYTES,
+                        "inline_max": NOTIFY_INLINE_MAX_BYTES,
+                    },
+                )
+            ).one()
+        stored = [
+            StoredMessage(d.room, seq, d.author, body if again else d.body, d.client_id, at)
+            for d, seq, at, again, body in zip(
+                unique, row.seqs, row.created, row.repeated, row.stored_bodies, strict=True
+            )
+        ]
+        posted = [
+            Posted(draft.room_id, stored[i], row.repeated[i] or unique[i] is not draft)
+            for draft, i in zip(drafts, owner, strict=True)
+        ]
+        return Stored(posted, list(row.payloads))
+
+    async def replay(
+        self, room_id: int, room: str, since: int | None, replay_limit: int, resume_limit: int
+    ) -> Replay:
+        async with reading(self._engine) as conn:
+            last_seq = (await conn.execute(_LAST_SEQ, {"room_id": room_id})).scalar_one()
+            if since is not None and since <= last_seq:
+                params = {"room_id": room_id, "since": since, "limit": resume_limit + 1}
+                rows = (await conn.execute(_NEWEST_AFTER, params)).all()
+                truncated = len(rows) > resume_limit
+                return Replay(_rows(room, reversed(rows[:resume_limit])), truncated, last_seq)
+            newest = await _newest(conn, room_id, room, MAX_SEQ, replay_limit)
+            return Replay(newest.messages, newest.has_more, last_seq)
+
+    async def fetch_range(
+        self, room_id: int, room: str, after: int, upto: int, limit: int
+    ) -> list[StoredMessage]:
+        params = {"room_id": room_id, "after": after, "upto": upto, "limit": limit}
+        async with reading(self._engine) as conn:
+            return _rows(room, (await conn.execute(_RANGE, params)).all())
+
+    async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
+        async with reading(self._engine) as conn:
+            rows = (await conn.execute(_LAST_SEQS, {"ids": room_ids})).all()
+        return {r.id: r.last_seq for r in rows}
+
+    async def page(
+        self, room_id: int, room: str, *, before: int | None, after: int | None, limit: int
+    ) -> Page:
+        """A history page in ascending seq; `has_more` says whether the scan could go
+        further."""
+        async with reading(self._engine) as conn:
+            if after is not None:
+                params = {"room_id": room_id, "after": after, "limit": limit + 1}
+                rows = (await conn.execute(_OLDEST_AFTER, params)).all()
+                return Page(_rows(room, rows[:limit]), len(rows) > limit)
+            return await _newest(conn, room_id, room, MAX_SEQ if before is None else before, limit)
+
+
+async def _newest(conn: AsyncConnection, room_id: int, room: str, before: int, limit: int) -> Page:
+    params = {"room_id": room_id, "before": before, "limit": limit + 1}
+    rows = (await conn.execute(_NEWEST_BEFORE, params)).all()
+    return Page(_rows(room, reversed(rows[:limit])), len(rows) > limit)

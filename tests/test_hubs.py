@@ -1,0 +1,241 @@
+"""Room hubs (service/hubs.py) against the in-memory store: every member gets each message
+once, in seq order, whatever order and path messages arrive by."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import orjson
+import pytest
+
+from service import hubs as hubs_module
+from service.hubs import Hubs, Joined
+from tests.memory_store import MemoryStore
+
+ROOM_ID, ROOM = 7, "general"
+
+
+class Member:
+    def __init__(self, username: str = "alice") -> None:
+        self.username = username
+        self.live: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+
+    def push_live(self, frame: str) -> None:
+        self.live.append(orjson.loads(frame))
+
+    def push_answer(self, frame: str) -> None:
+        self.answers.append(orjson.loads(frame))
+
+    @property
+    def seqs(self) -> list[int]:
+        return [f["seq"] for f in self.live if f["type"] == "message"]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.001)
+
+
+@pytest.fixture
+async def setup() -> AsyncIterator[tuple[MemoryStore, Hubs]]:
+    store = MemoryStore()
+    hubs = Hubs(store)
+    try:
+        yield store, hubs
+    finally:
+        await hubs.close()
+
+
+def _ignore(joined: Joined) -> None:
+    pass
+
+
+async def join(hubs: Hubs, member: Member, since: int | None = None) -> Joined:
+    return await hubs.join(ROOM_ID, ROOM, member, since, 50, 1000, on_joined=_ignore)
+
+
+async def test_offers_in_any_order_are_delivered_once_in_seq_order(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    messages = [store.add(ROOM_ID, ROOM, f"m{i}") for i in range(1, 6)]
+    for m in (messages[2], messages[0], messages[4], messages[1], messages[3], messages[0]):
+        hub.offer(m)
+    await until(lambda: len(member.seqs) == 5)
+    await asyncio.sleep(0.01)
+    assert member.seqs == [1, 2, 3, 4, 5]
+    assert [f["body"] for f in member.live] == ["m1", "m2", "m3", "m4", "m5"]
+
+
+async def test_a_missing_seq_is_read_back_before_anything_after_it(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    """Seq 2 was never offered (its notification was lost, or too large to carry): the hub
+    reads it from the store and only then delivers 3."""
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    one, two, three = (store.add(ROOM_ID, ROOM, f"m{i}") for i in (1, 2, 3))
+    hub.offer(one)
+    hub.offer(three)
+    await until(lambda: len(member.seqs) == 3)
+    assert member.seqs == [1, 2, 3]
+    assert member.live[1]["body"] == two.body
+
+
+async def test_a_ref_alone_is_read_back(setup: tuple[MemoryStore, Hubs]) -> None:
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    for i in range(1, 4):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    hubs.committed(ROOM_ID, 3)
+    await until(lambda: len(member.seqs) == 3)
+    assert member.seqs == [1, 2, 3]
+
+
+async def test_resync_catches_a_lost_final_notification(setup: tuple[MemoryStore, Hubs]) -> None:
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    store.add(ROOM_ID, ROOM, "nobody told us")
+    hubs.resync(await store.last_seqs(hubs.room_ids()))
+    await until(lambda: member.seqs == [1])
+
+
+async def test_join_replays_and_records_the_cursor(setup: tuple[MemoryStore, Hubs]) -> None:
+    """A resume gets what followed `since` as answers, then only later seqs live; a
+    re-offer of a replayed seq reaches nobody twice."""
+    store, hubs = setup
+    early = [store.add(ROOM_ID, ROOM, f"m{i}") for i in range(1, 6)]
+    member = Member()
+    joined = await join(hubs, member, since=2)
+    assert joined.last_seq == 5 and not joined.truncated
+    assert [f["seq"] for f in member.answers] == [3, 4, 5]
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    hub.offer(early[4])
+    six = store.add(ROOM_ID, ROOM, "m6")
+    hub.offer(six)
+    await until(lambda: member.seqs == [6])
+    await asyncio.sleep(0.01)
+    assert member.seqs == [6]
+
+
+async def test_what_commits_during_a_join_is_neither_lost_nor_doubled(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    """The replay read and the cursor happen under the hub's lock: messages offered while a
+    second member's replay is being read reach it exactly once (in the replay or live)."""
+    store, hubs = setup
+    first = Member("first")
+    await join(hubs, first)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    slow_read = store.hold_replay = asyncio.Event()
+    second = Member("second")
+    joining = asyncio.create_task(join(hubs, second, since=0))
+    await asyncio.sleep(0.01)
+    for i in range(1, 11):
+        hub.offer(store.add(ROOM_ID, ROOM, f"m{i}"))
+        if i == 5:
+            slow_read.set()
+            await asyncio.sleep(0)
+    async with asyncio.timeout(2):
+        await joining
+    await until(lambda: len(first.seqs) == 10)
+    await until(lambda: [f["seq"] for f in second.answers] + second.seqs == list(range(1, 11)))
+    assert first.seqs == list(range(1, 11))
+
+
+async def test_members_with_different_cursors(setup: tuple[MemoryStore, Hubs]) -> None:
+    store, hubs = setup
+    old = Member("old")
+    await join(hubs, old)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    for i in range(1, 4):
+        hub.offer(store.add(ROOM_ID, ROOM, f"m{i}"))
+    await until(lambda: old.seqs == [1, 2, 3])
+    new = Member("new")
+    await join(hubs, new, since=3)
+    hub.offer(store.add(ROOM_ID, ROOM, "m4"))
+    await until(lambda: old.seqs == [1, 2, 3, 4] and new.seqs == [4])
+    assert new.answers == []
+
+
+async def test_the_store_away_delays_delivery_and_loses_nothing(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    for i in range(1, 4):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    store.outage = True
+    hubs.committed(ROOM_ID, 3)
+    await asyncio.sleep(0.05)
+    assert member.seqs == []
+    store.outage = False
+    await until(lambda: member.seqs == [1, 2, 3], timeout=3)
+
+
+async def test_pruned_seqs_are_skipped_not_waited_for(setup: tuple[MemoryStore, Hubs]) -> None:
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    for i in range(1, 5):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    store.gone |= {(ROOM_ID, 1), (ROOM_ID, 2)}
+    hubs.committed(ROOM_ID, 4)
+    await until(lambda: member.seqs == [3, 4])
+
+
+async def test_more_pending_than_the_hub_holds_is_read_back(
+    setup: tuple[MemoryStore, Hubs], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Offers beyond the held-back bound are not kept; they are read back from the store
+    when their turn comes, so nothing is lost while memory stays bounded."""
+    monkeypatch.setattr(hubs_module, "_PENDING_MAX", 3)
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    messages = [store.add(ROOM_ID, ROOM, f"m{i}") for i in range(1, 11)]
+    for m in reversed(messages[1:]):  # seq 1 last: nothing can be delivered meanwhile
+        hub.offer(m)
+    reads = store.reads
+    hub.offer(messages[0])
+    await until(lambda: member.seqs == list(range(1, 11)))
+    assert store.reads > reads
+
+
+async def test_presence_and_typing_skip_their_own_user(setup: tuple[MemoryStore, Hubs]) -> None:
+    _, hubs = setup
+    alice, bob = Member("alice"), Member("bob")
+    await join(hubs, alice)
+    await join(hubs, bob)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    hub.send_all('{"type":"typing","room":"general","user":"alice"}', skip_user="alice")
+    assert alice.live == [] and bob.live == [{"type": "typing", "room": ROOM, "user": "alice"}]
+
+
+async def test_a_room_without_members_has_no_hub(setup: tuple[MemoryStore, Hubs]) -> None:
+    _, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    assert hubs.room_ids() == [ROOM_ID]
+    await hubs.leave(ROOM_ID, member)
+    assert hubs.get(ROOM_ID) is None and hubs.room_ids() == []

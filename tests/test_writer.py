@@ -1,0 +1,151 @@
+"""The batch writer (service/writer.py) against the in-memory store: batching, isolation of
+a failing message, outages, repeats, and shutdown with nothing left hanging."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from service.db import Unavailable
+from service.protocol import MessagesNote, decode_note
+from service.store import Draft, Posted
+from service.writer import MessageWriter
+from tests.memory_store import MemoryStore, Poisoned
+
+
+class Committed:
+    """What the writer reports after each commit."""
+
+    def __init__(self) -> None:
+        self.posted: list[Posted] = []
+        self.payloads: list[str] = []
+
+    async def __call__(self, posted: list[Posted], payloads: list[str]) -> None:
+        self.posted += posted
+        self.payloads += payloads
+
+
+@pytest.fixture
+async def parts() -> AsyncIterator[tuple[MemoryStore, MessageWriter, Committed]]:
+    store, committed = MemoryStore(), Committed()
+    writer = MessageWriter(store, channel=None, on_commit=committed, batch_max=100)
+    writer.start()
+    try:
+        yield store, writer, committed
+    finally:
+        await writer.stop(1)
+
+
+def draft(body: str, room_id: int = 1, client_id: str | None = None) -> Draft:
+    return Draft(room_id, f"room{room_id}", "alice", body, client_id)
+
+
+async def settle(futures: list[asyncio.Future[Posted]]) -> list[Posted | BaseException]:
+    async with asyncio.timeout(2):
+        return await asyncio.gather(*futures, return_exceptions=True)
+
+
+async def test_sends_arriving_during_a_commit_form_the_next_batch(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    store, writer, committed = parts
+    store.hold = asyncio.Event()
+    first = await writer.submit(draft("first"))
+    await asyncio.sleep(0.01)  # the writer took it and waits in the store
+    rest = [await writer.submit(draft(f"m{i}")) for i in range(30)]
+    assert writer.depth == 30
+    store.hold.set()
+    results = await settle([first, *rest])
+    assert store.batches == [1, 30]
+    assert [r.message.seq for r in results if isinstance(r, Posted)] == list(range(1, 32))
+    assert [p.message.body for p in committed.posted] == ["first"] + [f"m{i}" for i in range(30)]
+    # Without a channel the notifications come back to be published after the commit.
+    notes = [decode_note(p) for p in committed.payloads]
+    assert all(isinstance(n, MessagesNote) for n in notes)
+    assert [m.seq for n in notes if isinstance(n, MessagesNote) for m in n.messages] == list(
+        range(1, 32)
+    )
+
+
+async def test_batches_are_cut_at_the_batch_bound(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    store, writer, _ = parts
+    store.hold = asyncio.Event()
+    futures = [await writer.submit(draft(f"m{i}")) for i in range(250)]
+    store.hold.set()
+    await settle(futures)
+    assert sum(store.batches) == 250 and max(store.batches) == 100
+
+
+async def test_a_failing_message_does_not_fail_its_batch_mates(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    store, writer, committed = parts
+    store.poison.add("poison")
+    store.hold = asyncio.Event()
+    futures = [await writer.submit(draft(b)) for b in ("a", "b", "poison", "c", "d")]
+    store.hold.set()
+    results = await settle(futures)
+    assert isinstance(results[2], Poisoned)
+    good = [r for i, r in enumerate(results) if i != 2]
+    assert all(isinstance(r, Posted) for r in good)
+    assert [r.message.body for r in good if isinstance(r, Posted)] == ["a", "b", "c", "d"]
+    assert [r.message.seq for r in good if isinstance(r, Posted)] == [1, 2, 3, 4]
+    assert [p.message.body for p in committed.posted] == ["a", "b", "c", "d"]
+    # The writer goes on.
+    after = await settle([await writer.submit(draft("after"))])
+    assert isinstance(after[0], Posted) and after[0].message.seq == 5
+
+
+async def test_an_outage_fails_the_whole_batch_as_unavailable_and_stores_nothing(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    store, writer, committed = parts
+    store.outage = True
+    results = await settle([await writer.submit(draft(f"m{i}")) for i in range(5)])
+    assert all(isinstance(r, Unavailable) for r in results)
+    assert committed.posted == [] and store.last_seq == {}
+    store.outage = False
+    again = await settle([await writer.submit(draft("back"))])
+    assert isinstance(again[0], Posted) and again[0].message.seq == 1
+
+
+async def test_repeated_client_ids_are_stored_once(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    store, writer, committed = parts
+    store.hold = asyncio.Event()
+    futures = [
+        await writer.submit(draft("one", client_id="c1")),
+        await writer.submit(draft("one again", client_id="c1")),
+        await writer.submit(draft("other room", room_id=2, client_id="c1")),
+    ]
+    store.hold.set()
+    first, repeat, other = await settle(futures)
+    assert isinstance(first, Posted) and isinstance(repeat, Posted) and isinstance(other, Posted)
+    assert (first.duplicate, repeat.duplicate, other.duplicate) == (False, True, False)
+    assert repeat.message == first.message
+    later = await settle([await writer.submit(draft("retry", client_id="c1"))])
+    assert isinstance(later[0], Posted) and later[0].duplicate
+    assert later[0].message.body == "one"
+    # Only fresh messages are fanned out.
+    assert [p.message.body for p in committed.posted] == ["one", "other room"]
+
+
+async def test_stop_resolves_every_future() -> None:
+    """A batch held in the store past the grace period, and sends queued behind it: after
+    stop(), every future is done (an ack or Unavailable), none hangs."""
+    store, committed = MemoryStore(), Committed()
+    writer = MessageWriter(store, channel="chat", on_commit=committed)
+    writer.start()
+    store.hold = asyncio.Event()
+    futures = [await writer.submit(draft(f"m{i}")) for i in range(10)]
+    async with asyncio.timeout(3):
+        await writer.stop(0.2)
+    assert all(f.done() for f in futures)
+    assert all(isinstance(f.exception(), Unavailable) for f in futures)
+    with pytest.raises(Unavailable):
+        await writer.submit(draft("too late"))
