@@ -181,7 +181,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     async def database_error(request: Request, error: Exception) -> Response:
         # An outage (db.Unavailable, or a pooled connection that died with the last one) is
-        # 503 and the client retries; anything else is a bug and stays a 500.
+        # 503 and the client retries; anything else is a bug and stays a 500. A write whose
+        # outcome could not be learnt before shutdown is neither: 504, retry with the same
+        # client_id (a stored message then answers 200 with the original).
+        if isinstance(error, db.OutcomeUnknown):
+            detail = "the outcome is not known: retry with the same client_id"
+            return JSONResponse({"detail": detail}, status_code=504)
         if db.is_outage(error):
             return JSONResponse({"detail": "the database cannot be reached"}, status_code=503)
         log.error("request failed", exc_info=error)

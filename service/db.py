@@ -40,6 +40,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
     )
 
 
+class OutcomeUnknown(Unavailable):
+    """The database went away after a write was sent: it may or may not have committed.
+    Whoever sent it finds out (service/writer.py) before answering anyone."""
+
+
 @contextmanager
 def outages_unavailable() -> Iterator[None]:
     """Within the block, an error that means an outage is raised as Unavailable."""

@@ -38,6 +38,10 @@ COMMIT_SECONDS = Histogram(
     "Write transaction latency",
     buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0),
 )
+WRITE_OUTCOMES_UNKNOWN = Counter(
+    "chat_write_outcomes_unknown",
+    "Write batches whose reply was lost, recovered from their recorded outcome",
+)
 FANOUT_LAG_SECONDS = Histogram(
     "chat_fanout_lag_seconds",
     "From a message's commit to its frame being queued on this instance",

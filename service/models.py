@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     DateTime,
     ForeignKey,
     Index,
     MetaData,
     Text,
+    Uuid,
     func,
     text,
 )
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -83,6 +87,18 @@ class Message(Base):
             name="client_id_length",
         ),
     )
+
+
+class WriteBatch(Base):
+    """What one writer batch stored (service/sql/post_messages.sql), kept for a few minutes
+    so a writer whose reply was lost can read the outcome back."""
+
+    __tablename__ = "write_batches"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    seqs: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
+    repeated: Mapped[list[bool]] = mapped_column(ARRAY(Boolean))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
 class Instance(Base):

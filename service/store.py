@@ -9,14 +9,16 @@ with the size of the table. Outages surface as `db.Unavailable`.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import reading
+from .db import OutcomeUnknown, is_outage, reading, writing
 from .protocol import MAX_SEQ, NOTIFY_INLINE_MAX_BYTES, NOTIFY_PAYLOAD_MAX_BYTES, StoredMessage
 
 
@@ -63,12 +65,24 @@ class Replay:
 
 
 class Store(Protocol):
-    async def store(self, drafts: Sequence[Draft], channel: str | None) -> Stored:
+    async def store(self, drafts: Sequence[Draft], channel: str | None, batch: uuid.UUID) -> Stored:
         """Store the drafts in one transaction, numbering each after its room's last seq.
 
         A draft whose (room, author, client_id) was stored before stores nothing and comes
         back as that message with `duplicate`; so does a repeat within the batch. With
-        `channel`, the notifications are sent in the transaction; else they are returned."""
+        `channel`, the notifications are sent in the transaction; else they are returned.
+        The outcome is recorded under `batch` in the same transaction. Raises OutcomeUnknown
+        when the database went away after the call was sent."""
+        ...
+
+    async def recover(self, drafts: Sequence[Draft], batch: uuid.UUID) -> Stored | None:
+        """The outcome of `store(drafts, _, batch)` if it committed, else None (nothing of
+        it was stored). Its notifications are not returned: other instances catch up by
+        their resync."""
+        ...
+
+    async def forget_batches(self, before: datetime) -> int:
+        """Drop the outcomes recorded before `before`; how many were dropped."""
         ...
 
     async def replay(
@@ -112,8 +126,16 @@ _LAST_SEQS = text("SELECT id, last_seq FROM rooms WHERE id = ANY(CAST(:ids AS bi
 _POST = text(
     "SELECT seqs, created, repeated, stored_bodies, payloads FROM chat_post_messages("
     "CAST(:rooms AS bigint[]), CAST(:authors AS text[]), CAST(:bodies AS text[]),"
-    " CAST(:cids AS text[]), CAST(:channel AS text), :payload_max, :inline_max)"
+    " CAST(:cids AS text[]), CAST(:channel AS text), :payload_max, :inline_max,"
+    " CAST(:batch AS uuid))"
 )
+_OUTCOME = text("SELECT seqs, repeated, created_at FROM write_batches WHERE id = :batch")
+_REPEATED = text(
+    "SELECT m.room_id, m.seq, m.body, m.created_at FROM messages m JOIN unnest("
+    "CAST(:rooms AS bigint[]), CAST(:seqs AS bigint[])) AS t (r, s)"
+    " ON m.room_id = t.r AND m.seq = t.s"
+)
+_FORGET = text("DELETE FROM write_batches WHERE created_at < :before")
 
 
 def _rows(room: str, rows: Any) -> list[StoredMessage]:
@@ -139,38 +161,85 @@ def unique_drafts(drafts: Sequence[Draft]) -> tuple[list[Draft], list[int]]:
     return unique, owner
 
 
+def _outcome(
+    drafts: Sequence[Draft],
+    unique: list[Draft],
+    owner: list[int],
+    seqs: Sequence[int],
+    created: Sequence[datetime],
+    repeated: Sequence[bool],
+    stored_bodies: Sequence[str | None],
+    payloads: list[str],
+) -> Stored:
+    """Each draft's outcome from the unique drafts' (stored_bodies: a repeat's original)."""
+    stored = [
+        StoredMessage(d.room, seq, d.author, body if again and body is not None else d.body,
+                      d.client_id, at)
+        for d, seq, at, again, body in zip(unique, seqs, created, repeated, stored_bodies,
+                                           strict=True)
+    ]  # fmt: skip
+    posted = [
+        Posted(draft.room_id, stored[i], repeated[i] or unique[i] is not draft)
+        for draft, i in zip(drafts, owner, strict=True)
+    ]
+    return Stored(posted, payloads)
+
+
 class PostgresStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def store(self, drafts: Sequence[Draft], channel: str | None) -> Stored:
+    async def store(self, drafts: Sequence[Draft], channel: str | None, batch: uuid.UUID) -> Stored:
         unique, owner = unique_drafts(drafts)
+        params = {
+            "rooms": [d.room_id for d in unique],
+            "authors": [d.author for d in unique],
+            "bodies": [d.body for d in unique],
+            "cids": [d.client_id for d in unique],
+            "channel": channel,
+            "payload_max": NOTIFY_PAYLOAD_MAX_BYTES,
+            "inline_max": NOTIFY_INLINE_MAX_BYTES,
+            "batch": batch,
+        }
+        # A failure to get a connection is certain (nothing was sent); once the call is on
+        # its way, an outage leaves the outcome unknown.
         async with reading(self._engine) as conn:  # autocommit: the call is the transaction
-            row = (
-                await conn.execute(
-                    _POST,
-                    {
-                        "rooms": [d.room_id for d in unique],
-                        "authors": [d.author for d in unique],
-                        "bodies": [d.body for d in unique],
-                        "cids": [d.client_id for d in unique],
-                        "channel": channel,
-                        "payload_max": NOTIFY_PAYLOAD_MAX_BYTES,
-                        "inline_max": NOTIFY_INLINE_MAX_BYTES,
-                    },
-                )
-            ).one()
-        stored = [
-            StoredMessage(d.room, seq, d.author, body if again else d.body, d.client_id, at)
-            for d, seq, at, again, body in zip(
-                unique, row.seqs, row.created, row.repeated, row.stored_bodies, strict=True
-            )
+            try:
+                row = (await conn.execute(_POST, params)).one()
+            except Exception as error:
+                if is_outage(error):
+                    raise OutcomeUnknown(str(error) or type(error).__name__) from error
+                raise
+        return _outcome(drafts, unique, owner, row.seqs, row.created, row.repeated,
+                        row.stored_bodies, list(row.payloads))  # fmt: skip
+
+    async def recover(self, drafts: Sequence[Draft], batch: uuid.UUID) -> Stored | None:
+        unique, owner = unique_drafts(drafts)
+        async with reading(self._engine) as conn:
+            row = (await conn.execute(_OUTCOME, {"batch": batch})).one_or_none()
+            if row is None:
+                return None
+            again = [(d.room_id, s) for d, s, r in zip(unique, row.seqs, row.repeated, strict=True)
+                     if r]  # fmt: skip
+            earlier = {}
+            if again:
+                params = {"rooms": [r for r, _ in again], "seqs": [s for _, s in again]}
+                earlier = {
+                    (m.room_id, m.seq): m for m in (await conn.execute(_REPEATED, params)).all()
+                }
+        created = [
+            earlier[(d.room_id, s)].created_at if r else row.created_at
+            for d, s, r in zip(unique, row.seqs, row.repeated, strict=True)
         ]
-        posted = [
-            Posted(draft.room_id, stored[i], row.repeated[i] or unique[i] is not draft)
-            for draft, i in zip(drafts, owner, strict=True)
+        bodies = [
+            earlier[(d.room_id, s)].body if r else None
+            for d, s, r in zip(unique, row.seqs, row.repeated, strict=True)
         ]
-        return Stored(posted, list(row.payloads))
+        return _outcome(drafts, unique, owner, row.seqs, created, row.repeated, bodies, [])
+
+    async def forget_batches(self, before: datetime) -> int:
+        async with writing(self._engine) as conn:
+            return (await conn.execute(_FORGET, {"before": before})).rowcount
 
     async def replay(
         self, room_id: int, room: str, since: int | None, replay_limit: int, resume_limit: int

@@ -7,21 +7,35 @@ send that arrives while nothing is committing goes at once; the ones that arrive
 form the next batch. This is what lifts the write path above PostgreSQL's one-NOTIFY-per-
 commit ceiling (FACTS.md). A message that fails alone (not an outage) is retried alone, so
 it cannot fail its batch-mates.
+
+`unavailable` means nothing was stored. When the database goes away after a batch was sent,
+its outcome is unknown: a recovery task reads it back (each batch records its outcome in
+the same transaction, under an id of its own) once the database answers, and only then are
+its senders answered: acked if it committed, `unavailable` if not. Meanwhile the writer
+goes on with later batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 from . import metrics
-from .db import Unavailable
-from .store import Draft, Posted, Store
+from .db import OutcomeUnknown, Unavailable
+from .store import Draft, Posted, Store, Stored
 
 log = logging.getLogger(__name__)
+
+# How long a batch's recorded outcome is kept: far longer than any recovery takes.
+OUTCOME_KEPT = timedelta(minutes=10)
+_FORGET_EVERY_SECONDS = 60.0
+_RECOVERY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 # Called after each commit with the new messages and the notifications still to publish
 # (those that could not ride the transaction).
@@ -58,6 +72,8 @@ class MessageWriter:
         self._batch_max = batch_max
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_max)
         self._task: asyncio.Task[None] | None = None
+        self._recoveries: set[asyncio.Task[None]] = set()
+        self._forgotten_at = time.monotonic()
         self._stopped = False
 
     @property
@@ -75,9 +91,18 @@ class MessageWriter:
                 await self._queue.join()
         except TimeoutError:
             log.warning("writer stopped with %d sends pending", self._queue.qsize())
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._recoveries:
+            # Batches whose outcome is not known yet: give them the rest of the grace.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await asyncio.gather(*self._recoveries, return_exceptions=True)
+        for task in [self._task, *self._recoveries]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(
+            *(t for t in [self._task, *self._recoveries] if t is not None),
+            return_exceptions=True,
+        )
         self._stopped = True
         while not self._queue.empty():
             self._queue.get_nowait().fail(Unavailable("shutting down"))
@@ -101,10 +126,11 @@ class MessageWriter:
                 await self._commit(batch)
             except asyncio.CancelledError:
                 # Stopped past the grace period with this batch in flight: its outcome is not
-                # known, and nobody will learn it. Never leave a sender waiting: it retries
-                # (with its client_id, a retry of a stored message answers duplicate).
+                # known, and nobody will learn it here. Never leave a sender waiting, and
+                # never tell it `unavailable`: it learns on reconnecting (with its client_id,
+                # a retry of a stored message answers duplicate).
                 for pending in batch:
-                    pending.fail(Unavailable("shutting down"))
+                    pending.fail(OutcomeUnknown("shutting down with the outcome unknown"))
                 raise
             except Exception:  # never let one bad batch stop the writer
                 log.exception("writer batch failed")
@@ -116,8 +142,17 @@ class MessageWriter:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
+        await self._forget_old_outcomes()
+        drafts = [p.draft for p in batch]
+        batch_id = uuid.uuid4()
         try:
-            stored = await self._store.store([p.draft for p in batch], self._channel)
+            stored = await self._store.store(drafts, self._channel, batch_id)
+        except OutcomeUnknown:
+            metrics.WRITE_OUTCOMES_UNKNOWN.inc()
+            task = asyncio.create_task(self._recover(batch, batch_id), name="writer-recovery")
+            self._recoveries.add(task)
+            task.add_done_callback(self._recoveries.discard)
+            return
         except Unavailable as error:
             for pending in batch:
                 pending.fail(error)
@@ -133,9 +168,48 @@ class MessageWriter:
             return
         metrics.WRITE_BATCH_SIZE.observe(len(batch))
         metrics.COMMIT_SECONDS.observe(time.perf_counter() - started)
+        await self._resolve(batch, stored)
+
+    async def _resolve(self, batch: list[_Pending], stored: Stored) -> None:
         for pending, posted in zip(batch, stored.posted, strict=True):
             if not pending.future.done():
                 pending.future.set_result(posted)
         fresh = [p for p in stored.posted if not p.duplicate]
         if fresh:
             await self._on_commit(fresh, stored.payloads)
+
+    async def _recover(self, batch: list[_Pending], batch_id: uuid.UUID) -> None:
+        """Learn whether `batch` committed, trying until the database answers; then answer
+        its senders. Cancelled (shutdown), they are told the outcome is unknown."""
+        drafts = [p.draft for p in batch]
+        attempt = 0
+        try:
+            while True:
+                try:
+                    stored = await self._store.recover(drafts, batch_id)
+                    break
+                except Unavailable:
+                    await asyncio.sleep(_RECOVERY_DELAYS[min(attempt, len(_RECOVERY_DELAYS) - 1)])
+                    attempt += 1
+        except asyncio.CancelledError:
+            for pending in batch:
+                pending.fail(OutcomeUnknown("shutting down with the outcome unknown"))
+            raise
+        if stored is None:
+            for pending in batch:
+                pending.fail(Unavailable("the database went away; nothing was stored"))
+            return
+        log.info("a batch whose reply was lost had committed; its %d sends acked", len(batch))
+        # Its notifications were sent in the transaction, or (another backend) are lost with
+        # the reply: other instances catch up by their resync.
+        await self._resolve(batch, stored)
+
+    async def _forget_old_outcomes(self) -> None:
+        now = time.monotonic()
+        if now - self._forgotten_at < _FORGET_EVERY_SECONDS:
+            return
+        self._forgotten_at = now
+        try:
+            await self._store.forget_batches(datetime.now(UTC) - OUTCOME_KEPT)
+        except Exception as error:  # kept a little longer; tried again next time
+            log.warning("could not forget old batch outcomes: %s", error)

@@ -26,7 +26,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import metrics, protocol
 from .auth import websocket_user
-from .db import Unavailable
+from .db import OutcomeUnknown, Unavailable
 from .outbox import Outbox
 from .protocol import (
     CLOSE_INTERNAL,
@@ -96,7 +96,14 @@ class Connection:
         self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while it reads
         self._interrupted = False  # close() cancelled the reader
         self._writer: asyncio.Task[None] | None = None  # exists only while frames are queued
-        self._bucket = TokenBucket(settings.rate_limit_per_second, settings.rate_limit_burst)
+        # Two buckets of the same rate (PROTOCOL.md, rate_limited): one for commands that
+        # write, one for those that (un)subscribe, whose burst lets a reconnecting client
+        # rejoin every room it may hold at once.
+        rate = settings.rate_limit_per_second
+        self._bucket = TokenBucket(rate, settings.rate_limit_burst)
+        self._rooms_bucket = TokenBucket(
+            rate, max(settings.rate_limit_burst, settings.max_rooms_per_connection)
+        )
         self._typing_at: dict[str, float] = {}
 
     # -- outgoing ---------------------------------------------------------------------------
@@ -230,6 +237,14 @@ class Connection:
             raise ProtocolError("not_joined", f"room {room} is not joined", ref, room=room, **extra)
         return room_id
 
+    def _throttle_rooms(self, room: str, ref: Ref) -> None:
+        wait_ms = self._rooms_bucket.take()
+        if wait_ms:
+            raise ProtocolError(
+                "rate_limited", "joining and leaving too fast", ref, room=room,
+                retry_after_ms=wait_ms,
+            )  # fmt: skip
+
     async def _join(self, command: Join) -> None:
         room, ref = command.room, command.ref
         if room in self.rooms:
@@ -239,10 +254,12 @@ class Connection:
             raise ProtocolError(
                 "too_many_rooms", f"at most {limit} rooms per connection", ref, room=room
             )
+        self._throttle_rooms(room, ref)
         self.rooms[room] = await self.chat.join(self, room, command.since, ref)
 
     async def _leave(self, command: Leave) -> None:
         room_id = self._joined_room(command.room, command.ref)
+        self._throttle_rooms(command.room, command.ref)
         del self.rooms[command.room]
         await self.chat.leave(self, room_id, command.room)
         self.push_answer(protocol.left(command.room, command.ref))
@@ -267,6 +284,8 @@ class Connection:
         self, future: asyncio.Future[Posted], room: str, client_id: str | None, ref: Ref
     ) -> None:
         error = None if future.cancelled() else future.exception()
+        if isinstance(error, OutcomeUnknown):
+            return  # no answer is better than a wrong one: the client resends on reconnecting
         if future.cancelled() or error is not None:
             if error is None or isinstance(error, Unavailable):
                 code, detail = "unavailable", "the database cannot be reached; nothing was stored"

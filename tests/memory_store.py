@@ -7,17 +7,21 @@ and notifications built with service/protocol.py.
 Knobs for the tests: `outage` makes every call raise Unavailable; a body in `poison` fails
 any batch holding it (as a constraint violation fails a statement); `hold`, when set, is an
 event every `store` call waits for, so a test can keep a commit in flight; likewise
-`hold_replay` for `replay`; `gone` seqs are missing from reads (as after a prune).
+`hold_replay` for `replay`; `gone` seqs are missing from reads (as after a prune);
+`lose_replies` makes that many `store` calls raise OutcomeUnknown after committing, and
+`lose_requests` that many before committing (the database went away with the reply, or
+with the request), and `down_after_loss` sets `outage` when they do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from service.db import Unavailable
+from service.db import OutcomeUnknown, Unavailable
 from service.protocol import MessagesNote, NotifiedMessage, StoredMessage, encode_note
 from service.store import Draft, Posted, Replay, Stored, unique_drafts
 
@@ -38,6 +42,11 @@ class MemoryStore:
     batches: list[int] = field(default_factory=list)  # size of each committed batch
     notified: list[str] = field(default_factory=list)  # payloads "sent" in a transaction
     reads: int = 0
+    lose_replies: int = 0
+    lose_requests: int = 0
+    down_after_loss: bool = False
+    outcomes: dict[uuid.UUID, Stored] = field(default_factory=dict)
+    forgotten_before: list[datetime] = field(default_factory=list)
 
     def _check(self) -> None:
         if self.outage:
@@ -51,10 +60,13 @@ class MemoryStore:
         self.last_seq[room_id] = seq
         return message
 
-    async def store(self, drafts: Sequence[Draft], channel: str | None) -> Stored:
+    async def store(self, drafts: Sequence[Draft], channel: str | None, batch: uuid.UUID) -> Stored:
         if self.hold is not None:
             await self.hold.wait()
         self._check()
+        if self.lose_requests:
+            self.lose_requests -= 1
+            raise OutcomeUnknown("the request was lost")
         if any(d.body in self.poison for d in drafts):
             raise Poisoned("a poisoned body")
         unique, owner = unique_drafts(drafts)
@@ -89,7 +101,20 @@ class MemoryStore:
             Posted(draft.room_id, outcomes[i][0], outcomes[i][1] or unique[i] is not draft)
             for draft, i in zip(drafts, owner, strict=True)
         ]
+        self.outcomes[batch] = Stored(posted, [])
+        if self.lose_replies:
+            self.lose_replies -= 1
+            self.outage = self.down_after_loss
+            raise OutcomeUnknown("the reply was lost")
         return Stored(posted, payloads)
+
+    async def recover(self, drafts: Sequence[Draft], batch: uuid.UUID) -> Stored | None:
+        self._check()
+        return self.outcomes.get(batch)
+
+    async def forget_batches(self, before: datetime) -> int:
+        self.forgotten_before.append(before)
+        return 0
 
     def _present(self, room_id: int) -> list[StoredMessage]:
         rows = self.messages.get(room_id, {})

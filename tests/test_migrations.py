@@ -23,7 +23,7 @@ from service.models import Base
 from service.settings import Settings
 from tests.support import PROJECT
 
-TABLES = {"users", "rooms", "messages", "instances", "presence"}
+TABLES = {"users", "rooms", "messages", "instances", "presence", "write_batches"}
 INDEXES = {
     "pk_users",
     "pk_rooms",
@@ -33,6 +33,7 @@ INDEXES = {
     "pk_instances",
     "pk_presence",
     "ix_presence_instance_id",
+    "pk_write_batches",
 }
 CONSTRAINTS = {
     "fk_messages_room_id_rooms",

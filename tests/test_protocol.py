@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -161,6 +162,46 @@ async def test_rate_limit_refuses_and_stores_nothing(limited: Instance) -> None:
     async with httpx.AsyncClient(base_url=limited.url, timeout=10) as http:
         r = await http.get(f"/api/rooms/{room}/messages", headers=user.headers)
         assert [m["body"] for m in r.json()["messages"]] == ["m0", "m1", "m2"]
+
+
+async def test_join_and_leave_have_a_bucket_of_their_own(limited: Instance) -> None:
+    """join and leave share a bucket (burst: at least CHAT_MAX_ROOMS_PER_CONNECTION) apart
+    from sends: past it they get rate_limited with retry_after_ms and change nothing; sends
+    still go through, and after the wait a leave succeeds."""
+    user = await _user(limited)
+    room = unique("r-")
+    burst, rate = LIMITS["CHAT_MAX_ROOMS_PER_CONNECTION"], LIMITS["CHAT_RATE_LIMIT_PER_SECOND"]
+    async with ws_connect(limited.url, user.token) as ws:
+        started = asyncio.get_running_loop().time()
+        done, joined, refused = 0, False, None
+        while refused is None and done < 20:
+            kind = "leave" if joined else "join"
+            await ws.send(type=kind, room=room, ref=done)
+            while True:
+                frame = await ws.recv()
+                if frame["type"] in ("joined", "left", "error"):
+                    break
+            if frame["type"] == "error":
+                refused = frame
+            else:
+                done, joined = done + 1, not joined
+        elapsed = asyncio.get_running_loop().time() - started
+        assert refused is not None, "never rate limited"
+        assert refused["code"] == "rate_limited" and refused["ref"] == done
+        assert refused["room"] == room and 0 < refused["retry_after_ms"] <= 1000 / rate
+        assert burst <= done <= burst + elapsed * rate + 1
+        # The refused command changed nothing, and sends have their own bucket.
+        if joined:
+            await ws.send(type="send", room=room, body="still sends", client_id="s1")
+            ack, _ = await ws.expect("ack")
+            assert ack["client_id"] == "s1"
+        else:
+            await ws.send(type="send", room=room, body="x")
+            assert (await ws.recv())["code"] == "not_joined"
+        await asyncio.sleep(refused["retry_after_ms"] / 1000 + 0.05)
+        await ws.send(type="leave" if joined else "join", room=room)
+        frame, _ = await ws.expect("left" if joined else "joined")
+        assert frame["room"] == room
 
 
 async def test_too_many_rooms(limited: Instance) -> None:

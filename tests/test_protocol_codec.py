@@ -4,6 +4,7 @@ checked on what PostgreSQL actually produced."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -167,13 +168,14 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
     bodies += [f"filler {i}" for i in range(150)]
     client_ids = ["c1", None, "c3", None, None] + [None] * 150
     row = await pg.fetchrow(
-        "SELECT seqs, payloads FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6)",
+        "SELECT seqs, payloads FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7)",
         [room_id] * len(bodies),
         [author] * len(bodies),
         bodies,
         client_ids,
         NOTIFY_PAYLOAD_MAX_BYTES,
         NOTIFY_INLINE_MAX_BYTES,
+        uuid.uuid4(),
     )
     stored = {
         r["seq"]: r

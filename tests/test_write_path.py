@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
 import pytest
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.db import OutcomeUnknown
 from service.protocol import (
     NOTIFY_INLINE_MAX_BYTES,
     NOTIFY_PAYLOAD_MAX_BYTES,
@@ -18,11 +23,13 @@ from service.protocol import (
     NotifiedMessage,
     decode_note,
 )
+from service.settings import Settings
+from service.store import Draft, PostgresStore
 from tests.support import unique
 
 _POST = (
     "SELECT seqs, created, repeated, stored_bodies, payloads"
-    " FROM chat_post_messages($1, $2, $3, $4, $5, $6, $7)"
+    " FROM chat_post_messages($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 
 
@@ -34,7 +41,7 @@ async def post(
     client_ids: list[str | None],
     channel: str | None,
 ) -> asyncpg.Record:
-    """One call with the limits the writer passes."""
+    """One call with the limits the writer passes, as a batch of its own."""
     return await pg.fetchrow(
         _POST,
         rooms,
@@ -44,6 +51,7 @@ async def post(
         channel,
         NOTIFY_PAYLOAD_MAX_BYTES,
         NOTIFY_INLINE_MAX_BYTES,
+        uuid.uuid4(),
     )
 
 
@@ -222,3 +230,84 @@ async def test_concurrent_writers_on_shared_rooms_neither_deadlock_nor_skip(
         assert await pg.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room) == len(seqs)
     total = await pg.fetchval("SELECT count(*) FROM messages WHERE room_id = ANY($1)", rooms)
     assert total == 4 * 50 * 5
+
+
+@pytest.fixture
+async def pg_store(database_url: str) -> AsyncIterator[PostgresStore]:
+    engine = create_async_engine(
+        Settings(database_url=database_url).sqlalchemy_url, pool_size=2, max_overflow=0
+    )
+    try:
+        yield PostgresStore(engine)
+    finally:
+        await engine.dispose()
+
+
+async def test_a_batch_outcome_is_recorded_and_read_back(
+    pg: asyncpg.Connection, pg_store: PostgresStore
+) -> None:
+    """What a batch stored is what `recover` reads back under its id: fresh and repeated
+    messages alike (a repeat as its original); an unknown id reads back as nothing."""
+    author = await make_user(pg)
+    room_id = await make_room(pg)
+    room = "r"
+    first = await pg_store.store([Draft(room_id, room, author, "one", "c1")], None, uuid.uuid4())
+    drafts = [
+        Draft(room_id, room, author, "one again", "c1"),
+        Draft(room_id, room, author, "two", None),
+        Draft(room_id, room, author, "three", "c3"),
+        Draft(room_id, room, author, "three again", "c3"),
+    ]
+    batch = uuid.uuid4()
+    stored = await pg_store.store(drafts, "unused_channel", batch)
+    recovered = await pg_store.recover(drafts, batch)
+    assert recovered is not None
+    assert recovered.posted == stored.posted
+    assert [(p.message.seq, p.message.body, p.duplicate) for p in recovered.posted] == [
+        (1, "one", True),
+        (2, "two", False),
+        (3, "three", False),
+        (3, "three", True),
+    ]
+    assert recovered.posted[0].message.created_at == first.posted[0].message.created_at
+    assert await pg_store.recover(drafts, uuid.uuid4()) is None
+    # Old outcomes go; a later cutoff takes this one too.
+    later = datetime.now(UTC) + timedelta(minutes=1)
+    assert await pg_store.forget_batches(later) >= 2
+    assert await pg_store.recover(drafts, batch) is None
+
+
+async def test_a_call_cut_off_in_flight_is_unknown_and_reads_back_as_not_stored(
+    database_url: str, pg: asyncpg.Connection, pg_store: PostgresStore
+) -> None:
+    """The room is locked by another transaction, so the call waits inside the database;
+    its connection is then terminated: the store says the outcome is unknown (not plain
+    unavailable), and reading the outcome back says nothing was stored."""
+    author = await make_user(pg)
+    room_id = await make_room(pg)
+    blocker = await asyncpg.connect(database_url, timeout=10)
+    try:
+        lock = blocker.transaction()
+        await lock.start()
+        await blocker.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room_id)
+        drafts = [Draft(room_id, "r", author, "never", None)]
+        batch = uuid.uuid4()
+        call = asyncio.create_task(pg_store.store(drafts, None, batch))
+        async with asyncio.timeout(10):
+            while True:
+                pid = await pg.fetchval(
+                    "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%chat_post_messages%'"
+                )
+                if pid is not None:
+                    break
+                await asyncio.sleep(0.02)
+        assert await pg.fetchval("SELECT pg_terminate_backend($1)", pid)
+        with pytest.raises(OutcomeUnknown):
+            async with asyncio.timeout(10):
+                await call
+        await lock.rollback()
+    finally:
+        await blocker.close(timeout=5)
+    assert await pg_store.recover(drafts, batch) is None
+    assert await pg.fetchval("SELECT count(*) FROM messages WHERE room_id = $1", room_id) == 0

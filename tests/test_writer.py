@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from service.db import Unavailable
+from service import writer as writer_module
+from service.db import OutcomeUnknown, Unavailable
 from service.protocol import MessagesNote, decode_note
 from service.store import Draft, Posted
 from service.writer import MessageWriter
@@ -149,3 +151,77 @@ async def test_stop_resolves_every_future() -> None:
     assert all(isinstance(f.exception(), Unavailable) for f in futures)
     with pytest.raises(Unavailable):
         await writer.submit(draft("too late"))
+
+
+async def test_a_lost_reply_is_read_back_and_acked(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    """The batch committed but its reply was lost: the senders are acked with what was
+    stored, never told `unavailable`."""
+    store, writer, committed = parts
+    store.lose_replies = 1
+    results = await settle(
+        [await writer.submit(draft(f"m{i}", client_id=f"c{i}")) for i in range(3)]
+    )
+    assert all(isinstance(r, Posted) for r in results), results
+    assert [r.message.seq for r in results if isinstance(r, Posted)] == [1, 2, 3]
+    assert [p.message.body for p in committed.posted] == ["m0", "m1", "m2"]
+    assert store.last_seq == {1: 3}
+
+
+async def test_a_lost_request_is_unavailable_once_known(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    """The batch never reached the database: once the writer knows it (the database
+    answers again), its senders get `unavailable`, and nothing is stored."""
+    store, writer, committed = parts
+    store.lose_requests = 1
+    futures = [await writer.submit(draft(f"m{i}")) for i in range(2)]
+    results = await settle(futures)
+    assert all(isinstance(r, Unavailable) and not isinstance(r, OutcomeUnknown) for r in results)
+    assert committed.posted == [] and store.last_seq == {}
+
+
+async def test_recovery_waits_for_the_database_and_the_writer_goes_on(
+    parts: tuple[MemoryStore, MessageWriter, Committed],
+) -> None:
+    """While a lost reply cannot be read back (the database is away), its senders wait, and
+    later batches are handled (here refused as unavailable); once the database answers, the
+    lost batch's senders are acked."""
+    store, writer, _ = parts
+    store.lose_replies, store.down_after_loss = 1, True
+    lost = await writer.submit(draft("lost", client_id="c1"))
+    await asyncio.sleep(0.02)
+    later = await writer.submit(draft("later"))
+    (refused,) = await settle([later])
+    assert isinstance(refused, Unavailable)
+    await asyncio.sleep(0.2)
+    assert not lost.done()
+    store.outage = False
+    (acked,) = await settle([lost])
+    assert isinstance(acked, Posted) and acked.message.body == "lost" and not acked.duplicate
+
+
+async def test_stop_with_an_unknown_outcome_says_so() -> None:
+    """Shut down while the outcome cannot be learnt: the sender is told the outcome is
+    unknown (the socket sends nothing, REST answers 504), not `unavailable`."""
+    store, committed = MemoryStore(), Committed()
+    writer = MessageWriter(store, channel="chat", on_commit=committed)
+    writer.start()
+    store.lose_replies, store.down_after_loss = 1, True
+    future = await writer.submit(draft("m"))
+    await asyncio.sleep(0.02)
+    async with asyncio.timeout(3):
+        await writer.stop(0.2)
+    assert isinstance(future.exception(), OutcomeUnknown)
+
+
+async def test_old_outcomes_are_forgotten(
+    parts: tuple[MemoryStore, MessageWriter, Committed], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store, writer, _ = parts
+    monkeypatch.setattr(writer_module, "_FORGET_EVERY_SECONDS", 0.0)
+    await settle([await writer.submit(draft("m"))])
+    assert store.forgotten_before
+    kept = datetime.now(UTC) - store.forgotten_before[-1]
+    assert writer_module.OUTCOME_KEPT <= kept < writer_module.OUTCOME_KEPT + timedelta(seconds=5)

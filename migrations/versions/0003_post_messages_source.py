@@ -1,9 +1,12 @@
-"""chat_post_messages() from its source file: named notification keys, limits passed in.
+"""chat_post_messages() from its source file: named notification keys, limits passed in,
+and each batch's outcome recorded in write_batches.
 
 The function's source is now service/sql/post_messages.sql; this revision embeds a frozen
 copy (tests/test_sql_sources.py compares the newest copy with the source). Notifications
 carry named keys, decoded by service/protocol.py, and the payload limits come from the
-caller, so the format and its limits have one definition in Python.
+caller, so the format and its limits have one definition in Python. write_batches keeps
+what each batch stored for a few minutes, so a writer whose reply was lost can read the
+outcome back (the writer deletes old rows).
 
 The new function takes two more arguments, so it is an overload: 0002's function stays for
 instances of the previous release during a rolling upgrade.
@@ -15,7 +18,9 @@ Create Date: 2026-12-01
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects import postgresql
 
 revision: str = "0003"
 down_revision: str | None = "0002"
@@ -30,7 +35,10 @@ FROZEN_SQL = {
 -- Locks the rooms involved, finds sends that repeat a committed (room, author, client_id),
 -- numbers the others after each room's last seq, inserts them, advances the rooms, and packs
 -- the new messages into `messages` notifications (service/protocol.py defines the keys; the
--- writer passes the size limits). With p_channel set, the notifications are sent with
+-- writer passes the size limits). It also records the batch's outcome under p_batch in
+-- write_batches, in the same transaction: a writer that loses the reply (the connection
+-- died after the call was sent, a timeout fired) reads it back to learn whether, and as
+-- what, the batch committed, instead of guessing. With p_channel set, the notifications are sent with
 -- pg_notify in this transaction, so they exist if and only if the rows commit; with
 -- p_channel NULL (another fan-out backend) they are returned for the caller to publish
 -- after the commit.
@@ -39,7 +47,7 @@ FROZEN_SQL = {
 -- copy of it, and tests/test_sql_sources.py fails when the newest copy and this file differ.
 CREATE OR REPLACE FUNCTION chat_post_messages(
     p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
-    p_channel text, p_payload_max integer, p_inline_max integer,
+    p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
     OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
     OUT stored_bodies text[], OUT payloads text[]
 ) LANGUAGE plpgsql AS $fn$
@@ -104,6 +112,9 @@ BEGIN
     LEFT JOIN fresh f ON f.ord = i.ord
     LEFT JOIN noted n ON n.ord = i.ord;
 
+    INSERT INTO write_batches (id, seqs, repeated, created_at)
+    VALUES (p_batch, seqs, repeated, stamp);
+
     -- Pack the new messages, in order, into as few payloads as fit under p_payload_max.
     payloads := '{}';
     FOR k IN 1 .. coalesce(array_length(entries, 1), 0) LOOP
@@ -137,10 +148,20 @@ $fn$;
 
 
 def upgrade() -> None:
+    op.create_table(
+        "write_batches",
+        sa.Column("id", postgresql.UUID(as_uuid=True), nullable=False),
+        sa.Column("seqs", postgresql.ARRAY(sa.BigInteger()), nullable=False),
+        sa.Column("repeated", postgresql.ARRAY(sa.Boolean()), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name="pk_write_batches"),
+    )
     op.execute(FROZEN_SQL["post_messages.sql"])
 
 
 def downgrade() -> None:
     op.execute(
-        "DROP FUNCTION chat_post_messages(bigint[], text[], text[], text[], text, integer, integer)"
+        "DROP FUNCTION chat_post_messages("
+        "bigint[], text[], text[], text[], text, integer, integer, uuid)"
     )
+    op.drop_table("write_batches")

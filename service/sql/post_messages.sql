@@ -4,7 +4,10 @@
 -- Locks the rooms involved, finds sends that repeat a committed (room, author, client_id),
 -- numbers the others after each room's last seq, inserts them, advances the rooms, and packs
 -- the new messages into `messages` notifications (service/protocol.py defines the keys; the
--- writer passes the size limits). With p_channel set, the notifications are sent with
+-- writer passes the size limits). It also records the batch's outcome under p_batch in
+-- write_batches, in the same transaction: a writer that loses the reply (the connection
+-- died after the call was sent, a timeout fired) reads it back to learn whether, and as
+-- what, the batch committed, instead of guessing. With p_channel set, the notifications are sent with
 -- pg_notify in this transaction, so they exist if and only if the rows commit; with
 -- p_channel NULL (another fan-out backend) they are returned for the caller to publish
 -- after the commit.
@@ -13,7 +16,7 @@
 -- copy of it, and tests/test_sql_sources.py fails when the newest copy and this file differ.
 CREATE OR REPLACE FUNCTION chat_post_messages(
     p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
-    p_channel text, p_payload_max integer, p_inline_max integer,
+    p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
     OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
     OUT stored_bodies text[], OUT payloads text[]
 ) LANGUAGE plpgsql AS $fn$
@@ -77,6 +80,9 @@ BEGIN
     LEFT JOIN earlier e ON e.ord = i.ord
     LEFT JOIN fresh f ON f.ord = i.ord
     LEFT JOIN noted n ON n.ord = i.ord;
+
+    INSERT INTO write_batches (id, seqs, repeated, created_at)
+    VALUES (p_batch, seqs, repeated, stamp);
 
     -- Pack the new messages, in order, into as few payloads as fit under p_payload_max.
     payloads := '{}';

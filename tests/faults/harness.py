@@ -143,6 +143,10 @@ class Record:
     acks: int = 0
     attempts: int = 0
     acked_at: float = 0.0  # time.monotonic() of the first ack
+    # It was answered `unavailable` (nothing stored); and whether a copy of it was ever in
+    # flight on a connection that was lost (that copy may have been stored).
+    refused: bool = False
+    lost_in_flight: bool = False
 
 
 @dataclass
@@ -164,6 +168,9 @@ class Sender:
     unanswered: list[int] = field(default_factory=list)
     # Acks with duplicate: true: the original was stored, but its ack never reached us.
     duplicate_acks: list[str] = field(default_factory=list)
+    # Sends answered `unavailable` (nothing stored) whose resend then came back duplicate:
+    # they had been stored after all. The service must never do this.
+    false_refusals: list[str] = field(default_factory=list)
     connections: int = 0
 
     def __post_init__(self) -> None:
@@ -196,8 +203,10 @@ class Sender:
                 self.unanswered.append(len(outstanding))
                 self.urls.advance()
             finally:
-                # Whatever this connection left unanswered is sent again on the next one.
+                # Whatever this connection left unanswered is sent again on the next one; its
+                # outcome is unknown, so a later duplicate ack proves nothing.
                 for record in sorted(outstanding.values(), key=self.records.index, reverse=True):
+                    record.lost_in_flight = True
                     self._todo.appendleft(record)
                 await ws.close()
             if not self.done:
@@ -252,12 +261,15 @@ class Sender:
                 record.acked_at = record.acked_at or time.monotonic()
                 if frame["duplicate"]:
                     self.duplicate_acks.append(record.client_id)
+                    if record.refused and not record.lost_in_flight:
+                        self.false_refusals.append(record.client_id)
                 self._wake.set()
             elif kind == "error":
                 self.errors[frame["code"]] += 1
                 client_id = frame.get("client_id")
                 assert frame["code"] in RETRYABLE and client_id is not None, frame
                 record = outstanding.pop(client_id)
+                record.refused = record.refused or frame["code"] == "unavailable"
                 asyncio.get_running_loop().call_later(RETRY_DELAY, self._retry, record)
 
     def _retry(self, record: Record) -> None:
@@ -443,6 +455,8 @@ class Storm:
             await self.cancel()
         for receiver in self.receivers:
             check_received(receiver, last[receiver.room])
+        lies = [c for s in self.senders for c in s.false_refusals]
+        assert not lies, f"answered unavailable, yet stored: {lies[:10]}"
         return last
 
     def _stacks(self) -> str:
