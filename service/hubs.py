@@ -9,6 +9,11 @@ a committed seq N means every seq below N is committed and readable.
 A join runs under the hub's lock: it reads the replay from the database and records the
 member's cursor (the highest seq it was sent), so the hub skips what the replay already
 covered and nothing between replay and live delivery is lost or doubled.
+
+A resume (a join with `since`) may be long, so it is fed from the database a page at a time
+as the member's socket drains, never queued whole: until the feed has caught up with the
+hub's head, the member is not among those live delivery reaches; the last step, under the
+hub's lock, hands it over.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import asyncio
 import contextvars
 import logging
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -30,6 +36,8 @@ log = logging.getLogger(__name__)
 # Messages held for a hub beyond its head; past this they are re-read from the database.
 _PENDING_MAX = 5000
 _FETCH_BATCH = 500
+# Messages a resume feeds per step: the most it adds to a member's queue at once.
+FEED_PAGE = 100
 
 
 class Member(Protocol):
@@ -43,6 +51,10 @@ class Member(Protocol):
 
     def push_answer(self, frame: str) -> None:
         """Queue an answer to the member's own request (a join's replay)."""
+
+    def room_for(self, frames: int) -> AbstractAsyncContextManager[bool]:
+        """Wait until `frames` more frames may be queued (one feed step at a time per
+        member); the value is False when the member is closing and nothing should be."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +73,7 @@ class RoomHub:
         self.head = -1  # unknown until the first join reads it
         self.target = 0
         self.members: dict[Member, int] = {}
+        self.feeding: dict[Member, asyncio.Task[None]] = {}  # resumes not caught up yet
         self.joining = 0  # joins under way: the hub must outlive them
         self._pending: dict[int, StoredMessage] = {}  # offered beyond the head
         self._lock = asyncio.Lock()
@@ -102,37 +115,103 @@ class RoomHub:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
-    ) -> Joined:
+    ) -> None:
         """Replay to `member`, call `on_joined` (still before any live message can reach the
-        member), then make it a member."""
+        member), then make it a member. A resume is fed in the background: this returns
+        once it has begun."""
         async with self._lock:
-            replay = await self.store.replay(
-                self.room_id, self.room, since, replay_limit, resume_limit
-            )
-            if self.head < 0:
-                # The first member: live delivery starts after what the database holds now.
-                self.head = replay.last_seq
-                self.target = max(self.target, self.head)
-                self._drop_delivered()
-            usable_since = since if since is not None and since <= replay.last_seq else 0
+            if since is not None:
+                last_seq = (await self.store.last_seqs([self.room_id])).get(self.room_id, 0)
+                if since <= last_seq:
+                    self._start(last_seq)
+                    start = max(since, last_seq - resume_limit)
+                    feed = self._feed(member, start, last_seq, start > since, on_joined)
+                    self.feeding[member] = asyncio.create_task(
+                        feed, name=f"feed-{self.room}", context=contextvars.Context()
+                    )
+                    return
+            replay = await self.store.replay(self.room_id, self.room, None, replay_limit, 0)
+            self._start(replay.last_seq)
             newest_sent = replay.messages[-1].seq if replay.messages else 0
-            cursor = max(replay.last_seq, newest_sent, usable_since)
+            cursor = max(replay.last_seq, newest_sent)
             for message in replay.messages:
                 member.push_answer(message.frame())
-            joined = Joined(cursor, replay.truncated)
-            on_joined(joined)
+            on_joined(Joined(cursor, replay.truncated))
             self.members[member] = cursor
             if self.target > self.head:
                 self._wake.set()
-            return joined
+
+    def _start(self, last_seq: int) -> None:
+        if self.head < 0:
+            # The first member: live delivery starts after what the database holds now.
+            self.head = last_seq
+            self.target = max(self.target, self.head)
+            self._drop_delivered()
+
+    async def _feed(
+        self,
+        member: Member,
+        cursor: int,
+        end: int,
+        truncated: bool,
+        on_joined: Callable[[Joined], None],
+    ) -> None:
+        """Everything after `cursor` up to `end` (the replay, then `joined`), then what was
+        committed since, a page at a time as the member drains, until it is level with the
+        head; then it joins live delivery. Outages are waited out."""
+        announced = False
+        delay = 0.1
+        while True:
+            try:
+                async with member.room_for(FEED_PAGE) as ready:
+                    if not ready:
+                        return
+                    if announced and cursor >= self.head - FEED_PAGE:
+                        async with self._lock:  # the hand-over: nothing is delivered meanwhile
+                            cursor, _ = await self._feed_page(member, cursor, self.head)
+                            if cursor >= self.head:
+                                del self.feeding[member]
+                                self.members[member] = cursor
+                                return
+                        continue
+                    upto = end if not announced else self.head
+                    cursor, gap = await self._feed_page(member, cursor, upto)
+                    # Seqs missing from the start of the replay were pruned: the client
+                    # must reload over REST.
+                    truncated = truncated or (not announced and gap)
+                if not announced and cursor >= end:
+                    on_joined(Joined(end, truncated))
+                    announced = True
+                delay = 0.1
+            except Exception as error:
+                log.warning("room %s: resume failed (%s), retrying", self.room, error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _feed_page(self, member: Member, cursor: int, upto: int) -> tuple[int, bool]:
+        """Push the messages after `cursor` up to `upto` (one page at most) to `member`;
+        returns the new cursor and whether seqs right after `cursor` were missing (pruned:
+        they are passed over)."""
+        if cursor >= upto:
+            return cursor, False
+        rows = await self.store.fetch_range(self.room_id, self.room, cursor, upto, FEED_PAGE)
+        for message in rows:
+            member.push_answer(message.frame())
+        gap = not rows or rows[0].seq != cursor + 1
+        return (upto if len(rows) < FEED_PAGE else rows[-1].seq), gap
 
     def leave(self, member: Member) -> None:
         self.members.pop(member, None)
+        feed = self.feeding.pop(member, None)
+        if feed is not None:
+            feed.cancel()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [*self.feeding.values(), *([self._task] if self._task is not None else [])]
+        self.feeding.clear()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self) -> None:
         delay = 0.1
@@ -214,9 +293,9 @@ class Hubs:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
-    ) -> Joined:
+    ) -> None:
         """Add `member` to the room's hub (created, and registered before any read, if the
-        room has no local members yet); returns what was replayed."""
+        room has no local members yet)."""
         hub = self._hubs.get(room_id)
         if hub is None:
             hub = self._hubs[room_id] = RoomHub(self._store, room_id, room)
@@ -224,7 +303,7 @@ class Hubs:
             metrics.LOCAL_ROOMS.set(len(self._hubs))
         hub.joining += 1
         try:
-            return await hub.join(member, since, replay_limit, resume_limit, on_joined)
+            await hub.join(member, since, replay_limit, resume_limit, on_joined)
         finally:
             hub.joining -= 1
             await self._drop_if_empty(hub)
@@ -236,7 +315,8 @@ class Hubs:
             await self._drop_if_empty(hub)
 
     async def _drop_if_empty(self, hub: RoomHub) -> None:
-        if not hub.members and not hub.joining and self._hubs.get(hub.room_id) is hub:
+        empty = not hub.members and not hub.feeding and not hub.joining
+        if empty and self._hubs.get(hub.room_id) is hub:
             del self._hubs[hub.room_id]
             metrics.LOCAL_ROOMS.set(len(self._hubs))
             await hub.close()

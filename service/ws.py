@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -27,6 +28,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from . import metrics, protocol
 from .auth import websocket_user
 from .db import OutcomeUnknown, Unavailable
+from .hubs import FEED_PAGE
 from .outbox import Outbox
 from .protocol import (
     CLOSE_INTERNAL,
@@ -96,6 +98,9 @@ class Connection:
         self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while it reads
         self._interrupted = False  # close() cancelled the reader
         self._writer: asyncio.Task[None] | None = None  # exists only while frames are queued
+        # A resume's feed waiting for room in the outbox (hubs.py), made when first needed.
+        self._room: asyncio.Event | None = None
+        self._feeding = False
         # Two buckets of the same rate (PROTOCOL.md, rate_limited): one for commands that
         # write, one for those that (un)subscribe, whose burst lets a reconnecting client
         # rejoin every room it may hold at once.
@@ -140,7 +145,27 @@ class Connection:
             self.close_code, self.close_reason = code, reason
             if code != CLOSE_RESTART:  # a restart still writes the acks already queued
                 self.outbox.close()
+            if self._room is not None:
+                self._room.set()
             self._stop_reading()
+
+    @contextlib.asynccontextmanager
+    async def room_for(self, frames: int) -> AsyncIterator[bool]:
+        """One feed step at a time, once fewer than `frames` frames wait (hubs.Member)."""
+        if self._room is None:
+            self._room = asyncio.Event()
+        while self.close_code is None and (self._feeding or len(self.outbox) >= frames):
+            self._room.clear()
+            await self._room.wait()
+        if self.close_code is not None:
+            yield False
+            return
+        self._feeding = True
+        try:
+            yield True
+        finally:
+            self._feeding = False
+            self._room.set()
 
     def _stop_reading(self) -> None:
         """Wake the endpoint from its read (or from handling a frame) by cancelling its task.
@@ -155,6 +180,8 @@ class Connection:
         try:
             while self.outbox:
                 await self.websocket.send_text(self.outbox.pop())
+                if self._room is not None and len(self.outbox) < FEED_PAGE:
+                    self._room.set()
         except WebSocketDisconnect:
             # The client closed, or vanished, while we wrote: the end of this socket, not
             # a failure.

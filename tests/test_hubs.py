@@ -4,6 +4,7 @@ once, in seq order, whatever order and path messages arrive by."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -11,17 +12,43 @@ import orjson
 import pytest
 
 from service import hubs as hubs_module
-from service.hubs import Hubs, Joined
+from service.hubs import FEED_PAGE, Hubs, Joined
 from tests.memory_store import MemoryStore
 
 ROOM_ID, ROOM = 7, "general"
 
 
 class Member:
+    """Records what it is sent. `gate`, when set, is an event a feed step waits for (a socket
+    that has not drained yet); `steps` counts the feed steps, which must never overlap."""
+
     def __init__(self, username: str = "alice") -> None:
         self.username = username
         self.live: list[dict[str, Any]] = []
         self.answers: list[dict[str, Any]] = []
+        self.joined: list[Joined] = []
+        self.gate: asyncio.Event | None = None
+        self.closing = False
+        self.steps = 0
+        self._stepping = False
+
+    @contextlib.asynccontextmanager
+    async def room_for(self, frames: int) -> AsyncIterator[bool]:
+        gate = self.gate
+        if gate is not None:
+            await gate.wait()
+            gate.clear()
+        assert not self._stepping, "two feed steps at once"
+        self._stepping = True
+        self.steps += 1
+        try:
+            yield not self.closing
+        finally:
+            self._stepping = False
+
+    def on_joined(self, joined: Joined) -> None:
+        self.joined.append(joined)
+        self.answers.append({"type": "joined", "last_seq": joined.last_seq})
 
     def push_live(self, frame: str) -> None:
         self.live.append(orjson.loads(frame))
@@ -50,12 +77,27 @@ async def setup() -> AsyncIterator[tuple[MemoryStore, Hubs]]:
         await hubs.close()
 
 
-def _ignore(joined: Joined) -> None:
-    pass
+async def join(
+    hubs: Hubs, member: Member, since: int | None = None, resume_limit: int = 1000
+) -> None:
+    """Join; returns once `joined` was sent (a resume is fed in the background)."""
+    await hubs.join(ROOM_ID, ROOM, member, since, 50, resume_limit, on_joined=member.on_joined)
+    await until(lambda: bool(member.joined))
 
 
-async def join(hubs: Hubs, member: Member, since: int | None = None) -> Joined:
-    return await hubs.join(ROOM_ID, ROOM, member, since, 50, 1000, on_joined=_ignore)
+def replayed(member: Member) -> list[int]:
+    return [f["seq"] for f in member.answers if f["type"] == "message"]
+
+
+def replayed_count(member: Member, n: int) -> Callable[[], bool]:
+    return lambda: len(replayed(member)) == n
+
+
+def open_gate(member: Member) -> None:
+    """From now on the member always has room (a feed step already waiting goes on)."""
+    gate, member.gate = member.gate, None
+    if gate is not None:
+        gate.set()
 
 
 async def test_offers_in_any_order_are_delivered_once_in_seq_order(
@@ -119,9 +161,10 @@ async def test_join_replays_and_records_the_cursor(setup: tuple[MemoryStore, Hub
     store, hubs = setup
     early = [store.add(ROOM_ID, ROOM, f"m{i}") for i in range(1, 6)]
     member = Member()
-    joined = await join(hubs, member, since=2)
+    await join(hubs, member, since=2)
+    (joined,) = member.joined
     assert joined.last_seq == 5 and not joined.truncated
-    assert [f["seq"] for f in member.answers] == [3, 4, 5]
+    assert [f.get("seq", "joined") for f in member.answers] == [3, 4, 5, "joined"]
     hub = hubs.get(ROOM_ID)
     assert hub is not None
     hub.offer(early[4])
@@ -144,7 +187,7 @@ async def test_what_commits_during_a_join_is_neither_lost_nor_doubled(
     assert hub is not None
     slow_read = store.hold_replay = asyncio.Event()
     second = Member("second")
-    joining = asyncio.create_task(join(hubs, second, since=0))
+    joining = asyncio.create_task(join(hubs, second, since=0, resume_limit=1000))
     await asyncio.sleep(0.01)
     for i in range(1, 11):
         hub.offer(store.add(ROOM_ID, ROOM, f"m{i}"))
@@ -154,7 +197,7 @@ async def test_what_commits_during_a_join_is_neither_lost_nor_doubled(
     async with asyncio.timeout(2):
         await joining
     await until(lambda: len(first.seqs) == 10)
-    await until(lambda: [f["seq"] for f in second.answers] + second.seqs == list(range(1, 11)))
+    await until(lambda: replayed(second) + second.seqs == list(range(1, 11)))
     assert first.seqs == list(range(1, 11))
 
 
@@ -170,8 +213,9 @@ async def test_members_with_different_cursors(setup: tuple[MemoryStore, Hubs]) -
     new = Member("new")
     await join(hubs, new, since=3)
     hub.offer(store.add(ROOM_ID, ROOM, "m4"))
-    await until(lambda: old.seqs == [1, 2, 3, 4] and new.seqs == [4])
-    assert new.answers == []
+    await until(lambda: old.seqs == [1, 2, 3, 4] and replayed(new) + new.seqs == [4])
+    await asyncio.sleep(0.01)
+    assert replayed(new) + new.seqs == [4]
 
 
 async def test_the_store_away_delays_delivery_and_loses_nothing(
@@ -239,3 +283,106 @@ async def test_a_room_without_members_has_no_hub(setup: tuple[MemoryStore, Hubs]
     assert hubs.room_ids() == [ROOM_ID]
     await hubs.leave(ROOM_ID, member)
     assert hubs.get(ROOM_ID) is None and hubs.room_ids() == []
+
+
+async def test_a_long_resume_is_fed_a_page_at_a_time_as_the_member_drains(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    """1,000 missed messages: never more than a page is handed over before the member has
+    room again; then `joined`, then what was committed during the resume, then live; every
+    seq once, in order."""
+    store, hubs = setup
+    watcher = Member("watcher")
+    await join(hubs, watcher)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    for i in range(1, 1001):
+        hub.offer(store.add(ROOM_ID, ROOM, f"m{i}"))
+    await until(lambda: len(watcher.seqs) == 1000)
+    slow = Member("slow")
+    slow.gate = asyncio.Event()
+    await hubs.join(ROOM_ID, ROOM, slow, 0, 50, 1000, on_joined=slow.on_joined)
+    for step in range(1, 4):
+        slow.gate.set()
+        await until(replayed_count(slow, step * FEED_PAGE))
+        await asyncio.sleep(0.01)
+        assert len(replayed(slow)) == step * FEED_PAGE  # nothing more until it drains again
+    # Messages committed while it is behind reach it through the feed, after `joined`.
+    for i in range(1001, 1011):
+        hub.offer(store.add(ROOM_ID, ROOM, f"m{i}"))
+    while not slow.joined or len(replayed(slow)) + len(slow.seqs) < 1010:
+        slow.gate.set()
+        await asyncio.sleep(0.001)
+    (joined,) = slow.joined
+    assert joined.last_seq == 1000 and not joined.truncated
+    kinds = [f.get("seq", "joined") for f in slow.answers]
+    assert kinds[:1000] == list(range(1, 1001)) and kinds[1000] == "joined"
+    assert replayed(slow) + slow.seqs == list(range(1, 1011))
+    open_gate(slow)
+    await until(lambda: slow in hub.members)
+    hub.offer(store.add(ROOM_ID, ROOM, "m1011"))
+    await until(lambda: slow.seqs[-1:] == [1011])
+    assert replayed(slow) + slow.seqs == list(range(1, 1012))
+
+
+async def test_a_resume_beyond_the_limit_starts_at_the_newest_and_says_truncated(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    store, hubs = setup
+    for i in range(1, 31):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    member = Member()
+    await join(hubs, member, since=5, resume_limit=10)
+    (joined,) = member.joined
+    assert joined.truncated and joined.last_seq == 30
+    assert replayed(member) == list(range(21, 31))
+
+
+async def test_a_resume_from_below_what_prune_kept_says_truncated(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    store, hubs = setup
+    for i in range(1, 11):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    store.gone |= {(ROOM_ID, s) for s in range(1, 5)}
+    member = Member()
+    await join(hubs, member, since=2)
+    (joined,) = member.joined
+    assert joined.truncated and replayed(member) == list(range(5, 11))
+    kept = Member("kept")
+    await join(hubs, kept, since=6)
+    assert not kept.joined[0].truncated and replayed(kept) == [7, 8, 9, 10]
+
+
+async def test_leaving_during_a_resume_stops_its_feed(setup: tuple[MemoryStore, Hubs]) -> None:
+    store, hubs = setup
+    for i in range(1, 501):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    member = Member()
+    member.gate = asyncio.Event()
+    await hubs.join(ROOM_ID, ROOM, member, 0, 50, 1000, on_joined=member.on_joined)
+    member.gate.set()
+    await until(lambda: len(replayed(member)) == FEED_PAGE)
+    await hubs.leave(ROOM_ID, member)
+    member.gate.set()
+    await asyncio.sleep(0.05)
+    assert len(replayed(member)) == FEED_PAGE and not member.joined
+    assert hubs.get(ROOM_ID) is None
+
+
+async def test_a_resume_waits_out_an_outage(setup: tuple[MemoryStore, Hubs]) -> None:
+    store, hubs = setup
+    for i in range(1, 251):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    member = Member()
+    member.gate = asyncio.Event()
+    await hubs.join(ROOM_ID, ROOM, member, 0, 50, 1000, on_joined=member.on_joined)
+    member.gate.set()
+    await until(lambda: len(replayed(member)) == FEED_PAGE)
+    store.outage = True
+    member.gate.set()
+    await asyncio.sleep(0.15)
+    store.outage = False
+    open_gate(member)
+    await until(lambda: bool(member.joined), timeout=3)
+    assert replayed(member) == list(range(1, 251))
