@@ -123,14 +123,13 @@ class RoomHub:
             if since is not None:
                 last_seq = (await self.store.last_seqs([self.room_id])).get(self.room_id, 0)
                 if since <= last_seq:
-                    self._start(last_seq)
-                    start = max(since, last_seq - resume_limit)
-                    feed = self._feed(member, start, last_seq, start > since, on_joined)
-                    self.feeding[member] = asyncio.create_task(
-                        feed, name=f"feed-{self.room}", context=contextvars.Context()
-                    )
+                    self._resume(member, since, last_seq, resume_limit, on_joined)
                     return
             replay = await self.store.replay(self.room_id, self.room, None, replay_limit, 0)
+            if since is not None and since <= replay.last_seq:
+                # The head passed `since` between the two reads: a resume after all.
+                self._resume(member, since, replay.last_seq, resume_limit, on_joined)
+                return
             self._start(replay.last_seq)
             newest_sent = replay.messages[-1].seq if replay.messages else 0
             cursor = max(replay.last_seq, newest_sent)
@@ -140,6 +139,21 @@ class RoomHub:
             self.members[member] = cursor
             if self.target > self.head:
                 self._wake.set()
+
+    def _resume(
+        self,
+        member: Member,
+        since: int,
+        last_seq: int,
+        resume_limit: int,
+        on_joined: Callable[[Joined], None],
+    ) -> None:
+        self._start(last_seq)
+        start = max(since, last_seq - resume_limit)
+        feed = self._feed(member, start, last_seq, start > since, on_joined)
+        self.feeding[member] = asyncio.create_task(
+            feed, name=f"feed-{self.room}", context=contextvars.Context()
+        )
 
     def _start(self, last_seq: int) -> None:
         if self.head < 0:

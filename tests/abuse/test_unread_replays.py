@@ -1,0 +1,112 @@
+"""A client that asks for replays and pongs and never reads them: the instance holds a
+bounded amount for it (about a page of each resume, and CHAT_SEND_QUEUE_MAX_BYTES in all),
+closes it with 1013 when the bound is passed, and keeps serving everyone else."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import httpx
+import orjson
+import websockets
+
+from service.protocol import NOTIFY_INLINE_MAX_BYTES, NOTIFY_PAYLOAD_MAX_BYTES
+from tests.faults.harness import make_users, rss_kib
+from tests.support import Instance, unique, ws_connect
+
+ROOMS = 20
+MESSAGES = 600
+BODY_CHARS = 4000
+MAX_BYTES = 4 * 1024 * 1024
+PINGS = 60_000
+
+
+async def _seed(database_url: str, author: str) -> list[str]:
+    """ROOMS rooms of MESSAGES messages of BODY_CHARS each, stored as the writer does."""
+    names = [unique("flood-") for _ in range(ROOMS)]
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        for name in names:
+            room_id = await conn.fetchval("INSERT INTO rooms (name) VALUES ($1) RETURNING id", name)
+            await conn.execute(
+                "SELECT seqs FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7)",
+                [room_id] * MESSAGES,
+                [author] * MESSAGES,
+                [f"{i:05d}" + "x" * (BODY_CHARS - 5) for i in range(MESSAGES)],
+                [None] * MESSAGES,
+                NOTIFY_PAYLOAD_MAX_BYTES,
+                NOTIFY_INLINE_MAX_BYTES,
+                uuid.uuid4(),
+            )
+    finally:
+        await conn.close(timeout=5)
+    return names
+
+
+async def _closes_1013(instance: Instance) -> float:
+    async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith('chat_closes_total{code="1013"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+async def test_unread_resumes_and_pongs_are_bounded_and_closed_with_1013(
+    hostile_instances: Callable[..., Awaitable[list[Instance]]],
+    database_url: str,
+    secret_key: str,
+) -> None:
+    (instance,) = await hostile_instances(
+        1, CHAT_SEND_QUEUE_MAX_BYTES=MAX_BYTES, CHAT_RATE_LIMIT_PER_SECOND=0
+    )
+    hostile, bystander = await make_users(database_url, secret_key, 2, prefix="abuse")
+    rooms = await _seed(database_url, hostile.name)
+    assert instance.proc is not None
+    pid = instance.proc.pid
+    before = rss_kib(pid)
+    peak = before
+    closes_before = await _closes_1013(instance)
+
+    # The hostile client queues at most one frame and never reads: once its TCP window is
+    # full, everything the server sends it waits in the server.
+    url = instance.url.replace("http", "ws", 1) + f"/ws?token={hostile.token}"
+    async with asyncio.timeout(10):
+        ws = await websockets.connect(url, max_queue=1, ping_interval=None, close_timeout=1)
+    async with ws_connect(instance.url, bystander.token) as watcher:
+        try:
+            for room in rooms:  # 48 MB of history asked for, none of it read
+                await ws.send(orjson.dumps({"type": "join", "room": room, "since": 0}).decode())
+            sent = 0
+            started = time.monotonic()
+            while sent < PINGS and time.monotonic() - started < 60:
+                try:
+                    await ws.send('{"type":"ping"}')
+                except websockets.ConnectionClosed:
+                    break
+                sent += 1
+                if sent % 2000 == 0:
+                    peak = max(peak, rss_kib(pid))
+                    # Everyone else is still served meanwhile.
+                    await watcher.send(type="ping", ref=sent)
+                    assert await watcher.recv(timeout=10) == {"type": "pong", "ref": sent}
+            async with asyncio.timeout(30):
+                while await _closes_1013(instance) <= closes_before:
+                    peak = max(peak, rss_kib(pid))
+                    await asyncio.sleep(0.2)
+        finally:
+            ws.transport.abort()  # it never reads, so it would never finish a close handshake
+        growth_mib = (peak - before) / 1024
+        print(f"RSS {before / 1024:.0f} MiB before, peak +{growth_mib:.1f} MiB; {sent} pings sent")
+        # Queued whole, the replays alone would be ~48 MB, and the pongs ~7 MB more.
+        assert growth_mib < 3 * MAX_BYTES / 2**20 + 12, f"RSS grew by {growth_mib:.1f} MiB"
+
+        # The instance still serves a resume in full to a client that reads.
+        await watcher.send(type="join", room=rooms[0], since=0)
+        joined, replay = await watcher.expect("joined", timeout=30)
+        assert joined["last_seq"] == MESSAGES and not joined["truncated"]
+        assert [m["seq"] for m in replay if m["type"] == "message"] == list(range(1, MESSAGES + 1))
