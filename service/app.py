@@ -25,6 +25,7 @@ from .accounts import Accounts
 from .chat import Chat
 from .fanout import Fanout
 from .presence import Presence
+from .protocol import FanoutKey
 from .rooms import RoomDirectory
 from .settings import Settings
 from .store import PostgresStore
@@ -70,11 +71,13 @@ def build(settings: Settings) -> Resources:
     """Wire one instance: nothing here connects; `Chat.start` does."""
     engine = db.create_engine(settings)
     instance_id = uuid.uuid4().hex
+    key = FanoutKey.from_secret(settings.require_secret())
     fanout = Fanout(
         url=settings.fanout_url,
         channel=settings.broadcast_channel,
         engine=engine,
         instance_id=instance_id,
+        key=key,
         check_interval=settings.listener_check_interval_seconds,
         timeout=settings.listener_timeout_seconds,
     )
@@ -87,7 +90,7 @@ def build(settings: Settings) -> Resources:
     )
     chat = Chat(
         settings,
-        store=PostgresStore(engine),
+        store=PostgresStore(engine, key),
         rooms=RoomDirectory(engine),
         fanout=fanout,
         presence=presence,

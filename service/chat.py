@@ -38,7 +38,6 @@ from .protocol import (
     PresenceNote,
     Ref,
     TypingNote,
-    encode_note,
 )
 from .protocol import joined as joined_frame
 from .protocol import presence as presence_frame
@@ -198,7 +197,7 @@ class Chat:
     async def typing(self, room_id: int, room: str, user: str) -> None:
         """A hint to the room's other members; lost when the fan-out is."""
         with contextlib.suppress(Exception):
-            await self._fanout.publish([encode_note(TypingNote(room_id, room, user))])
+            await self._fanout.publish_note(TypingNote(room_id, room, user))
 
     # -- reading -------------------------------------------------------------------------
 

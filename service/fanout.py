@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import backends, metrics
 from .db import writing
-from .protocol import CanaryNote, Note, decode_note, encode_note
+from .protocol import CanaryNote, FanoutKey, Note, decode_note, encode_note
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,12 @@ class Fanout:
         channel: str,
         engine: AsyncEngine,
         instance_id: str,
+        key: FanoutKey,
         check_interval: float = 1.0,
         timeout: float = 3.0,
     ) -> None:
         self._url = url
+        self._key = key
         self._channel = channel
         self._engine = engine
         self._instance_id = instance_id
@@ -117,14 +119,19 @@ class Fanout:
 
     async def notify_in(self, conn: AsyncConnection, payloads: list[str]) -> list[str]:
         """Inside a transaction: with Postgres, NOTIFY as part of it (delivered if and only if
-        it commits); otherwise return the payloads, to `publish` after the commit."""
-        if not payloads or not self.via_postgres:
-            return payloads
-        await conn.execute(_NOTIFY_MANY, {"channel": self._channel, "payloads": payloads})
+        it commits); otherwise return them signed, to `publish` after the commit."""
+        signed = [self._key.sign(p) for p in payloads]
+        if not signed or not self.via_postgres:
+            return signed
+        await conn.execute(_NOTIFY_MANY, {"channel": self._channel, "payloads": signed})
         return []
 
+    async def publish_note(self, note: Note) -> None:
+        """Sign and send one notification now."""
+        await self.publish([self._key.sign(encode_note(note))])
+
     async def publish(self, payloads: list[str]) -> None:
-        """Send notifications now (outside any message transaction)."""
+        """Send signed notifications now (outside any message transaction)."""
         if self.via_postgres:
             async with writing(self._engine) as conn:
                 for payload in payloads:
@@ -189,20 +196,23 @@ class Fanout:
             await asyncio.gather(consumer, return_exceptions=True)
 
     async def _send_canary(self) -> None:
-        payload = encode_note(CanaryNote(self._instance_id, next(self._counter)))
+        note = CanaryNote(self._instance_id, next(self._counter))
         try:
             async with asyncio.timeout(self._timeout):
-                await self.publish([payload])
+                await self.publish_note(note)
         except Exception as error:
             log.debug("canary not sent: %s", error)
 
     async def _consume(self, subscriber: Any) -> None:
         while True:
             event = await subscriber.get()
-            note = decode_note(event.message)
+            payload = self._key.open(event.message)
+            note = decode_note(payload) if payload is not None else None
             if note is None:
-                # Not ours, or malformed: a wake-up we cannot use; the resync covers it.
-                log.debug("a notification that does not decode was dropped")
+                # Not signed by us, or malformed: never trusted, not even in part (a forged
+                # one is counted); a real one lost this way is caught by the resync.
+                metrics.NOTIFICATIONS_REFUSED.inc()
+                log.debug("a notification that is not ours, or malformed, was dropped")
                 continue
             if isinstance(note, CanaryNote):
                 if note.instance == self._instance_id:

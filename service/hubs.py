@@ -256,7 +256,19 @@ class RoomHub:
                 self.room_id, self.room, self.head, self.target, _FETCH_BATCH
             )
             if not rows or rows[0].seq != next_seq:
-                # Only a pruned room can lack a committed seq; skip what no longer exists.
+                last = (await self.store.last_seqs([self.room_id])).get(self.room_id, 0)
+                if self.target > last:
+                    # A claim the database does not back (a notification can make one):
+                    # never skip real seqs for it.
+                    log.warning(
+                        "room %s: seq %d was announced, but the room ends at %d",
+                        self.room, self.target, last,
+                    )  # fmt: skip
+                    self.target = last
+                    for seq in [s for s in self._pending if s > last]:
+                        del self._pending[seq]
+                    continue
+                # Only a pruned room lacks a committed seq; skip what no longer exists.
                 log.warning("room %s: seq %d not found, skipping", self.room, next_seq)
                 self.head = rows[0].seq - 1 if rows else self.target
                 continue

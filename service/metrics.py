@@ -42,6 +42,10 @@ WRITE_OUTCOMES_UNKNOWN = Counter(
     "chat_write_outcomes_unknown",
     "Write batches whose reply was lost, recovered from their recorded outcome",
 )
+NOTIFICATIONS_REFUSED = Counter(
+    "chat_notifications_refused",
+    "Fan-out notifications dropped: not signed with this deployment's key, or malformed",
+)
 FANOUT_LAG_SECONDS = Histogram(
     "chat_fanout_lag_seconds",
     "From a message's commit to its frame being queued on this instance",

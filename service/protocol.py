@@ -15,10 +15,18 @@ Frames are JSON objects with a `type`. Notifications are JSON objects with a `ki
 
 A notification is a wake-up: the database stays the truth, and a receiver that sees a gap
 reads it back. So a notification that does not decode is dropped, never trusted in part.
+
+Every notification travels signed, as `<hex HMAC-SHA256>.<json>`, with a key derived from
+CHAT_SECRET_KEY (`FanoutKey`): anyone else who can NOTIFY on the same database, or publish
+on the same Redis, cannot make an instance deliver a message that was never stored. The SQL
+signs what it builds with the two padded keys of HMAC (RFC 2104) that the writer passes, so
+it needs nothing beyond PostgreSQL's built-in sha256().
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
@@ -40,9 +48,12 @@ CLOSE_RESTART = 1012
 CLOSE_TRY_AGAIN = 1013
 
 # PostgreSQL refuses a NOTIFY payload of 8000 bytes or more; payloads stay under the first
-# figure, and a message whose entry is larger than the second travels as a ref.
+# figure, signature included, and a message whose entry is larger than the second travels as
+# a ref.
 NOTIFY_PAYLOAD_MAX_BYTES = 7900
 NOTIFY_INLINE_MAX_BYTES = 6000
+# What the signature adds to a payload: 64 hex digits and a dot.
+SIGNATURE_BYTES = 65
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -267,6 +278,41 @@ class CanaryNote:
 
 
 Note = MessagesNote | PresenceNote | TypingNote | CanaryNote
+
+
+_BLOCK = 64  # SHA-256's block size, for HMAC's padded keys
+
+
+@dataclass(frozen=True, slots=True)
+class FanoutKey:
+    """The key that signs notifications, derived from the instance secret (every instance
+    of a deployment shares CHAT_SECRET_KEY), and HMAC's two padded forms of it."""
+
+    key: bytes
+    inner: bytes
+    outer: bytes
+
+    @classmethod
+    def from_secret(cls, secret: str) -> FanoutKey:
+        key = hmac.new(secret.encode(), b"chat fan-out notifications", hashlib.sha256).digest()
+        padded = key.ljust(_BLOCK, b"\0")
+        return cls(
+            key,
+            bytes(b ^ 0x36 for b in padded),
+            bytes(b ^ 0x5C for b in padded),
+        )
+
+    def sign(self, payload: str) -> str:
+        mac = hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()
+        return f"{mac}.{payload}"
+
+    def open(self, signed: str) -> str | None:
+        """The payload of a notification signed with this key, else None."""
+        mac, dot, payload = signed.partition(".")
+        if not dot or len(mac) != SIGNATURE_BYTES - 1:
+            return None
+        expected = hmac.new(self.key, payload.encode(), hashlib.sha256).hexdigest()
+        return payload if hmac.compare_digest(mac, expected) else None
 
 
 def encode_note(note: Note) -> str:

@@ -19,7 +19,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import OutcomeUnknown, is_outage, reading, writing
-from .protocol import MAX_SEQ, NOTIFY_INLINE_MAX_BYTES, NOTIFY_PAYLOAD_MAX_BYTES, StoredMessage
+from .protocol import (
+    MAX_SEQ,
+    NOTIFY_INLINE_MAX_BYTES,
+    NOTIFY_PAYLOAD_MAX_BYTES,
+    SIGNATURE_BYTES,
+    FanoutKey,
+    StoredMessage,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +134,7 @@ _POST = text(
     "SELECT seqs, created, repeated, stored_bodies, payloads FROM chat_post_messages("
     "CAST(:rooms AS bigint[]), CAST(:authors AS text[]), CAST(:bodies AS text[]),"
     " CAST(:cids AS text[]), CAST(:channel AS text), :payload_max, :inline_max,"
-    " CAST(:batch AS uuid))"
+    " CAST(:batch AS uuid), :key_inner, :key_outer)"
 )
 _OUTCOME = text("SELECT seqs, repeated, created_at FROM write_batches WHERE id = :batch")
 _REPEATED = text(
@@ -186,10 +193,15 @@ def _outcome(
 
 
 class PostgresStore:
-    def __init__(self, engine: AsyncEngine) -> None:
+    """`key` signs the notifications `store` builds; a store that only reads needs none."""
+
+    def __init__(self, engine: AsyncEngine, key: FanoutKey | None = None) -> None:
         self._engine = engine
+        self._key = key
 
     async def store(self, drafts: Sequence[Draft], channel: str | None, batch: uuid.UUID) -> Stored:
+        if self._key is None:
+            raise RuntimeError("a store without a fan-out key cannot store")
         unique, owner = unique_drafts(drafts)
         params = {
             "rooms": [d.room_id for d in unique],
@@ -197,9 +209,11 @@ class PostgresStore:
             "bodies": [d.body for d in unique],
             "cids": [d.client_id for d in unique],
             "channel": channel,
-            "payload_max": NOTIFY_PAYLOAD_MAX_BYTES,
+            "payload_max": NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
             "inline_max": NOTIFY_INLINE_MAX_BYTES,
             "batch": batch,
+            "key_inner": self._key.inner,
+            "key_outer": self._key.outer,
         }
         # A failure to get a connection is certain (nothing was sent); once the call is on
         # its way, an outage leaves the outcome unknown.

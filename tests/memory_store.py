@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from service.db import OutcomeUnknown, Unavailable
-from service.protocol import MessagesNote, NotifiedMessage, StoredMessage, encode_note
+from service.protocol import FanoutKey, MessagesNote, NotifiedMessage, StoredMessage, encode_note
 from service.store import Draft, Posted, Replay, Stored, unique_drafts
+
+TEST_KEY = FanoutKey.from_secret("the in-memory store's own test secret")
 
 
 class Poisoned(Exception):
@@ -42,6 +44,7 @@ class MemoryStore:
     batches: list[int] = field(default_factory=list)  # size of each committed batch
     notified: list[str] = field(default_factory=list)  # payloads "sent" in a transaction
     reads: int = 0
+    key: FanoutKey = field(default_factory=lambda: TEST_KEY)
     lose_replies: int = 0
     lose_requests: int = 0
     down_after_loss: bool = False
@@ -93,7 +96,8 @@ class MemoryStore:
             outcomes.append((message, False))
             fresh.append(NotifiedMessage(d.room_id, seq, d.author, d.body, d.client_id, now))
         self.batches.append(len(drafts))
-        payloads = [encode_note(MessagesNote(tuple(fresh), ()))] if fresh else []
+        note = MessagesNote(tuple(fresh), ())
+        payloads = [self.key.sign(encode_note(note))] if fresh else []
         if channel is not None:
             self.notified += payloads
             payloads = []

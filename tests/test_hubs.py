@@ -386,3 +386,22 @@ async def test_a_resume_waits_out_an_outage(setup: tuple[MemoryStore, Hubs]) -> 
     open_gate(member)
     await until(lambda: bool(member.joined), timeout=3)
     assert replayed(member) == list(range(1, 251))
+
+
+async def test_a_claim_beyond_the_room_never_skips_real_seqs(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    """A ref to a seq the store does not have (a forged or garbled notification) is checked
+    against the store's last seq before anything is skipped: the real messages that come
+    next are still delivered."""
+    store, hubs = setup
+    member = Member()
+    await join(hubs, member)
+    hubs.committed(ROOM_ID, 1_000_000)
+    await asyncio.sleep(0.05)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    assert hub.target == hub.head == 0
+    for i in range(1, 4):
+        hub.offer(store.add(ROOM_ID, ROOM, f"m{i}"))
+    await until(lambda: member.seqs == [1, 2, 3])

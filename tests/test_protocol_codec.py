@@ -17,7 +17,9 @@ from service.protocol import (
     MAX_SEQ,
     NOTIFY_INLINE_MAX_BYTES,
     NOTIFY_PAYLOAD_MAX_BYTES,
+    SIGNATURE_BYTES,
     CanaryNote,
+    FanoutKey,
     Join,
     Leave,
     MessagesNote,
@@ -33,6 +35,8 @@ from service.protocol import (
     encode_note,
 )
 from tests.support import unique
+
+KEY = FanoutKey.from_secret("the codec tests' own secret")
 
 
 def parse(frame: Any) -> protocol.Command:
@@ -136,6 +140,17 @@ def test_notifications_round_trip() -> None:
         assert decode_note(encode_note(note)) == note
 
 
+def test_a_signature_opens_only_with_its_key_and_payload() -> None:
+    payload = encode_note(TypingNote(1, "a", "bob"))
+    signed = KEY.sign(payload)
+    assert KEY.open(signed) == payload
+    assert FanoutKey.from_secret("another deployment").open(signed) is None
+    assert KEY.open(signed.replace('"bob"', '"eve"')) is None
+    assert KEY.open(payload) is None
+    assert KEY.open("." + payload) is None
+    assert len(signed) - len(payload) == SIGNATURE_BYTES
+
+
 @pytest.mark.parametrize(
     "payload",
     [
@@ -168,14 +183,16 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
     bodies += [f"filler {i}" for i in range(150)]
     client_ids = ["c1", None, "c3", None, None] + [None] * 150
     row = await pg.fetchrow(
-        "SELECT seqs, payloads FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7)",
+        "SELECT seqs, payloads FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9)",
         [room_id] * len(bodies),
         [author] * len(bodies),
         bodies,
         client_ids,
-        NOTIFY_PAYLOAD_MAX_BYTES,
+        NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
         NOTIFY_INLINE_MAX_BYTES,
         uuid.uuid4(),
+        KEY.inner,
+        KEY.outer,
     )
     stored = {
         r["seq"]: r
@@ -187,8 +204,11 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
     assert len(row["payloads"]) > 1
     inline: list[NotifiedMessage] = []
     refs: list[tuple[int, int]] = []
-    for payload in row["payloads"]:
-        assert len(payload.encode()) <= NOTIFY_PAYLOAD_MAX_BYTES
+    for signed in row["payloads"]:
+        assert len(signed.encode()) <= NOTIFY_PAYLOAD_MAX_BYTES
+        # PostgreSQL's HMAC is Python's: the signature checks with the key.
+        payload = KEY.open(signed)
+        assert payload is not None, signed[:100]
         note = decode_note(payload)
         assert isinstance(note, MessagesNote), payload
         inline += note.messages
@@ -209,8 +229,8 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
     assert {s for _, s in refs} == {by_body["é🙂" * 1600], by_body["🙂" * 4000]}
     assert all(r == room_id for r, _ in refs)
     # The keys are the ones protocol.py writes: no key added, renamed or missing at either end.
-    for payload in row["payloads"]:
-        raw = orjson.loads(payload)
+    for signed in row["payloads"]:
+        raw = orjson.loads(signed.partition(".")[2])
         assert set(raw) == set(orjson.loads(encode_note(MessagesNote((), ()))))
         python_keys = set(protocol.message_entry(inline[0]))
         assert all(set(entry) == python_keys for entry in raw["messages"])

@@ -19,6 +19,8 @@ from service.db import OutcomeUnknown
 from service.protocol import (
     NOTIFY_INLINE_MAX_BYTES,
     NOTIFY_PAYLOAD_MAX_BYTES,
+    SIGNATURE_BYTES,
+    FanoutKey,
     MessagesNote,
     NotifiedMessage,
     decode_note,
@@ -27,9 +29,10 @@ from service.settings import Settings
 from service.store import Draft, PostgresStore
 from tests.support import unique
 
+KEY = FanoutKey.from_secret("the write-path tests' own secret")
 _POST = (
     "SELECT seqs, created, repeated, stored_bodies, payloads"
-    " FROM chat_post_messages($1, $2, $3, $4, $5, $6, $7, $8)"
+    " FROM chat_post_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
 )
 
 
@@ -49,9 +52,11 @@ async def post(
         bodies,
         client_ids,
         channel,
-        NOTIFY_PAYLOAD_MAX_BYTES,
+        NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
         NOTIFY_INLINE_MAX_BYTES,
         uuid.uuid4(),
+        KEY.inner,
+        KEY.outer,
     )
 
 
@@ -93,8 +98,10 @@ def unpack(payloads: list[str]) -> tuple[list[NotifiedMessage], list[tuple[int, 
     service/protocol.py decodes and PostgreSQL accepts."""
     inline: list[NotifiedMessage] = []
     refs: list[tuple[int, int]] = []
-    for payload in payloads:
-        assert len(payload.encode()) <= NOTIFY_PAYLOAD_MAX_BYTES < 8000
+    for signed in payloads:
+        assert len(signed.encode()) <= NOTIFY_PAYLOAD_MAX_BYTES < 8000
+        payload = KEY.open(signed)
+        assert payload is not None, f"not signed with the key passed: {signed[:80]}"
         assert json.loads(payload)["kind"] == "messages"
         note = decode_note(payload)
         assert isinstance(note, MessagesNote), payload
@@ -238,7 +245,7 @@ async def pg_store(database_url: str) -> AsyncIterator[PostgresStore]:
         Settings(database_url=database_url).sqlalchemy_url, pool_size=2, max_overflow=0
     )
     try:
-        yield PostgresStore(engine)
+        yield PostgresStore(engine, KEY)
     finally:
         await engine.dispose()
 

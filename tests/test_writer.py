@@ -64,7 +64,7 @@ async def test_sends_arriving_during_a_commit_form_the_next_batch(
     assert [r.message.seq for r in results if isinstance(r, Posted)] == list(range(1, 32))
     assert [p.message.body for p in committed.posted] == ["first"] + [f"m{i}" for i in range(30)]
     # Without a channel the notifications come back to be published after the commit.
-    notes = [decode_note(p) for p in committed.payloads]
+    notes = [decode_note(store.key.open(p) or "") for p in committed.payloads]
     assert all(isinstance(n, MessagesNote) for n in notes)
     assert [m.seq for n in notes if isinstance(n, MessagesNote) for m in n.messages] == list(
         range(1, 32)

@@ -4,7 +4,8 @@ and each batch's outcome recorded in write_batches.
 The function's source is now service/sql/post_messages.sql; this revision embeds a frozen
 copy (tests/test_sql_sources.py compares the newest copy with the source). Notifications
 carry named keys, decoded by service/protocol.py, and the payload limits come from the
-caller, so the format and its limits have one definition in Python. write_batches keeps
+caller, so the format and its limits have one definition in Python; payloads are signed
+with the padded HMAC keys the caller passes. write_batches keeps
 what each batch stored for a few minutes, so a writer whose reply was lost can read the
 outcome back (the writer deletes old rows).
 
@@ -35,7 +36,8 @@ FROZEN_SQL = {
 -- Locks the rooms involved, finds sends that repeat a committed (room, author, client_id),
 -- numbers the others after each room's last seq, inserts them, advances the rooms, and packs
 -- the new messages into `messages` notifications (service/protocol.py defines the keys; the
--- writer passes the size limits). It also records the batch's outcome under p_batch in
+-- writer passes the size limits), each signed with HMAC-SHA256 from the padded keys the
+-- writer passes (service/protocol.py, FanoutKey). It also records the batch's outcome under p_batch in
 -- write_batches, in the same transaction: a writer that loses the reply (the connection
 -- died after the call was sent, a timeout fired) reads it back to learn whether, and as
 -- what, the batch committed, instead of guessing. With p_channel set, the notifications are sent with
@@ -48,6 +50,7 @@ FROZEN_SQL = {
 CREATE OR REPLACE FUNCTION chat_post_messages(
     p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
     p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
+    p_key_inner bytea, p_key_outer bytea,
     OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
     OUT stored_bodies text[], OUT payloads text[]
 ) LANGUAGE plpgsql AS $fn$
@@ -137,6 +140,10 @@ BEGIN
             'messages', array_to_json(inline_part), 'refs', array_to_json(refs_part))::text;
     END IF;
 
+    SELECT coalesce(array_agg(encode(sha256(p_key_outer || sha256(
+               p_key_inner || convert_to(t.p, 'UTF8'))), 'hex') || '.' || t.p ORDER BY t.n), '{}')
+    INTO payloads FROM unnest(payloads) WITH ORDINALITY AS t (p, n);
+
     IF p_channel IS NOT NULL THEN
         PERFORM pg_notify(p_channel, p) FROM unnest(payloads) AS p;
         payloads := '{}';
@@ -162,6 +169,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.execute(
         "DROP FUNCTION chat_post_messages("
-        "bigint[], text[], text[], text[], text, integer, integer, uuid)"
+        "bigint[], text[], text[], text[], text, integer, integer, uuid, bytea, bytea)"
     )
     op.drop_table("write_batches")

@@ -4,7 +4,8 @@
 -- Locks the rooms involved, finds sends that repeat a committed (room, author, client_id),
 -- numbers the others after each room's last seq, inserts them, advances the rooms, and packs
 -- the new messages into `messages` notifications (service/protocol.py defines the keys; the
--- writer passes the size limits). It also records the batch's outcome under p_batch in
+-- writer passes the size limits), each signed with HMAC-SHA256 from the padded keys the
+-- writer passes (service/protocol.py, FanoutKey). It also records the batch's outcome under p_batch in
 -- write_batches, in the same transaction: a writer that loses the reply (the connection
 -- died after the call was sent, a timeout fired) reads it back to learn whether, and as
 -- what, the batch committed, instead of guessing. With p_channel set, the notifications are sent with
@@ -17,6 +18,7 @@
 CREATE OR REPLACE FUNCTION chat_post_messages(
     p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
     p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
+    p_key_inner bytea, p_key_outer bytea,
     OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
     OUT stored_bodies text[], OUT payloads text[]
 ) LANGUAGE plpgsql AS $fn$
@@ -105,6 +107,10 @@ BEGIN
         payloads := payloads || json_build_object('kind', 'messages',
             'messages', array_to_json(inline_part), 'refs', array_to_json(refs_part))::text;
     END IF;
+
+    SELECT coalesce(array_agg(encode(sha256(p_key_outer || sha256(
+               p_key_inner || convert_to(t.p, 'UTF8'))), 'hex') || '.' || t.p ORDER BY t.n), '{}')
+    INTO payloads FROM unnest(payloads) WITH ORDINALITY AS t (p, n);
 
     IF p_channel IS NOT NULL THEN
         PERFORM pg_notify(p_channel, p) FROM unnest(payloads) AS p;

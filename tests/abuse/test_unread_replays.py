@@ -14,10 +14,17 @@ import httpx
 import orjson
 import websockets
 
-from service.protocol import NOTIFY_INLINE_MAX_BYTES, NOTIFY_PAYLOAD_MAX_BYTES
+from service.protocol import (
+    NOTIFY_INLINE_MAX_BYTES,
+    NOTIFY_PAYLOAD_MAX_BYTES,
+    SIGNATURE_BYTES,
+    FanoutKey,
+)
 from tests.faults.harness import make_users, rss_kib
 from tests.support import Instance, unique, ws_connect
 
+# Seeded without a channel: nobody hears these notifications, so any key will do.
+KEY = FanoutKey.from_secret("seeding")
 ROOMS = 20
 MESSAGES = 600
 BODY_CHARS = 4000
@@ -33,14 +40,16 @@ async def _seed(database_url: str, author: str) -> list[str]:
         for name in names:
             room_id = await conn.fetchval("INSERT INTO rooms (name) VALUES ($1) RETURNING id", name)
             await conn.execute(
-                "SELECT seqs FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7)",
+                "SELECT seqs FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9)",
                 [room_id] * MESSAGES,
                 [author] * MESSAGES,
                 [f"{i:05d}" + "x" * (BODY_CHARS - 5) for i in range(MESSAGES)],
                 [None] * MESSAGES,
-                NOTIFY_PAYLOAD_MAX_BYTES,
+                NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
                 NOTIFY_INLINE_MAX_BYTES,
                 uuid.uuid4(),
+                KEY.inner,
+                KEY.outer,
             )
     finally:
         await conn.close(timeout=5)
