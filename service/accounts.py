@@ -69,10 +69,11 @@ class Accounts:
 
     async def register(self, username: str, password: str, client: str) -> None:
         """Create the account; raises RateLimited, PasswordsBusy or UsernameTaken."""
+        self._passwords.refuse_if_full()
         limits = [(self._register_by_client, client)]
         wait_ms = take_all(limits)
         if wait_ms:
-            raise RateLimited(wait_ms, "too many registrations from this address; try later")
+            raise RateLimited(wait_ms, "too many registrations from this address; try again later")
         try:
             await register(self._engine, self._passwords, username, password)
         except (PasswordsBusy, Unavailable):
@@ -86,6 +87,8 @@ class Accounts:
         failure keeps the failure tokens, a success keeps the success token, and the others
         go back. So N concurrent guesses cost N tokens before any of them is verified, and
         at most the budget get verified."""
+        # Before any budget is touched or the name looked up: a flood's refusals stay cheap.
+        self._passwords.refuse_if_full()
         success = [(self._logins_by_client, client)]
         failure = [
             (self._failures_by_client, client),

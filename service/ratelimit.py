@@ -11,7 +11,9 @@ from collections.abc import Sequence
 class RateLimited(Exception):
     """Refused by a limit; nothing was done. Try again after `retry_after_ms`."""
 
-    def __init__(self, retry_after_ms: int, detail: str = "too many requests; try again later"):
+    def __init__(
+        self, retry_after_ms: int, detail: str = "too many requests; try again later"
+    ) -> None:
         super().__init__(f"{detail} (retry after {retry_after_ms} ms)")
         self.retry_after_ms = retry_after_ms
         self.detail = detail

@@ -63,9 +63,20 @@ class Passwords:
         self._jobs = 0
         self.peak_waiting = 0
 
+    def refuse_if_full(self) -> None:
+        """Raise PasswordsBusy now if a check submitted now would be: lets a caller refuse
+        before it does anything else for the check (the check itself may still be)."""
+        with self._lock:
+            self._refuse_if_full_locked()
+
+    def _refuse_if_full_locked(self) -> None:
+        if self._jobs >= self._threads + self.queue_limit:
+            metrics.PASSWORD_BUSY.inc()
+            raise PasswordsBusy("too many password checks waiting")
+
     @property
     def waiting(self) -> int:
-        """Hashes submitted that no thread has taken yet."""
+        """Checks submitted that no thread has taken yet."""
         with self._lock:
             return max(0, self._jobs - self._threads)
 
@@ -95,21 +106,23 @@ class Passwords:
 
     def _run(self, job: Callable[[], T]) -> asyncio.Future[T]:
         with self._lock:
-            if self._jobs >= self._threads + self.queue_limit:
-                metrics.PASSWORD_BUSY.inc()
-                raise PasswordsBusy("too many password checks waiting")
+            self._refuse_if_full_locked()
             self._jobs += 1
             if self._jobs > self._threads:
                 metrics.PASSWORD_QUEUE.inc()
                 self.peak_waiting = max(self.peak_waiting, self._jobs - self._threads)
                 metrics.PASSWORD_QUEUE_PEAK.set(self.peak_waiting)
-        future = self._executor.submit(job)
+        try:
+            future = self._executor.submit(job)
+        except RuntimeError:  # closed: the app is stopping
+            self._finished(None)
+            raise PasswordsBusy("the instance is shutting down") from None
         # Runs when the job ends, or at once if it is cancelled before it started (a
         # cancelled request): either way its place is free again.
         future.add_done_callback(self._finished)
         return asyncio.wrap_future(future)
 
-    def _finished(self, _: Future[Any]) -> None:
+    def _finished(self, _: Future[Any] | None) -> None:
         with self._lock:
             if self._jobs > self._threads:
                 metrics.PASSWORD_QUEUE.dec()

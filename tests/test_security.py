@@ -97,7 +97,8 @@ async def test_hash_then_verify() -> None:
 
 async def test_past_the_threads_and_the_queue_a_check_is_refused_at_once() -> None:
     """One thread and a queue of one: a third check at once raises PasswordsBusy without
-    running; the queue is reported, and once the two finish a check runs again."""
+    running (and so does asking beforehand); the queue is reported, and once the two finish
+    a check runs again."""
     hasher = HeldHasher()
     passwords = Passwords(1, 1, hasher)
     stored = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1).hash("pw")
@@ -109,11 +110,14 @@ async def test_past_the_threads_and_the_queue_a_check_is_refused_at_once() -> No
             assert passwords.waiting == 1
             with pytest.raises(PasswordsBusy):
                 await passwords.verify("pw", stored)
+            with pytest.raises(PasswordsBusy):
+                passwords.refuse_if_full()
             assert REGISTRY.get_sample_value("chat_password_queue_depth") == 1
             hasher.release.set()
             assert await asyncio.gather(*held) == [True, True]
             assert passwords.waiting == 0 and passwords.peak_waiting == 1
             assert REGISTRY.get_sample_value("chat_password_queue_depth") == 0
+            passwords.refuse_if_full()  # room again
             assert await passwords.verify("pw", stored)
         assert checks("verify") - before == 3  # the refused one never ran
     finally:
