@@ -11,9 +11,10 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, field_validator
 
 from . import metrics
-from .accounts import Accounts, RateLimited, UsernameTaken
+from .accounts import Accounts, UsernameTaken
 from .auth import COOKIE, CurrentUser
 from .protocol import MAX_SEQ, PROTOCOL_VERSION
+from .ratelimit import KeyedLimiter, RateLimited
 from .security import issue_token
 from .settings import Settings
 from .validation import (
@@ -42,8 +43,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
         404: "no such room",
         409: "username is taken",
         413: "body too long",
-        429: "too many attempts; see Retry-After",
-        503: "the database cannot be reached; nothing was stored",
+        429: "rate limited: nothing was done; try again after Retry-After seconds",
+        503: "the database cannot be reached, or the instance is too busy; nothing was "
+        "stored; try again (after Retry-After seconds, when given)",
     }
     return {code: {"model": ErrorOut, "description": described[code]} for code in codes}
 
@@ -63,8 +65,21 @@ async def get_accounts(request: Request) -> Accounts:
     return accounts
 
 
+async def writing_user(request: Request, user: CurrentUser) -> str:
+    """The caller of a REST write, charged one token of their write bucket: every REST write
+    shares it (PROTOCOL.md, `rate_limited`), so past it each answers 429 and does nothing.
+    Charged once the caller is authenticated, before the body is looked at."""
+    limiter: KeyedLimiter = request.app.state.rest_writes
+    wait_ms = limiter.take(user)
+    if wait_ms:
+        raise RateLimited(wait_ms, "writing too fast; try again later")
+    return user
+
+
 ChatDep = Annotated["Chat", Depends(get_chat)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
+# A write's user: use it instead of CurrentUser on every route that changes something.
+WritingUser = Annotated[str, Depends(writing_user)]
 
 
 class Registration(BaseModel):
@@ -130,34 +145,23 @@ class NewMessage(BaseModel):
     client_id: str | None = Field(default=None, examples=["3f6c2a1e-0b7d-4e1a-9d1e-6c1f0f9d2a11"])
 
 
-def _too_many(detail: str, limited: RateLimited) -> HTTPException:
-    return HTTPException(
-        status.HTTP_429_TOO_MANY_REQUESTS,
-        detail,
-        headers={"Retry-After": str(max(1, limited.retry_after_ms // 1000))},
-    )
-
-
 @router.post(
     "/users",
     status_code=status.HTTP_201_CREATED,
     response_model=UserOut,
-    responses=_errors(409, 429),
+    responses=_errors(409, 429, 503),
 )
 async def register(registration: Registration, request: Request, accounts: AccountsDep) -> UserOut:
+    """RateLimited (429) and PasswordsBusy (503) are answered by app.py's handlers."""
     client = request.client.host if request.client else "?"
     try:
         await accounts.register(registration.username, registration.password, client)
-    except RateLimited as limited:
-        raise _too_many(
-            "too many registrations from this address; try again later", limited
-        ) from None
     except UsernameTaken:
         raise HTTPException(status.HTTP_409_CONFLICT, "username is taken") from None
     return UserOut(username=registration.username)
 
 
-@router.post("/token", response_model=TokenOut, responses=_errors(401, 429))
+@router.post("/token", response_model=TokenOut, responses=_errors(401, 429, 503))
 async def login(
     request: Request,
     response: Response,
@@ -168,10 +172,7 @@ async def login(
     settings: Settings = request.app.state.settings
     username = form.username.lower()
     client = request.client.host if request.client else "?"
-    try:
-        authenticated = await accounts.login(username, form.password, client)
-    except RateLimited as limited:
-        raise _too_many("too many login attempts; try again later", limited) from None
+    authenticated = await accounts.login(username, form.password, client)
     if not authenticated:
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
@@ -289,11 +290,12 @@ async def room_messages(
     response_model=MessageOut,
     responses={
         200: {"model": MessageOut, "description": "the original, for a repeated client_id"},
-        **_errors(401, 413, 503),
+        **_errors(401, 413, 429, 503),
     },
 )
-async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat: ChatDep) -> Any:
-    """Store a message (the room is created on first use); idempotent on `client_id`."""
+async def post_message(room: RoomName, new: NewMessage, user: WritingUser, chat: ChatDep) -> Any:
+    """Store a message (the room is created on first use, unless the user has created too
+    many lately: 429); idempotent on `client_id`."""
     try:
         body = check_body(new.body, chat.settings.max_message_chars)
         client_id = check_client_id(new.client_id)
@@ -305,7 +307,8 @@ async def post_message(room: RoomName, new: NewMessage, user: CurrentUser, chat:
         )
         raise HTTPException(code, error.detail) from None
     metrics.MESSAGES_IN_REST.inc()
-    posted = await chat.post(room, user, body, client_id)  # Unavailable: 503 (app.py)
+    # Unavailable: 503, RateLimited: 429 (app.py)
+    posted = await chat.post(room, user, body, client_id)
     return JSONResponse(
         posted.message.to_wire(),
         status_code=status.HTTP_200_OK if posted.duplicate else status.HTTP_201_CREATED,

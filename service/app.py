@@ -26,7 +26,9 @@ from .chat import Chat
 from .fanout import Fanout
 from .presence import Presence
 from .protocol import FanoutKey
+from .ratelimit import KeyedLimiter, RateLimited
 from .rooms import RoomDirectory
+from .security import Passwords, PasswordsBusy, default_password_threads
 from .settings import Settings
 from .store import PostgresStore
 
@@ -55,15 +57,20 @@ DOCS_CSP = (
 
 @dataclass
 class Resources:
-    """What the lifespan builds and disposes; the routes reach `chat` and `accounts`."""
+    """What the lifespan builds and disposes; the routes reach `chat`, `accounts` and
+    `rest_writes`."""
 
     engine: AsyncEngine
     fanout: Fanout
     chat: Chat
+    passwords: Passwords
     accounts: Accounts
+    # One bucket per user for every REST write, at the sockets' rate (PROTOCOL.md, Errors).
+    rest_writes: KeyedLimiter
 
     async def close(self) -> None:
         await self.chat.stop()
+        self.passwords.close()
         await self.engine.dispose()
 
 
@@ -91,11 +98,17 @@ def build(settings: Settings) -> Resources:
     chat = Chat(
         settings,
         store=PostgresStore(engine, key),
-        rooms=RoomDirectory(engine),
+        rooms=RoomDirectory(engine, created_per_hour=settings.rooms_created_per_hour),
         fanout=fanout,
         presence=presence,
     )
-    return Resources(engine, fanout, chat, Accounts(engine, settings))
+    passwords = Passwords(
+        settings.password_threads or default_password_threads(), settings.password_queue_limit
+    )
+    rest_writes = KeyedLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    return Resources(
+        engine, fanout, chat, passwords, Accounts(engine, settings, passwords), rest_writes
+    )
 
 
 class SecurityHeaders:
@@ -153,6 +166,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resources = build(settings)
         chat = resources.chat
         app.state.chat, app.state.accounts = chat, resources.accounts
+        app.state.rest_writes = resources.rest_writes
         app.state.engine = resources.engine
         await chat.start()
         # What startup made (modules, routes and models, SQLAlchemy's caches) lives as long as
@@ -197,6 +211,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     for kind in (SQLAlchemyError, OSError, db.Unavailable):
         app.add_exception_handler(kind, database_error)
+
+    async def rate_limited(request: Request, error: Exception) -> Response:
+        assert isinstance(error, RateLimited)
+        return JSONResponse(
+            {"detail": error.detail},
+            status_code=429,
+            headers={"Retry-After": str(error.retry_after_seconds)},
+        )
+
+    async def passwords_busy(request: Request, error: Exception) -> Response:
+        # The instance is busy, not this client: 503, as for any overload (README, Choices).
+        return JSONResponse(
+            {"detail": "too many logins and registrations in progress; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
+    app.add_exception_handler(RateLimited, rate_limited)
+    app.add_exception_handler(PasswordsBusy, passwords_busy)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -128,10 +128,11 @@ class Chat:
         return await self._writer.submit(Draft(room_id, room, author, body, client_id))
 
     async def post(self, room: str, author: str, body: str, client_id: str | None) -> Posted:
-        """Store a validated message, creating the room on first use (REST)."""
+        """Store a validated message, creating the room on first use (REST); RateLimited
+        when that would be one room too many for `author`."""
         if self.draining:
             raise Unavailable("the instance is shutting down")
-        room_id = await self._rooms.ensure(room)
+        room_id = await self._rooms.ensure(room, author)
         return await (await self.send(room_id, room, author, body, client_id))
 
     async def _committed(self, posted: list[Posted], later: list[str]) -> None:
@@ -154,8 +155,9 @@ class Chat:
 
     async def join(self, member: Member, room: str, since: int | None, ref: Ref) -> int:
         """Subscribe `member` to `room` (created on first use): the replay and `joined` are
-        queued for it, then live messages follow. Returns the room's id."""
-        room_id = await self._rooms.ensure(room)
+        queued for it, then live messages follow. Returns the room's id; RateLimited when
+        creating the room would be one too many for the user."""
+        room_id = await self._rooms.ensure(room, member.username)
         await self._presence.join(room_id, room, member.username)
         try:
             online = await self._presence.online(room_id)

@@ -54,6 +54,21 @@ FANOUT_LAG_SECONDS = Histogram(
 GAP_FILLS = Counter("chat_gap_fills_total", "Messages read back from the database to fill gaps")
 LISTENER_RECONNECTS = Counter("chat_listener_reconnects_total", "Fan-out listener rebuilds")
 LISTENER_HEALTHY = Gauge("chat_listener_healthy", "1 while the fan-out listener hears itself")
+PASSWORD_CHECKS = Counter(
+    "chat_password_checks_total", "argon2 hashes and verifications run, by operation", ["op"]
+)
+PASSWORD_HASHES = PASSWORD_CHECKS.labels("hash")
+PASSWORD_VERIFICATIONS = PASSWORD_CHECKS.labels("verify")
+PASSWORD_BUSY = Counter(
+    "chat_password_busy_total",
+    "Password checks refused at once (503): every password thread busy and the queue full",
+)
+PASSWORD_QUEUE = Gauge("chat_password_queue_depth", "Password checks waiting for a password thread")
+PASSWORD_QUEUE_PEAK = Gauge(
+    "chat_password_queue_peak",
+    "The most password checks that waited at once since the start (at most "
+    "CHAT_PASSWORD_QUEUE_LIMIT)",
+)
 HTTP_REQUESTS = Counter(
     "chat_http_requests_total", "HTTP requests answered, by method and status", ["method", "status"]
 )

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from . import accounts
 from .db import reading, writing
+from .security import Passwords
 from .settings import Settings
 from .store import PostgresStore
 
@@ -47,10 +48,13 @@ async def connect(settings: Settings) -> AsyncIterator[AsyncEngine]:
 
 async def create_user(engine: AsyncEngine, username: str, password: str) -> None:
     """Create an account (validated name and password); OpsError if the name is taken."""
+    passwords = Passwords(threads=1, queue_limit=0)
     try:
-        await accounts.register(engine, username, password)
+        await accounts.register(engine, passwords, username, password)
     except accounts.UsernameTaken:
         raise OpsError(f"user {username} already exists") from None
+    finally:
+        passwords.close()
 
 
 # -- rooms ----------------------------------------------------------------------------------

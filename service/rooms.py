@@ -9,6 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .db import reading, writing
+from .ratelimit import KeyedLimiter, RateLimited
 
 _FIND = text("SELECT id FROM rooms WHERE name = :name")
 _CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NOTHING RETURNING id")
@@ -39,12 +40,16 @@ _CACHE_MAX = 50_000
 
 
 class RoomDirectory:
-    """Maps room names to ids. Rooms are never renamed, so an id once known stays right."""
+    """Maps room names to ids, creating rooms on first use, at most `created_per_hour` per
+    user. Rooms are never renamed, so an id once known stays right."""
 
-    def __init__(self, engine: AsyncEngine, cache_max: int = _CACHE_MAX) -> None:
+    def __init__(
+        self, engine: AsyncEngine, cache_max: int = _CACHE_MAX, created_per_hour: int = 100
+    ) -> None:
         self._engine = engine
         self._ids: dict[str, int] = {}
         self._cache_max = cache_max
+        self._created = KeyedLimiter.per(created_per_hour, 3600)
 
     def _remember(self, name: str, room_id: int) -> None:
         if len(self._ids) >= self._cache_max:
@@ -61,15 +66,28 @@ class RoomDirectory:
             self._remember(name, room_id)
         return room_id
 
-    async def ensure(self, name: str) -> int:
-        """The room's id, creating the room if this is its first use."""
+    async def ensure(self, name: str, creator: str) -> int:
+        """The room's id, creating the room if this is its first use; raises RateLimited
+        (nothing created) when `creator` has created too many rooms lately."""
         room_id = await self.find(name)
         if room_id is not None:
             return room_id
-        async with writing(self._engine) as conn:
-            room_id = (await conn.execute(_CREATE, {"name": name})).scalar_one_or_none()
-            if room_id is None:  # created concurrently by someone else
-                room_id = (await conn.execute(_FIND, {"name": name})).scalar_one()
+        # Taken before the insert, so concurrent creations cannot all pass a check; given
+        # back when nothing was created.
+        wait_ms = self._created.take(creator)
+        if wait_ms:
+            raise RateLimited(wait_ms, "too many rooms created; try again later")
+        try:
+            async with writing(self._engine) as conn:
+                room_id = (await conn.execute(_CREATE, {"name": name})).scalar_one_or_none()
+                created = room_id is not None
+                if room_id is None:  # created concurrently by someone else
+                    room_id = (await conn.execute(_FIND, {"name": name})).scalar_one()
+        except BaseException:
+            self._created.give_back(creator)
+            raise
+        if not created:
+            self._created.give_back(creator)
         self._remember(name, int(room_id))
         return int(room_id)
 

@@ -55,10 +55,19 @@ class Settings(BaseSettings):
     send_queue_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
     max_connections: int = Field(default=10_000, ge=1)
     max_connections_per_user: int = Field(default=20, ge=1)
+    # Failed logins per name (per client address: five times this), and successful ones per
+    # client address: each costs an argon2 verification.
     login_attempts_per_minute: int = Field(default=10, ge=1)
+    logins_per_minute: int = Field(default=60, ge=1)
     # Each registration costs an argon2 hash: per client address, so one client cannot burn
     # the CPU or fill the users table.
     registrations_per_minute: int = Field(default=20, ge=1)
+    # Rooms a user may create (by joining or posting to a new name), per instance.
+    rooms_created_per_hour: int = Field(default=100, ge=1)
+    # argon2 runs on threads of its own (unset: half the CPUs, at least one); past the
+    # threads, at most this many hashes wait, and the next is refused with 503.
+    password_threads: int | None = Field(default=None, ge=1, le=64)
+    password_queue_limit: int = Field(default=8, ge=0)
 
     db_pool_size: int = Field(default=10, ge=1)
     write_batch_max: int = Field(default=500, ge=1)

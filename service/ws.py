@@ -45,7 +45,7 @@ from .protocol import (
 from .protocol import (
     Send as SendCommand,
 )
-from .ratelimit import TokenBucket
+from .ratelimit import RateLimited, TokenBucket
 from .store import Posted
 
 if TYPE_CHECKING:
@@ -282,7 +282,16 @@ class Connection:
                 "too_many_rooms", f"at most {limit} rooms per connection", ref, room=room
             )
         self._throttle_rooms(room, ref)
-        self.rooms[room] = await self.chat.join(self, room, command.since, ref)
+        try:
+            self.rooms[room] = await self.chat.join(self, room, command.since, ref)
+        except RateLimited as limited:  # a new room, one too many for this user
+            raise ProtocolError(
+                "rate_limited",
+                limited.detail,
+                ref,
+                room=room,
+                retry_after_ms=limited.retry_after_ms,
+            ) from None
 
     async def _leave(self, command: Leave) -> None:
         room_id = self._joined_room(command.room, command.ref)

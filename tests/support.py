@@ -285,8 +285,11 @@ def instance_env(database_url: str, secret: str, **extra: str) -> dict[str, str]
         CHAT_DATABASE_URL=database_url,
         CHAT_SECRET_KEY=secret,
         CHAT_LOG_FORMAT="text",
-        # Every test registers users from 127.0.0.1; the limit itself is tested in-process.
+        # Every test registers users, logs in and makes rooms from 127.0.0.1, many with one
+        # user; the limits themselves are tested in-process and in tests/abuse/.
         CHAT_REGISTRATIONS_PER_MINUTE="100000",
+        CHAT_LOGINS_PER_MINUTE="100000",
+        CHAT_ROOMS_CREATED_PER_HOUR="100000",
         PYTHONUNBUFFERED="1",
     )
     env.update(extra)

@@ -13,6 +13,7 @@ import httpx
 import jwt
 import pytest
 from fastapi import FastAPI
+from prometheus_client import REGISTRY
 
 from service import security
 from service.app import create_app
@@ -461,6 +462,111 @@ async def test_many_users_may_log_in_from_one_client(limited_app: FastAPI) -> No
         for name in names:
             r = await office.post("/api/token", data={"username": name, "password": PASSWORD})
             assert r.status_code == 200, f"login {names.index(name) + 1}: {r.status_code}"
+
+
+def verifications() -> float:
+    """argon2 verifications run in this process so far (every app's)."""
+    return REGISTRY.get_sample_value("chat_password_checks_total", {"op": "verify"}) or 0.0
+
+
+async def test_concurrent_guesses_cost_at_most_the_budget(limited_app: FastAPI) -> None:
+    """20 wrong guesses for one name at once: the budget (3) are verified and answer 401,
+    the 17 others answer 429 at once, without a verification: each guess holds its token
+    before its password is checked."""
+    name = unique("swarm_")
+    async with app_client(limited_app) as attacker:
+        assert await register(attacker, name) == 201
+        before = verifications()
+        async with asyncio.timeout(60):
+            answers = await asyncio.gather(
+                *(
+                    attacker.post("/api/token", data={"username": name, "password": f"guess {i}"})
+                    for i in range(20)
+                )
+            )
+    codes = sorted(r.status_code for r in answers)
+    assert codes == [401] * 3 + [429] * 17
+    assert verifications() - before == 3
+    assert all(1 <= int(r.headers["retry-after"]) <= 60 for r in answers if r.status_code == 429)
+
+
+async def test_successes_give_their_failure_tokens_back(limited_app: FastAPI) -> None:
+    """Logging in rightly, even often and concurrently, costs none of the name's failure
+    budget: the 3 wrong guesses that follow still answer 401, the fourth 429."""
+    name = unique("often_")
+    async with app_client(limited_app) as browser:
+        assert await register(browser, name) == 201
+        async with asyncio.timeout(60):
+            right = await asyncio.gather(
+                *(
+                    browser.post("/api/token", data={"username": name, "password": PASSWORD})
+                    for _ in range(3)
+                )
+            )
+            assert [r.status_code for r in right] == [200] * 3
+            for expected in (401, 401, 401, 429):
+                r = await browser.post("/api/token", data={"username": name, "password": "x" * 9})
+                assert r.status_code == expected
+
+
+async def test_successful_logins_are_limited_per_address(
+    database_url: str, secret_key: str
+) -> None:
+    """Past CHAT_LOGINS_PER_MINUTE successful logins from one address the next login is
+    429 with Retry-After, whoever it is for; another address still logs in."""
+    settings = Settings(
+        database_url=database_url, secret_key=secret_key, log_format="text", logins_per_minute=2
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        names = [unique("many_") for _ in range(3)]
+        async with app_client(application) as one:
+            for name in names:
+                assert await register(one, name) == 201
+            for name in names[:2]:
+                r = await one.post("/api/token", data={"username": name, "password": PASSWORD})
+                assert r.status_code == 200
+            r = await one.post("/api/token", data={"username": names[2], "password": PASSWORD})
+            assert r.status_code == 429
+            assert 1 <= int(r.headers["retry-after"]) <= 60
+        async with app_client(application) as other:
+            r = await other.post("/api/token", data={"username": names[2], "password": PASSWORD})
+            assert r.status_code == 200
+
+
+async def test_busy_password_threads_answer_503_at_once(database_url: str, secret_key: str) -> None:
+    """With one password thread and no queue, logins that find it busy are answered 503 with
+    Retry-After at once, and cost no budget: with one failure allowed per name, the same
+    guess again is verified (401), not refused (429)."""
+    settings = Settings(
+        database_url=database_url,
+        secret_key=secret_key,
+        log_format="text",
+        password_threads=1,
+        password_queue_limit=0,
+        login_attempts_per_minute=1,
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        clients = [app_client(application) for _ in range(4)]
+        names = [unique("nobody_") for _ in clients]
+        try:
+
+            async def guess(k: int) -> httpx.Response:
+                form = {"username": names[k], "password": "x" * 9}
+                return await clients[k].post("/api/token", data=form)
+
+            async with asyncio.timeout(60):
+                answers = await asyncio.gather(*(guess(k) for k in range(len(clients))))
+                codes = [r.status_code for r in answers]
+                assert set(codes) == {401, 503}, codes
+                busy = [k for k, code in enumerate(codes) if code == 503]
+                assert all(answers[k].headers["retry-after"] == "1" for k in busy)
+                for k in busy:
+                    assert (await guess(k)).status_code == 401
+        finally:
+            for c in clients:
+                await c.aclose()
 
 
 # -- the registration limit --------------------------------------------------------------

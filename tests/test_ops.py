@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from service import accounts, db, ops
+from service.security import Passwords
 from service.settings import Settings
 from tests.support import (
     PASSWORD,
@@ -112,10 +113,12 @@ async def test_user_create_from_stdin_then_login(own_database: str) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"created user {name.lower()}"
     engine = db.create_engine(Settings(database_url=own_database))
+    passwords = Passwords(threads=1, queue_limit=1)
     try:
-        assert await accounts.authenticate(engine, name, PASSWORD)
-        assert not await accounts.authenticate(engine, name, PASSWORD + "x")
+        assert await accounts.authenticate(engine, passwords, name, PASSWORD)
+        assert not await accounts.authenticate(engine, passwords, name, PASSWORD + "x")
     finally:
+        passwords.close()
         await engine.dispose()
     again = await asyncio.to_thread(
         chat, ["user", "create", name.lower(), "--password-stdin"], own_database, PASSWORD

@@ -52,14 +52,27 @@ async def last_seq(client: httpx.AsyncClient, user: User, room: str) -> int:
     return seq
 
 
+@pytest.fixture(scope="module")
+async def unlimited_app(database_url: str, secret_key: str) -> AsyncIterator[FastAPI]:
+    """An app of its own whose REST writes are not rate limited (a rate of 0), for the tests
+    that post faster than a user may."""
+    settings = Settings(
+        database_url=database_url, secret_key=secret_key, log_format="text", rate_limit_per_second=0
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
 # -- concurrency and idempotency ---------------------------------------------------------
 
 
-async def test_concurrent_posts_get_gapless_seqs(app: FastAPI) -> None:
+async def test_concurrent_posts_get_gapless_seqs(unlimited_app: FastAPI) -> None:
     """200 posts at once from 4 users on separate clients: each 201 with a distinct seq,
-    and the room holds exactly seqs 1..200, each message as its response said."""
+    and the room holds exactly seqs 1..200, each message as its response said. (50 each,
+    more than the write burst: a rate of 0 turns the REST limit off.)"""
     room = unique("storm-")
-    clients = [app_client(app) for _ in range(4)]
+    clients = [app_client(unlimited_app) for _ in range(4)]
     try:
         users = [await new_user(c) for c in clients]
 
@@ -83,25 +96,26 @@ async def test_concurrent_posts_get_gapless_seqs(app: FastAPI) -> None:
             await c.aclose()
 
 
-async def test_concurrent_posts_to_many_rooms_count_per_room(client: httpx.AsyncClient) -> None:
+async def test_concurrent_posts_to_many_rooms_count_per_room(unlimited_app: FastAPI) -> None:
     """Posts to five rooms at once: each room counts its own seqs 1..30, and one client_id
     used once in every room is five different messages."""
-    user = await new_user(client)
-    rooms = [unique(f"multi{k}-") for k in range(5)]
-    async with asyncio.timeout(120):
-        responses = await asyncio.gather(
-            *(
-                post(client, user, room, f"{room} {i}", client_id=f"c{i}")
-                for i in range(30)
-                for room in rooms
+    async with app_client(unlimited_app) as client:
+        user = await new_user(client)
+        rooms = [unique(f"multi{k}-") for k in range(5)]
+        async with asyncio.timeout(120):
+            responses = await asyncio.gather(
+                *(
+                    post(client, user, room, f"{room} {i}", client_id=f"c{i}")
+                    for i in range(30)
+                    for room in rooms
+                )
             )
-        )
-    assert {r.status_code for r in responses} == {201}
-    for room in rooms:
-        stored = await history(client, user, room)
-        assert [m["seq"] for m in stored] == list(range(1, 31))
-        assert sorted(m["body"] for m in stored) == sorted(f"{room} {i}" for i in range(30))
-        assert all(m["body"] == f"{room} {m['client_id'][1:]}" for m in stored)
+        assert {r.status_code for r in responses} == {201}
+        for room in rooms:
+            stored = await history(client, user, room)
+            assert [m["seq"] for m in stored] == list(range(1, 31))
+            assert sorted(m["body"] for m in stored) == sorted(f"{room} {i}" for i in range(30))
+            assert all(m["body"] == f"{room} {m['client_id'][1:]}" for m in stored)
 
 
 async def test_repeated_client_id_returns_the_original(client: httpx.AsyncClient) -> None:
@@ -183,6 +197,60 @@ async def test_author_is_the_authenticated_user(client: httpx.AsyncClient) -> No
     assert r.status_code == 201
     assert r.json()["author"] == user.name
     assert (await history(client, user, room))[0]["author"] == user.name
+
+
+# -- limits ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def limited_app(
+    database_url: str, secret_key: str, request: pytest.FixtureRequest
+) -> AsyncIterator[FastAPI]:
+    """An app of its own with the settings the test gives (indirect parametrisation)."""
+    settings = Settings(
+        database_url=database_url, secret_key=secret_key, log_format="text", **request.param
+    )
+    application = create_app(settings)
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+@pytest.mark.parametrize(
+    "limited_app", [{"rate_limit_per_second": 0.1, "rate_limit_burst": 3}], indirect=True
+)
+async def test_rest_writes_are_rate_limited_per_user(limited_app: FastAPI) -> None:
+    """Past the burst a user's posts answer 429 with Retry-After and store nothing; another
+    user's bucket is their own."""
+    async with app_client(limited_app) as client:
+        user, other = await new_user(client), await new_user(client)
+        room = unique("rate-")
+        codes = []
+        for i in range(5):
+            r = await post(client, user, room, f"m{i}")
+            codes.append(r.status_code)
+            if r.status_code == 429:  # a token every 10 s
+                assert 1 <= int(r.headers["retry-after"]) <= 10, r.headers
+        assert codes == [201, 201, 201, 429, 429]
+        assert [m["body"] for m in await history(client, other, room)] == ["m0", "m1", "m2"]
+        assert (await post(client, other, room, "from the other")).status_code == 201
+
+
+@pytest.mark.parametrize("limited_app", [{"rooms_created_per_hour": 2}], indirect=True)
+async def test_rooms_created_are_limited_per_user(limited_app: FastAPI) -> None:
+    """Past CHAT_ROOMS_CREATED_PER_HOUR a post to a new room answers 429 and creates
+    nothing; posting to existing rooms goes on, and another user may still create one."""
+    async with app_client(limited_app) as client:
+        user, other = await new_user(client), await new_user(client)
+        first, second, third = (unique(f"made{k}-") for k in range(3))
+        assert (await post(client, user, first, "hi")).status_code == 201
+        assert (await post(client, user, second, "hi")).status_code == 201
+        r = await post(client, user, third, "hi")
+        assert r.status_code == 429, r.text
+        assert 1 <= int(r.headers["retry-after"]) <= 1800  # a room every half hour
+        r = await client.get(f"/api/rooms/{third}/messages", headers=user.headers)
+        assert r.status_code == 404  # not created
+        assert (await post(client, other, third, "mine")).status_code == 201
+        assert (await post(client, user, third, "now it exists")).status_code == 201
 
 
 # -- bodies ------------------------------------------------------------------------------

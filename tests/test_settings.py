@@ -149,6 +149,10 @@ def test_limits_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "CHAT_MAX_FRAME_BYTES": "4096",
         "CHAT_SEND_QUEUE_LIMIT": "11",
         "CHAT_LOGIN_ATTEMPTS_PER_MINUTE": "3",
+        "CHAT_LOGINS_PER_MINUTE": "4",
+        "CHAT_ROOMS_CREATED_PER_HOUR": "5",
+        "CHAT_PASSWORD_THREADS": "2",
+        "CHAT_PASSWORD_QUEUE_LIMIT": "0",
         "CHAT_TOKEN_TTL_SECONDS": "600",
     }
     for name, value in values.items():
@@ -163,6 +167,10 @@ def test_limits_read_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.max_frame_bytes == 4096
     assert settings.send_queue_limit == 11
     assert settings.login_attempts_per_minute == 3
+    assert settings.logins_per_minute == 4
+    assert settings.rooms_created_per_hour == 5
+    assert settings.password_threads == 2
+    assert settings.password_queue_limit == 0
     assert settings.token_ttl_seconds == 600
 
 
@@ -187,6 +195,9 @@ def test_limit_defaults_match_the_protocol() -> None:
         ("CHAT_MAX_MESSAGE_CHARS", "lots"),
         ("CHAT_RESUME_LIMIT", "0"),
         ("CHAT_RATE_LIMIT_PER_SECOND", "-1"),
+        ("CHAT_PASSWORD_THREADS", "0"),
+        ("CHAT_PASSWORD_QUEUE_LIMIT", "-1"),
+        ("CHAT_ROOMS_CREATED_PER_HOUR", "0"),
         # an implementation or loop uvicorn does not offer
         ("CHAT_WS_IMPLEMENTATION", "tornado"),
         ("CHAT_EVENT_LOOP", "tornado"),
