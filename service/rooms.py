@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -50,6 +51,9 @@ class RoomDirectory:
         self._ids: dict[str, int] = {}
         self._cache_max = cache_max
         self._created = KeyedLimiter.per(created_per_hour, 3600)
+        # One creation at a time per name on this instance: the sends that race to a new
+        # room wait for the first one instead of each spending a creation.
+        self._creating: dict[str, asyncio.Lock] = {}
 
     def _remember(self, name: str, room_id: int) -> None:
         if len(self._ids) >= self._cache_max:
@@ -71,6 +75,18 @@ class RoomDirectory:
         (nothing created) when `creator` has created too many rooms lately."""
         room_id = await self.find(name)
         if room_id is not None:
+            return room_id
+        lock = self._creating.setdefault(name, asyncio.Lock())
+        try:
+            async with lock:
+                return await self._create(name, creator)
+        finally:
+            if not lock.locked() and self._creating.get(name) is lock:
+                del self._creating[name]
+
+    async def _create(self, name: str, creator: str) -> int:
+        room_id = self._ids.get(name)
+        if room_id is not None:  # created by the one we waited for
             return room_id
         # Taken before the insert, so concurrent creations cannot all pass a check; given
         # back when nothing was created.

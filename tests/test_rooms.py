@@ -80,3 +80,16 @@ async def test_a_room_someone_else_created_costs_nothing(engine: AsyncEngine) ->
         )
     assert sum(isinstance(r, RateLimited) for r in results) == 1, results
     assert sum(isinstance(r, int) for r in results) == 1, results
+
+
+async def test_sends_racing_to_one_new_room_spend_one_creation(engine: AsyncEngine) -> None:
+    """Fifty sends by one user to a room nobody has used yet, all at once: one room is
+    created, all fifty get its id, and the user's budget lost one creation, not fifty."""
+    rooms = RoomDirectory(engine, created_per_hour=2)
+    name = unique("race-")
+    async with asyncio.timeout(30):
+        ids = await asyncio.gather(*(rooms.ensure(name, "racer") for _ in range(50)))
+    assert len(set(ids)) == 1
+    await rooms.ensure(unique("second-"), "racer")  # the budget's second creation is left
+    with pytest.raises(RateLimited):
+        await rooms.ensure(unique("third-"), "racer")
