@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -24,7 +25,9 @@ from . import api, db, logs, metrics, ws
 from .accounts import Accounts
 from .chat import Chat
 from .fanout import Fanout
+from .guards import Guard
 from .presence import Presence
+from .readiness import DatabaseCheck
 from .rooms import RoomDirectory
 from .settings import Settings
 from .store import PostgresStore
@@ -138,6 +141,14 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _bearer_is(request: Request, token: bytes) -> bool:
+    """Whether the request's `Authorization: Bearer` credential is `token`, compared in
+    constant time (header values are bytes read as latin-1: encoding gives them back)."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    presented = credential.strip().encode("latin-1")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, token)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app with its own settings; nothing is connected until the lifespan starts."""
     settings = settings or Settings()
@@ -150,7 +161,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         resources = build(settings)
         chat = resources.chat
         app.state.chat, app.state.accounts = chat, resources.accounts
-        app.state.engine = resources.engine
+        app.state.engine = engine = resources.engine
+        app.state.database_check = DatabaseCheck(lambda: db.ping(engine))
         await chat.start()
         # What startup made (modules, routes and models, SQLAlchemy's caches) lives as long as
         # the process: keep it out of every later collection. A full collection over it is a
@@ -176,6 +188,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ws.Endpoint)  # /ws, under the request context only
+    # In front of /ws too: a handshake with a malformed Host or Origin is refused (403).
+    app.add_middleware(
+        Guard,
+        max_body_bytes=settings.max_request_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
+    )
     app.add_middleware(logs.RequestContext)  # added last: it wraps everything else
     app.include_router(api.router)
 
@@ -197,9 +215,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"])
     async def readyz(request: Request) -> JSONResponse:
-        """200 when the database answers and the fan-out listener hears itself, else 503."""
+        """200 when the database answers and the fan-out listener hears itself, else 503.
+        The database is asked at most once a second, however many probes come
+        (readiness.py); the listener and draining are read as they are now."""
         chat: Chat = request.app.state.chat
-        database = await db.ping(request.app.state.engine)
+        check: DatabaseCheck = request.app.state.database_check
+        database = await check.ok()
         listener = chat.listener_healthy
         ready = database and listener and not chat.draining
         return JSONResponse(
@@ -212,8 +233,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
+    metrics_token = (
+        settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+    )
+
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus text format; with CHAT_METRICS_TOKEN set, only for its bearer."""
+        if metrics_token is not None and not _bearer_is(request, metrics_token):
+            return JSONResponse(
+                {"detail": "not authenticated: /metrics needs its bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
