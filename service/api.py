@@ -145,6 +145,13 @@ class NewMessage(BaseModel):
     client_id: str | None = Field(default=None, examples=["3f6c2a1e-0b7d-4e1a-9d1e-6c1f0f9d2a11"])
 
 
+def _secure(settings: Settings, request: Request) -> bool:
+    """The cookie's Secure flag: CHAT_COOKIE_SECURE, or a request made over HTTPS (behind a
+    TLS-terminating proxy, its X-Forwarded-Proto, believed only from
+    CHAT_FORWARDED_ALLOW_IPS). The scope's scheme, not request.url's, which parses Host."""
+    return settings.cookie_secure or request.scope["scheme"] == "https"
+
+
 @router.post(
     "/users",
     status_code=status.HTTP_201_CREATED,
@@ -187,7 +194,7 @@ async def login(
         max_age=ttl,
         httponly=True,
         samesite="lax",
-        secure=settings.cookie_secure or request.url.scheme == "https",
+        secure=_secure(settings, request),
         path="/",
     )
     return TokenOut(access_token=token, expires_in=ttl)
@@ -202,7 +209,7 @@ async def logout(request: Request) -> Response:
         path="/",
         httponly=True,
         samesite="lax",
-        secure=settings.cookie_secure or request.url.scheme == "https",
+        secure=_secure(settings, request),
     )
     return response
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -24,9 +25,11 @@ from . import api, db, logs, metrics, ws
 from .accounts import Accounts
 from .chat import Chat
 from .fanout import Fanout
+from .guards import Guard
 from .presence import Presence
 from .protocol import FanoutKey
 from .ratelimit import KeyedLimiter, RateLimited
+from .readiness import DatabaseCheck
 from .rooms import RoomDirectory
 from .security import Passwords, PasswordsBusy, default_password_threads
 from .settings import Settings
@@ -154,6 +157,14 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
+def _bearer_is(request: Request, token: bytes) -> bool:
+    """Whether the request's `Authorization: Bearer` credential is `token`, compared in
+    constant time (header values are bytes read as latin-1: encoding gives them back)."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    presented = credential.strip().encode("latin-1")
+    return scheme.lower() == "bearer" and hmac.compare_digest(presented, token)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app with its own settings; nothing is connected until the lifespan starts."""
     settings = settings or Settings()
@@ -167,7 +178,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chat = resources.chat
         app.state.chat, app.state.accounts = chat, resources.accounts
         app.state.rest_writes = resources.rest_writes
-        app.state.engine = resources.engine
+        app.state.engine = engine = resources.engine
+        app.state.database_check = DatabaseCheck(lambda: db.ping(engine))
         await chat.start()
         # What startup made (modules, routes and models, SQLAlchemy's caches) lives as long as
         # the process: keep it out of every later collection. A full collection over it is a
@@ -193,6 +205,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ws.Endpoint)  # /ws, under the request context only
+    # In front of /ws too: a handshake with a malformed Host or Origin is refused (403).
+    app.add_middleware(
+        Guard,
+        max_body_bytes=settings.max_request_bytes,
+        body_timeout_seconds=settings.body_timeout_seconds,
+    )
     app.add_middleware(logs.RequestContext)  # added last: it wraps everything else
     app.include_router(api.router)
 
@@ -238,9 +256,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/readyz", tags=["ops"])
     async def readyz(request: Request) -> JSONResponse:
-        """200 when the database answers and the fan-out listener hears itself, else 503."""
+        """200 when the database answers and the fan-out listener hears itself, else 503.
+        The database is asked at most once a second, however many probes come
+        (readiness.py); the listener and draining are read as they are now."""
         chat: Chat = request.app.state.chat
-        database = await db.ping(request.app.state.engine)
+        check: DatabaseCheck = request.app.state.database_check
+        database = await check.ok()
         listener = chat.listener_healthy
         ready = database and listener and not chat.draining
         return JSONResponse(
@@ -253,8 +274,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             status_code=200 if ready else 503,
         )
 
+    metrics_token = (
+        settings.metrics_token.get_secret_value().encode() if settings.metrics_token else None
+    )
+
     @app.get("/metrics", tags=["ops"], include_in_schema=False)
-    async def metrics_endpoint() -> Response:
+    async def metrics_endpoint(request: Request) -> Response:
+        """Prometheus text format; with CHAT_METRICS_TOKEN set, only for its bearer."""
+        if metrics_token is not None and not _bearer_is(request, metrics_token):
+            return JSONResponse(
+                {"detail": "not authenticated: /metrics needs its bearer token"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
         ASYNCIO_TASKS.set(len(asyncio.all_tasks()))
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request, WebSocket, status
 from fastapi.security import OAuth2PasswordBearer
 
+from .origins import origin_allowed
 from .security import read_token, read_token_claims
 from .settings import Settings
 
@@ -36,27 +36,6 @@ async def current_user(
 
 CurrentUser = Annotated[str, Depends(current_user)]
 
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-
-
-def _host_port(netloc: str, scheme: str) -> tuple[str, int | None]:
-    parts = urlsplit(f"//{netloc}")
-    return (parts.hostname or "").lower(), parts.port or _DEFAULT_PORTS.get(scheme)
-
-
-def origin_allowed(origin: str | None, host: str | None, settings: Settings, scheme: str) -> bool:
-    """Cross-site WebSocket hijacking guard, for sockets authenticated by cookie."""
-    if not origin:
-        return False
-    origin = origin.rstrip("/")
-    if settings.allowed_origins:
-        return origin in settings.allowed_origins
-    parsed = urlsplit(origin)
-    if not host or parsed.scheme not in ("http", "https"):
-        return False
-    request_scheme = "https" if scheme in ("https", "wss") else "http"
-    return _host_port(parsed.netloc, parsed.scheme) == _host_port(host, request_scheme)
-
 
 def websocket_user(websocket: WebSocket, settings: Settings) -> tuple[str, float] | None:
     """The socket's user and its token's expiry (Unix time), or None to refuse it (missing,
@@ -72,11 +51,13 @@ def websocket_user(websocket: WebSocket, settings: Settings) -> tuple[str, float
     cookie = websocket.cookies.get(COOKIE)
     if not cookie:
         return None
+    # The scope's scheme, not websocket.url's: building the URL parses the Host header. Behind
+    # a trusted proxy (CHAT_FORWARDED_ALLOW_IPS) it is the forwarded one.
     if not origin_allowed(
         websocket.headers.get("origin"),
         websocket.headers.get("host"),
-        settings,
-        websocket.url.scheme,
+        websocket.scope["scheme"],
+        settings.allowed_origins,
     ):
         return None
     return read_token_claims(cookie, secret)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -18,7 +19,7 @@ import click
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import logs, migrate, ops
+from . import httpserver, logs, migrate, ops
 from .db import Unavailable
 from .settings import ConfigError, Settings, new_secret
 from .validation import InvalidInput, check_password, check_room, normalize_username
@@ -54,12 +55,19 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
 def run_server(settings: Settings, host: str, port: int) -> None:
     from .app import create_app
 
+    if "FORWARDED_ALLOW_IPS" in os.environ:
+        # uvicorn's own variable, which the forwarded_allow_ips given below overrides.
+        logging.getLogger(__name__).warning(
+            "FORWARDED_ALLOW_IPS is ignored: set CHAT_FORWARDED_ALLOW_IPS instead (now %r)",
+            settings.forwarded_allow_ips,
+        )
     config = uvicorn.Config(
         create_app(settings),
         host=host,
         port=port,
         loop=settings.event_loop,
-        http="httptools",
+        # httptools, with a bound on the time and the bytes a request's headers may take.
+        http=httpserver.bounded(settings.header_timeout_seconds, settings.max_header_bytes),
         ws=settings.ws_implementation,
         ws_max_size=settings.max_frame_bytes,
         # bench/ measures idle memory with and without deflate offered: deflate costs memory
@@ -70,7 +78,10 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+        # X-Forwarded-For and -Proto, from these addresses only (uvicorn's own default is
+        # the same loopback pair, or its FORWARDED_ALLOW_IPS variable: not used).
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
     )
     # uvicorn drains on SIGINT or SIGTERM, then raises the signal again once its own handlers
     # are gone; as KeyboardInterrupt (SIGTERM too, by this handler) that is a clean exit 0.

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .origins import parse_origin
 
 # Secrets that look like configuration but protect nothing.
 _PLACEHOLDER_SECRETS = {"changeme", "change-me", "secret", "changethis", "dev", "test", "password"}
@@ -40,6 +43,13 @@ class Settings(BaseSettings):
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
     cookie_secure: bool = False
+    # Addresses whose X-Forwarded-For and X-Forwarded-Proto are believed (uvicorn's
+    # forwarded_allow_ips): comma-separated IPs or networks, "*" for any, empty for none. From
+    # anyone else they are ignored: the client address and the scheme (the cookie's Secure
+    # flag, the origin check) are those of the connection itself.
+    forwarded_allow_ips: str = "127.0.0.1,::1"
+    # When set, GET /metrics needs `Authorization: Bearer <it>`; unset, /metrics is open.
+    metrics_token: SecretStr | None = None
 
     max_message_chars: int = Field(default=4000, ge=1, le=100_000)
     replay_limit: int = Field(default=50, ge=0, le=1000)
@@ -50,6 +60,14 @@ class Settings(BaseSettings):
     # Distinct emoji reacting to one message (v2 reactions); GET /api/config announces it.
     max_emoji_per_message: int = Field(default=20, ge=1)
     max_frame_bytes: int = Field(default=65536, ge=1024)
+    # A REST request body (413 past it). The largest legal one is a message of
+    # max_message_chars characters each escaped as a surrogate pair (12 bytes of JSON).
+    max_request_bytes: int = Field(default=65536, ge=1024)
+    # Request headers: their size, and the time from the connection's first byte (or from a
+    # kept-alive connection's next request) until they are complete; then the body's time.
+    max_header_bytes: int = Field(default=65536, ge=4096)
+    header_timeout_seconds: float = Field(default=10.0, gt=0)
+    body_timeout_seconds: float = Field(default=30.0, gt=0)
     send_queue_limit: int = Field(default=1000, ge=1)
     # Everything waiting for one socket, answers included (service/outbox.py).
     send_queue_max_bytes: int = Field(default=32 * 1024 * 1024, ge=1024 * 1024)
@@ -93,6 +111,49 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [o.strip().rstrip("/") for o in value.split(",") if o.strip()]
         return value
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if parse_origin(origin) is None:
+                raise ValueError(
+                    f"CHAT_ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port])"
+                )
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded(cls, value: str) -> str:
+        entries = [e.strip() for e in value.split(",") if e.strip()]
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                # Strict, as uvicorn reads it: a network with host bits set would silently
+                # match nothing there.
+                ipaddress.ip_network(entry)
+            except ValueError:
+                raise ValueError(
+                    f"CHAT_FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network "
+                    "(names are not resolved)"
+                ) from None
+        return ",".join(entries)
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _empty_token(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value() else None
+
+    @model_validator(mode="after")
+    def _body_fits_a_message(self) -> Settings:
+        needed = 12 * self.max_message_chars + 1024
+        if self.max_request_bytes < needed:
+            raise ValueError(
+                f"CHAT_MAX_REQUEST_BYTES must be at least {needed} to carry a message of "
+                f"CHAT_MAX_MESSAGE_CHARS={self.max_message_chars} characters"
+            )
+        return self
 
     @field_validator("database_url")
     @classmethod

@@ -16,9 +16,12 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 from starlette.types import Receive, Scope, Send
 
 from service import logs, metrics
+from service.app import create_app
+from service.settings import Settings
 from tests.support import PROJECT, Instance, app_client, new_user, unique, ws_connect
 
 OPERATIONAL = {
@@ -76,6 +79,34 @@ async def test_metrics_names_every_operational_metric(client: httpx.AsyncClient)
     for name, kind in OPERATIONAL.items():
         # A counter is declared without its _total suffix once it has samples.
         assert kind in (declared.get(name), declared.get(name.removesuffix("_total"))), name
+
+
+async def test_metrics_token_is_required_when_set(settings: Settings) -> None:
+    """With CHAT_METRICS_TOKEN, /metrics answers only `Authorization: Bearer <it>`: no
+    header, another scheme, another token or a prefix of it are 401 with FastAPI's body."""
+    token = "scrape-" + "s" * 40
+    guarded = create_app(settings.model_copy(update={"metrics_token": SecretStr(token)}))
+    async with app_client(guarded) as http:
+        refused: list[dict[bytes, bytes]] = [
+            {},
+            {b"Authorization": token.encode()},
+            {b"Authorization": f"Basic {token}".encode()},
+            {b"Authorization": f"Bearer {token[:-1]}".encode()},
+            {b"Authorization": f"Bearer {token}x".encode()},
+            {b"Authorization": b"Bearer "},
+            {b"Authorization": "Bearer été".encode()},  # not ASCII
+        ]
+        for headers in refused:
+            r = await http.get("/metrics", headers=headers)
+            assert r.status_code == 401, headers
+            assert r.json() == {"detail": "not authenticated: /metrics needs its bearer token"}
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert "chat_" not in r.text
+        for scheme in ("Bearer", "bearer"):
+            r = await http.get("/metrics", headers={"Authorization": f"{scheme} {token}"})
+            assert r.status_code == 200
+            assert "# TYPE chat_connections gauge" in r.text
+        assert (await http.get("/healthz")).status_code == 200  # nothing else needs it
 
 
 def test_watched_queues_are_read_at_each_scrape() -> None:

@@ -201,6 +201,18 @@ def test_limit_defaults_match_the_protocol() -> None:
         # an implementation or loop uvicorn does not offer
         ("CHAT_WS_IMPLEMENTATION", "tornado"),
         ("CHAT_EVENT_LOOP", "tornado"),
+        # an origin that no Origin header can equal
+        ("CHAT_ALLOWED_ORIGINS", "chat.example.com"),
+        ("CHAT_ALLOWED_ORIGINS", "https://chat.example.com,http://h:99999"),
+        ("CHAT_ALLOWED_ORIGINS", "https://chat.example.com/app"),
+        # a proxy named instead of addressed (uvicorn would silently trust nobody), a typo
+        ("CHAT_FORWARDED_ALLOW_IPS", "nginx"),
+        ("CHAT_FORWARDED_ALLOW_IPS", "10.0.0.0/33"),
+        ("CHAT_FORWARDED_ALLOW_IPS", "10.0.0.1/8"),  # uvicorn would match nothing with it
+        # a body cap that no longer carries the largest message
+        ("CHAT_MAX_REQUEST_BYTES", "20000"),
+        ("CHAT_HEADER_TIMEOUT_SECONDS", "0"),
+        ("CHAT_MAX_HEADER_BYTES", "100"),
     ],
 )
 def test_nonsense_settings_are_refused(
@@ -211,6 +223,36 @@ def test_nonsense_settings_are_refused(
     monkeypatch.setenv(name, value)
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_edge_defaults() -> None:
+    """Forwarded headers are believed from loopback only, as uvicorn's own default;
+    /metrics is open; a REST body may carry the largest message, escaped, with room left."""
+    settings = Settings()
+    assert settings.forwarded_allow_ips == "127.0.0.1,::1"
+    assert settings.metrics_token is None
+    assert settings.max_request_bytes == 65536 > 12 * settings.max_message_chars + 1024
+    assert (settings.header_timeout_seconds, settings.body_timeout_seconds) == (10, 30)
+    assert settings.max_header_bytes == 65536
+
+
+def test_edge_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CHAT_FORWARDED_ALLOW_IPS", " 10.0.0.0/8 , 192.0.2.7,, ::1 ")
+    monkeypatch.setenv("CHAT_METRICS_TOKEN", "scrape-" + "t" * 30)
+    monkeypatch.setenv("CHAT_MAX_MESSAGE_CHARS", "10000")
+    monkeypatch.setenv("CHAT_MAX_REQUEST_BYTES", "130000")
+    settings = Settings()
+    assert settings.forwarded_allow_ips == "10.0.0.0/8,192.0.2.7,::1"
+    assert settings.metrics_token is not None
+    assert settings.metrics_token.get_secret_value() == "scrape-" + "t" * 30
+    assert "scrape-" not in repr(settings)
+    assert settings.max_request_bytes == 130000
+    monkeypatch.setenv("CHAT_FORWARDED_ALLOW_IPS", "*")
+    monkeypatch.setenv("CHAT_METRICS_TOKEN", "")
+    settings = Settings()
+    assert (settings.forwarded_allow_ips, settings.metrics_token) == ("*", None)
+    monkeypatch.setenv("CHAT_FORWARDED_ALLOW_IPS", "")  # nobody is trusted
+    assert Settings().forwarded_allow_ips == ""
 
 
 def test_dotenv_file_is_read(tmp_path: Path) -> None:

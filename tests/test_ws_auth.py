@@ -60,6 +60,13 @@ async def test_cookie_needs_a_same_origin(pair: tuple[Instance, Instance]) -> No
     await _refused(ws_url, additional_headers=cookie, origin="http://evil.example")
     await _refused(ws_url, additional_headers=cookie)  # no Origin at all
     await _refused(ws_url, additional_headers=cookie, origin="http://127.0.0.1:1")
+    # Scheme, host and port all count: an https page with the same host and port is
+    # another origin.
+    await _refused(ws_url, additional_headers=cookie, origin=a.url.replace("http", "https"))
+    await _refused(ws_url, additional_headers=cookie, origin=f"http://localhost:{a.port}")
+    # Malformed: refused the same way, never a 500 (urlsplit raised on these).
+    for garbage in ("http://127.0.0.1:99999", "http://[::1", f"http://é:{a.port}", "null"):
+        await _refused(ws_url, additional_headers=cookie, origin=garbage)
     async with ws_connect(a.url, additional_headers=cookie, origin=a.url) as ws:
         await ws.send(type="ping")
         assert (await ws.recv())["type"] == "pong"
