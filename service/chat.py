@@ -170,7 +170,7 @@ class Chat:
                 )
 
             settings = self.settings
-            await self._hubs.join(
+            ready = await self._hubs.join(
                 room_id,
                 room,
                 member,
@@ -179,6 +179,13 @@ class Chat:
                 settings.resume_limit,
                 on_joined=announce,
             )
+            try:
+                # A resume is fed as the socket drains; the connection's next frame waits
+                # for its `joined`, so answers keep the order of the commands.
+                await ready
+            except BaseException:
+                await self._hubs.leave(room_id, member)
+                raise
         except BaseException:
             # The join did not happen: neither does its presence. Bounded and best effort:
             # the reaper removes what an outage leaves behind.

@@ -115,30 +115,34 @@ class RoomHub:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
-    ) -> None:
+    ) -> asyncio.Future[None]:
         """Replay to `member`, call `on_joined` (still before any live message can reach the
-        member), then make it a member. A resume is fed in the background: this returns
-        once it has begun."""
+        member), then make it a member. A resume is fed in the background: the future
+        returned is done once `on_joined` has been called (cancelled if the feed ends
+        first)."""
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         async with self._lock:
             if since is not None:
                 last_seq = (await self.store.last_seqs([self.room_id])).get(self.room_id, 0)
                 if since <= last_seq:
-                    self._resume(member, since, last_seq, resume_limit, on_joined)
-                    return
+                    self._resume(member, since, last_seq, resume_limit, on_joined, ready)
+                    return ready
             replay = await self.store.replay(self.room_id, self.room, None, replay_limit, 0)
             if since is not None and since <= replay.last_seq:
                 # The head passed `since` between the two reads: a resume after all.
-                self._resume(member, since, replay.last_seq, resume_limit, on_joined)
-                return
+                self._resume(member, since, replay.last_seq, resume_limit, on_joined, ready)
+                return ready
             self._start(replay.last_seq)
             newest_sent = replay.messages[-1].seq if replay.messages else 0
             cursor = max(replay.last_seq, newest_sent)
             for message in replay.messages:
                 member.push_answer(message.frame())
             on_joined(Joined(cursor, replay.truncated))
+            ready.set_result(None)
             self.members[member] = cursor
             if self.target > self.head:
                 self._wake.set()
+            return ready
 
     def _resume(
         self,
@@ -147,10 +151,11 @@ class RoomHub:
         last_seq: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
+        ready: asyncio.Future[None],
     ) -> None:
         self._start(last_seq)
         start = max(since, last_seq - resume_limit)
-        feed = self._feed(member, start, last_seq, start > since, on_joined)
+        feed = self._feed(member, start, last_seq, start > since, on_joined, ready)
         self.feeding[member] = asyncio.create_task(
             feed, name=f"feed-{self.room}", context=contextvars.Context()
         )
@@ -169,16 +174,32 @@ class RoomHub:
         end: int,
         truncated: bool,
         on_joined: Callable[[Joined], None],
+        ready: asyncio.Future[None],
     ) -> None:
         """Everything after `cursor` up to `end` (the replay, then `joined`), then what was
         committed since, a page at a time as the member drains, until it is level with the
         head; then it joins live delivery. Outages are waited out."""
+        try:
+            await self._feeding(member, cursor, end, truncated, on_joined, ready)
+        finally:
+            if not ready.done():
+                ready.cancel()
+
+    async def _feeding(
+        self,
+        member: Member,
+        cursor: int,
+        end: int,
+        truncated: bool,
+        on_joined: Callable[[Joined], None],
+        ready: asyncio.Future[None],
+    ) -> None:
         announced = False
         delay = 0.1
         while True:
             try:
-                async with member.room_for(FEED_PAGE) as ready:
-                    if not ready:
+                async with member.room_for(FEED_PAGE) as has_room:
+                    if not has_room:
                         return
                     if announced and cursor >= self.head - FEED_PAGE:
                         async with self._lock:  # the hand-over: nothing is delivered meanwhile
@@ -195,6 +216,7 @@ class RoomHub:
                     truncated = truncated or (not announced and gap)
                 if not announced and cursor >= end:
                     on_joined(Joined(end, truncated))
+                    ready.set_result(None)
                     announced = True
                 delay = 0.1
             except Exception as error:
@@ -319,9 +341,9 @@ class Hubs:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
-    ) -> None:
+    ) -> asyncio.Future[None]:
         """Add `member` to the room's hub (created, and registered before any read, if the
-        room has no local members yet)."""
+        room has no local members yet); the future is RoomHub.join's."""
         hub = self._hubs.get(room_id)
         if hub is None:
             hub = self._hubs[room_id] = RoomHub(self._store, room_id, room)
@@ -329,7 +351,7 @@ class Hubs:
             metrics.LOCAL_ROOMS.set(len(self._hubs))
         hub.joining += 1
         try:
-            await hub.join(member, since, replay_limit, resume_limit, on_joined)
+            return await hub.join(member, since, replay_limit, resume_limit, on_joined)
         finally:
             hub.joining -= 1
             await self._drop_if_empty(hub)

@@ -39,7 +39,9 @@ class Origin(NamedTuple):
 
 def parse_host(value: str) -> tuple[str, int | None] | None:
     """`host[:port]` of a Host header (or of an origin), or None when malformed: empty,
-    non-ASCII, a port out of 1..65535 or empty, userinfo, a path, an unclosed bracket."""
+    non-ASCII, a port out of 1..65535 or empty, userinfo, a path, an unclosed bracket.
+    Whitespace around the value is the header's, not the host's (RFC 9110, 5.5)."""
+    value = value.strip(" \t")
     if not value or len(value) > _MAX_LENGTH or not value.isascii():
         return None
     match = _HOST.fullmatch(value.lower())
@@ -65,6 +67,7 @@ def parse_host(value: str) -> tuple[str, int | None] | None:
 def parse_origin(value: str) -> Origin | None:
     """An Origin header's `scheme://host[:port]` (RFC 6454; one trailing `/` tolerated), or
     None when malformed or opaque (`null`)."""
+    value = value.strip(" \t")
     if not value or len(value) > _MAX_LENGTH or not value.isascii():
         return None
     scheme, separator, rest = value.partition("://")
