@@ -375,3 +375,24 @@ def test_scram_verifier_is_what_postgresql_accepts() -> None:
     iterations_salt, keys = rest.split("$")
     assert iterations_salt.startswith(f"{pgcluster.SCRAM_ITERATIONS}:")
     assert len(keys.split(":")) == 2
+
+
+def test_a_lost_password_file_is_replaced_while_stopped(
+    data_dir: Path, no_client_password: None
+) -> None:
+    """The password file deleted while the server is stopped: the next start sets a new
+    password (in single-user mode) and the data is still there."""
+    first = start_cluster(data_dir, settings=FAST)
+    ensure_database(first.admin_url, "chat")
+    execute(first.url("chat"), "CREATE TABLE kept (v int); INSERT INTO kept VALUES (9)")
+    first.stop()
+    pgcluster.password_path(data_dir).unlink()
+    again = start_cluster(data_dir, settings=FAST)
+    try:
+        assert again.password != first.password
+        assert query(again.url("chat"), "SELECT v FROM kept") == 9
+        assert "password authentication failed" in refused(
+            host="127.0.0.1", port=again.port, password=first.password, timeout=10
+        )
+    finally:
+        again.stop()
