@@ -12,6 +12,7 @@ from sqlalchemy import pool, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service.db import connect_args
 from service.models import Base
 from service.settings import Settings
 
@@ -50,7 +51,9 @@ def do_run_migrations(connection: Connection) -> None:
 
 
 async def run_async_migrations() -> None:
-    engine = create_async_engine(_url(), poolclass=pool.NullPool)
+    # In UTC, as every session of the service: a migration that writes a timestamp as text
+    # gets the same offset whatever the database's default TimeZone.
+    engine = create_async_engine(_url(), poolclass=pool.NullPool, connect_args=connect_args())
     try:
         async with engine.connect() as connection:
             await connection.run_sync(do_run_migrations)

@@ -97,6 +97,7 @@ def build(settings: Settings) -> Resources:
         fanout=fanout,
         heartbeat_seconds=settings.presence_heartbeat_seconds,
         ttl_seconds=settings.presence_ttl_seconds,
+        debounce_seconds=settings.presence_debounce_seconds,
     )
     chat = Chat(
         settings,

@@ -28,6 +28,8 @@ from redis import asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from .db import SESSION_SETTINGS
+
 log = logging.getLogger(__name__)
 
 QUEUE_MAX = 10_000
@@ -61,7 +63,8 @@ class PostgresBackend(Backend):
         self._lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        self._conn = await asyncpg.connect(self._url)
+        # In UTC like every session of ours, though nothing here formats a timestamp today.
+        self._conn = await asyncpg.connect(self._url, server_settings=dict(SESSION_SETTINGS))
         self._conn.add_termination_listener(self._terminated)
 
     async def disconnect(self) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Protocol
+from typing import Literal, Protocol
 
 from . import metrics
 from .db import Unavailable
@@ -160,11 +160,12 @@ class Chat:
         room_id = await self._rooms.ensure(room, member.username)
         await self._presence.join(room_id, room, member.username)
         try:
-            online = await self._presence.online(room_id)
-            if member.username not in online:
-                online = sorted([*online, member.username])
+            await self._presence.watch(room_id)
 
             def announce(joined: Joined) -> None:
+                # Read in the same step as the member starts getting presence frames: no
+                # change falls between the list and the events that follow it.
+                online = self._presence.online_now(room_id, including=member.username)
                 member.push_answer(
                     joined_frame(room, joined.last_seq, joined.truncated, online, ref)
                 )
@@ -237,13 +238,22 @@ class Chat:
             for room_id, seq in note.refs:
                 self._hubs.committed(room_id, seq)
         elif isinstance(note, PresenceNote):
-            hub = self._hubs.get(note.room_id)
-            if hub is not None:
-                hub.send_all(presence_frame(hub.room, note.user, note.event), skip_user=note.user)
+            self._presence.heard(note)  # _presence_changed, if it changes what members know
         elif isinstance(note, TypingNote):
             hub = self._hubs.get(note.room_id)
             if hub is not None:
                 hub.send_all(typing_frame(hub.room, note.user), skip_user=note.user)
+
+    def _presence_changed(self, room_id: int, user: str, event: Literal["join", "leave"]) -> None:
+        """What this instance's members of the room were told of `user` changed."""
+        hub = self._hubs.get(room_id)
+        if hub is not None:
+            hub.send_all(presence_frame(hub.room, user, event), skip_user=user)
+
+    async def _recovered(self) -> None:
+        """The fan-out hears again: read back what lost notifications carried."""
+        await self.resync()
+        self._presence.repair_soon()
 
     async def resync(self) -> None:
         """Compare every local room with the database; hubs read back what they missed."""
@@ -263,9 +273,9 @@ class Chat:
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        await self._presence.start()
+        await self._presence.start(on_change=self._presence_changed)
         self._writer.start()
-        self._fanout.start(on_note=self._on_note, on_recovered=self.resync)
+        self._fanout.start(on_note=self._on_note, on_recovered=self._recovered)
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
         if not await self._fanout.wait_healthy(10):
             log.warning("fan-out listener not healthy yet; /readyz says 503 until it is")

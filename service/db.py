@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
+from typing import Any, TypeVar
 
 import asyncpg
 from sqlalchemy import exc as sa_exc
@@ -12,6 +13,19 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from .settings import Settings
+
+T = TypeVar("T")
+
+# Every session the service opens runs in UTC (the engine's, the fan-out listener's, the
+# operator commands', Alembic's): PostgreSQL writes a timestamptz as text in the session's
+# TimeZone (json_build_object in sql/post_messages.sql does), and PROTOCOL.md promises
+# `+00:00` whatever the server's or the database's default is.
+SESSION_SETTINGS: Mapping[str, str] = {"timezone": "UTC"}
+
+
+def connect_args(**extra: Any) -> dict[str, Any]:
+    """asyncpg's connect() arguments for a session of ours: SESSION_SETTINGS, plus `extra`."""
+    return {"server_settings": dict(SESSION_SETTINGS), **extra}
 
 
 class Unavailable(Exception):
@@ -33,7 +47,7 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # `unavailable`, clients retry) and SQLAlchemy then recycles the whole pool.
         pool_pre_ping=False,
         pool_timeout=5,
-        connect_args={"timeout": 5, "command_timeout": 30},
+        connect_args=connect_args(timeout=5, command_timeout=30),
         # SQLAlchemy puts a failed statement's parameters in the error's text, and the
         # writer's parameters are message bodies: never let them reach a log.
         hide_parameters=True,
@@ -74,12 +88,53 @@ async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
             yield conn
 
 
-def is_outage(error: BaseException) -> bool:
-    """True when `error` means 'the database is unreachable or going away', not a bug."""
+# SQLSTATE classes and codes that mean "not now" rather than "never": the statement was not
+# carried out (its transaction rolled back, or the session never began), nothing was stored,
+# and the same request may well succeed when tried again.
+_TRANSIENT_CLASSES = (
+    "08",  # connection exception
+    "53",  # insufficient resources: too many connections, out of memory, disk full
+    "57P",  # operator intervention: shutdown, crash, database dropped, idle session timeout
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "57014",  # query_canceled: statement_timeout, or pg_cancel_backend()
+        "55P03",  # lock_not_available: lock_timeout
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+    }
+)
+# Of those, the ones where the transaction was chosen to roll back so that another could go
+# on: running it again at once is the standard answer.
+_RETRY_AT_ONCE = frozenset({"40001", "40P01"})
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+    """`error` and what caused it (SQLAlchemy wraps the driver's error; asyncpg's own may sit
+    behind a TimeoutError or an InterfaceError), each once."""
     seen: set[int] = set()
     current: BaseException | None = error
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
+
+
+def sqlstate(error: BaseException) -> str | None:
+    """The SQLSTATE PostgreSQL gave for `error` (or for what caused it), if any."""
+    for current in _chain(error):
+        code = getattr(current, "sqlstate", None)
+        if isinstance(code, str) and len(code) == 5:
+            return code
+    return None
+
+
+def is_outage(error: BaseException) -> bool:
+    """True when `error` means "the database cannot do this now", not a bug: it is
+    unreachable or going away, out of connections or other resources, or it cancelled the
+    statement (statement timeout, pg_cancel_backend) or rolled the transaction back to get
+    out of a deadlock or a serialization failure. Nothing was stored; try again."""
+    for current in _chain(error):
         if isinstance(current, Unavailable):
             return True
         if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
@@ -98,11 +153,35 @@ def is_outage(error: BaseException) -> bool:
             ),
         ):
             return True
-        sqlstate = getattr(current, "sqlstate", None)
-        if isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate.startswith("57P")):
+        code = getattr(current, "sqlstate", None)
+        if isinstance(code, str) and (
+            code in _TRANSIENT_CODES or code.startswith(_TRANSIENT_CLASSES)
+        ):
             return True
-        current = current.__cause__ or current.__context__ or getattr(current, "orig", None)
     return False
+
+
+def retry_at_once(error: BaseException) -> bool:
+    """True for a deadlock or a serialization failure: PostgreSQL rolled this transaction back
+    so that another could go on, and running it again is expected to succeed."""
+    return sqlstate(error) in _RETRY_AT_ONCE
+
+
+async def retrying(
+    attempt: Callable[[], Awaitable[T]], *, attempts: int = 3, delay: float = 0.05
+) -> T:
+    """`await attempt()`, run again (at most `attempts` times in all, a little later each
+    time) while it fails with what `retry_at_once` recognises; then its error as
+    `outages_unavailable` maps it."""
+    for n in range(1, attempts + 1):
+        try:
+            with outages_unavailable():
+                return await attempt()
+        except Unavailable as error:
+            if n == attempts or not retry_at_once(error):
+                raise
+        await asyncio.sleep(delay * n)
+    raise AssertionError("unreachable")
 
 
 async def ping(engine: AsyncEngine, timeout: float = 2.0) -> bool:

@@ -74,6 +74,7 @@ class RoomHub:
         self.target = 0
         self.members: dict[Member, int] = {}
         self.feeding: dict[Member, asyncio.Task[None]] = {}  # resumes not caught up yet
+        self._announced: set[Member] = set()  # of those, the ones that have had `joined`
         self.joining = 0  # joins under way: the hub must outlive them
         self._pending: dict[int, StoredMessage] = {}  # offered beyond the head
         self._lock = asyncio.Lock()
@@ -103,8 +104,9 @@ class RoomHub:
             self._wake.set()
 
     def send_all(self, frame: str, *, skip_user: str | None = None) -> None:
-        """An ephemeral frame (presence, typing) to every member, unordered with messages."""
-        for member in self.members:
+        """An ephemeral frame (presence, typing) to every member, unordered with messages;
+        a member still catching up gets it once it has had `joined`."""
+        for member in (*self.members, *self._announced):
             if member.username != skip_user:
                 member.push_live(frame)
 
@@ -206,6 +208,7 @@ class RoomHub:
                             cursor, _ = await self._feed_page(member, cursor, self.head)
                             if cursor >= self.head:
                                 del self.feeding[member]
+                                self._announced.discard(member)
                                 self.members[member] = cursor
                                 return
                         continue
@@ -217,6 +220,7 @@ class RoomHub:
                 if not announced and cursor >= end:
                     on_joined(Joined(end, truncated))
                     ready.set_result(None)
+                    self._announced.add(member)
                     announced = True
                 delay = 0.1
             except Exception as error:
@@ -238,6 +242,7 @@ class RoomHub:
 
     def leave(self, member: Member) -> None:
         self.members.pop(member, None)
+        self._announced.discard(member)
         feed = self.feeding.pop(member, None)
         if feed is not None:
             feed.cancel()
@@ -245,6 +250,7 @@ class RoomHub:
     async def close(self) -> None:
         tasks = [*self.feeding.values(), *([self._task] if self._task is not None else [])]
         self.feeding.clear()
+        self._announced.clear()
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

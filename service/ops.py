@@ -20,7 +20,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from . import accounts
-from .db import reading, writing
+from .db import connect_args, reading, writing
 from .security import Passwords
 from .settings import Settings
 from .store import PostgresStore
@@ -35,7 +35,10 @@ async def connect(settings: Settings) -> AsyncIterator[AsyncEngine]:
     """A small engine for one command. No statement timeout: counting a large room may
     legitimately take a while."""
     engine = create_async_engine(
-        settings.sqlalchemy_url, pool_size=2, max_overflow=0, connect_args={"timeout": 10}
+        settings.sqlalchemy_url,
+        pool_size=2,
+        max_overflow=0,
+        connect_args=connect_args(timeout=10),  # in UTC, as every session of ours
     )
     try:
         yield engine

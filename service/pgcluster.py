@@ -2,18 +2,26 @@
 
 "A database with zero configuration" for `chat dev` (data dir `.data/pg`, kept between runs)
 and for the test suite (a temporary directory). The server listens on 127.0.0.1 only, on a
-free port of its own, with trust authentication for the `postgres` role; it never touches
-a system cluster. When we run as root the server runs as the `postgres` user (or `nobody`),
-because PostgreSQL refuses to run as root.
+free port of its own, and its Unix socket lives in the data directory, which only the
+server's user may enter. Every connection, over TCP or the socket, must give the `postgres`
+role's password (scram-sha-256): made once, kept beside the data directory in a file only
+we may read (`.data/pg.password`, mode 0600), and carried by the URLs the cluster hands out.
+A data directory from before passwords (trust authentication) gets one at its next start.
+It never touches a system cluster. When we run as root the server runs as the `postgres`
+user (or `nobody`), because PostgreSQL refuses to run as root.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
+import hmac
 import os
 import pwd
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -22,6 +30,7 @@ import time
 from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote
 
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
@@ -33,6 +42,14 @@ DEFAULT_SETTINGS: Mapping[str, str] = {"max_connections": "300"}
 STOP_TIMEOUT = 60.0
 SOCKET_PATH_MAX = 107  # sun_path is 108 bytes including the terminating NUL
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+SCRAM_ITERATIONS = 4096  # PostgreSQL's own default
+# The whole of pg_hba.conf: a password for everyone, over the socket and over TCP.
+HBA = """\
+# Written by service/pgcluster.py: every connection gives the postgres role's password,
+# which is kept beside this data directory (<data dir>.password, mode 0600).
+local   all   all                  scram-sha-256
+host    all   all   127.0.0.1/32   scram-sha-256
+"""
 
 
 class PostgresNotFound(RuntimeError):
@@ -70,15 +87,17 @@ class Cluster:
     port: int
     started_here: bool  # False when we found it already running and reused it
     bindir: Path
+    password: str = ""  # the postgres role's (password_path); "" when only stopping it
 
     @property
     def admin_url(self) -> str:
-        """URL of the `postgres` database as the `postgres` superuser (trust auth)."""
+        """URL of the `postgres` database as the `postgres` superuser, password included."""
         return self.url("postgres")
 
     def url(self, database: str) -> str:
         """URL of another database on the same server."""
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        secret = f":{quote(self.password, safe='')}" if self.password else ""
+        return f"postgresql://postgres{secret}@127.0.0.1:{self.port}/{database}"
 
     @property
     def log_path(self) -> Path:
@@ -126,7 +145,8 @@ def start_cluster(
     data_dir = data_dir.absolute()
     bindir = find_bindir()
     _prepare_data_dir(bindir, data_dir, timeout)
-    cluster = Cluster(data_dir, 0, started_here=False, bindir=bindir)
+    password, made = _password(data_dir)
+    cluster = Cluster(data_dir, 0, started_here=False, bindir=bindir, password=password)
 
     pid = _read_pid_file(data_dir)
     if pid is not None:
@@ -134,6 +154,7 @@ def start_cluster(
         cluster.port = port or 0
         if port and cluster.is_running():
             _wait_accepting(cluster, timeout)
+            _require_password_online(cluster, made)
             return cluster
         if not _runs_in(pid, data_dir):
             # The PID in a stale lock file may now belong to an unrelated live process (or
@@ -149,6 +170,7 @@ def start_cluster(
     for name in options:
         if not _SETTING_NAME.match(name):
             raise ValueError(f"invalid PostgreSQL setting name: {name!r}")
+    _require_password_offline(cluster, made, timeout)
     socket_dir = str(data_dir) if len(f"{data_dir}/.s.PGSQL.65535") <= SOCKET_PATH_MAX else ""
     preferred = _previous_port(data_dir)
     for attempt in range(3):  # a free port can be taken before postgres binds it
@@ -220,6 +242,115 @@ async def _execute(admin_url: str, sql: str) -> None:
         await conn.close(timeout=10)
 
 
+# --- the password ------------------------------------------------------------------------
+
+
+def password_path(data_dir: Path) -> Path:
+    """Where the cluster's password is kept: beside the data directory (which belongs to the
+    server's user), readable by us alone."""
+    return data_dir.with_name(f"{data_dir.name}.password")
+
+
+def _password(data_dir: Path) -> tuple[str, bool]:
+    """The cluster's password, and whether it was made just now (created 0600 from the
+    start, like `chat dev`'s secret key)."""
+    path = password_path(data_dir)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        path.chmod(0o600)  # whoever loosened it: it is the superuser's password
+        password = path.read_text().strip()
+        if not password:
+            raise RuntimeError(f"{path} is empty: remove it to have a new password set") from None
+        return password, False
+    password = secrets.token_urlsafe(32)
+    with os.fdopen(fd, "w") as file:
+        file.write(password + "\n")
+    return password, True
+
+
+def scram_verifier(password: str, iterations: int = SCRAM_ITERATIONS) -> str:
+    """What PostgreSQL stores for a scram-sha-256 password (RFC 5802, RFC 7677): given to
+    ALTER ROLE in place of the password, which then never reaches the server."""
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    stored_key = hashlib.sha256(hmac.digest(salted, b"Client Key", "sha256")).digest()
+    server_key = hmac.digest(salted, b"Server Key", "sha256")
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(stored_key)}:{b64(server_key)}"
+
+
+def _set_password_sql(password: str) -> str:
+    return f"ALTER ROLE postgres PASSWORD '{scram_verifier(password)}'"
+
+
+def _hba_is_ours(data_dir: Path) -> bool:
+    try:
+        return (data_dir / "pg_hba.conf").read_text() == HBA
+    except FileNotFoundError:
+        return False
+
+
+def _write_hba(data_dir: Path) -> None:
+    path = data_dir / "pg_hba.conf"
+    path.write_text(HBA)
+    path.chmod(0o600)
+    user = _server_user()
+    if user is not None:
+        os.chown(path, user.pw_uid, user.pw_gid)
+
+
+def _require_password_offline(cluster: Cluster, made: bool, timeout: float) -> None:
+    """Before a start: a data dir made by initdb (or before passwords) gets the password and
+    our pg_hba.conf, in single-user mode, so the server never runs without them."""
+    if _hba_is_ours(cluster.data_dir) and not made:
+        return
+    postgres = [str(cluster.bindir / "postgres"), "--single", "-D", str(cluster.data_dir)]
+    result = _run_as_server(
+        [*postgres, "postgres"], timeout=timeout + 60, input=_set_password_sql(cluster.password)
+    )
+    if result.returncode != 0 or "ERROR" in result.stdout + result.stderr:
+        raise RuntimeError(
+            f"could not set the password of the cluster in {cluster.data_dir} "
+            f"(exit {result.returncode}): {(result.stdout + result.stderr).strip()}"
+        )
+    _write_hba(cluster.data_dir)
+
+
+def _require_password_online(cluster: Cluster, made: bool) -> None:
+    """A server found running: one started before passwords (trust) gets the password and our
+    pg_hba.conf now, then reloads it."""
+    if _hba_is_ours(cluster.data_dir):
+        if made:
+            raise RuntimeError(
+                f"the server in {cluster.data_dir} runs with a password that was kept in "
+                f"{password_path(cluster.data_dir)}, which is gone; stop it (pg_ctl stop -D "
+                f"{cluster.data_dir}) and start again to set a new one"
+            )
+        return
+    trusting = Cluster(cluster.data_dir, cluster.port, False, cluster.bindir)  # no password
+
+    async def migrate() -> None:
+        conn = await asyncpg.connect(trusting.admin_url, timeout=30)
+        try:
+            await conn.execute(_set_password_sql(cluster.password))
+            _write_hba(cluster.data_dir)
+            await conn.execute("SELECT pg_reload_conf()")
+        finally:
+            await conn.close(timeout=10)
+
+    try:
+        _run(migrate())
+    except (OSError, asyncpg.PostgresError) as error:
+        raise RuntimeError(
+            f"the server in {cluster.data_dir} predates passwords and did not let us set one: "
+            f"{error}"
+        ) from error
+
+
 # --- processes and files -----------------------------------------------------------------
 
 
@@ -235,11 +366,14 @@ def _server_user() -> pwd.struct_passwd | None:
     raise RuntimeError("running as root, but neither a 'postgres' nor a 'nobody' user exists")
 
 
-def _run_as_server(cmd: Sequence[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def _run_as_server(
+    cmd: Sequence[str], timeout: float, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
     user = _server_user()
     # cwd="/": our own cwd may not be readable by the server's user.
     return subprocess.run(
         list(cmd),
+        input=input,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -271,6 +405,8 @@ def _prepare_data_dir(bindir: Path, data_dir: Path, timeout: float) -> None:
                 f"user {user.pw_name!r} cannot reach {data_dir}: every parent directory must "
                 "be traversable by it (e.g. chmod 0755)"
             )
+    # Trust only until the first start, which sets the password and pg_hba.conf first (in
+    # single-user mode: no server listens meanwhile).
     cmd = [str(bindir / "initdb"), "-D", str(data_dir), "-U", "postgres", "--auth=trust"]
     result = _run_as_server([*cmd, "-E", "UTF8", "--locale=C.UTF-8"], timeout=timeout + 60)
     if result.returncode != 0 and not (data_dir / "PG_VERSION").exists():

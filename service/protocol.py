@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
@@ -379,6 +379,11 @@ def _entry(data: object) -> NotifiedMessage:
         at = datetime.fromisoformat(_str(data, "created_at"))
     except ValueError:
         raise _Malformed("created_at") from None
+    if at.tzinfo is None:
+        raise _Malformed("created_at")
+    # An instant, shown in UTC whatever TimeZone the producing session had (an instance of
+    # an older release, mid-upgrade, may not have set it): the contract says +00:00.
+    at = at.astimezone(UTC)
     return NotifiedMessage(
         _int(data, "room_id"), _int(data, "seq"), _str(data, "author"), _str(data, "body"),
         client_id, at,

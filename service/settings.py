@@ -96,6 +96,9 @@ class Settings(BaseSettings):
     listener_timeout_seconds: float = Field(default=3.0, gt=0)
     presence_heartbeat_seconds: float = Field(default=10.0, gt=0)
     presence_ttl_seconds: float = Field(default=30.0, gt=0)
+    # A (room, user)'s presence changes at most once per this many seconds on one instance,
+    # and a leave waits as long (a join meanwhile cancels it): flapping tabs make no storm.
+    presence_debounce_seconds: float = Field(default=1.0, ge=0)
     shutdown_grace_seconds: float = Field(default=10.0, gt=0)
     # uvicorn's WebSocket implementation and event loop (`chat serve`); the alternatives are
     # measured against the defaults by `python -m bench --only transports`.

@@ -245,6 +245,15 @@ async def wait_no_server(data_dir: Path, timeout: float = 30.0) -> None:
     assert not (data_dir / "postmaster.pid").exists()
 
 
+async def refused_without_password(port: int) -> None:
+    """A connection to the cluster of `chat dev` that gives no password is refused."""
+    connect = asyncpg.connect(
+        host="127.0.0.1", port=port, user="postgres", database="chat", password="", timeout=10
+    )
+    with pytest.raises((asyncpg.PostgresError, asyncpg.InterfaceError), match="password"):
+        await connect
+
+
 async def login(url: str, name: str) -> httpx.Response:
     async with httpx.AsyncClient(base_url=url, timeout=10) as client:
         return await client.post("/api/token", data={"username": name, "password": PASSWORD})
@@ -267,6 +276,11 @@ async def test_dev_starts_with_zero_configuration_and_keeps_data(dev_root: Path)
             assert r.status_code == 201, r.text
         assert server_processes(pg), "chat dev serves without a cluster in its data dir"
         assert (dev_root / "data" / "secret_key").exists()
+        # Its cluster lets nobody in without the password, kept under data/ for us alone.
+        password_file = dev_root / "data" / "pg.password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        port = int((pg / "postmaster.pid").read_text().splitlines()[3])
+        await refused_without_password(port)
         assert await first.stop(signal.SIGINT) == 0, first.log_tail()
         await wait_no_server(pg)
     finally:

@@ -405,3 +405,23 @@ async def test_a_claim_beyond_the_room_never_skips_real_seqs(
     for i in range(1, 4):
         hub.offer(store.add(ROOM_ID, ROOM, f"m{i}"))
     await until(lambda: member.seqs == [1, 2, 3])
+
+
+async def test_presence_reaches_a_member_still_catching_up_after_its_joined(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    store, hubs = setup
+    for i in range(1, 301):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    slow = Member("slow")
+    slow.gate = asyncio.Event()
+    await hubs.join(ROOM_ID, ROOM, slow, 0, 50, 1000, on_joined=slow.on_joined)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None
+    hub.send_all('{"type":"presence","user":"early"}')
+    while not slow.joined:
+        slow.gate.set()
+        await asyncio.sleep(0.001)
+    assert slow not in hub.members  # still fed: the hand-over has not happened yet
+    hub.send_all('{"type":"presence","user":"late"}')
+    assert [f["user"] for f in slow.live] == ["late"]

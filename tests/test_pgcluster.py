@@ -97,7 +97,9 @@ def test_lifecycle_and_reuse_of_the_data_dir(
         assert cluster.is_running()
         assert cluster.port != 5432
         assert accepting(cluster.port)
-        assert cluster.admin_url == f"postgresql://postgres@127.0.0.1:{cluster.port}/postgres"
+        assert cluster.admin_url == (
+            f"postgresql://postgres:{cluster.password}@127.0.0.1:{cluster.port}/postgres"
+        )
         assert query(cluster.admin_url, "SELECT 41 + 1") == 42
         assert query(cluster.admin_url, "SHOW max_connections") == "300"
         assert query(cluster.admin_url, "SHOW fsync") == "off"
@@ -119,6 +121,7 @@ def test_lifecycle_and_reuse_of_the_data_dir(
     try:
         assert again.started_here
         assert again.port == cluster.port, "a free previous port is reused, keeping the URL"
+        assert again.password == cluster.password, "the password is kept with the data"
         assert query(again.url("chat"), "SELECT v FROM kept") == "hi"
     finally:
         again.stop()
@@ -279,3 +282,117 @@ def test_find_bindir_resolves_pg_ctl_on_path() -> None:
     on_path = shutil.which("pg_ctl")
     if on_path:
         assert bindir == Path(on_path).resolve().parent
+
+
+# -- authentication ------------------------------------------------------------------------
+
+
+def refused(**connect: object) -> str:
+    """The error text of an asyncpg connection that must be refused."""
+
+    async def run() -> str:
+        try:
+            conn = await asyncpg.connect(user="postgres", database="postgres", **connect)
+        except (asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            return str(error)
+        await conn.close(timeout=5)
+        raise AssertionError(f"connected with {connect}")
+
+    return asyncio.run(run())
+
+
+@pytest.fixture
+def no_client_password(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Nothing in the environment supplies a password to a connection that gives none."""
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))
+
+
+def test_every_connection_needs_the_password(data_dir: Path, no_client_password: None) -> None:
+    """Neither TCP nor the Unix socket lets anyone in without the postgres role's password,
+    kept beside the data dir, mode 0600; the URLs carry it."""
+    cluster = start_cluster(data_dir, settings=FAST)
+    try:
+        path = pgcluster.password_path(data_dir)
+        assert path == data_dir.parent / "pg.password"
+        assert path.stat().st_mode & 0o777 == 0o600
+        assert path.read_text().strip() == cluster.password and len(cluster.password) >= 32
+        assert (data_dir / "pg_hba.conf").read_text() == pgcluster.HBA
+        tcp = {"host": "127.0.0.1", "port": cluster.port, "timeout": 10}
+        assert "password" in refused(**tcp)
+        assert "password authentication failed" in refused(**tcp, password="not-it")
+        # As root the socket directory (the data dir) is reachable: the password still counts.
+        if os.access(data_dir, os.X_OK):
+            assert "password" in refused(host=str(data_dir), port=cluster.port, timeout=10)
+        assert query(cluster.admin_url, "SELECT current_user") == "postgres"
+    finally:
+        cluster.stop()
+
+
+def _as_before_passwords(data_dir: Path) -> None:
+    """Make data_dir look like one from before passwords: initdb's trust pg_hba.conf and no
+    password file."""
+    hba = data_dir / "pg_hba.conf"
+    hba.write_text("local all all trust\nhost all all 127.0.0.1/32 trust\n")
+    shutil.chown(hba, *(data_dir.owner(), data_dir.group()))
+    pgcluster.password_path(data_dir).unlink()
+
+
+def test_a_cluster_from_before_passwords_gets_one(data_dir: Path, no_client_password: None) -> None:
+    """A data dir made with trust authentication keeps its data and gets a password at its
+    next start, whether it was stopped or still running."""
+    first = start_cluster(data_dir, settings=FAST)
+    ensure_database(first.admin_url, "chat")
+    execute(first.url("chat"), "CREATE TABLE kept (v int); INSERT INTO kept VALUES (5)")
+    first.stop()
+    _as_before_passwords(data_dir)
+
+    stopped = start_cluster(data_dir, settings=FAST)
+    try:
+        assert stopped.password != first.password
+        assert pgcluster.password_path(data_dir).stat().st_mode & 0o777 == 0o600
+        assert query(stopped.url("chat"), "SELECT v FROM kept") == 5
+        assert "password" in refused(host="127.0.0.1", port=stopped.port, timeout=10)
+
+        # Still running with trust (started by a release before passwords).
+        _as_before_passwords(data_dir)
+        execute(stopped.admin_url, "SELECT pg_reload_conf()")
+        running = start_cluster(data_dir, settings=FAST)
+        assert not running.started_here
+        assert running.password != stopped.password
+        assert query(running.url("chat"), "SELECT v FROM kept") == 5
+        assert "password" in refused(host="127.0.0.1", port=running.port, timeout=10)
+    finally:
+        stopped.stop()
+
+
+def test_scram_verifier_is_what_postgresql_accepts() -> None:
+    """The verifier has PostgreSQL's layout; a fresh salt each time."""
+    one, two = pgcluster.scram_verifier("pw"), pgcluster.scram_verifier("pw")
+    assert one != two
+    method, rest = one.split("$", 1)
+    assert method == "SCRAM-SHA-256"
+    iterations_salt, keys = rest.split("$")
+    assert iterations_salt.startswith(f"{pgcluster.SCRAM_ITERATIONS}:")
+    assert len(keys.split(":")) == 2
+
+
+def test_a_lost_password_file_is_replaced_while_stopped(
+    data_dir: Path, no_client_password: None
+) -> None:
+    """The password file deleted while the server is stopped: the next start sets a new
+    password (in single-user mode) and the data is still there."""
+    first = start_cluster(data_dir, settings=FAST)
+    ensure_database(first.admin_url, "chat")
+    execute(first.url("chat"), "CREATE TABLE kept (v int); INSERT INTO kept VALUES (9)")
+    first.stop()
+    pgcluster.password_path(data_dir).unlink()
+    again = start_cluster(data_dir, settings=FAST)
+    try:
+        assert again.password != first.password
+        assert query(again.url("chat"), "SELECT v FROM kept") == 9
+        assert "password authentication failed" in refused(
+            host="127.0.0.1", port=again.port, password=first.password, timeout=10
+        )
+    finally:
+        again.stop()

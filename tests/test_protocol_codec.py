@@ -235,3 +235,19 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
         python_keys = set(protocol.message_entry(inline[0]))
         assert all(set(entry) == python_keys for entry in raw["messages"])
         assert all(set(ref) == {"room_id", "seq"} for ref in raw["refs"])
+
+
+def test_a_notified_created_at_comes_out_in_utc() -> None:
+    """A notification written by a session in another TimeZone (an instance of an older
+    release, mid-upgrade) still gives `+00:00` on the wire; one without an offset is not ours."""
+    entry = {"room_id": 1, "seq": 2, "author": "bob", "body": "hi", "client_id": None}
+    payload = {"kind": "messages", "refs": []}
+    at = "2026-12-01T04:30:00.123456-05:00"
+    note = decode_note(
+        orjson.dumps({**payload, "messages": [{**entry, "created_at": at}]}).decode()
+    )
+    assert isinstance(note, MessagesNote)
+    wire = note.messages[0].stored("r").to_wire()
+    assert wire["created_at"] == "2026-12-01T09:30:00.123456+00:00"
+    naive = {**entry, "created_at": "2026-12-01T04:30:00.123456"}
+    assert decode_note(orjson.dumps({**payload, "messages": [naive]}).decode()) is None

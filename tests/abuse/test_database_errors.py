@@ -1,0 +1,301 @@
+"""The database refuses or gives up, on purpose, under a real `chat serve`: its connection
+limit is reached (53300), a statement times out or is cancelled (57014), a join's presence
+write is chosen as a deadlock's victim (40P01). Each is answered `unavailable` (socket) or
+503 (REST), or retried at once (the deadlock), never 1011 or 500, and never a traceback in
+the instance's log (the fixture checks it); once the database lets go, all works again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+
+from service import migrate
+from service.settings import Settings
+from tests.support import Instance, User, WsClient, new_user, unique, ws_connect
+
+pytestmark = pytest.mark.timeout(120)
+
+CONNECTION_LIMIT = 6
+STATEMENT_TIMEOUT_MS = 3000
+DEADLOCK_TIMEOUT_MS = 500  # the instance's; the test's own sessions wait far longer
+
+
+async def _answer(ws: WsClient, ref: str, timeout: float = 20) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = await ws.recv(timeout)
+            if frame.get("ref") == ref:
+                return frame
+
+
+def _key(room_id: int, user: str) -> str:
+    return f"{room_id}/{user}"
+
+
+@asynccontextmanager
+async def _sockets(url: str, users: list[User]) -> AsyncIterator[list[WsClient]]:
+    managers = [ws_connect(url, user.token) for user in users]
+    opened = [await m.__aenter__() for m in managers]
+    try:
+        yield opened
+    finally:
+        for m in managers:
+            await m.__aexit__(None, None, None)
+
+
+# -- the connection limit ------------------------------------------------------------------
+
+
+@pytest.fixture
+def limited(new_database: Callable[[], str], pg_admin_url: str) -> str:
+    """A migrated database of a role of its own (superusers are not held to CONNECTION
+    LIMIT), which admits CONNECTION_LIMIT connections."""
+    url = new_database()
+    role, password = unique("lim_"), unique("pw")
+    name = url.rpartition("/")[2]
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(pg_admin_url)
+        try:
+            await conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD '{password}'")
+            await conn.execute(f"ALTER DATABASE {name} OWNER TO {role}")
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    parts = urlsplit(url)
+    role_url = urlunsplit(parts._replace(netloc=f"{role}:{password}@{parts.hostname}:{parts.port}"))
+    migrate.upgrade(Settings(database_url=role_url))
+
+    async def limit() -> None:
+        conn = await asyncpg.connect(pg_admin_url)
+        try:
+            await conn.execute(f"ALTER DATABASE {name} CONNECTION LIMIT {CONNECTION_LIMIT}")
+        finally:
+            await conn.close()
+
+    asyncio.run(limit())
+    return role_url
+
+
+async def test_connection_limit_answers_unavailable_and_503(
+    limited: str,
+    pg_admin_url: str,
+    hostile_instances: Callable[..., Awaitable[list[Instance]]],
+) -> None:
+    """Joins whose presence writes wait on locks the test holds keep the instance's
+    connections busy until it needs one more than the database admits: the joins beyond
+    that, a send and REST requests are answered `unavailable` / 503."""
+    (instance,) = await hostile_instances(1, limited)
+    async with httpx.AsyncClient(base_url=instance.url, timeout=20) as http:
+        people = [await new_user(http) for _ in range(CONNECTION_LIMIT + 3)]
+        sender, joiners = people[0], people[1:]
+        room = unique("limit-")
+        r = await http.post(
+            f"/api/rooms/{room}/messages", json={"body": "x"}, headers=sender.headers
+        )
+        assert r.status_code == 201, r.text
+    admin = await asyncpg.connect(_database(pg_admin_url, limited))
+    try:
+        room_id = await admin.fetchval("SELECT id FROM rooms WHERE name = $1", room)
+        async with (
+            _sockets(instance.url, [sender, *joiners]) as (ws_sender, *sockets),
+            httpx.AsyncClient(base_url=instance.url, timeout=20) as http,
+        ):
+            await ws_sender.join(room)
+            hold = admin.transaction()
+            await hold.start()
+            for user in joiners:  # each join's presence write waits, holding a connection
+                await admin.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    _key(room_id, user.name),
+                )
+            answering = []
+            for i, ws in enumerate(sockets):
+                await ws.send(type="join", room=room, ref=f"j{i}")
+                answering.append(asyncio.create_task(_answer(ws, f"j{i}")))
+            # Those that could not get a connection are answered at once; the others wait.
+            done, waiting = await asyncio.wait(answering, timeout=5)
+            statuses = [
+                (await http.get(f"/api/rooms/{room}/messages", headers=sender.headers)).status_code
+                for _ in range(5)
+            ]
+            await ws_sender.send(
+                type="send", room=room, body="at the limit", client_id="c1", ref="s"
+            )
+            sent = await _answer(ws_sender, "s")
+            in_use = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND usename <> current_user"
+            )
+            await hold.rollback()  # the waiting joins go on
+            answers = [await task for task in answering]
+            # Everything works again.
+            await ws_sender.send(type="send", room=room, body="after", client_id="c2", ref="s2")
+            after = await _answer(ws_sender, "s2")
+            r = await http.get(f"/api/rooms/{room}/messages", headers=sender.headers)
+            retried = [
+                await ws.join(room)
+                for ws, answer in zip(sockets, answers, strict=True)
+                if answer["type"] == "error"
+            ]
+    finally:
+        await admin.close()
+    kinds = [a["type"] if a["type"] != "error" else a["code"] for a in answers]
+    print(
+        f"\nconnection limit {CONNECTION_LIMIT}: {in_use} in use, {len(waiting)} joins "
+        f"waiting on locks, {len(done)} answered at once; joins answered {kinds}; "
+        f"REST {statuses}; send {sent.get('code', sent['type'])}; after: send {after['type']}, "
+        f"REST {r.status_code}, {len(retried)} refused joins joined"
+    )
+    assert set(kinds) <= {"joined", "unavailable"} and "unavailable" in kinds, answers
+    assert waiting and all(t.result()["code"] == "unavailable" for t in done), answers
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+    assert sent["type"] == "ack" or sent["code"] == "unavailable", sent
+    assert after["type"] == "ack", after
+    assert r.status_code == 200
+    assert all(j["type"] == "joined" for j, _ in retried)
+
+
+def _database(admin_url: str, url: str) -> str:
+    """`url`'s database as the admin (a superuser: no connection limit)."""
+    return admin_url.rpartition("/")[0] + "/" + url.rpartition("/")[2]
+
+
+# -- statement timeout, cancel, deadlock ---------------------------------------------------
+
+
+@pytest.fixture
+def impatient(own_database: str) -> str:
+    """A migrated database whose sessions time statements out and detect deadlocks soon."""
+
+    async def setup() -> None:
+        conn = await asyncpg.connect(own_database)
+        try:
+            name = await conn.fetchval("SELECT current_database()")
+            await conn.execute(
+                f"ALTER DATABASE {name} SET statement_timeout = {STATEMENT_TIMEOUT_MS}"
+            )
+            await conn.execute(
+                f"ALTER DATABASE {name} SET deadlock_timeout = {DEADLOCK_TIMEOUT_MS}"
+            )
+        finally:
+            await conn.close()
+
+    asyncio.run(setup())
+    return own_database
+
+
+_WAITING = (
+    "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+    "AND wait_event_type = 'Lock' AND wait_event = ANY($1::text[]) AND query LIKE $2"
+)
+ADVISORY = (["advisory"], "%pg_advisory_xact_lock%")
+ROW = (["tuple", "transactionid"], "INSERT INTO presence%")
+
+
+async def _until_waiting(conn: asyncpg.Connection, on: tuple[list[str], str]) -> None:
+    """Until a session of the instance waits for the lock `on` names. `conn` must not be in
+    a transaction: pg_stat_activity is read once per transaction."""
+    async with asyncio.timeout(10):
+        while not await conn.fetchval(f"SELECT count(*) {_WAITING}", *on):
+            await asyncio.sleep(0.01)
+
+
+async def test_timeouts_cancels_and_deadlocks_are_answered(
+    impatient: str, hostile_instances: Callable[..., Awaitable[list[Instance]]]
+) -> None:
+    (instance,) = await hostile_instances(1, impatient)
+    async with httpx.AsyncClient(base_url=instance.url, timeout=20) as http:
+        alice, bob, carol = [await new_user(http) for _ in range(3)]
+        room = unique("impatient-")
+        r = await http.post(
+            f"/api/rooms/{room}/messages", json={"body": "x"}, headers=alice.headers
+        )
+        assert r.status_code == 201, r.text
+    conn = await asyncpg.connect(impatient)  # holds the locks
+    watch = await asyncpg.connect(impatient)  # looks at the instance's sessions
+    try:
+        await conn.execute("SET statement_timeout = 0; SET deadlock_timeout = '60s'")
+        room_id = await conn.fetchval("SELECT id FROM rooms WHERE name = $1", room)
+        deadlocks = await conn.fetchval(
+            "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+        )
+        async with (
+            _sockets(instance.url, [alice, bob, carol]) as (ws_alice, ws_bob, ws_carol),
+            httpx.AsyncClient(base_url=instance.url, timeout=20) as http,
+        ):
+            await ws_alice.join(room)
+
+            # 1. The room's row locked: the writer's statement times out (57014).
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room_id)
+                await ws_alice.send(type="send", room=room, body="late", client_id="t1", ref="t1")
+                posted = await http.post(
+                    f"/api/rooms/{room}/messages", json={"body": "late too"}, headers=alice.headers
+                )
+                timed_out = await _answer(ws_alice, "t1")
+
+            # 2. The join's presence write cancelled while it waits (57014 again).
+            async with conn.transaction():
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))", _key(room_id, bob.name)
+                )
+                await ws_bob.send(type="join", room=room, ref="b1")
+                await _until_waiting(watch, ADVISORY)
+                await watch.execute(f"SELECT pg_cancel_backend(pid) {_WAITING}", *ADVISORY)
+                cancelled = await _answer(ws_bob, "b1")
+            rejoined, _ = await ws_bob.join(room)
+            async with asyncio.timeout(10):  # bob's row written (after the debounce)
+                while not await conn.fetchval(
+                    "SELECT count(*) FROM presence WHERE username = $1", bob.name
+                ):
+                    await asyncio.sleep(0.05)
+
+            # 3. A deadlock: the instance holds carol's key and waits for the room's row, which
+            # the test holds while it asks for carol's key. PostgreSQL rolls the instance's
+            # transaction back; its presence write runs again and the join goes through.
+            async with conn.transaction():
+                await conn.execute("SELECT 1 FROM rooms WHERE id = $1 FOR UPDATE", room_id)
+                await ws_carol.send(type="join", room=room, ref="c1")
+                await _until_waiting(watch, ROW)
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtextextended($1, 0))",
+                    _key(room_id, carol.name),
+                )
+            deadlocked = await _answer(ws_carol, "c1")
+
+            await ws_alice.send(type="send", room=room, body="after", client_id="t2", ref="t2")
+            after = await _answer(ws_alice, "t2")
+        # Backends report their statistics a moment later (at most once a second).
+        counted = deadlocks
+        async with asyncio.timeout(10):
+            while counted == deadlocks:
+                await asyncio.sleep(0.2)
+                counted = await watch.fetchval(
+                    "SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()"
+                )
+        deadlocks = counted - deadlocks
+    finally:
+        await conn.close()
+        await watch.close()
+    print(
+        f"\nstatement timeout {STATEMENT_TIMEOUT_MS} ms: send {timed_out.get('code')}, REST "
+        f"{posted.status_code}; cancelled join: {cancelled.get('code')}, then "
+        f"{rejoined['type']}; deadlock ({deadlocks} detected): join {deadlocked['type']}; "
+        f"after: send {after['type']}"
+    )
+    assert timed_out["type"] == "error" and timed_out["code"] == "unavailable", timed_out
+    assert posted.status_code == 503, posted.text
+    assert cancelled["type"] == "error" and cancelled["code"] == "unavailable", cancelled
+    assert rejoined["type"] == "joined"
+    assert deadlocks >= 1
+    assert deadlocked["type"] == "joined", deadlocked  # run again at once
+    assert after["type"] == "ack"
