@@ -22,7 +22,7 @@ import contextlib
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .origins import parse_host, parse_origin
+from .origins import header_value, parse_host, parse_origin
 
 # Before a 413, up to this much more of the body is read and dropped (as Go's net/http does):
 # closing a connection with unread input resets it, and a client that gets a reset may lose
@@ -59,9 +59,13 @@ def check_headers(headers: list[tuple[bytes, bytes]]) -> tuple[int | None, bool,
             chunked = True
         elif name == b"expect":
             expects_continue = value.lower() == b"100-continue"
-    if host is not None and parse_host(host.decode("latin-1")) is None:
+    if host is not None and parse_host(header_value(host.decode("latin-1"))) is None:
         raise Refusal(400, "malformed Host header")
-    if origin is not None and origin != b"null" and parse_origin(origin.decode("latin-1")) is None:
+    if (
+        origin is not None
+        and origin.strip(b" \t") != b"null"
+        and (parse_origin(header_value(origin.decode("latin-1"))) is None)
+    ):
         raise Refusal(400, "malformed Origin header")
     return length, chunked, expects_continue
 

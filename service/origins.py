@@ -37,11 +37,15 @@ class Origin(NamedTuple):
     port: int | None
 
 
+def header_value(value: str) -> str:
+    """A header's value without the whitespace around it, which is the header's, not the
+    value's (RFC 9110, 5.5)."""
+    return value.strip(" \t")
+
+
 def parse_host(value: str) -> tuple[str, int | None] | None:
     """`host[:port]` of a Host header (or of an origin), or None when malformed: empty,
-    non-ASCII, a port out of 1..65535 or empty, userinfo, a path, an unclosed bracket.
-    Whitespace around the value is the header's, not the host's (RFC 9110, 5.5)."""
-    value = value.strip(" \t")
+    non-ASCII, a port out of 1..65535 or empty, userinfo, a path, an unclosed bracket."""
     if not value or len(value) > _MAX_LENGTH or not value.isascii():
         return None
     match = _HOST.fullmatch(value.lower())
@@ -67,7 +71,6 @@ def parse_host(value: str) -> tuple[str, int | None] | None:
 def parse_origin(value: str) -> Origin | None:
     """An Origin header's `scheme://host[:port]` (RFC 6454; one trailing `/` tolerated), or
     None when malformed or opaque (`null`)."""
-    value = value.strip(" \t")
     if not value or len(value) > _MAX_LENGTH or not value.isascii():
         return None
     scheme, separator, rest = value.partition("://")
@@ -89,7 +92,7 @@ def request_origin(scheme: str, host_header: str | None) -> Origin | None:
     Host header is missing or malformed."""
     if host_header is None:
         return None
-    parsed = parse_host(host_header)
+    parsed = parse_host(header_value(host_header))
     if parsed is None:
         return None
     web_scheme = "https" if scheme in ("https", "wss") else "http"
@@ -106,7 +109,7 @@ def origin_allowed(
     explicit one are the same port)."""
     if origin is None:
         return False
-    parsed = parse_origin(origin)
+    parsed = parse_origin(header_value(origin))
     if parsed is None:
         return False
     if allowed:

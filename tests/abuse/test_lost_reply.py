@@ -100,7 +100,8 @@ async def test_a_committed_batch_whose_reply_is_lost_is_acked(
     proxy = CuttingProxy(parts.port)
     port = await proxy.start()
     try:
-        through_proxy = urlunsplit(parts._replace(netloc=f"{parts.username}@127.0.0.1:{port}"))
+        credentials = parts.netloc.rpartition("@")[0]
+        through_proxy = urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{port}"))
         (instance,) = await hostile_instances(1, database=through_proxy)
         room = unique("lost-")
         async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
