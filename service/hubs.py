@@ -158,9 +158,10 @@ class RoomHub:
         self._start(last_seq)
         start = max(since, last_seq - resume_limit)
         feed = self._feed(member, start, last_seq, start > since, on_joined, ready)
-        self.feeding[member] = asyncio.create_task(
-            feed, name=f"feed-{self.room}", context=contextvars.Context()
-        )
+        task = asyncio.create_task(feed, name=f"feed-{self.room}", context=contextvars.Context())
+        # A feed that ends before `joined` (left, closed) leaves nobody waiting for it.
+        task.add_done_callback(lambda _: ready.cancel())
+        self.feeding[member] = task
 
     def _start(self, last_seq: int) -> None:
         if self.head < 0:
@@ -178,24 +179,9 @@ class RoomHub:
         on_joined: Callable[[Joined], None],
         ready: asyncio.Future[None],
     ) -> None:
-        """Everything after `cursor` up to `end` (the replay, then `joined`), then what was
-        committed since, a page at a time as the member drains, until it is level with the
-        head; then it joins live delivery. Outages are waited out."""
-        try:
-            await self._feeding(member, cursor, end, truncated, on_joined, ready)
-        finally:
-            if not ready.done():
-                ready.cancel()
-
-    async def _feeding(
-        self,
-        member: Member,
-        cursor: int,
-        end: int,
-        truncated: bool,
-        on_joined: Callable[[Joined], None],
-        ready: asyncio.Future[None],
-    ) -> None:
+        """Everything after `cursor` up to `end` (the replay, then `joined`, and `ready`
+        done), then what was committed since, a page at a time as the member drains, until
+        it is level with the head; then it joins live delivery. Outages are waited out."""
         announced = False
         delay = 0.1
         while True:

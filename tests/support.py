@@ -294,3 +294,16 @@ def instance_env(database_url: str, secret: str, **extra: str) -> dict[str, str]
     )
     env.update(extra)
     return env
+
+
+async def metric(instance: Instance, series: str, default: float | None = None) -> float:
+    """The value of one series of an instance's /metrics, e.g. `chat_closes_total{code="1013"}`;
+    `default` when it is not exported (yet), else the test fails."""
+    async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
+        text = (await http.get("/metrics")).text
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.split()[-1])
+    if default is None:
+        raise AssertionError(f"{series} is not exported")
+    return default

@@ -14,7 +14,7 @@ import pytest
 import redis.asyncio as redis
 
 from service.protocol import FanoutKey, MessagesNote, NotifiedMessage, PresenceNote, encode_note
-from tests.support import Instance, new_user, unique, ws_connect
+from tests.support import Instance, metric, new_user, unique, ws_connect
 
 CHANNEL = "chat"  # the default CHAT_BROADCAST_CHANNEL
 
@@ -29,15 +29,6 @@ def _forgeries(room_id: int, next_seq: int) -> list[str]:
     other_key = FanoutKey.from_secret("not this deployment's secret at all")
     plain = [encode_note(n) for n in (fake, claim, ghost)]
     return [*plain, *(other_key.sign(p) for p in plain), "0" * 64 + "." + plain[0]]
-
-
-async def _refused(instance: Instance) -> float:
-    async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
-        text = (await http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith("chat_notifications_refused_total "):
-            return float(line.split()[-1])
-    raise AssertionError("chat_notifications_refused_total is not exported")
 
 
 @pytest.mark.parametrize("backend", ["postgres", "redis"])
@@ -55,7 +46,7 @@ async def test_forged_notifications_reach_no_socket_and_silence_no_room(
         r = await http.post(f"/api/rooms/{room}/messages", json={"body": "first"},
                             headers=alice.headers)  # fmt: skip
         assert r.status_code == 201
-        refused_before = await _refused(instance)
+        refused_before = await metric(instance, "chat_notifications_refused_total")
         async with ws_connect(instance.url, alice.token) as ws:
             joined, _ = await ws.join(room)
             conn = await asyncpg.connect(database_url, timeout=10)
@@ -90,5 +81,5 @@ async def test_forged_notifications_reach_no_socket_and_silence_no_room(
         ]
         assert all(f["type"] == "message" for f in frames), frames  # no forged presence
         assert "forged" not in orjson.dumps(frames).decode()
-        refused = await _refused(instance) - refused_before
+        refused = await metric(instance, "chat_notifications_refused_total") - refused_before
         assert refused >= len(forgeries), refused

@@ -17,7 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from tests.support import Instance, new_user, unique, ws_connect
+from tests.support import Instance, metric, new_user, unique, ws_connect
 
 # The reply to the call's execution: a DataRow of five columns (seqs, created, repeated,
 # stored_bodies, payloads), then CommandComplete for one row. Replies to preparing it, and
@@ -82,15 +82,6 @@ class CuttingProxy:
                     w.transport.abort()
 
 
-async def _metric(instance: Instance, name: str) -> float:
-    async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
-        text = (await http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[-1])
-    raise AssertionError(f"{name} is not exported")
-
-
 async def test_a_committed_batch_whose_reply_is_lost_is_acked(
     hostile_instances: Callable[..., Awaitable[list[Instance]]],
     database_url: str,
@@ -119,7 +110,7 @@ async def test_a_committed_batch_whose_reply_is_lost_is_acked(
             again, _ = await ws.expect("ack", timeout=30)
             assert again["duplicate"] and again["seq"] == answer["seq"]
         assert proxy.cuts == 1
-        assert await _metric(instance, "chat_write_outcomes_unknown_total") == 1
+        assert await metric(instance, "chat_write_outcomes_unknown_total") == 1
         conn = await asyncpg.connect(database_url, timeout=10)
         try:
             stored = await conn.fetch(

@@ -10,7 +10,6 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import asyncpg
-import httpx
 import orjson
 import websockets
 
@@ -21,11 +20,12 @@ from service.protocol import (
     FanoutKey,
 )
 from tests.faults.harness import make_users, rss_kib
-from tests.support import Instance, unique, ws_connect
+from tests.support import Instance, metric, unique, ws_connect
 
 # Seeded without a channel: nobody hears these notifications, so any key will do.
 KEY = FanoutKey.from_secret("seeding")
 ROOMS = 20
+CLOSES_1013 = 'chat_closes_total{code="1013"}'
 MESSAGES = 600
 BODY_CHARS = 4000
 MAX_BYTES = 4 * 1024 * 1024
@@ -58,15 +58,6 @@ async def _seed(database_url: str, author: str) -> list[str]:
     return names
 
 
-async def _closes_1013(instance: Instance) -> float:
-    async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
-        text = (await http.get("/metrics")).text
-    for line in text.splitlines():
-        if line.startswith('chat_closes_total{code="1013"}'):
-            return float(line.split()[-1])
-    return 0.0
-
-
 async def test_unread_resumes_and_pongs_are_bounded(
     hostile_instances: Callable[..., Awaitable[list[Instance]]],
     database_url: str,
@@ -81,7 +72,7 @@ async def test_unread_resumes_and_pongs_are_bounded(
     pid = instance.proc.pid
     before = rss_kib(pid)
     peak = before
-    closes_before = await _closes_1013(instance)
+    closes_before = await metric(instance, CLOSES_1013, default=0.0)
 
     # Hostile clients queue at most one frame and never read: once their TCP window is
     # full, everything the server sends them waits in the server.
@@ -124,7 +115,7 @@ async def test_unread_resumes_and_pongs_are_bounded(
                         if sent % 5000 == 0:
                             await watch()
             async with asyncio.timeout(30):
-                while await _closes_1013(instance) <= closes_before:
+                while await metric(instance, CLOSES_1013, default=0.0) <= closes_before:
                     peak = max(peak, rss_kib(pid))
                     await asyncio.sleep(0.2)
             await watch()
