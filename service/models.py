@@ -12,9 +12,11 @@ from sqlalchemy import (
     DateTime,
     ForeignKey,
     Index,
+    Integer,
     MetaData,
     Text,
     Uuid,
+    false,
     func,
     text,
 )
@@ -40,10 +42,13 @@ class User(Base):
     username: Mapped[str] = mapped_column(Text, primary_key=True)
     password_hash: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    admin: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    banned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Room(Base):
-    """A room and its counter: `last_seq` is the seq of its newest message (0 when empty).
+    """A room and its log's counter: `last_seq` is the seq of the newest event of its log (0
+    when empty), `last_message_seq` that of its newest message.
 
     Writers lock this row to assign seqs, which is what makes seqs gapless and in commit order.
     """
@@ -55,8 +60,80 @@ class Room(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    kind: Mapped[str] = mapped_column(Text, server_default=text("'public'"))
+    last_message_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
-    __table_args__ = (CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),)
+    __table_args__ = (
+        CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),
+        CheckConstraint("kind IN ('public', 'private', 'dm')", name="kind_known"),
+    )
+
+
+class Member(Base):
+    """A durable membership: `role`, and the user's read cursor in the room's log."""
+
+    __tablename__ = "members"
+
+    room_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("rooms.id", ondelete="CASCADE"), primary_key=True
+    )
+    username: Mapped[str] = mapped_column(
+        Text, ForeignKey("users.username", ondelete="CASCADE"), primary_key=True
+    )
+    role: Mapped[str] = mapped_column(Text, server_default=text("'member'"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_read_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+
+    __table_args__ = (
+        Index("ix_members_username", "username", "room_id"),
+        CheckConstraint("role IN ('owner', 'moderator', 'member')", name="role_known"),
+    )
+
+
+class Event(Base):
+    """An event of a room's log other than a message (a message's event is its row in
+    `messages`): the log is both tables by (room_id, seq), gapless across them."""
+
+    __tablename__ = "events"
+
+    room_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("rooms.id"), primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    kind: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(Text)
+    target: Mapped[int | None] = mapped_column(BigInteger)
+    subject: Mapped[str | None] = mapped_column(Text)
+    op: Mapped[str | None] = mapped_column(Text)
+    role: Mapped[str | None] = mapped_column(Text)
+    emoji: Mapped[str | None] = mapped_column(Text)
+    body: Mapped[str | None] = mapped_column(Text)
+    count: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        CheckConstraint("seq > 0", name="seq_positive"),
+        CheckConstraint("kind IN ('edit', 'delete', 'reaction', 'member')", name="kind_known"),
+    )
+
+
+class Session(Base):
+    """A login: every token names one, and is refused once it has ended."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
+    username: Mapped[str] = mapped_column(
+        Text, ForeignKey("users.username", ondelete="CASCADE"), index=True
+    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    last_seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    user_agent: Mapped[str | None] = mapped_column(Text)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_sessions_ended_at", "ended_at", postgresql_where=text("ended_at IS NOT NULL")),
+    )
 
 
 class Message(Base):

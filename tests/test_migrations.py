@@ -23,7 +23,17 @@ from service.models import Base
 from service.settings import Settings
 from tests.support import PROJECT
 
-TABLES = {"users", "rooms", "messages", "instances", "presence", "write_batches"}
+TABLES = {
+    "users",
+    "rooms",
+    "messages",
+    "instances",
+    "presence",
+    "write_batches",
+    "members",
+    "events",
+    "sessions",
+}
 INDEXES = {
     "pk_users",
     "pk_rooms",
