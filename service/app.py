@@ -30,7 +30,7 @@ from .presence import Presence
 from .protocol import FanoutKey
 from .ratelimit import KeyedLimiter, RateLimited
 from .readiness import DatabaseCheck
-from .rooms import RoomDirectory
+from .rooms import Forbidden, RoomDirectory
 from .security import Passwords, PasswordsBusy, default_password_threads
 from .settings import Settings
 from .store import PostgresStore
@@ -247,8 +247,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
+    async def forbidden(request: Request, error: Exception) -> Response:
+        return JSONResponse({"detail": str(error) or "forbidden"}, status_code=403)
+
     app.add_exception_handler(RateLimited, rate_limited)
     app.add_exception_handler(PasswordsBusy, passwords_busy)
+    app.add_exception_handler(Forbidden, forbidden)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -25,10 +25,12 @@ import contextlib
 import logging
 from typing import Literal, Protocol
 
+import orjson
+
 from . import metrics
 from .db import Unavailable
 from .fanout import Fanout
-from .hubs import Hubs, Joined
+from .hubs import Hubs, Joined, Removed
 from .hubs import Member as HubMember
 from .presence import Presence
 from .protocol import (
@@ -37,12 +39,15 @@ from .protocol import (
     Note,
     PresenceNote,
     Ref,
+    RoomState,
     TypingNote,
+    UserNote,
+    rooms_changed,
 )
 from .protocol import joined as joined_frame
 from .protocol import presence as presence_frame
 from .protocol import typing as typing_frame
-from .rooms import RoomDirectory, RoomInfo
+from .rooms import DM_PREFIX, Forbidden, RoomDirectory, RoomInfo, Standing
 from .settings import Settings
 from .store import Draft, Page, Posted, PostgresStore
 from .writer import MessageWriter
@@ -66,6 +71,19 @@ class Member(HubMember, Protocol):
 
     async def flush(self, timeout: float) -> None:
         """Wait, at most `timeout`, until what is queued has been written."""
+
+    def joined_kind(self, room: str) -> str | None:
+        """The kind of `room` if this connection has joined it, else None."""
+
+
+def _public_room_left(frame: str) -> str:
+    """The room a `rooms` frame says the user left or was removed from, else ""."""
+    if '"removed"' not in frame:
+        return ""
+    data = orjson.loads(frame)
+    if data.get("type") == "rooms" and data.get("event") == "removed":
+        return str(data.get("room", ""))
+    return ""
 
 
 class Chat:
@@ -94,6 +112,7 @@ class Chat:
             batch_max=settings.write_batch_max,
         )
         self.connections: set[Member] = set()
+        self._by_user: dict[str, set[Member]] = {}  # the same connections, by user
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -112,6 +131,19 @@ class Chat:
             return "too many connections for this user"
         return None
 
+    def attach(self, member: Member) -> None:
+        """A new connection: it hears its user's own stream from now on."""
+        self.connections.add(member)
+        self._by_user.setdefault(member.username, set()).add(member)
+
+    def detach(self, member: Member) -> None:
+        self.connections.discard(member)
+        mine = self._by_user.get(member.username)
+        if mine is not None:
+            mine.discard(member)
+            if not mine:
+                del self._by_user[member.username]
+
     @property
     def writer_depth(self) -> int:
         return self._writer.depth
@@ -128,21 +160,42 @@ class Chat:
         return await self._writer.submit(Draft(room_id, room, author, body, client_id))
 
     async def post(self, room: str, author: str, body: str, client_id: str | None) -> Posted:
-        """Store a validated message, creating the room on first use (REST); RateLimited
-        when that would be one room too many for `author`."""
+        """Store a validated message, creating a public room on first use (REST);
+        RateLimited when that would be one room too many for `author`; Forbidden when the
+        author may not post there (checked again in the transaction that stores it)."""
         if self.draining:
             raise Unavailable("the instance is shutting down")
-        room_id = await self._rooms.ensure(room, author)
-        return await (await self.send(room_id, room, author, body, client_id))
+        room_id = await self._find_or_create(room, author)
+        posted = await (await self.send(room_id, room, author, body, client_id))
+        if posted.refused:
+            raise Forbidden(f"you may not post in {room}")
+        return posted
+
+    async def _find_or_create(self, room: str, user: str) -> int:
+        """The room's id, creating a public room of that name on first use; a `dm-` name is
+        never created that way (Forbidden)."""
+        if room.startswith(DM_PREFIX):
+            room_id = await self._rooms.find(room)
+            if room_id is None:
+                raise Forbidden(f"{room} is not a dm of yours")
+            return room_id
+        return await self._rooms.ensure(room, user)
 
     async def _committed(self, posted: list[Posted], later: list[str]) -> None:
         """Local members get new messages straight from the writer, without the round trip;
         other instances from the notifications (published now if they could not ride the
         transaction)."""
+        joined: list[tuple[str, str]] = []
         for p in posted:
+            if p.refused:
+                continue
+            if p.joined:
+                joined.append((p.message.author, p.message.room))
             hub = self._hubs.get(p.room_id)
             if hub is not None:
                 hub.offer(p.message)
+        for user, room in joined:  # a post made them a member of a public room
+            await self.tell((user,), rooms_changed(room, "added"))
         if later:
             try:
                 # Bounded: a Redis that stops answering must not stall the writer.
@@ -153,21 +206,45 @@ class Chat:
 
     # -- joining and leaving -------------------------------------------------------------
 
-    async def join(self, member: Member, room: str, since: int | None, ref: Ref) -> int:
-        """Subscribe `member` to `room` (created on first use): the replay and `joined` are
-        queued for it, then live messages follow. Returns the room's id; RateLimited when
-        creating the room would be one too many for the user."""
-        room_id = await self._rooms.ensure(room, member.username)
-        await self._presence.join(room_id, room, member.username)
+    async def join(self, member: Member, room: str, since: int | None, ref: Ref) -> tuple[int, str]:
+        """Subscribe `member` to `room` (a public room is created on first use, and joining
+        it makes the user a member): the replay and `joined` are queued for it, then live
+        events follow. Returns the room's id and kind; RateLimited when creating the room
+        would be one too many for the user; Forbidden for a private room or dm the user is
+        not a member of (checked again, under the hub's lock, after the head is read)."""
+        user = member.username
+        room_id = await self._find_or_create(room, user)
+        kind = await self._rooms.kind(room_id)
+        if kind == "public":
+            if await self._rooms.enrol(room_id, user):
+                await self.tell((user,), rooms_changed(room, "added"))
+        elif not (await self._rooms.standing(room_id, user)).readable:
+            # Before presence: a non-member must not appear online, even for a moment.
+            raise Forbidden(f"you are not a member of {room}")
+        await self._presence.join(room_id, room, user)
         try:
             await self._presence.watch(room_id)
+            standing: Standing | None = None
+
+            async def admit() -> None:
+                nonlocal standing
+                standing = await self._rooms.standing(room_id, user)
+                if not standing.readable:
+                    raise Forbidden(f"you are not a member of {room}")
 
             def announce(joined: Joined) -> None:
+                assert standing is not None
                 # Read in the same step as the member starts getting presence frames: no
                 # change falls between the list and the events that follow it.
-                online = self._presence.online_now(room_id, including=member.username)
+                online = self._presence.online_now(room_id, including=user)
+                state = RoomState(
+                    standing.kind,
+                    standing.role,
+                    standing.last_read_seq,
+                    standing.last_message_seq,
+                )
                 member.push_answer(
-                    joined_frame(room, joined.last_seq, joined.truncated, online, ref)
+                    joined_frame(room, joined.last_seq, joined.truncated, online, state, ref)
                 )
 
             settings = self.settings
@@ -179,11 +256,15 @@ class Chat:
                 settings.replay_limit,
                 settings.resume_limit,
                 on_joined=announce,
+                admit=admit,
             )
             try:
                 # A resume is fed as the socket drains; the connection's next frame waits
                 # for its `joined`, so answers keep the order of the commands.
                 await ready
+            except Removed:
+                await self._hubs.leave(room_id, member)
+                raise Forbidden(f"you are not a member of {room}") from None
             except BaseException:
                 await self._hubs.leave(room_id, member)
                 raise
@@ -191,10 +272,10 @@ class Chat:
             # The join did not happen: neither does its presence. Bounded and best effort:
             # the reaper removes what an outage leaves behind.
             with contextlib.suppress(Exception):
-                await self._presence.leave(room_id, room, member.username)
+                await self._presence.leave(room_id, room, user)
             raise
         metrics.JOINED_ROOMS.inc()
-        return room_id
+        return room_id, kind
 
     async def leave(self, member: Member, room_id: int, room: str) -> None:
         """Unsubscribe `member`; its presence ends when it was the user's last connection
@@ -203,6 +284,40 @@ class Chat:
         await self._hubs.leave(room_id, member)
         with contextlib.suppress(Exception):
             await self._presence.leave(room_id, room, member.username)
+
+    # -- the users' own streams ----------------------------------------------------------
+
+    async def tell(self, users: tuple[str, ...], frame: str) -> None:
+        """`frame` to every connection of each of `users`, on every instance. Live only and
+        best effort (a client re-reads GET /api/rooms after reconnecting). This instance
+        hears it through the fan-out like every other."""
+        try:
+            async with asyncio.timeout(self.settings.listener_timeout_seconds):
+                await self._fanout.publish_note(UserNote(users, frame))
+        except Exception as error:
+            log.warning("a user-stream frame was not published: %s", error)
+
+    async def log_appended(self, room_id: int, seq: int) -> None:
+        """An event other than a message was committed at `seq` of the room's log (a
+        membership change): every instance's hub of the room reads it back and delivers it
+        in seq order. A lost notification is made good by the periodic resync."""
+        self._hubs.committed(room_id, seq)
+        try:
+            async with asyncio.timeout(self.settings.listener_timeout_seconds):
+                await self._fanout.publish_note(MessagesNote((), ((room_id, seq),)))
+        except Exception as error:
+            log.warning("a log notification was not published: %s", error)
+
+    def _heard_user_note(self, note: UserNote) -> None:
+        ended: str | None = None
+        for user in note.users:
+            for member in list(self._by_user.get(user, ())):
+                if ended is None:
+                    ended = _public_room_left(note.frame)
+                if ended and member.joined_kind(ended) == "public":
+                    # Leaving a public room writes no event to cut at: the stream does it.
+                    member.removed(ended)
+                member.push_live(note.frame)
 
     async def typing(self, room_id: int, room: str, user: str) -> None:
         """A hint to the room's other members; lost when the fan-out is."""
@@ -243,6 +358,8 @@ class Chat:
             hub = self._hubs.get(note.room_id)
             if hub is not None:
                 hub.send_all(typing_frame(hub.room, note.user), skip_user=note.user)
+        elif isinstance(note, UserNote):
+            self._heard_user_note(note)
 
     def _presence_changed(self, room_id: int, user: str, event: Literal["join", "leave"]) -> None:
         """What this instance's members of the room were told of `user` changed."""

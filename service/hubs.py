@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from . import metrics
-from .protocol import StoredMessage
+from .protocol import LogEntry, MemberEvent
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,15 @@ class Member(Protocol):
         """Wait until `frames` more frames may be queued (one feed step at a time per
         member); the value is False when the member is closing and nothing should be."""
 
+    def removed(self, room: str) -> None:
+        """The member's user stopped being a member of `room` (a `member` event: left or
+        removed). The hub has dropped it already and delivers nothing more of the room; the
+        connection says `left` with reason `removed` and forgets the room."""
+
+
+class Removed(Exception):
+    """A resume met the end of its user's membership before `joined`: the join fails."""
+
 
 @dataclass(frozen=True, slots=True)
 class Joined:
@@ -76,7 +85,7 @@ class RoomHub:
         self.feeding: dict[Member, asyncio.Task[None]] = {}  # resumes not caught up yet
         self._announced: set[Member] = set()  # of those, the ones that have had `joined`
         self.joining = 0  # joins under way: the hub must outlive them
-        self._pending: dict[int, StoredMessage] = {}  # offered beyond the head
+        self._pending: dict[int, LogEntry] = {}  # offered beyond the head
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -88,8 +97,8 @@ class RoomHub:
             self._run(), name=f"hub-{self.room}", context=contextvars.Context()
         )
 
-    def offer(self, message: StoredMessage) -> None:
-        """A committed message (from the local writer or a notification)."""
+    def offer(self, message: LogEntry) -> None:
+        """A committed entry of the log (from the local writer or a notification)."""
         if message.seq <= self.head:
             return
         if len(self._pending) < _PENDING_MAX:
@@ -117,19 +126,27 @@ class RoomHub:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
+        admit: Callable[[], Awaitable[None]],
     ) -> asyncio.Future[None]:
         """Replay to `member`, call `on_joined` (still before any live message can reach the
         member), then make it a member. A resume is fed in the background: the future
         returned is done once `on_joined` has been called (cancelled if the feed ends
-        first)."""
+        first).
+
+        `admit` checks that the member's user may read the room, and raises if not. It runs
+        after the room's head is read and before anything is sent: a membership that ends
+        after that read ends with a `member` event above the head, which live delivery
+        carries (the member is cut off there); one that ended before it, `admit` sees."""
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         async with self._lock:
             if since is not None:
                 last_seq = (await self.store.last_seqs([self.room_id])).get(self.room_id, 0)
                 if since <= last_seq:
+                    await admit()
                     self._resume(member, since, last_seq, resume_limit, on_joined, ready)
                     return ready
             replay = await self.store.replay(self.room_id, self.room, None, replay_limit, 0)
+            await admit()
             if since is not None and since <= replay.last_seq:
                 # The head passed `since` between the two reads: a resume after all.
                 self._resume(member, since, replay.last_seq, resume_limit, on_joined, ready)
@@ -191,7 +208,10 @@ class RoomHub:
                         return
                     if announced and cursor >= self.head - FEED_PAGE:
                         async with self._lock:  # the hand-over: nothing is delivered meanwhile
-                            cursor, _ = await self._feed_page(member, cursor, self.head)
+                            cursor, _ = await self._feed_page(member, cursor, self.head, True)
+                            if cursor < 0:  # its membership ended in what it was fed
+                                self._stop_feeding(member)
+                                return
                             if cursor >= self.head:
                                 del self.feeding[member]
                                 self._announced.discard(member)
@@ -199,7 +219,13 @@ class RoomHub:
                                 return
                         continue
                     upto = end if not announced else self.head
-                    cursor, gap = await self._feed_page(member, cursor, upto)
+                    cursor, gap = await self._feed_page(member, cursor, upto, announced)
+                    if cursor < 0:  # its membership ended in what it was fed
+                        if not announced:
+                            # Ended, and begun again (`admit` passed), within the replay.
+                            ready.set_exception(Removed(self.room))
+                        self._stop_feeding(member)
+                        return
                     # Seqs missing from the start of the replay were pruned: the client
                     # must reload over REST.
                     truncated = truncated or (not announced and gap)
@@ -214,17 +240,28 @@ class RoomHub:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _feed_page(self, member: Member, cursor: int, upto: int) -> tuple[int, bool]:
-        """Push the messages after `cursor` up to `upto` (one page at most) to `member`;
+    async def _feed_page(
+        self, member: Member, cursor: int, upto: int, tell: bool
+    ) -> tuple[int, bool]:
+        """Push the entries after `cursor` up to `upto` (one page at most) to `member`;
         returns the new cursor and whether seqs right after `cursor` were missing (pruned:
-        they are passed over)."""
+        they are passed over). A cursor of -1: the member's user stopped being a member at
+        an event of the page (told so, with `tell`); nothing after it was pushed."""
         if cursor >= upto:
             return cursor, False
         rows = await self.store.fetch_range(self.room_id, self.room, cursor, upto, FEED_PAGE)
-        for message in rows:
-            member.push_answer(message.frame())
+        for entry in rows:
+            if _ends(entry, member.username):
+                if tell:
+                    member.removed(self.room)
+                return -1, False
+            member.push_answer(entry.frame())
         gap = not rows or rows[0].seq != cursor + 1
         return (upto if len(rows) < FEED_PAGE else rows[-1].seq), gap
+
+    def _stop_feeding(self, member: Member) -> None:
+        self.feeding.pop(member, None)
+        self._announced.discard(member)
 
     def leave(self, member: Member) -> None:
         self.members.pop(member, None)
@@ -292,14 +329,25 @@ class RoomHub:
                 self._deliver(message, live=False)
         self._drop_delivered()
 
-    def _deliver(self, message: StoredMessage, *, live: bool) -> None:
+    def _deliver(self, message: LogEntry, *, live: bool) -> None:
         """To every member whose cursor is below it; `live` when it was offered, not read
-        back (only then does its lag say how fast fan-out is)."""
+        back (only then does its lag say how fast fan-out is). An event that ends a user's
+        membership reaches that user's members as `removed` instead, and is their last."""
         frame = message.frame()  # encoded once, shared by every member
         seq = message.seq
-        for member, cursor in self.members.items():
-            if seq > cursor:
+        ending = (
+            message.user if isinstance(message, MemberEvent) and message.ends_membership else None
+        )
+        for member, cursor in list(self.members.items()):
+            if member.username == ending:
+                del self.members[member]
+                member.removed(self.room)
+            elif seq > cursor:
                 member.push_live(frame)
+        if ending is not None:
+            # Resumes still being fed meet the event in what they read, and stop there.
+            for member in [m for m in self._announced if m.username == ending]:
+                self._announced.discard(member)
         self.head = seq
         metrics.MESSAGES_OUT.inc(len(self.members))
         if live:
@@ -309,6 +357,11 @@ class RoomHub:
     def _drop_delivered(self) -> None:
         for seq in [s for s in self._pending if s <= self.head]:
             del self._pending[seq]
+
+
+def _ends(entry: LogEntry, user: str) -> bool:
+    """Whether `entry` ends `user`'s membership of its room."""
+    return isinstance(entry, MemberEvent) and entry.ends_membership and entry.user == user
 
 
 class Hubs:
@@ -333,6 +386,7 @@ class Hubs:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
+        admit: Callable[[], Awaitable[None]],
     ) -> asyncio.Future[None]:
         """Add `member` to the room's hub (created, and registered before any read, if the
         room has no local members yet); the future is RoomHub.join's."""
@@ -343,7 +397,7 @@ class Hubs:
             metrics.LOCAL_ROOMS.set(len(self._hubs))
         hub.joining += 1
         try:
-            return await hub.join(member, since, replay_limit, resume_limit, on_joined)
+            return await hub.join(member, since, replay_limit, resume_limit, on_joined, admit)
         finally:
             hub.joining -= 1
             await self._drop_if_empty(hub)

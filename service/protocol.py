@@ -12,6 +12,8 @@ Frames are JSON objects with a `type`. Notifications are JSON objects with a `ki
 - `presence`: `{"kind": "presence", "room_id", "room", "user", "event": "join" | "leave"}`.
 - `typing`: `{"kind": "typing", "room_id", "room", "user"}`.
 - `canary`: `{"kind": "canary", "instance", "n"}`, the listener's proof that it still hears.
+- `user`: `{"kind": "user", "users": [username], "frame": {...}}`, a frame for those users'
+  own streams (PROTOCOL.md, the user's own stream), on every instance.
 
 A notification is a wake-up: the database stays the truth, and a receiver that sees a gap
 reads it back. So a notification that does not decode is dropped, never trusted in part.
@@ -65,7 +67,8 @@ def _timestamp(at: datetime) -> str:
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """A committed message: `(room, seq)` is its identity."""
+    """A committed message in its current state: `(room, seq)` is its identity, `version`
+    the seq of the latest event that changed it (0 stands for its own seq)."""
 
     room: str
     seq: int
@@ -73,6 +76,10 @@ class StoredMessage:
     body: str
     client_id: str | None
     created_at: datetime
+    reply_to: int | None = None
+    edited_at: datetime | None = None
+    deleted: bool = False
+    version: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         """The message as REST answers and `message` frames carry it."""
@@ -83,6 +90,11 @@ class StoredMessage:
             "body": self.body,
             "created_at": _timestamp(self.created_at),
             "client_id": self.client_id,
+            "reply_to": self.reply_to,
+            "edited_at": _timestamp(self.edited_at) if self.edited_at is not None else None,
+            "deleted": self.deleted,
+            "reactions": [],
+            "version": self.version or self.seq,
         }
 
     def frame(self) -> str:
@@ -90,23 +102,97 @@ class StoredMessage:
         return orjson.dumps({"type": "message", **self.to_wire()}).decode()
 
 
+MemberChange = Literal["added", "left", "removed", "role"]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberEvent:
+    """A `member` event of a private room's log: `user` was added, left, was removed, or
+    given `role` (for left and removed, the role they had), by `by`."""
+
+    room: str
+    seq: int
+    user: str
+    event: MemberChange
+    role: str
+    by: str
+    created_at: datetime
+
+    @property
+    def ends_membership(self) -> bool:
+        return self.event in ("left", "removed")
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "member",
+            "room": self.room,
+            "seq": self.seq,
+            "user": self.user,
+            "event": self.event,
+            "role": self.role,
+            "by": self.by,
+        }
+
+    def frame(self) -> str:
+        return orjson.dumps(self.to_wire()).decode()
+
+
+# An entry of a room's log as hubs deliver it: a message, or another event.
+LogEntry = StoredMessage | MemberEvent
+
+
 # -- server to client ----------------------------------------------------------------------
 
 Ref = str | int | None
 
 
-def _encode(kind: str, ref: Ref = None, **fields: Any) -> str:
+def _encode(frame_type: str, ref: Ref = None, /, **fields: Any) -> str:
     if ref is not None:
         fields["ref"] = ref
-    return orjson.dumps({"type": kind, **fields}).decode()
+    return orjson.dumps({"type": frame_type, **fields}).decode()
 
 
-def joined(room: str, last_seq: int, truncated: bool, online: list[str], ref: Ref) -> str:
-    return _encode("joined", ref, room=room, last_seq=last_seq, truncated=truncated, online=online)
+# `online` in `joined` names at most this many users; `online_count` counts them all.
+JOINED_ONLINE_MAX = 100
 
 
-def left(room: str, ref: Ref) -> str:
+@dataclass(frozen=True, slots=True)
+class RoomState:
+    """What `joined` says of the room beyond its log: the caller's place in it."""
+
+    kind: str
+    role: str | None
+    last_read_seq: int
+    last_message_seq: int
+
+
+def joined(
+    room: str, last_seq: int, truncated: bool, online: list[str], state: RoomState, ref: Ref
+) -> str:
+    return _encode(
+        "joined",
+        ref,
+        room=room,
+        last_seq=last_seq,
+        truncated=truncated,
+        online=online[:JOINED_ONLINE_MAX],
+        kind=state.kind,
+        role=state.role,
+        last_read_seq=state.last_read_seq,
+        last_message_seq=state.last_message_seq,
+        online_count=len(online),
+    )
+
+
+def left(room: str, ref: Ref, *, removed: bool = False) -> str:
+    if removed:
+        return _encode("left", ref, room=room, reason="removed")
     return _encode("left", ref, room=room)
+
+
+def rooms_changed(room: str, event: str) -> str:
+    """The user's own stream: their set of rooms, or their role in `room`, changed."""
+    return _encode("rooms", room=room, event=event)
 
 
 def ack(message: StoredMessage, duplicate: bool, ref: Ref) -> str:
@@ -277,7 +363,16 @@ class CanaryNote:
     n: int
 
 
-Note = MessagesNote | PresenceNote | TypingNote | CanaryNote
+@dataclass(frozen=True, slots=True)
+class UserNote:
+    """A frame for the users' own streams: every connection of each of `users`, on every
+    instance, gets `frame` (an encoded frame, see `rooms_changed`)."""
+
+    users: tuple[str, ...]
+    frame: str
+
+
+Note = MessagesNote | PresenceNote | TypingNote | CanaryNote | UserNote
 
 
 _BLOCK = 64  # SHA-256's block size, for HMAC's padded keys
@@ -334,6 +429,8 @@ def encode_note(note: Note) -> str:
         }
     elif isinstance(note, TypingNote):
         fields = {"kind": "typing", "room_id": note.room_id, "room": note.room, "user": note.user}
+    elif isinstance(note, UserNote):
+        fields = {"kind": "user", "users": list(note.users), "frame": orjson.loads(note.frame)}
     else:
         fields = {"kind": "canary", "instance": note.instance, "n": note.n}
     return orjson.dumps(fields).decode()
@@ -426,6 +523,14 @@ def decode_note(payload: str) -> Note | None:
             return TypingNote(_int(data, "room_id"), _str(data, "room"), _str(data, "user"))
         if kind == "canary":
             return CanaryNote(_str(data, "instance"), _int(data, "n"))
+        if kind == "user":
+            users = _list(data, "users")
+            frame = data.get("frame")
+            if not all(isinstance(u, str) for u in users) or not isinstance(frame, dict):
+                return None
+            if not isinstance(frame.get("type"), str):
+                return None
+            return UserNote(tuple(users), orjson.dumps(frame).decode())
     except (orjson.JSONDecodeError, _Malformed):
         return None
     return None

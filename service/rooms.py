@@ -1,4 +1,5 @@
-"""Rooms: created on first use, listed by activity, their ids cached per instance."""
+"""Rooms: created on first use, listed by activity, their ids and kinds cached per instance;
+who may read them."""
 
 from __future__ import annotations
 
@@ -14,6 +15,19 @@ from .ratelimit import KeyedLimiter, RateLimited
 
 _FIND = text("SELECT id FROM rooms WHERE name = :name")
 _CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NOTHING RETURNING id")
+_KIND = text("SELECT kind FROM rooms WHERE id = :room_id")
+# The caller's place in a room, as `joined` reports it.
+_STATE = text(
+    "SELECT r.kind, r.last_message_seq, m.role, m.last_read_seq FROM rooms r"
+    " LEFT JOIN members m ON m.room_id = r.id AND m.username = :user WHERE r.id = :room_id"
+)
+# Joining a public room makes the user a member (PROTOCOL.md, Member), the read cursor at
+# the log's head; RETURNING says whether the membership is new.
+_ENROL = text(
+    "INSERT INTO members (room_id, username, role, last_read_seq)"
+    " SELECT r.id, :user, 'member', r.last_seq FROM rooms r WHERE r.id = :room_id"
+    " ON CONFLICT DO NOTHING RETURNING role"
+)
 _LIST = text(
     "SELECT name, last_seq, created_at, last_message_at FROM rooms "
     "ORDER BY last_message_at DESC NULLS LAST, created_at DESC, name LIMIT :limit"
@@ -38,6 +52,26 @@ class RoomInfo:
 
 # Anyone may create rooms, so the cache of their ids is bounded (the oldest entry goes).
 _CACHE_MAX = 50_000
+DM_PREFIX = "dm-"
+
+
+class Forbidden(Exception):
+    """The user may not do this in this room (PROTOCOL.md: `forbidden`, 403)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Standing:
+    """A user's place in a room: its kind, their role (None: not a member), their read
+    cursor, and the room's newest message."""
+
+    kind: str
+    role: str | None
+    last_read_seq: int
+    last_message_seq: int
+
+    @property
+    def readable(self) -> bool:
+        return self.kind == "public" or self.role is not None
 
 
 class RoomDirectory:
@@ -49,6 +83,7 @@ class RoomDirectory:
     ) -> None:
         self._engine = engine
         self._ids: dict[str, int] = {}
+        self._kinds: dict[int, str] = {}  # a room's kind never changes
         self._cache_max = cache_max
         self._created = KeyedLimiter.per(created_per_hour, 3600)
         # One creation at a time per name on this instance: the sends that race to a new
@@ -59,6 +94,31 @@ class RoomDirectory:
         if len(self._ids) >= self._cache_max:
             del self._ids[next(iter(self._ids))]
         self._ids[name] = room_id
+
+    async def kind(self, room_id: int) -> str:
+        """The room's kind: public, private or dm."""
+        known = self._kinds.get(room_id)
+        if known is not None:
+            return known
+        async with reading(self._engine) as conn:
+            kind = str((await conn.execute(_KIND, {"room_id": room_id})).scalar_one())
+        if len(self._kinds) >= self._cache_max:
+            del self._kinds[next(iter(self._kinds))]
+        self._kinds[room_id] = kind
+        return kind
+
+    async def standing(self, room_id: int, user: str) -> Standing:
+        """`user`'s place in the room, read now."""
+        params = {"room_id": room_id, "user": user}
+        async with reading(self._engine) as conn:
+            row = (await conn.execute(_STATE, params)).one()
+        return Standing(row.kind, row.role, row.last_read_seq or 0, row.last_message_seq)
+
+    async def enrol(self, room_id: int, user: str) -> bool:
+        """Make `user` a member of a public room; whether they were not one before."""
+        async with writing(self._engine) as conn:
+            added = (await conn.execute(_ENROL, {"room_id": room_id, "user": user})).first()
+        return added is not None
 
     async def find(self, name: str) -> int | None:
         """The room's id, or None when nobody has used that room yet."""

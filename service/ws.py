@@ -46,6 +46,7 @@ from .protocol import (
     Send as SendCommand,
 )
 from .ratelimit import RateLimited, TokenBucket
+from .rooms import Forbidden
 from .store import Posted
 
 if TYPE_CHECKING:
@@ -92,6 +93,8 @@ class Connection:
         self.username = username
         self.chat = chat
         self.rooms: dict[str, int] = {}
+        self._kinds: dict[str, str] = {}  # the kind of each joined room
+        self._leaving: set[asyncio.Task[None]] = set()  # rooms ended by a membership change
         self.outbox = Outbox(settings.send_queue_limit, settings.send_queue_max_bytes)
         self.close_code: int | None = None
         self.close_reason = ""
@@ -148,6 +151,21 @@ class Connection:
             if self._room is not None:
                 self._room.set()
             self._stop_reading()
+
+    def joined_kind(self, room: str) -> str | None:
+        return self._kinds.get(room) if room in self.rooms else None
+
+    def removed(self, room: str) -> None:
+        """The user is no longer a member of `room` (hubs.Member): `left` with reason
+        `removed`, and the room is forgotten; nothing more of it is delivered."""
+        room_id = self.rooms.pop(room, None)
+        self._kinds.pop(room, None)
+        if room_id is None:
+            return
+        self.push_live(protocol.left(room, None, removed=True))
+        task = asyncio.create_task(self.chat.leave(self, room_id, room))
+        self._leaving.add(task)
+        task.add_done_callback(self._leaving.discard)
 
     @contextlib.asynccontextmanager
     async def room_for(self, frames: int) -> AsyncIterator[bool]:
@@ -283,7 +301,11 @@ class Connection:
             )
         self._throttle_rooms(room, ref)
         try:
-            self.rooms[room] = await self.chat.join(self, room, command.since, ref)
+            self.rooms[room], self._kinds[room] = await self.chat.join(
+                self, room, command.since, ref
+            )
+        except Forbidden as refused:
+            raise ProtocolError("forbidden", str(refused), ref, room=room) from None
         except RateLimited as limited:  # a new room, one too many for this user
             raise ProtocolError(
                 "rate_limited",
@@ -297,6 +319,7 @@ class Connection:
         room_id = self._joined_room(command.room, command.ref)
         self._throttle_rooms(command.room, command.ref)
         del self.rooms[command.room]
+        self._kinds.pop(command.room, None)
         await self.chat.leave(self, room_id, command.room)
         self.push_answer(protocol.left(command.room, command.ref))
 
@@ -330,6 +353,10 @@ class Connection:
             self._error(ProtocolError(code, detail, ref, room=room, client_id=client_id))
             return
         posted = future.result()
+        if posted.refused:
+            detail = f"you may not post in {room}"
+            self._error(ProtocolError("forbidden", detail, ref, room=room, client_id=client_id))
+            return
         (metrics.ACKS_DUPLICATE if posted.duplicate else metrics.ACKS_FRESH).inc()
         self.push_answer(protocol.ack(posted.message, posted.duplicate, ref))
 
@@ -345,6 +372,9 @@ class Connection:
         for room, room_id in list(self.rooms.items()):
             del self.rooms[room]
             await self.chat.leave(self, room_id, room)
+        self._kinds.clear()
+        if self._leaving:
+            await asyncio.gather(*self._leaving, return_exceptions=True)
 
 
 class Endpoint:
@@ -377,7 +407,7 @@ async def websocket_endpoint(websocket: WebSocket, receive: Receive) -> None:
         await websocket.close(CLOSE_RESTART if chat.draining else CLOSE_TRY_AGAIN, refusal)
         return
     conn = Connection(websocket, username, chat)
-    chat.connections.add(conn)
+    chat.attach(conn)
     metrics.CONNECTIONS.inc()
     # A socket lives no longer than the token that opened it; the client logs in again.
     expiry = asyncio.get_running_loop().call_later(
@@ -414,7 +444,7 @@ async def websocket_endpoint(websocket: WebSocket, receive: Receive) -> None:
         await conn.leave_all()
         # Last: a draining instance waits for this, so uvicorn's own shutdown finds nothing
         # left to cut.
-        chat.connections.discard(conn)
+        chat.detach(conn)
 
 
 async def _close(

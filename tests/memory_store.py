@@ -22,7 +22,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from service.db import OutcomeUnknown, Unavailable
-from service.protocol import FanoutKey, MessagesNote, NotifiedMessage, StoredMessage, encode_note
+from service.protocol import (
+    FanoutKey,
+    LogEntry,
+    MemberChange,
+    MemberEvent,
+    MessagesNote,
+    NotifiedMessage,
+    StoredMessage,
+    encode_note,
+)
 from service.store import Draft, Posted, Replay, Stored, unique_drafts
 
 TEST_KEY = FanoutKey.from_secret("the in-memory store's own test secret")
@@ -34,7 +43,7 @@ class Poisoned(Exception):
 
 @dataclass
 class MemoryStore:
-    messages: dict[int, dict[int, StoredMessage]] = field(default_factory=dict)
+    messages: dict[int, dict[int, LogEntry]] = field(default_factory=dict)  # the rooms' logs
     last_seq: dict[int, int] = field(default_factory=dict)
     outage: bool = False
     poison: set[str] = field(default_factory=set)
@@ -63,6 +72,16 @@ class MemoryStore:
         self.last_seq[room_id] = seq
         return message
 
+    def add_member_event(
+        self, room_id: int, room: str, user: str, event: MemberChange, by: str = "owner"
+    ) -> MemberEvent:
+        """Commit a `member` event directly, as a membership change on any instance would."""
+        seq = self.last_seq.get(room_id, 0) + 1
+        entry = MemberEvent(room, seq, user, event, "member", by, datetime.now(UTC))
+        self.messages.setdefault(room_id, {})[seq] = entry
+        self.last_seq[room_id] = seq
+        return entry
+
     async def store(self, drafts: Sequence[Draft], channel: str | None, batch: uuid.UUID) -> Stored:
         if self.hold is not None:
             await self.hold.wait()
@@ -81,7 +100,8 @@ class MemoryStore:
                 (
                     m
                     for m in self.messages.get(d.room_id, {}).values()
-                    if d.client_id is not None
+                    if isinstance(m, StoredMessage)
+                    and d.client_id is not None
                     and (m.author, m.client_id) == (d.author, d.client_id)
                 ),
                 None,
@@ -120,7 +140,7 @@ class MemoryStore:
         self.forgotten_before.append(before)
         return 0
 
-    def _present(self, room_id: int) -> list[StoredMessage]:
+    def _present(self, room_id: int) -> list[LogEntry]:
         rows = self.messages.get(room_id, {})
         return [m for seq, m in sorted(rows.items()) if (room_id, seq) not in self.gone]
 
@@ -132,7 +152,7 @@ class MemoryStore:
         self._check()
         self.reads += 1
         last_seq = self.last_seq.get(room_id, 0)
-        rows = self._present(room_id)
+        rows = [m for m in self._present(room_id) if isinstance(m, StoredMessage)]
         if since is not None and since <= last_seq:
             after = [m for m in rows if m.seq > since]
             return Replay(after[-resume_limit:], len(after) > resume_limit, last_seq)
@@ -141,7 +161,7 @@ class MemoryStore:
 
     async def fetch_range(
         self, room_id: int, room: str, after: int, upto: int, limit: int
-    ) -> list[StoredMessage]:
+    ) -> list[LogEntry]:
         self._check()
         self.reads += 1
         return [m for m in self._present(room_id) if after < m.seq <= upto][:limit]

@@ -67,7 +67,8 @@ async def test_newest_page_without_params(client: httpx.AsyncClient) -> None:
 
 
 async def test_messages_have_the_documented_fields(client: httpx.AsyncClient) -> None:
-    """Each message has room, seq, author, body, created_at (UTC offset) and client_id."""
+    """Each message has v1's room, seq, author, body, created_at (UTC offset) and client_id,
+    and v2's reply_to, edited_at, deleted, reactions and version."""
     user = await new_user(client)
     room = unique("fields-")
     posted = await post(client, user, room, "hello")
@@ -80,7 +81,12 @@ async def test_messages_have_the_documented_fields(client: httpx.AsyncClient) ->
     r = await client.get(f"/api/rooms/{room}/messages", headers=user.headers)
     first, second = r.json()["messages"]
     assert first == posted
-    assert set(first) == {"room", "seq", "author", "body", "created_at", "client_id"}
+    assert set(first) == {
+        "room", "seq", "author", "body", "created_at", "client_id",
+        "reply_to", "edited_at", "deleted", "reactions", "version",
+    }  # fmt: skip
+    assert (first["reply_to"], first["edited_at"], first["deleted"]) == (None, None, False)
+    assert (first["reactions"], first["version"]) == ([], first["seq"])
     assert first == {**first, "room": room, "seq": 1, "author": user.name, "client_id": None}
     assert second["client_id"] == "cid-1" and second["body"] == "keyed"
     at = datetime.fromisoformat(first["created_at"])

@@ -56,9 +56,16 @@ class Member:
     def push_answer(self, frame: str) -> None:
         self.answers.append(orjson.loads(frame))
 
+    def removed(self, room: str) -> None:
+        self.live.append({"type": "left", "room": room, "reason": "removed"})
+
     @property
     def seqs(self) -> list[int]:
         return [f["seq"] for f in self.live if f["type"] == "message"]
+
+
+async def admitted() -> None:
+    """Every member may read the room (membership is tested against PostgreSQL)."""
 
 
 async def until(condition: Callable[[], bool], timeout: float = 2.0) -> None:
@@ -81,7 +88,9 @@ async def join(
     hubs: Hubs, member: Member, since: int | None = None, resume_limit: int = 1000
 ) -> None:
     """Join; returns once `joined` was sent (a resume is fed in the background)."""
-    await hubs.join(ROOM_ID, ROOM, member, since, 50, resume_limit, on_joined=member.on_joined)
+    await hubs.join(
+        ROOM_ID, ROOM, member, since, 50, resume_limit, on_joined=member.on_joined, admit=admitted
+    )
     await until(lambda: bool(member.joined))
 
 
@@ -301,7 +310,7 @@ async def test_a_long_resume_is_fed_a_page_at_a_time_as_the_member_drains(
     await until(lambda: len(watcher.seqs) == 1000)
     slow = Member("slow")
     slow.gate = asyncio.Event()
-    await hubs.join(ROOM_ID, ROOM, slow, 0, 50, 1000, on_joined=slow.on_joined)
+    await hubs.join(ROOM_ID, ROOM, slow, 0, 50, 1000, on_joined=slow.on_joined, admit=admitted)
     for step in range(1, 4):
         slow.gate.set()
         await until(replayed_count(slow, step * FEED_PAGE))
@@ -360,7 +369,7 @@ async def test_leaving_during_a_resume_stops_its_feed(setup: tuple[MemoryStore, 
         store.add(ROOM_ID, ROOM, f"m{i}")
     member = Member()
     member.gate = asyncio.Event()
-    await hubs.join(ROOM_ID, ROOM, member, 0, 50, 1000, on_joined=member.on_joined)
+    await hubs.join(ROOM_ID, ROOM, member, 0, 50, 1000, on_joined=member.on_joined, admit=admitted)
     member.gate.set()
     await until(lambda: len(replayed(member)) == FEED_PAGE)
     await hubs.leave(ROOM_ID, member)
@@ -376,7 +385,7 @@ async def test_a_resume_waits_out_an_outage(setup: tuple[MemoryStore, Hubs]) -> 
         store.add(ROOM_ID, ROOM, f"m{i}")
     member = Member()
     member.gate = asyncio.Event()
-    await hubs.join(ROOM_ID, ROOM, member, 0, 50, 1000, on_joined=member.on_joined)
+    await hubs.join(ROOM_ID, ROOM, member, 0, 50, 1000, on_joined=member.on_joined, admit=admitted)
     member.gate.set()
     await until(lambda: len(replayed(member)) == FEED_PAGE)
     store.outage = True
@@ -415,7 +424,7 @@ async def test_presence_reaches_a_member_still_catching_up_after_its_joined(
         store.add(ROOM_ID, ROOM, f"m{i}")
     slow = Member("slow")
     slow.gate = asyncio.Event()
-    await hubs.join(ROOM_ID, ROOM, slow, 0, 50, 1000, on_joined=slow.on_joined)
+    await hubs.join(ROOM_ID, ROOM, slow, 0, 50, 1000, on_joined=slow.on_joined, admit=admitted)
     hub = hubs.get(ROOM_ID)
     assert hub is not None
     hub.send_all('{"type":"presence","user":"early"}')
@@ -425,3 +434,99 @@ async def test_presence_reaches_a_member_still_catching_up_after_its_joined(
     assert slow not in hub.members  # still fed: the hand-over has not happened yet
     hub.send_all('{"type":"presence","user":"late"}')
     assert [f["user"] for f in slow.live] == ["late"]
+
+
+def kinds(member: Member) -> list[tuple[str, int | None]]:
+    """What reached the member live, as (type, seq)."""
+    return [(f["type"], f.get("seq")) for f in member.live]
+
+
+async def test_a_member_event_cuts_the_removed_user_off_at_its_seq(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    """Live delivery: the removed user's members get `removed` in place of the event and
+    nothing after it; everyone else gets the event, in order, and what follows."""
+    store, hubs = setup
+    alice, carol, carol_tab = Member("alice"), Member("carol"), Member("carol")
+    for member in (alice, carol, carol_tab):
+        await join(hubs, member)
+    store.add(ROOM_ID, ROOM, "before")
+    store.add_member_event(ROOM_ID, ROOM, "carol", "removed")
+    store.add(ROOM_ID, ROOM, "after")
+    hubs.committed(ROOM_ID, 3)  # one ref: the hub reads the three back in order
+    await until(lambda: len(alice.live) == 3)
+    await until(lambda: len(carol.live) == 2 and len(carol_tab.live) == 2)
+    assert kinds(alice) == [("message", 1), ("member", 2), ("message", 3)]
+    assert alice.live[1]["user"] == "carol" and alice.live[1]["event"] == "removed"
+    for tab in (carol, carol_tab):
+        assert kinds(tab) == [("message", 1), ("left", None)]
+        assert tab.live[1]["reason"] == "removed"
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None and set(hub.members) == {alice}
+    # Events committed later never reach carol's members.
+    store.add(ROOM_ID, ROOM, "later")
+    hubs.committed(ROOM_ID, 4)
+    await until(lambda: len(alice.live) == 4)
+    await asyncio.sleep(0.01)
+    assert len(carol.live) == 2
+
+
+async def test_a_resume_stops_at_the_event_that_ends_its_membership(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    """A resume still being fed (its socket has not drained, and the room has moved on by
+    more than a page) meets the removal in what it reads: it gets what came before, then
+    `removed`, and never the event itself or anything after it."""
+    store, hubs = setup
+    alice = Member("alice")
+    await join(hubs, alice)
+    for i in range(1, 4):
+        store.add(ROOM_ID, ROOM, f"m{i}")
+    hubs.committed(ROOM_ID, 3)
+    await until(lambda: len(alice.seqs) == 3)
+    carol = Member("carol")
+
+    def joined_then_stall(joined: Joined) -> None:
+        carol.on_joined(joined)
+        carol.gate = asyncio.Event()  # the socket stops draining right after `joined`
+
+    await hubs.join(ROOM_ID, ROOM, carol, 0, 50, 1000, on_joined=joined_then_stall, admit=admitted)
+    await until(lambda: bool(carol.joined))
+    store.add_member_event(ROOM_ID, ROOM, "carol", "left", by="carol")
+    for i in range(FEED_PAGE + 50):
+        store.add(ROOM_ID, ROOM, f"after{i}")
+    hubs.committed(ROOM_ID, store.last_seq[ROOM_ID])
+    await until(lambda: len(alice.live) == 3 + 1 + FEED_PAGE + 50)
+    hub = hubs.get(ROOM_ID)
+    assert hub is not None and carol in hub.feeding  # still being fed
+    open_gate(carol)
+    await until(lambda: any(f["type"] == "left" for f in carol.live))
+    await asyncio.sleep(0.02)
+    assert replayed(carol) == [1, 2, 3]
+    assert carol.seqs == []
+    assert not [f for f in carol.answers + carol.live if f["type"] == "member"]
+    assert carol not in hub.members and carol not in hub.feeding
+
+
+async def test_admission_is_checked_after_the_head_is_read(
+    setup: tuple[MemoryStore, Hubs],
+) -> None:
+    """A join whose user may not read the room sends nothing and registers nothing."""
+    store, hubs = setup
+    store.add(ROOM_ID, ROOM, "secret")
+    calls: list[int] = []
+
+    async def refuse() -> None:
+        calls.append(store.last_seq[ROOM_ID])
+        raise PermissionError("not a member")
+
+    carol = Member("carol")
+    with pytest.raises(PermissionError):
+        await hubs.join(
+            ROOM_ID, ROOM, carol, None, 50, 1000, on_joined=carol.on_joined, admit=refuse
+        )
+    with pytest.raises(PermissionError):
+        await hubs.join(ROOM_ID, ROOM, carol, 0, 50, 1000, on_joined=carol.on_joined, admit=refuse)
+    assert calls == [1, 1]
+    assert carol.answers == [] and carol.live == []
+    assert hubs.get(ROOM_ID) is None

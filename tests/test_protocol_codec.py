@@ -107,6 +107,21 @@ def test_server_frames() -> None:
         "body": "hi",
         "created_at": "2026-12-01T09:30:00.123456+00:00",
         "client_id": None,
+        "reply_to": None,
+        "edited_at": None,
+        "deleted": False,
+        "reactions": [],
+        "version": 4,
+    }
+    member = protocol.MemberEvent("a", 5, "carol", "removed", "member", "bob", at)
+    assert orjson.loads(member.frame()) == {
+        "type": "member",
+        "room": "a",
+        "seq": 5,
+        "user": "carol",
+        "event": "removed",
+        "role": "member",
+        "by": "bob",
     }
     assert orjson.loads(protocol.ack(message, True, 5)) == {
         "type": "ack",
@@ -117,12 +132,27 @@ def test_server_frames() -> None:
         "duplicate": True,
         "ref": 5,
     }
-    assert orjson.loads(protocol.joined("a", 9, False, ["bob"], None)) == {
+    state = protocol.RoomState("private", "owner", 7, 8)
+    assert orjson.loads(protocol.joined("a", 9, False, ["bob"], state, None)) == {
         "type": "joined",
         "room": "a",
         "last_seq": 9,
         "truncated": False,
         "online": ["bob"],
+        "kind": "private",
+        "role": "owner",
+        "last_read_seq": 7,
+        "last_message_seq": 8,
+        "online_count": 1,
+    }
+    many = [f"u{i:03}" for i in range(150)]
+    crowded = orjson.loads(protocol.joined("a", 9, False, many, state, None))
+    assert crowded["online"] == many[:100]
+    assert crowded["online_count"] == 150
+    assert orjson.loads(protocol.left("a", None, removed=True)) == {
+        "type": "left",
+        "room": "a",
+        "reason": "removed",
     }
     assert orjson.loads(protocol.left("a", "r")) == {"type": "left", "room": "a", "ref": "r"}
     assert orjson.loads(protocol.pong(None)) == {"type": "pong"}

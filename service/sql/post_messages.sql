@@ -1,8 +1,12 @@
 -- chat_post_messages(): a batch of messages stored, numbered and announced in one statement,
 -- one implicit transaction and one round trip (the writer calls it in autocommit).
 --
--- Locks the rooms involved, finds sends that repeat a committed (room, author, client_id),
--- numbers the others after each room's last seq, inserts them, advances the rooms, and packs
+-- Locks the rooms involved, refuses sends whose author may not post there (checked here, in
+-- the transaction that gives the message its seq: a member removed or banned a moment before
+-- the commit stores nothing; seq 0 in `seqs` says refused), makes the authors of sends to a
+-- public room members of it (`joined` says who became one), finds sends that repeat a
+-- committed (room, author, client_id), numbers the others after each room's last seq (the
+-- head of its whole log: messages and other events), inserts them, advances the rooms, and packs
 -- the new messages into `messages` notifications (service/protocol.py defines the keys; the
 -- writer passes the size limits), each signed with HMAC-SHA256 from the padded keys the
 -- writer passes (service/protocol.py, FanoutKey). It also records the batch's outcome under p_batch in
@@ -20,7 +24,7 @@ CREATE OR REPLACE FUNCTION chat_post_messages(
     p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
     p_key_inner bytea, p_key_outer bytea,
     OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
-    OUT stored_bodies text[], OUT payloads text[]
+    OUT stored_bodies text[], OUT payloads text[], OUT joined boolean[]
 ) LANGUAGE plpgsql AS $fn$
 DECLARE
     stamp timestamptz;
@@ -38,10 +42,23 @@ BEGIN
     -- Read under the locks, so created_at follows seq order within a room.
     stamp := clock_timestamp();
 
-    WITH input AS (
+    WITH given AS (
         SELECT t.ord, t.r, t.a, t.b, t.c
         FROM unnest(p_rooms, p_authors, p_bodies, p_client_ids) WITH ORDINALITY
             AS t (r, a, b, c, ord)
+    ), checked AS (  -- who may post: a member not banned, or anyone not banned in a public room
+        SELECT g.*, rm.last_seq AS head, rm.kind = 'public' AND mb.username IS NULL AS joins,
+               u.banned_at IS NULL AND (mb.username IS NOT NULL OR rm.kind = 'public') AS ok
+        FROM given g
+        JOIN rooms rm ON rm.id = g.r
+        LEFT JOIN users u ON u.username = g.a
+        LEFT JOIN members mb ON mb.room_id = g.r AND mb.username = g.a
+    ), input AS (
+        SELECT c.ord, c.r, c.a, c.b, c.c FROM checked c WHERE c.ok
+    ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member)
+        INSERT INTO members (room_id, username, role, created_at, last_read_seq)
+        SELECT DISTINCT c.r, c.a, 'member', stamp, c.head FROM checked c WHERE c.ok AND c.joins
+        ON CONFLICT DO NOTHING
     ), earlier AS (  -- sends that repeat a committed (room, author, client_id)
         SELECT i.ord, m.seq, m.created_at, m.body
         FROM input i
@@ -57,7 +74,7 @@ BEGIN
         INSERT INTO messages (room_id, seq, author, body, client_id, created_at)
         SELECT f.r, f.seq, f.a, f.b, f.c, stamp FROM fresh f
     ), adv AS (
-        UPDATE rooms SET last_seq = top.seq, last_message_at = stamp
+        UPDATE rooms SET last_seq = top.seq, last_message_seq = top.seq, last_message_at = stamp
         FROM (SELECT f.r, max(f.seq) AS seq FROM fresh f GROUP BY f.r) AS top
         WHERE rooms.id = top.r
     ), noted AS (  -- each new message as its notification entry: inline, or a ref if large
@@ -70,18 +87,19 @@ BEGIN
             'room_id', f.r, 'seq', f.seq, 'author', f.a, 'body', f.b,
             'client_id', f.c, 'created_at', stamp) AS entry) AS j
     )
-    SELECT array_agg(coalesce(e.seq, f.seq) ORDER BY i.ord),
-           array_agg(coalesce(e.created_at, stamp) ORDER BY i.ord),
-           array_agg(e.ord IS NOT NULL ORDER BY i.ord),
-           array_agg(e.body ORDER BY i.ord),
-           array_agg(n.entry ORDER BY i.ord) FILTER (WHERE n.ord IS NOT NULL),
-           array_agg(octet_length(n.entry::text) ORDER BY i.ord) FILTER (WHERE n.ord IS NOT NULL),
-           array_agg(n.is_ref ORDER BY i.ord) FILTER (WHERE n.ord IS NOT NULL)
-    INTO seqs, created, repeated, stored_bodies, entries, sizes, is_ref
-    FROM input i
-    LEFT JOIN earlier e ON e.ord = i.ord
-    LEFT JOIN fresh f ON f.ord = i.ord
-    LEFT JOIN noted n ON n.ord = i.ord;
+    SELECT array_agg(CASE WHEN NOT c.ok THEN 0 ELSE coalesce(e.seq, f.seq) END ORDER BY c.ord),
+           array_agg(coalesce(e.created_at, stamp) ORDER BY c.ord),
+           array_agg(e.ord IS NOT NULL ORDER BY c.ord),
+           array_agg(e.body ORDER BY c.ord),
+           array_agg(n.entry ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(octet_length(n.entry::text) ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(n.is_ref ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(c.ok AND c.joins ORDER BY c.ord)
+    INTO seqs, created, repeated, stored_bodies, entries, sizes, is_ref, joined
+    FROM checked c
+    LEFT JOIN earlier e ON e.ord = c.ord
+    LEFT JOIN fresh f ON f.ord = c.ord
+    LEFT JOIN noted n ON n.ord = c.ord;
 
     INSERT INTO write_batches (id, seqs, repeated, created_at)
     VALUES (p_batch, seqs, repeated, stamp);
