@@ -342,7 +342,7 @@ def export(room: str, out: Path | None, since: int) -> None:
         ):
             written = write(file, bar.update)
     click.echo(
-        f"exported {written} messages of {room} (seq {since + 1}..{span.upto})"
+        f"exported {written} events of {room} (seq {since + 1}..{span.upto})"
         + (f" to {out}" if out else ""),
         err=True,
     )

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
-import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -125,9 +124,11 @@ async def export(
     out: BinaryIO,
     on_progress: Callable[[int], None] = lambda advanced: None,
 ) -> int:
-    """Write the room's messages with since < seq <= upto to `out` as JSON Lines, in seq
-    order, one keyset page at a time (memory stays flat, no long transaction); returns how
-    many were written. `on_progress` gets how far each page moved through the seq range."""
+    """Write the room's log with since < seq <= upto to `out` as JSON Lines, in seq order,
+    each event as the socket carries it in a resume (its `type` included; messages in their
+    current state), one keyset page at a time (memory stays flat, no long transaction);
+    returns how many were written. `on_progress` gets how far each page moved through the
+    seq range."""
     written = 0
     after = span.since
     while after < span.upto:
@@ -136,7 +137,7 @@ async def export(
         )
         if not page:
             break
-        out.write(b"".join(orjson.dumps(m.to_wire()) + b"\n" for m in page))
+        out.write(b"".join(m.frame().encode() + b"\n" for m in page))
         written += len(page)
         on_progress(page[-1].seq - after)
         after = page[-1].seq

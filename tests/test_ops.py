@@ -191,14 +191,19 @@ async def test_rooms_lists_counts_seqs_and_activity(own_database: str) -> None:
 
 
 async def test_export_writes_json_lines_in_seq_order(own_database: str, tmp_path: Path) -> None:
-    """`chat export ROOM` writes every message as one JSON object per line, in seq order,
-    across many pages; `--since S --out FILE` writes those above S to the file."""
+    """`chat export ROOM` writes every event of the room's log as one JSON object per line
+    (its frame, as a resume sends it), in seq order, across many pages; `--since S --out FILE`
+    writes those above S to the file."""
     await seed(own_database, "archive", 2500)
     result = await asyncio.to_thread(chat, ["export", "archive"], own_database)
     assert result.returncode == 0, result.stderr
     lines = [orjson.loads(line) for line in result.stdout.splitlines()]
     assert_exactly_once_in_order([m["seq"] for m in lines], 1, 2500)
-    assert set(lines[0]) == {"room", "seq", "author", "body", "created_at", "client_id"}
+    assert set(lines[0]) == {
+        "type", "room", "seq", "author", "body", "created_at", "client_id",
+        "reply_to", "edited_at", "deleted", "reactions", "version",
+    }  # fmt: skip
+    assert {m["type"] for m in lines} == {"message"}
     assert lines[2] == {
         **lines[2],
         "room": "archive",
@@ -208,7 +213,7 @@ async def test_export_writes_json_lines_in_seq_order(own_database: str, tmp_path
     }
     assert lines[0]["client_id"] is None
     assert lines[0]["created_at"] < lines[-1]["created_at"]
-    assert "exported 2500 messages" in result.stderr
+    assert "exported 2500 events" in result.stderr
 
     out = tmp_path / "archive.jsonl"
     partial = await asyncio.to_thread(
@@ -218,7 +223,7 @@ async def test_export_writes_json_lines_in_seq_order(own_database: str, tmp_path
     written = [orjson.loads(line) for line in out.read_bytes().splitlines()]
     assert [m["seq"] for m in written] == list(range(2401, 2501))
     assert written == lines[2400:]
-    assert "exported 100 messages" in partial.stderr
+    assert "exported 100 events" in partial.stderr
     assert partial.stdout == ""
 
 
