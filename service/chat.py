@@ -215,10 +215,8 @@ class Chat:
         user = member.username
         room_id = await self._find_or_create(room, user)
         kind = await self._rooms.kind(room_id)
-        if kind == "public":
-            if await self._rooms.enrol(room_id, user):
-                await self.tell((user,), rooms_changed(room, "added"))
-        elif not (await self._rooms.standing(room_id, user)).readable:
+        public = kind == "public"
+        if not public and not (await self._rooms.standing(room_id, user)).readable:
             # Before presence: a non-member must not appear online, even for a moment.
             raise Forbidden(f"you are not a member of {room}")
         await self._presence.join(room_id, room, user)
@@ -228,7 +226,7 @@ class Chat:
 
             async def admit() -> None:
                 nonlocal standing
-                standing = await self._rooms.standing(room_id, user)
+                standing = await self._rooms.standing(room_id, user, enrol=public)
                 if not standing.readable:
                     raise Forbidden(f"you are not a member of {room}")
 
@@ -275,6 +273,8 @@ class Chat:
                 await self._presence.leave(room_id, room, user)
             raise
         metrics.JOINED_ROOMS.inc()
+        if standing is not None and standing.added:
+            await self.tell((user,), rooms_changed(room, "added"))
         return room_id, kind
 
     async def leave(self, member: Member, room_id: int, room: str) -> None:

@@ -16,17 +16,20 @@ from .ratelimit import KeyedLimiter, RateLimited
 _FIND = text("SELECT id FROM rooms WHERE name = :name")
 _CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NOTHING RETURNING id")
 _KIND = text("SELECT kind FROM rooms WHERE id = :room_id")
-# The caller's place in a room, as `joined` reports it.
-_STATE = text(
-    "SELECT r.kind, r.last_message_seq, m.role, m.last_read_seq FROM rooms r"
-    " LEFT JOIN members m ON m.room_id = r.id AND m.username = :user WHERE r.id = :room_id"
-)
-# Joining a public room makes the user a member (PROTOCOL.md, Member), the read cursor at
-# the log's head; RETURNING says whether the membership is new.
-_ENROL = text(
-    "INSERT INTO members (room_id, username, role, last_read_seq)"
-    " SELECT r.id, :user, 'member', r.last_seq FROM rooms r WHERE r.id = :room_id"
-    " ON CONFLICT DO NOTHING RETURNING role"
+# The caller's place in a room, as `joined` reports it. With :enrol, a user who is not a
+# member of a public room becomes one (PROTOCOL.md, Member: joining makes you a member), the
+# read cursor at the log's head; `added` says so. The statement sees the members table as it
+# was before its own insert, hence the coalesce with what the insert returned.
+_STANDING = text(
+    "WITH enrol AS ("
+    " INSERT INTO members (room_id, username, role, last_read_seq)"
+    " SELECT r.id, :user, 'member', r.last_seq FROM rooms r"
+    " WHERE r.id = :room_id AND r.kind = 'public' AND :enrol"
+    " ON CONFLICT DO NOTHING RETURNING role, last_read_seq)"
+    " SELECT r.kind, r.last_message_seq, coalesce(m.role, e.role) AS role,"
+    " coalesce(m.last_read_seq, e.last_read_seq) AS last_read_seq, e.role IS NOT NULL AS added"
+    " FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.username = :user"
+    " LEFT JOIN enrol e ON true WHERE r.id = :room_id"
 )
 _LIST = text(
     "SELECT name, last_seq, created_at, last_message_at FROM rooms "
@@ -68,6 +71,7 @@ class Standing:
     role: str | None
     last_read_seq: int
     last_message_seq: int
+    added: bool = False  # this very read made the user a member of the (public) room
 
     @property
     def readable(self) -> bool:
@@ -107,18 +111,15 @@ class RoomDirectory:
         self._kinds[room_id] = kind
         return kind
 
-    async def standing(self, room_id: int, user: str) -> Standing:
-        """`user`'s place in the room, read now."""
-        params = {"room_id": room_id, "user": user}
-        async with reading(self._engine) as conn:
-            row = (await conn.execute(_STATE, params)).one()
-        return Standing(row.kind, row.role, row.last_read_seq or 0, row.last_message_seq)
-
-    async def enrol(self, room_id: int, user: str) -> bool:
-        """Make `user` a member of a public room; whether they were not one before."""
-        async with writing(self._engine) as conn:
-            added = (await conn.execute(_ENROL, {"room_id": room_id, "user": user})).first()
-        return added is not None
+    async def standing(self, room_id: int, user: str, *, enrol: bool = False) -> Standing:
+        """`user`'s place in the room, read now; with `enrol`, a public room makes them a
+        member if they were not one."""
+        params = {"room_id": room_id, "user": user, "enrol": enrol}
+        async with reading(self._engine) as conn:  # autocommit: one statement, one transaction
+            row = (await conn.execute(_STANDING, params)).one()
+        return Standing(
+            row.kind, row.role, row.last_read_seq or 0, row.last_message_seq, bool(row.added)
+        )
 
     async def find(self, name: str) -> int | None:
         """The room's id, or None when nobody has used that room yet."""
