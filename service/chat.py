@@ -30,6 +30,7 @@ from .db import Unavailable
 from .fanout import Fanout
 from .hubs import Hubs, Joined
 from .hubs import Member as HubMember
+from .members import Change
 from .presence import Presence
 from .protocol import (
     CLOSE_RESTART,
@@ -150,6 +151,11 @@ class Chat:
                     await self._fanout.publish(later)
             except Exception as error:  # other instances catch up at their next resync
                 log.warning("publish after commit failed: %s", error)
+
+    async def membership_changed(self, change: Change) -> None:
+        """Publish a committed membership change: the log's new seq to the room's hubs on
+        every instance, and `rooms` frames to the users' own streams."""
+        pass
 
     # -- joining and leaving -------------------------------------------------------------
 

@@ -14,6 +14,11 @@ from .ratelimit import KeyedLimiter, RateLimited
 
 _FIND = text("SELECT id FROM rooms WHERE name = :name")
 _CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NOTHING RETURNING id")
+# The creator of a room made by a first join or post is its owner (PROTOCOL.md, Member).
+_OWNER = text(
+    "INSERT INTO members (room_id, username, role) "
+    "SELECT :room_id, username, 'owner' FROM users WHERE username = :creator"
+)
 _LIST = text(
     "SELECT name, last_seq, created_at, last_message_at FROM rooms "
     "ORDER BY last_message_at DESC NULLS LAST, created_at DESC, name LIMIT :limit"
@@ -54,6 +59,11 @@ class RoomDirectory:
         # One creation at a time per name on this instance: the sends that race to a new
         # room wait for the first one instead of each spending a creation.
         self._creating: dict[str, asyncio.Lock] = {}
+
+    @property
+    def creations(self) -> KeyedLimiter:
+        """The per-user budget of new rooms, shared with POST /api/rooms (members.py)."""
+        return self._created
 
     def _remember(self, name: str, room_id: int) -> None:
         if len(self._ids) >= self._cache_max:
@@ -99,6 +109,8 @@ class RoomDirectory:
                 created = room_id is not None
                 if room_id is None:  # created concurrently by someone else
                     room_id = (await conn.execute(_FIND, {"name": name})).scalar_one()
+                else:
+                    await conn.execute(_OWNER, {"room_id": room_id, "creator": creator})
         except BaseException:
             self._created.give_back(creator)
             raise
