@@ -277,7 +277,8 @@ class Members:
         self._engine = engine
         self._max_members = max_members_per_room
         self._dms = KeyedLimiter.per(dms_per_hour, 3600)
-        self._creations = creations or KeyedLimiter(0, 1)
+        # Not `creations or ...`: an empty KeyedLimiter is falsy (it has a length).
+        self._creations = creations if creations is not None else KeyedLimiter(0, 1)
 
     # -- creating rooms ---------------------------------------------------------------------
 
