@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .api import ChatDep, MembersDep, RoomName, WritingUser
 from .auth import CurrentUser
@@ -22,6 +22,7 @@ from .members import (
     NotFound,
     Refused,
 )
+from .validation import InvalidInput, normalize_username
 
 router = APIRouter(prefix="/api")
 # A user in a members path: a username (any case) or `me`.
@@ -92,6 +93,14 @@ class NewRoom(BaseModel):
 class NewDm(BaseModel):
     username: str = Field(max_length=64, examples=["bob"])
 
+    @field_validator("username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        try:
+            return normalize_username(value)
+        except InvalidInput as error:
+            raise ValueError(error.detail) from None
+
 
 class MemberIn(BaseModel):
     role: Literal["owner", "moderator", "member"] | None = None
@@ -117,7 +126,8 @@ async def my_rooms(
 async def public_rooms(
     user: CurrentUser,
     members: MembersDep,
-    q: Annotated[str, Query(max_length=64)] = "",
+    # A prefix of a room name (any case): anything else could match nothing.
+    q: Annotated[str, Query(max_length=64, pattern=r"^[A-Za-z0-9_-]*$")] = "",
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
     cursor: Cursor = None,
 ) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import reading, writing
 from .ratelimit import KeyedLimiter, RateLimited
-from .validation import ROOM_RE
+from .validation import ROOM_RE, USERNAME_RE
 
 Role = Literal["owner", "moderator", "member"]
 ROLES: tuple[Role, ...] = ("owner", "moderator", "member")
@@ -597,6 +597,8 @@ class Members:
         after = ""
         if cursor is not None:
             (after,) = _decode_cursor(cursor, "public", (str,))
+            if not ROOM_RE.fullmatch(after):
+                raise Invalid("cursor is not one this list gave")
         params = {"q": q, "after": after, "limit": limit + 1}
         async with reading(self._engine) as conn:
             rows = (await conn.execute(_PUBLIC_ROOMS, params)).all()
@@ -620,6 +622,8 @@ class Members:
         after = ""
         if cursor is not None:
             (after,) = _decode_cursor(cursor, "members", (str,))
+            if not USERNAME_RE.fullmatch(after):
+                raise Invalid("cursor is not one this list gave")
         room_id = (await self.access(room, user)).room_id
         params = {"room_id": room_id, "after": after, "limit": limit + 1}
         async with reading(self._engine) as conn:

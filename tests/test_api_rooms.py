@@ -100,7 +100,13 @@ async def test_dms(client: httpx.AsyncClient, pg: asyncpg.Connection) -> None:
     assert r.json()["peer"] == alice.name
     r = await client.post("/api/dms", json={"username": bob.name}, headers=alice.headers)
     assert r.status_code == 200 and r.json()["name"] == dm["name"]
-    for who, code in [(unique("ghost_"), 404), (banned.name, 403), (alice.name, 422)]:
+    for who, code in [
+        (unique("ghost_"), 404),
+        (banned.name, 403),
+        (alice.name, 422),
+        ("\x00\u00e9", 422),
+        ("a b", 422),
+    ]:
         r = await client.post("/api/dms", json={"username": who}, headers=alice.headers)
         assert r.status_code == code, (who, r.text)
     # Its membership never changes.
@@ -291,6 +297,8 @@ async def test_my_rooms_and_paging(client: httpx.AsyncClient) -> None:
         ("/api/rooms/public", {"limit": 201}),
         ("/api/rooms/public", {"cursor": "WyJtaW5lIiwgIngiLCAxXQ"}),
         ("/api/rooms/public", {"q": "x" * 65}),
+        ("/api/rooms/public", {"q": "a\x00b"}),
+        ("/api/rooms/public", {"cursor": "WyJwdWJsaWMiLCJcdTAwMDAiXQ"}),
         ("members", {"limit": 0}),
         ("members", {"limit": 1001}),
         ("members", {"cursor": "e30"}),

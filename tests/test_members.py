@@ -556,7 +556,17 @@ async def test_members_pages_by_name(members: Members, pg: asyncpg.Connection) -
 
 @pytest.mark.parametrize(
     "cursor",
-    ["", "!!!", "bm90IGpzb24", "WzFd", "WyJwdWJsaWMiLCAxXQ", "WyJtaW5lIiwgIngiLCAxXQ", "e30"],
+    [
+        "",
+        "!!!",
+        "bm90IGpzb24",  # not json
+        "WzFd",  # [1]
+        "WyJwdWJsaWMiLCAxXQ",  # ["public", 1]
+        "WyJtaW5lIiwgIngiLCAxXQ",  # ["mine", "x", 1]
+        "e30",  # {}
+        "WyJwdWJsaWMiLCJcdTAwMDAiXQ",  # ["public", "\u0000"]
+        "WyJtZW1iZXJzIiwiXHUwMDAwIl0",  # ["members", "\u0000"]
+    ],
 )
 async def test_bad_cursors_are_invalid(
     members: Members, pg: asyncpg.Connection, cursor: str
