@@ -37,6 +37,25 @@ _STATUS: dict[type[Refused], int] = {
 }
 
 
+class ErrorOut(BaseModel):
+    detail: str
+
+
+_DESCRIBED = {
+    401: "not authenticated",
+    403: "not allowed: a private room or dm of others, a reserved dm- name, a role too low, "
+    "a banned user",
+    404: "no such room, user or member",
+    409: "the name exists, the last owner, or the room is full",
+    429: "rate limited: nothing was done; try again after Retry-After seconds",
+    503: "the database cannot be reached; nothing was done; try again",
+}
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut, "description": _DESCRIBED[code]} for code in codes}
+
+
 async def refused(request: Request, error: Exception) -> Response:
     """A membership refusal as its status (app.py registers this for `Refused`)."""
     assert isinstance(error, Refused)
@@ -110,7 +129,7 @@ def _listed(page: ListPage, key: str, **extra: Any) -> dict[str, Any]:
     return {**extra, key: page.items, "next_cursor": page.next_cursor}
 
 
-@router.get("/rooms", response_model=RoomsOut)
+@router.get("/rooms", response_model=RoomsOut, responses=_errors(401, 503))
 async def my_rooms(
     user: CurrentUser,
     members: MembersDep,
@@ -122,7 +141,7 @@ async def my_rooms(
     return _listed(await members.my_rooms(user, limit, cursor), "rooms")
 
 
-@router.get("/rooms/public", response_model=PublicRoomsOut)
+@router.get("/rooms/public", response_model=PublicRoomsOut, responses=_errors(401, 503))
 async def public_rooms(
     user: CurrentUser,
     members: MembersDep,
@@ -135,14 +154,19 @@ async def public_rooms(
     return _listed(await members.public_rooms(q.lower(), limit, cursor), "rooms")
 
 
-@router.get("/rooms/{room}", response_model=RoomOut)
+@router.get("/rooms/{room}", response_model=RoomOut, responses=_errors(401, 403, 404, 503))
 async def room_info(room: RoomName, user: CurrentUser, members: MembersDep) -> dict[str, Any]:
     """One room as the caller sees it; for a public room they are not in, their own fields
     (role, last_read_seq, unread, mentions) are null."""
     return await members.room_info(room, user)
 
 
-@router.post("/rooms", status_code=status.HTTP_201_CREATED, response_model=RoomOut)
+@router.post(
+    "/rooms",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RoomOut,
+    responses=_errors(401, 403, 409, 429, 503),
+)
 async def create_room(
     new: NewRoom, user: WritingUser, members: MembersDep, chat: ChatDep
 ) -> dict[str, Any]:
@@ -152,7 +176,15 @@ async def create_room(
     return await members.room_info(change.room, user)
 
 
-@router.post("/dms", status_code=status.HTTP_201_CREATED, response_model=RoomOut)
+@router.post(
+    "/dms",
+    status_code=status.HTTP_201_CREATED,
+    response_model=RoomOut,
+    responses={
+        200: {"model": RoomOut, "description": "the dm, opened before"},
+        **_errors(401, 403, 404, 429, 503),
+    },
+)
 async def open_dm(new: NewDm, user: WritingUser, members: MembersDep, chat: ChatDep) -> Response:
     """The dm of the caller and `username`: 201 when this opened it, 200 after."""
     change, created = await members.open_dm(user, new.username)
@@ -164,7 +196,9 @@ async def open_dm(new: NewDm, user: WritingUser, members: MembersDep, chat: Chat
     )
 
 
-@router.get("/rooms/{room}/members", response_model=MembersOut)
+@router.get(
+    "/rooms/{room}/members", response_model=MembersOut, responses=_errors(401, 403, 404, 503)
+)
 async def room_members(
     room: RoomName,
     user: CurrentUser,
@@ -176,7 +210,11 @@ async def room_members(
     return _listed(await members.members(room, user, limit, cursor), "members", room=room)
 
 
-@router.put("/rooms/{room}/members/{username}", response_model=MemberOut)
+@router.put(
+    "/rooms/{room}/members/{username}",
+    response_model=MemberOut,
+    responses=_errors(401, 403, 404, 409, 429, 503),
+)
 async def put_member(
     room: RoomName,
     username: UserName,
@@ -192,7 +230,11 @@ async def put_member(
     return MemberOut(username=done.username, role=done.role)
 
 
-@router.delete("/rooms/{room}/members/{username}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete(
+    "/rooms/{room}/members/{username}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_errors(401, 403, 404, 409, 429, 503),
+)
 async def delete_member(
     room: RoomName, username: UserName, user: WritingUser, members: MembersDep, chat: ChatDep
 ) -> Response:
