@@ -13,6 +13,7 @@ from pydantic import BaseModel, Field, field_validator
 from . import metrics
 from .accounts import Accounts, UsernameTaken
 from .auth import COOKIE, CurrentUser
+from .members import Forbidden, Members, NotFound
 from .protocol import MAX_SEQ, PROTOCOL_VERSION
 from .ratelimit import KeyedLimiter, RateLimited
 from .security import issue_token
@@ -40,6 +41,7 @@ class ErrorOut(BaseModel):
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "not authenticated, or wrong credentials",
+        403: "a private room or dm the caller is not a member of, or a reserved dm- name",
         404: "no such room",
         409: "username is taken",
         413: "body too long",
@@ -76,7 +78,13 @@ async def writing_user(request: Request, user: CurrentUser) -> str:
     return user
 
 
+async def get_members(request: Request) -> Members:
+    members: Members = request.app.state.members
+    return members
+
+
 ChatDep = Annotated["Chat", Depends(get_chat)]
+MembersDep = Annotated[Members, Depends(get_members)]
 AccountsDep = Annotated[Accounts, Depends(get_accounts)]
 # A write's user: use it instead of CurrentUser on every route that changes something.
 WritingUser = Annotated[str, Depends(writing_user)]
@@ -126,13 +134,6 @@ class PageOut(BaseModel):
     room: str
     messages: list[MessageOut]
     has_more: bool
-
-
-class RoomOut(BaseModel):
-    name: str
-    last_seq: int
-    created_at: str
-    last_message_at: str | None
 
 
 class OnlineOut(BaseModel):
@@ -253,24 +254,18 @@ async def config(chat: ChatDep) -> ConfigOut:
     )
 
 
-@router.get("/rooms", response_model=list[RoomOut], responses=_errors(401))
-async def list_rooms(user: CurrentUser, chat: ChatDep) -> list[dict[str, Any]]:
-    """Rooms, most recently active first."""
-    return [room.to_wire() for room in await chat.room_list()]
+async def _readable(members: Members, room: str, user: str) -> int:
+    """The room's id when `user` may read it: 404 unknown, 403 a private room or dm of
+    others (members.py raises; app.py answers)."""
+    return (await members.access(room, user)).room_id
 
 
-async def _room_id(chat: Chat, room: str) -> int:
-    room_id = await chat.room_id(room)
-    if room_id is None:
-        raise HTTPException(status.HTTP_404_NOT_FOUND, f"room {room} does not exist")
-    return room_id
-
-
-@router.get("/rooms/{room}/messages", response_model=PageOut, responses=_errors(401, 404))
+@router.get("/rooms/{room}/messages", response_model=PageOut, responses=_errors(401, 403, 404))
 async def room_messages(
     room: RoomName,
     user: CurrentUser,
     chat: ChatDep,
+    members: MembersDep,
     before: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
@@ -279,7 +274,7 @@ async def room_messages(
     `limit` after `after`, or the newest `limit`; `has_more` says whether more lie beyond."""
     if before is not None and after is not None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give before or after, not both")
-    room_id = await _room_id(chat, room)
+    room_id = await _readable(members, room, user)
     page = await chat.history(room_id, room, before=before, after=after, limit=limit)
     # Encoded directly: validating the page against PageOut again (FastAPI's default for a
     # returned dict) cost more than the query. PageOut still documents it.
@@ -297,12 +292,15 @@ async def room_messages(
     response_model=MessageOut,
     responses={
         200: {"model": MessageOut, "description": "the original, for a repeated client_id"},
-        **_errors(401, 413, 429, 503),
+        **_errors(401, 403, 413, 429, 503),
     },
 )
-async def post_message(room: RoomName, new: NewMessage, user: WritingUser, chat: ChatDep) -> Any:
+async def post_message(
+    room: RoomName, new: NewMessage, user: WritingUser, chat: ChatDep, members: MembersDep
+) -> Any:
     """Store a message (the room is created on first use, unless the user has created too
-    many lately: 429); idempotent on `client_id`."""
+    many lately: 429); idempotent on `client_id`. 403 for a private room or dm of others,
+    and for an unknown `dm-` name (reserved)."""
     try:
         body = check_body(new.body, chat.settings.max_message_chars)
         client_id = check_client_id(new.client_id)
@@ -313,6 +311,11 @@ async def post_message(room: RoomName, new: NewMessage, user: WritingUser, chat:
             else status.HTTP_422_UNPROCESSABLE_CONTENT
         )
         raise HTTPException(code, error.detail) from None
+    try:
+        await members.access(room, user)
+    except NotFound:
+        if room.startswith("dm-"):
+            raise Forbidden("names beginning dm- are reserved for direct messages") from None
     metrics.MESSAGES_IN_REST.inc()
     # Unavailable: 503, RateLimited: 429 (app.py)
     posted = await chat.post(room, user, body, client_id)
@@ -322,7 +325,9 @@ async def post_message(room: RoomName, new: NewMessage, user: WritingUser, chat:
     )
 
 
-@router.get("/rooms/{room}/online", response_model=OnlineOut, responses=_errors(401, 404))
-async def room_online(room: RoomName, user: CurrentUser, chat: ChatDep) -> OnlineOut:
-    room_id = await _room_id(chat, room)
+@router.get("/rooms/{room}/online", response_model=OnlineOut, responses=_errors(401, 403, 404))
+async def room_online(
+    room: RoomName, user: CurrentUser, chat: ChatDep, members: MembersDep
+) -> OnlineOut:
+    room_id = await _readable(members, room, user)
     return OnlineOut(room=room, users=await chat.online(room_id))

@@ -21,11 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, db, logs, metrics, ws
+from . import api, api_rooms, db, logs, metrics, ws
 from .accounts import Accounts
 from .chat import Chat
 from .fanout import Fanout
 from .guards import Guard
+from .members import Members, Refused
 from .presence import Presence
 from .protocol import FanoutKey
 from .ratelimit import KeyedLimiter, RateLimited
@@ -70,6 +71,7 @@ class Resources:
     accounts: Accounts
     # One bucket per user for every REST write, at the sockets' rate (PROTOCOL.md, Errors).
     rest_writes: KeyedLimiter
+    members: Members
 
     async def close(self) -> None:
         await self.chat.stop()
@@ -99,10 +101,17 @@ def build(settings: Settings) -> Resources:
         ttl_seconds=settings.presence_ttl_seconds,
         debounce_seconds=settings.presence_debounce_seconds,
     )
+    rooms = RoomDirectory(engine, created_per_hour=settings.rooms_created_per_hour)
+    members = Members(
+        engine,
+        max_members_per_room=settings.max_members_per_room,
+        dms_per_hour=settings.max_dms_per_hour,
+        creations=rooms.creations,
+    )
     chat = Chat(
         settings,
         store=PostgresStore(engine, key),
-        rooms=RoomDirectory(engine, created_per_hour=settings.rooms_created_per_hour),
+        rooms=rooms,
         fanout=fanout,
         presence=presence,
     )
@@ -111,7 +120,7 @@ def build(settings: Settings) -> Resources:
     )
     rest_writes = KeyedLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
     return Resources(
-        engine, fanout, chat, passwords, Accounts(engine, settings, passwords), rest_writes
+        engine, fanout, chat, passwords, Accounts(engine, settings, passwords), rest_writes, members
     )
 
 
@@ -179,6 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chat = resources.chat
         app.state.chat, app.state.accounts = chat, resources.accounts
         app.state.rest_writes = resources.rest_writes
+        app.state.members = resources.members
         app.state.engine = engine = resources.engine
         app.state.database_check = DatabaseCheck(lambda: db.ping(engine))
         await chat.start()
@@ -214,6 +224,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(logs.RequestContext)  # added last: it wraps everything else
     app.include_router(api.router)
+    app.include_router(api_rooms.router)
 
     async def database_error(request: Request, error: Exception) -> Response:
         # An outage (db.Unavailable, or a pooled connection that died with the last one) is
@@ -253,6 +264,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RateLimited, rate_limited)
     app.add_exception_handler(PasswordsBusy, passwords_busy)
     app.add_exception_handler(Forbidden, forbidden)
+    app.add_exception_handler(Refused, api_rooms.refused)
 
     @app.get("/healthz", tags=["ops"])
     async def healthz() -> dict[str, str]:

@@ -32,6 +32,7 @@ from .db import Unavailable
 from .fanout import Fanout
 from .hubs import Hubs, Joined, Removed
 from .hubs import Member as HubMember
+from .members import Change, StreamEvent
 from .presence import Presence
 from .protocol import (
     CLOSE_RESTART,
@@ -203,6 +204,20 @@ class Chat:
                     await self._fanout.publish(later)
             except Exception as error:  # other instances catch up at their next resync
                 log.warning("publish after commit failed: %s", error)
+
+    async def membership_changed(self, change: Change) -> None:
+        """Publish a committed membership change: the log's new seq to the room's hubs on
+        every instance, and `rooms` frames to the users' own streams."""
+        if change.event is not None:
+            hub = self._hubs.get(change.room_id)
+            if hub is not None:  # here at once; elsewhere from the notification
+                hub.offer(change.event)
+            await self.log_appended(change.room_id, change.event.seq)
+        by_event: dict[StreamEvent, list[str]] = {}
+        for user, event in change.streams:
+            by_event.setdefault(event, []).append(user)
+        for event, users in by_event.items():
+            await self.tell(tuple(users), rooms_changed(change.room, event))
 
     # -- joining and leaving -------------------------------------------------------------
 

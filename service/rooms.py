@@ -18,12 +18,16 @@ _CREATE = text("INSERT INTO rooms (name) VALUES (:name) ON CONFLICT (name) DO NO
 _KIND = text("SELECT kind FROM rooms WHERE id = :room_id")
 # The caller's place in a room, as `joined` reports it. With :enrol, a user who is not a
 # member of a public room becomes one (PROTOCOL.md, Member: joining makes you a member), the
-# read cursor at the log's head; `added` says so. The statement sees the members table as it
-# was before its own insert, hence the coalesce with what the insert returned.
+# read cursor at the log's head; `added` says so. A public room without an owner (new, made
+# by this first join or a first post, or carried over from v1 without posters) gets its
+# first member as owner. The statement sees the members table as it was before its own
+# insert, hence the coalesce with what the insert returned.
 _STANDING = text(
     "WITH enrol AS ("
     " INSERT INTO members (room_id, username, role, last_read_seq)"
-    " SELECT r.id, :user, 'member', r.last_seq FROM rooms r"
+    " SELECT r.id, :user, CASE WHEN EXISTS (SELECT 1 FROM members o"
+    " WHERE o.room_id = r.id AND o.role = 'owner') THEN 'member' ELSE 'owner' END,"
+    " r.last_seq FROM rooms r"
     " WHERE r.id = :room_id AND r.kind = 'public' AND :enrol"
     " ON CONFLICT DO NOTHING RETURNING role, last_read_seq)"
     " SELECT r.kind, r.last_message_seq, coalesce(m.role, e.role) AS role,"
@@ -93,6 +97,11 @@ class RoomDirectory:
         # One creation at a time per name on this instance: the sends that race to a new
         # room wait for the first one instead of each spending a creation.
         self._creating: dict[str, asyncio.Lock] = {}
+
+    @property
+    def creations(self) -> KeyedLimiter:
+        """The per-user budget of new rooms, shared with POST /api/rooms (members.py)."""
+        return self._created
 
     def _remember(self, name: str, room_id: int) -> None:
         if len(self._ids) >= self._cache_max:

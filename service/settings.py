@@ -82,6 +82,10 @@ class Settings(BaseSettings):
     registrations_per_minute: int = Field(default=20, ge=1)
     # Rooms a user may create (by joining or posting to a new name), per instance.
     rooms_created_per_hour: int = Field(default=100, ge=1)
+    # New dms a user may open, per instance (POST /api/dms; one that exists costs nothing).
+    max_dms_per_hour: int = Field(default=60, ge=1)
+    # Members of one room: past it, adding or joining answers 409.
+    max_members_per_room: int = Field(default=10_000, ge=2)
     # argon2 runs on threads of its own (unset: half the CPUs, at least one); past the
     # threads, at most this many hashes wait, and the next is refused with 503.
     password_threads: int | None = Field(default=None, ge=1, le=64)

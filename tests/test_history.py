@@ -204,7 +204,7 @@ async def test_unknown_room_is_404(client: httpx.AsyncClient) -> None:
     assert await status_of(client, user, room) == 404
     assert await status_of(client, user, room, after=0) == 404
     r = await client.get("/api/rooms", headers=user.headers)
-    assert room not in [x["name"] for x in r.json()]
+    assert room not in [x["name"] for x in r.json()["rooms"]]
 
 
 @pytest.mark.parametrize(
@@ -237,22 +237,27 @@ async def test_created_at_follows_seq(client: httpx.AsyncClient) -> None:
 
 
 async def test_rooms_most_recently_active_first(client: httpx.AsyncClient) -> None:
-    """GET /api/rooms lists rooms by last activity: A, B, then A again puts A before B."""
+    """GET /api/rooms lists the caller's rooms by last activity: A, B, then A again puts A
+    before B (a room's first poster is its owner, so both are the user's)."""
     user = await new_user(client)
     a, b = unique("room-a-"), unique("room-b-")
     await post(client, user, a, "m1")
     await post(client, user, b, "m1")
     r = await client.get("/api/rooms", headers=user.headers)
-    names = [x["name"] for x in r.json()]
+    names = [x["name"] for x in r.json()["rooms"]]
     assert names.index(b) < names.index(a)
     last = await post(client, user, a, "m2")
     r = await client.get("/api/rooms", headers=user.headers)
     assert r.status_code == 200
-    rooms = {x["name"]: x for x in r.json()}
-    names = [x["name"] for x in r.json()]
+    listed = r.json()["rooms"]
+    rooms = {x["name"]: x for x in listed}
+    names = [x["name"] for x in listed]
     assert names.index(a) < names.index(b)
-    for room in r.json():
-        assert set(room) == {"name", "last_seq", "created_at", "last_message_at"}
+    for room in listed:
+        assert set(room) == {
+            "name", "kind", "role", "last_seq", "last_message_seq", "created_at",
+            "last_message_at", "last_read_seq", "unread", "mentions", "peer",
+        }  # fmt: skip
     assert rooms[a]["last_seq"] == 2 and rooms[b]["last_seq"] == 1
     assert datetime.fromisoformat(rooms[a]["last_message_at"]) == datetime.fromisoformat(
         last["created_at"]
@@ -272,20 +277,23 @@ async def own_app(own_database: str, secret_key: str) -> AsyncIterator[FastAPI]:
         yield application
 
 
-async def test_room_without_messages_is_listed_after_active_ones(
+async def test_room_without_messages_is_listed_by_its_creation(
     own_app: FastAPI, own_database: str
 ) -> None:
-    """A room created by a join but never posted to has last_seq 0, last_message_at null,
-    and comes after rooms with messages, even newer ones."""
+    """A room created but never posted to has last_seq 0, last_message_at null, and counts
+    as active since its creation: after a newer message, before an older one."""
     async with app_client(own_app) as client:
         user = await new_user(client)
         busy, quiet = unique("busy-"), unique("quiet-")
         await post(client, user, busy, "m1")
-        await create_room(own_database, quiet)
+        r = await client.post("/api/rooms", json={"name": quiet}, headers=user.headers)
+        assert r.status_code == 201
         r = await client.get("/api/rooms", headers=user.headers)
-    names = [x["name"] for x in r.json()]
-    assert names == [busy, quiet]
-    (entry,) = [x for x in r.json() if x["name"] == quiet]
+        assert [x["name"] for x in r.json()["rooms"]] == [quiet, busy]
+        await post(client, user, busy, "m2")
+        r = await client.get("/api/rooms", headers=user.headers)
+    assert [x["name"] for x in r.json()["rooms"]] == [busy, quiet]
+    (entry,) = [x for x in r.json()["rooms"] if x["name"] == quiet]
     assert entry["last_seq"] == 0 and entry["last_message_at"] is None
 
 

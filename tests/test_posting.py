@@ -45,10 +45,10 @@ async def history(client: httpx.AsyncClient, user: User, room: str) -> list[dict
 
 
 async def last_seq(client: httpx.AsyncClient, user: User, room: str) -> int:
-    """The room's last_seq as GET /api/rooms reports it."""
-    r = await client.get("/api/rooms", headers=user.headers)
-    (entry,) = [x for x in r.json() if x["name"] == room]
-    seq: int = entry["last_seq"]
+    """The room's last_seq as GET /api/rooms/{room} reports it."""
+    r = await client.get(f"/api/rooms/{room}", headers=user.headers)
+    assert r.status_code == 200, r.text
+    seq: int = r.json()["last_seq"]
     return seq
 
 

@@ -55,9 +55,15 @@ BEGIN
         LEFT JOIN members mb ON mb.room_id = g.r AND mb.username = g.a
     ), input AS (
         SELECT c.ord, c.r, c.a, c.b, c.c FROM checked c WHERE c.ok
-    ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member)
+    ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member);
+                   -- the first of a room without an owner (a room this post creates) its owner
         INSERT INTO members (room_id, username, role, created_at, last_read_seq)
-        SELECT DISTINCT c.r, c.a, 'member', stamp, c.head FROM checked c WHERE c.ok AND c.joins
+        SELECT j.r, j.a, CASE WHEN j.n = 1 AND NOT EXISTS (
+                   SELECT 1 FROM members o WHERE o.room_id = j.r AND o.role = 'owner')
+               THEN 'owner' ELSE 'member' END, stamp, j.head
+        FROM (SELECT c.r, c.a, min(c.head) AS head,
+                     row_number() OVER (PARTITION BY c.r ORDER BY min(c.ord)) AS n
+              FROM checked c WHERE c.ok AND c.joins GROUP BY c.r, c.a) AS j
         ON CONFLICT DO NOTHING
     ), earlier AS (  -- sends that repeat a committed (room, author, client_id)
         SELECT i.ord, m.seq, m.created_at, m.body

@@ -104,8 +104,10 @@ export const config = () => request('GET', '/api/config', { auth: false });
 /** {username} of the session's user. Not in PROTOCOL.md v1: callers must tolerate a 404. */
 export const me = () => request('GET', '/api/me');
 
-/** [{name, last_seq, created_at, last_message_at}], most recently active first. */
-export const listRooms = () => request('GET', '/api/rooms');
+/** The user's rooms, most recently active first: [{name, kind, role, last_seq,
+ * last_message_seq, created_at, last_message_at, last_read_seq, unread, mentions, peer}]
+ * (the first page of v2's {rooms, next_cursor}; a page holds up to 200). */
+export const listRooms = async () => (await request('GET', '/api/rooms')).rooms;
 
 /** {room, messages: [ascending seq], has_more}. */
 export function fetchHistory(room, { before, limit = 50 } = {}) {
