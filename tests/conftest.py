@@ -29,7 +29,7 @@ from fastapi import FastAPI
 from service import migrate, pgcluster
 from service.app import create_app
 from service.settings import Settings
-from tests.support import Instance, app_client, free_port, instance_env
+from tests.support import Instance, app_client, free_port, instance_env, unique
 
 # Faster, still a real server: durability across crashes of the test cluster is not tested.
 TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
@@ -220,3 +220,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session", params=["postgres", "redis"])
+async def instances(
+    request: pytest.FixtureRequest, spawn: Callable[..., Instance], redis_url: str
+) -> tuple[Instance, Instance]:
+    """Two instances sharing the test database, fanning out through PostgreSQL or Redis."""
+    env: dict[str, Any] = {"CHAT_RATE_LIMIT_PER_SECOND": 0}
+    if request.param == "redis":
+        env |= {"CHAT_BROADCAST_URL": redis_url, "CHAT_BROADCAST_CHANNEL": unique("chat_")}
+    a, b = spawn(**env), spawn(**env)
+    await a.wait_ready()
+    await b.wait_ready()
+    return a, b

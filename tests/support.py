@@ -307,3 +307,21 @@ async def metric(instance: Instance, series: str, default: float | None = None) 
     if default is None:
         raise AssertionError(f"{series} is not exported")
     return default
+
+
+async def users(instance: Instance, n: int) -> list[User]:
+    """`n` fresh users, registered and logged in through `instance`."""
+    async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
+        return [await new_user(http) for _ in range(n)]
+
+
+async def quiet(ws: WsClient, seconds: float = 0.5) -> list[dict[str, Any]]:
+    """Every frame that arrives within `seconds`."""
+    got: list[dict[str, Any]] = []
+    try:
+        async with asyncio.timeout(seconds):
+            while True:
+                got.append(await ws.recv(seconds))
+    except TimeoutError:
+        pass
+    return got

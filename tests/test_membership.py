@@ -4,34 +4,10 @@ posters and joiners members, and the user's own stream on both fan-out backends.
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any
-
 import asyncpg
 import httpx
-import pytest
 
-from tests.support import Instance, User, WsClient, new_user, unique, ws_connect
-
-
-@pytest.fixture(scope="module", params=["postgres", "redis"])
-async def instances(
-    request: pytest.FixtureRequest, spawn: Callable[..., Instance], redis_url: str
-) -> tuple[Instance, Instance]:
-    """Two instances sharing the test database, fanning out through PostgreSQL or Redis."""
-    env: dict[str, Any] = {"CHAT_RATE_LIMIT_PER_SECOND": 0}
-    if request.param == "redis":
-        env |= {"CHAT_BROADCAST_URL": redis_url, "CHAT_BROADCAST_CHANNEL": unique("chat_")}
-    a, b = spawn(**env), spawn(**env)
-    await a.wait_ready()
-    await b.wait_ready()
-    return a, b
-
-
-async def users(instance: Instance, n: int) -> list[User]:
-    async with httpx.AsyncClient(base_url=instance.url, timeout=10) as http:
-        return [await new_user(http) for _ in range(n)]
+from tests.support import Instance, quiet, unique, users, ws_connect
 
 
 async def private_room(pg: asyncpg.Connection, owner: str, *members: str) -> str:
@@ -46,18 +22,6 @@ async def private_room(pg: asyncpg.Connection, owner: str, *members: str) -> str
     for name in members:
         await pg.execute("INSERT INTO members (room_id, username) VALUES ($1, $2)", room_id, name)
     return room
-
-
-async def quiet(ws: WsClient, seconds: float = 0.5) -> list[dict[str, Any]]:
-    """Every frame that arrives within `seconds`."""
-    got: list[dict[str, Any]] = []
-    try:
-        async with asyncio.timeout(seconds):
-            while True:
-                got.append(await ws.recv(seconds))
-    except TimeoutError:
-        pass
-    return got
 
 
 async def test_only_members_join_or_post_in_a_private_room(
