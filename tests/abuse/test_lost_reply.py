@@ -19,10 +19,10 @@ import httpx
 
 from tests.support import Instance, metric, new_user, unique, ws_connect
 
-# The reply to the call's execution: a DataRow of five columns (seqs, created, repeated,
-# stored_bodies, payloads), then CommandComplete for one row. Replies to preparing it, and
-# to the driver's own queries on the same connection, look otherwise.
-_CALL_DONE = re.compile(rb"D.{4}\x00\x05.*C\x00\x00\x00\x0dSELECT 1\x00", re.DOTALL)
+# The reply to the call's execution: a DataRow of six columns (seqs, created, repeated,
+# stored_bodies, payloads, joined), then CommandComplete for one row. Replies to preparing
+# it, and to the driver's own queries on the same connection, look otherwise.
+_CALL_DONE = re.compile(rb"D.{4}\x00\x06.*C\x00\x00\x00\x0dSELECT 1\x00", re.DOTALL)
 
 
 class CuttingProxy:
