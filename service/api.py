@@ -324,7 +324,9 @@ async def _ban_target(request: Request, caller: str, name: str) -> str:
 
 
 @router.post(
-    "/users/{name}/ban", status_code=status.HTTP_204_NO_CONTENT, responses=_errors(401, 403, 404)
+    "/users/{name}/ban",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_errors(401, 403, 404, 429),
 )
 async def ban_user(
     name: str, request: Request, user: WritingUser, sessions: SessionsDep
@@ -342,7 +344,9 @@ async def ban_user(
 
 
 @router.delete(
-    "/users/{name}/ban", status_code=status.HTTP_204_NO_CONTENT, responses=_errors(401, 403, 404)
+    "/users/{name}/ban",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_errors(401, 403, 404, 429),
 )
 async def unban_user(name: str, request: Request, user: WritingUser) -> Response:
     """Lift the ban: the user may log in again (ended sessions stay ended)."""
