@@ -115,8 +115,8 @@ async def test_user_create_from_stdin_then_login(own_database: str) -> None:
     engine = db.create_engine(Settings(database_url=own_database))
     passwords = Passwords(threads=1, queue_limit=1)
     try:
-        assert await accounts.authenticate(engine, passwords, name, PASSWORD)
-        assert not await accounts.authenticate(engine, passwords, name, PASSWORD + "x")
+        assert await accounts.authenticate(engine, passwords, name, PASSWORD) == "ok"
+        assert await accounts.authenticate(engine, passwords, name, PASSWORD + "x") == "wrong"
     finally:
         passwords.close()
         await engine.dispose()
