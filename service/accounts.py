@@ -3,6 +3,7 @@ logged."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Literal
 
@@ -32,6 +33,8 @@ class UsernameTaken(Exception):
 Outcome = Literal["ok", "wrong", "banned"]
 # GET /api/users answers at most this many names.
 USERS_LISTED_MAX = 50
+# What a username (so a prefix of one) may hold: validation.USERNAME_PATTERN's characters.
+_NAME_CHARS = re.compile(r"[a-z0-9_.-]+")
 
 
 async def register(
@@ -118,6 +121,8 @@ async def find_users(engine: AsyncEngine, prefix: str, limit: int) -> list[str]:
     The range on the primary key is what an index scan can use (in the database's collation,
     as the index is; exact for C and ICU collations, whose order keeps a prefix's names
     together); LIKE, its wildcards escaped, keeps exactly the names with the prefix."""
+    if not _NAME_CHARS.fullmatch(prefix):
+        return []  # no name has such a prefix (and a NUL would make PostgreSQL refuse it)
     pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
     async with reading(engine) as conn:
         result = await conn.execute(

@@ -7,9 +7,9 @@ the batch writer and its `ack` is pushed when the commit resolves, so a client m
 sends without waiting for each commit.
 
 A connection's life: open (close_code None) until close() is asked for, by the client going
-away, the server (1012 drain, 1013 overflow, 1008 expiry) or a failure; then the endpoint
-stops reading, writes what may still go out (only on 1012: acks before the close frame),
-leaves its rooms and closes.
+away, the server (1012 drain, 1013 overflow, 1008 expiry or its session ended) or a failure;
+then the endpoint stops reading, writes what may still go out (only on 1012: acks before the
+close frame), leaves its rooms and closes.
 """
 
 from __future__ import annotations

@@ -350,6 +350,9 @@ async def test_users_by_prefix(client: httpx.AsyncClient, app: FastAPI) -> None:
     assert (await get(q=f"{stem}_")).json()["users"] == [f"{stem}_c"]
     assert (await get(q=f"{stem}%")).json()["users"] == []
     assert (await get(q=f"{stem}z")).json()["users"] == []
+    for odd in (f"{stem}\x00", "é", " ", "\\"):
+        r = await get(q=odd)
+        assert (r.status_code, r.json()) == (200, {"users": []}), odd
     for bad in ({"q": ""}, {"q": stem, "limit": 0}, {"q": stem, "limit": 51}, {}):
         assert (await get(**bad)).status_code == 422, bad
     async with app_client(app) as anonymous:
