@@ -182,9 +182,15 @@ def username(i: int) -> str:
     return f"bench_{i:05d}"
 
 
+def session_id(i: int) -> uuid.UUID:
+    """A fixed session per benchmark user, so tokens can be minted before the rows exist."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, f"chat-bench:{username(i)}")
+
+
 async def seed_users(db: Database, count: int) -> None:
-    """`count` users, bench_00000 and on. Their password hash is not a hash, so nobody can
-    log in as them: the benchmark mints their tokens with the instances' secret instead."""
+    """`count` users, bench_00000 and on, each with one session. Their password hash is not a
+    hash, so nobody can log in as them: the benchmark mints their tokens with the instances'
+    secret instead."""
     conn = await asyncpg.connect(db.url)
     try:
         await conn.execute(
@@ -193,12 +199,17 @@ async def seed_users(db: Database, count: int) -> None:
             "ON CONFLICT DO NOTHING",
             count,
         )
+        await conn.executemany(
+            "INSERT INTO sessions (id, username, user_agent) VALUES ($1, $2, 'bench') "
+            "ON CONFLICT (id) DO UPDATE SET ended_at = NULL, created_at = now()",
+            [(session_id(i), username(i)) for i in range(count)],
+        )
     finally:
         await conn.close()
 
 
 def tokens(secret: str, count: int) -> list[str]:
-    return [issue_token(username(i), secret, 24 * 3600) for i in range(count)]
+    return [issue_token(username(i), secret, 24 * 3600, session_id(i)) for i in range(count)]
 
 
 # -- data ----------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
@@ -10,13 +12,15 @@ from fastapi.responses import JSONResponse
 from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel, Field, field_validator
 
+from . import accounts as accounts_db
 from . import metrics
-from .accounts import Accounts, UsernameTaken
-from .auth import COOKIE, CurrentUser
+from .accounts import USERS_LISTED_MAX, Accounts, UsernameTaken
+from .auth import COOKIE, CurrentCaller, CurrentUser, oauth2_scheme, request_claims
 from .members import Forbidden, Members, NotFound
 from .protocol import MAX_SEQ, PROTOCOL_VERSION
 from .ratelimit import KeyedLimiter, RateLimited
 from .security import issue_token
+from .sessions import Sessions
 from .settings import Settings
 from .validation import (
     ROOM_PATTERN,
@@ -41,8 +45,9 @@ class ErrorOut(BaseModel):
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     described = {
         401: "not authenticated, or wrong credentials",
-        403: "a private room or dm the caller is not a member of, or a reserved dm- name",
-        404: "no such room",
+        403: "not allowed: a private room or dm the caller is not a member of, a reserved "
+        "dm- name, a banned user's login, a non-admin's ban",
+        404: "no such room, user or session",
         409: "username is taken",
         413: "body too long",
         429: "rate limited: nothing was done; try again after Retry-After seconds",
@@ -65,6 +70,14 @@ async def get_chat(request: Request) -> Chat:
 async def get_accounts(request: Request) -> Accounts:
     accounts: Accounts = request.app.state.accounts
     return accounts
+
+
+async def get_sessions(request: Request) -> Sessions:
+    sessions: Sessions = request.app.state.sessions
+    return sessions
+
+
+SessionsDep = Annotated[Sessions, Depends(get_sessions)]
 
 
 async def writing_user(request: Request, user: CurrentUser) -> str:
@@ -113,6 +126,23 @@ class Registration(BaseModel):
 
 class UserOut(BaseModel):
     username: str
+
+
+class MeOut(BaseModel):
+    username: str
+    admin: bool
+
+
+class SessionOut(BaseModel):
+    id: uuid.UUID
+    created_at: datetime
+    last_seen_at: datetime
+    user_agent: str | None
+    current: bool
+
+
+class UsersOut(BaseModel):
+    users: list[str]
 
 
 class TokenOut(BaseModel):
@@ -169,26 +199,33 @@ async def register(registration: Registration, request: Request, accounts: Accou
     return UserOut(username=registration.username)
 
 
-@router.post("/token", response_model=TokenOut, responses=_errors(401, 429, 503))
+@router.post("/token", response_model=TokenOut, responses=_errors(401, 403, 429, 503))
 async def login(
     request: Request,
     response: Response,
     form: Annotated[OAuth2PasswordRequestForm, Depends()],
     accounts: AccountsDep,
+    sessions: SessionsDep,
 ) -> TokenOut:
-    """OAuth2 password flow; also sets the `session` cookie for the browser."""
+    """OAuth2 password flow: a new session, and its token; also sets the `session` cookie
+    for the browser. A banned user's right password answers 403."""
     settings: Settings = request.app.state.settings
     username = form.username.lower()
     client = request.client.host if request.client else "?"
-    authenticated = await accounts.login(username, form.password, client)
-    if not authenticated:
+    outcome = await accounts.login(username, form.password, client)
+    if outcome == "wrong":
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "wrong username or password",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    session_id = None
+    if outcome == "ok":
+        session_id = await sessions.create(username, request.headers.get("user-agent"))
+    if session_id is None:  # banned (perhaps since the password was checked)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "this user is banned")
     ttl = settings.token_ttl_seconds
-    token = issue_token(username, settings.require_secret(), ttl)
+    token = issue_token(username, settings.require_secret(), ttl, session_id)
     response.set_cookie(
         COOKIE,
         token,
@@ -201,9 +238,25 @@ async def login(
     return TokenOut(access_token=token, expires_in=ttl)
 
 
-@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT)
-async def logout(request: Request) -> Response:
+@router.post("/logout", status_code=status.HTTP_204_NO_CONTENT, responses=_errors(503))
+async def logout(
+    request: Request,
+    sessions: SessionsDep,
+    bearer: Annotated[str | None, Depends(oauth2_scheme)],
+    everywhere: bool = False,
+) -> Response:
+    """End the session of the token or cookie that calls (with `everywhere`, every session
+    of its user) and clear the cookie: 204, also without a valid token. Answers once every
+    instance refuses the session; 503 when the database cannot be reached (nothing ended)."""
     settings: Settings = request.app.state.settings
+    claims = request_claims(request, bearer)
+    if claims is not None:
+        if everywhere:
+            # Only a live session may end the others: an ended token is worth nothing.
+            if await sessions.check(claims.session_id, claims.username):
+                await sessions.end_all(claims.username)
+        else:
+            await sessions.end(claims.session_id, claims.username)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.delete_cookie(
         COOKIE,
@@ -215,9 +268,93 @@ async def logout(request: Request) -> Response:
     return response
 
 
-@router.get("/me", response_model=UserOut, responses=_errors(401))
-async def me(user: CurrentUser) -> UserOut:
-    return UserOut(username=user)
+@router.get("/me", response_model=MeOut, responses=_errors(401))
+async def me(request: Request, user: CurrentUser) -> MeOut:
+    return MeOut(username=user, admin=await accounts_db.is_admin(request.app.state.engine, user))
+
+
+@router.get("/sessions", response_model=list[SessionOut], responses=_errors(401))
+async def list_sessions(caller: CurrentCaller, sessions: SessionsDep) -> list[SessionOut]:
+    """The caller's live sessions, newest first (at most 200)."""
+    return [
+        SessionOut(
+            id=s.id,
+            created_at=s.created_at,
+            last_seen_at=s.last_seen_at,
+            user_agent=s.user_agent,
+            current=s.id == caller.session_id,
+        )
+        for s in await sessions.live(caller.username)
+    ]
+
+
+@router.delete(
+    "/sessions/{session_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_errors(401, 404),
+)
+async def end_session(
+    session_id: uuid.UUID, caller: CurrentCaller, sessions: SessionsDep
+) -> Response:
+    """End one of the caller's live sessions (the current one too); 404 for any other."""
+    if not await sessions.end(session_id, caller.username):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "no such session")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/users", response_model=UsersOut, responses=_errors(401))
+async def find_users(
+    request: Request,
+    user: CurrentUser,
+    q: Annotated[str, Query(min_length=1, max_length=64)],
+    limit: Annotated[int, Query(ge=1, le=USERS_LISTED_MAX)] = 20,
+) -> UsersOut:
+    """Usernames starting with `q` (case-insensitive), by name; banned users included."""
+    names = await accounts_db.find_users(request.app.state.engine, q.lower(), limit)
+    return UsersOut(users=names)
+
+
+async def _ban_target(request: Request, caller: str, name: str) -> str:
+    """The user an admin's ban route names; 403 for a non-admin, 404 for an unknown user."""
+    if not await accounts_db.is_admin(request.app.state.engine, caller):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only an admin may ban or unban")
+    try:
+        return normalize_username(name)
+    except InvalidInput:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {name} does not exist") from None
+
+
+@router.post(
+    "/users/{name}/ban",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_errors(401, 403, 404, 429),
+)
+async def ban_user(
+    name: str, request: Request, user: WritingUser, sessions: SessionsDep
+) -> Response:
+    """Ban the user: every session of theirs ends (their sockets close with 1008 on every
+    instance), and their logins answer 403 until unbanned. Answers once every instance
+    refuses their sessions. Banning a banned user changes nothing and answers 204."""
+    target = await _ban_target(request, user, name)
+    ended = await accounts_db.ban(request.app.state.engine, target)
+    if ended is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {target} does not exist")
+    sessions.ended(ended)
+    await sessions.settle()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.delete(
+    "/users/{name}/ban",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses=_errors(401, 403, 404, 429),
+)
+async def unban_user(name: str, request: Request, user: WritingUser) -> Response:
+    """Lift the ban: the user may log in again (ended sessions stay ended)."""
+    target = await _ban_target(request, user, name)
+    if not await accounts_db.unban(request.app.state.engine, target):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"user {target} does not exist")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 class ConfigOut(BaseModel):

@@ -33,6 +33,7 @@ from .ratelimit import KeyedLimiter, RateLimited
 from .readiness import DatabaseCheck
 from .rooms import Forbidden, RoomDirectory
 from .security import Passwords, PasswordsBusy, default_password_threads
+from .sessions import Sessions
 from .settings import Settings
 from .store import PostgresStore
 
@@ -72,8 +73,10 @@ class Resources:
     # One bucket per user for every REST write, at the sockets' rate (PROTOCOL.md, Errors).
     rest_writes: KeyedLimiter
     members: Members
+    sessions: Sessions
 
     async def close(self) -> None:
+        await self.sessions.stop()
         await self.chat.stop()
         self.passwords.close()
         await self.engine.dispose()
@@ -119,8 +122,24 @@ def build(settings: Settings) -> Resources:
         settings.password_threads or default_password_threads(), settings.password_queue_limit
     )
     rest_writes = KeyedLimiter(settings.rate_limit_per_second, settings.rate_limit_burst)
+    poll = settings.session_poll_seconds
+    sessions = Sessions(
+        engine,
+        token_ttl_seconds=settings.token_ttl_seconds,
+        poll_seconds=poll,
+        # Three polls' worth: one slow poll does not send every request to the database.
+        fresh_seconds=3 * poll,
+        max_per_user=settings.max_sessions_per_user,
+    )
     return Resources(
-        engine, fanout, chat, passwords, Accounts(engine, settings, passwords), rest_writes, members
+        engine,
+        fanout,
+        chat,
+        passwords,
+        Accounts(engine, settings, passwords),
+        rest_writes,
+        members,
+        sessions,
     )
 
 
@@ -189,9 +208,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.chat, app.state.accounts = chat, resources.accounts
         app.state.rest_writes = resources.rest_writes
         app.state.members = resources.members
+        app.state.sessions = resources.sessions
         app.state.engine = engine = resources.engine
         app.state.database_check = DatabaseCheck(lambda: db.ping(engine))
         await chat.start()
+        await resources.sessions.start()
         # What startup made (modules, routes and models, SQLAlchemy's caches) lives as long as
         # the process: keep it out of every later collection. A full collection over it is a
         # stall for every socket and request at once (the fan-out p99 showed it in bench/).

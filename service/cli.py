@@ -1,5 +1,5 @@
 """The `chat` command: serve, migrate, dev (PROTOCOL.md, Command line), and the operator
-commands user create, rooms, export and prune (their logic is in ops.py)."""
+commands user create/admin/ban/unban, rooms, export and prune (their logic is in ops.py)."""
 
 from __future__ import annotations
 
@@ -224,20 +224,25 @@ def user() -> None:
     """Manage accounts."""
 
 
+def _username(name: str) -> str:
+    try:
+        return normalize_username(name)
+    except InvalidInput as error:
+        _fail(error)
+
+
 @user.command(name="create")
 @click.argument("name")
+@click.option("--admin", is_flag=True, help="Make the account a site admin.")
 @click.option(
     "--password-stdin",
     is_flag=True,
     help="Read the password from the first line of standard input instead of a prompt.",
 )
-def user_create(name: str, password_stdin: bool) -> None:
+def user_create(name: str, admin: bool, password_stdin: bool) -> None:
     """Create the account NAME; the password is asked for (twice) unless --password-stdin."""
     settings = _database_settings()
-    try:
-        username = normalize_username(name)
-    except InvalidInput as error:
-        _fail(error)
+    username = _username(name)
     if password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
@@ -246,8 +251,39 @@ def user_create(name: str, password_stdin: bool) -> None:
         check_password(password)
     except InvalidInput as error:
         _fail(error)
-    _run(settings, lambda engine: ops.create_user(engine, username, password))
-    click.echo(f"created user {username}")
+    _run(settings, lambda engine: ops.create_user(engine, username, password, admin=admin))
+    click.echo(f"created {'admin' if admin else 'user'} {username}")
+
+
+@user.command(name="admin")
+@click.argument("name")
+def user_admin(name: str) -> None:
+    """Make NAME a site admin (admins ban users, PROTOCOL.md)."""
+    settings = _database_settings()
+    username = _username(name)
+    _run(settings, lambda engine: ops.make_admin(engine, username))
+    click.echo(f"{username} is an admin")
+
+
+@user.command(name="ban")
+@click.argument("name")
+def user_ban(name: str) -> None:
+    """Ban NAME: every session of theirs ends (their sockets close within seconds on every
+    instance), and their logins are refused until `chat user unban`."""
+    settings = _database_settings()
+    username = _username(name)
+    ended = _run(settings, lambda engine: ops.ban(engine, username))
+    click.echo(f"banned {username}; {ended} session(s) ended")
+
+
+@user.command(name="unban")
+@click.argument("name")
+def user_unban(name: str) -> None:
+    """Lift the ban on NAME: they may log in again."""
+    settings = _database_settings()
+    username = _username(name)
+    _run(settings, lambda engine: ops.unban(engine, username))
+    click.echo(f"unbanned {username}")
 
 
 def _when(at: datetime | None) -> str:

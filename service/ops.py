@@ -1,4 +1,5 @@
-"""Operator tasks behind `chat user create`, `chat rooms`, `chat export` and `chat prune`.
+"""Operator tasks behind `chat user create|admin|ban|unban`, `chat rooms`, `chat export` and
+`chat prune`.
 
 They run against the live database while instances serve, so each keeps its transactions
 short: an export reads keyset pages of the primary key, a prune deletes in batches of their
@@ -48,15 +49,36 @@ async def connect(settings: Settings) -> AsyncIterator[AsyncEngine]:
 # -- users ----------------------------------------------------------------------------------
 
 
-async def create_user(engine: AsyncEngine, username: str, password: str) -> None:
+async def create_user(
+    engine: AsyncEngine, username: str, password: str, *, admin: bool = False
+) -> None:
     """Create an account (validated name and password); OpsError if the name is taken."""
     passwords = Passwords(threads=1, queue_limit=0)
     try:
-        await accounts.register(engine, passwords, username, password)
+        await accounts.register(engine, passwords, username, password, admin=admin)
     except accounts.UsernameTaken:
         raise OpsError(f"user {username} already exists") from None
     finally:
         passwords.close()
+
+
+async def make_admin(engine: AsyncEngine, username: str) -> None:
+    if not await accounts.set_admin(engine, username):
+        raise OpsError(f"user {username} does not exist")
+
+
+async def ban(engine: AsyncEngine, username: str) -> int:
+    """Ban the user and end their sessions; how many ended. The instances close the
+    sessions' sockets at their next poll of ended sessions (service/sessions.py)."""
+    ended = await accounts.ban(engine, username)
+    if ended is None:
+        raise OpsError(f"user {username} does not exist")
+    return len(ended)
+
+
+async def unban(engine: AsyncEngine, username: str) -> None:
+    if not await accounts.unban(engine, username):
+        raise OpsError(f"user {username} does not exist")
 
 
 # -- rooms ----------------------------------------------------------------------------------

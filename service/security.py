@@ -6,9 +6,10 @@ import asyncio
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import jwt
 from argon2 import PasswordHasher
@@ -133,25 +134,38 @@ class Passwords:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def issue_token(username: str, secret: str, ttl_seconds: int) -> str:
+class Claims(NamedTuple):
+    """What a valid token says: who, until when (Unix time), and the session it belongs to."""
+
+    username: str
+    expires_at: float
+    session_id: uuid.UUID
+
+
+def issue_token(username: str, secret: str, ttl_seconds: int, session_id: uuid.UUID | None) -> str:
+    """A signed token for `username` in session `session_id` (PROTOCOL.md, Sessions). Without
+    a session id it is a v1 token, which `read_token_claims` refuses: only tests make those."""
     now = int(time.time())
-    claims = {"sub": username, "iat": now, "exp": now + ttl_seconds}
+    claims: dict[str, Any] = {"sub": username, "iat": now, "exp": now + ttl_seconds}
+    if session_id is not None:
+        claims["sid"] = str(session_id)
     return jwt.encode(claims, secret, algorithm=ALGORITHM)
 
 
-# Tokens already verified: (token, secret) -> (username, expiry). Checking a signature costs
-# a visible share of a history page; a token's claims never change, and expiry is checked on
-# every use. Bounded; the oldest entries go first.
-_VERIFIED: dict[tuple[str, str], tuple[str, float]] = {}
+# Tokens already verified: (token, secret) -> claims. Checking a signature costs a visible
+# share of a history page; a token's claims never change, and expiry is checked on every
+# use (whether its session is still live is sessions.py's question). Bounded; the oldest
+# entries go first.
+_VERIFIED: dict[tuple[str, str], Claims] = {}
 _VERIFIED_MAX = 10_000
 
 
-def read_token_claims(token: str, secret: str) -> tuple[str, float] | None:
-    """(username, expiry as a Unix time) of a valid, unexpired token, else None."""
+def read_token_claims(token: str, secret: str) -> Claims | None:
+    """The claims of a validly signed, unexpired token that names a session, else None."""
     key = (token, secret)
     known = _VERIFIED.get(key)
     if known is not None:
-        if known[1] > time.time():
+        if known.expires_at > time.time():
             return known
         del _VERIFIED[key]
         return None
@@ -163,20 +177,18 @@ def read_token_claims(token: str, secret: str) -> tuple[str, float] | None:
     return claims
 
 
-def _verify(token: str, secret: str) -> tuple[str, float] | None:
+def _verify(token: str, secret: str) -> Claims | None:
     try:
         claims = jwt.decode(
             token, secret, algorithms=[ALGORITHM], options={"require": ["sub", "exp", "iat"]}
         )
     except jwt.PyJWTError:
         return None
-    sub, exp = claims.get("sub"), claims.get("exp")
-    if not isinstance(sub, str) or not isinstance(exp, (int, float)):
+    sub, exp, sid = claims.get("sub"), claims.get("exp"), claims.get("sid")
+    if not isinstance(sub, str) or not isinstance(exp, (int, float)) or not isinstance(sid, str):
+        return None  # no session: a v1 token, refused since v2 (PROTOCOL.md, v2 changes)
+    try:
+        session_id = uuid.UUID(sid)
+    except ValueError:
         return None
-    return sub, float(exp)
-
-
-def read_token(token: str, secret: str) -> str | None:
-    """The username a valid, unexpired token names, else None."""
-    claims = read_token_claims(token, secret)
-    return claims[0] if claims else None
+    return Claims(sub, float(exp), session_id)

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = None
     allowed_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     token_ttl_seconds: int = Field(default=7 * 24 * 3600, ge=60)
+    # Each instance asks this often which sessions have ended (sessions.py); an ending takes
+    # three of these to answer, and reaches every socket within about one.
+    session_poll_seconds: float = Field(default=0.5, gt=0, le=0.6)
+    # Live sessions per user; a login beyond ends the oldest (GET /api/sessions lists 200).
+    max_sessions_per_user: int = Field(default=100, ge=1, le=200)
     cookie_secure: bool = False
     # Addresses whose X-Forwarded-For and X-Forwarded-Proto are believed (uvicorn's
     # forwarded_allow_ips): comma-separated IPs or networks, "*" for any, empty for none. From

@@ -7,9 +7,9 @@ the batch writer and its `ack` is pushed when the commit resolves, so a client m
 sends without waiting for each commit.
 
 A connection's life: open (close_code None) until close() is asked for, by the client going
-away, the server (1012 drain, 1013 overflow, 1008 expiry) or a failure; then the endpoint
-stops reading, writes what may still go out (only on 1012: acks before the close frame),
-leaves its rooms and closes.
+away, the server (1012 drain, 1013 overflow, 1008 expiry or its session ended) or a failure;
+then the endpoint stops reading, writes what may still go out (only on 1012: acks before the
+close frame), leaves its rooms and closes.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import contextlib
 import itertools
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -26,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from . import metrics, protocol
-from .auth import websocket_user
+from .auth import websocket_claims
 from .db import OutcomeUnknown, Unavailable
 from .hubs import FEED_PAGE
 from .outbox import Outbox
@@ -51,6 +52,7 @@ from .store import Posted
 
 if TYPE_CHECKING:
     from .chat import Chat
+    from .sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -86,11 +88,15 @@ def quiet_client_errors() -> None:
 class Connection:
     """One socket: its user, its rooms, its outbox, its reader and writer."""
 
-    def __init__(self, websocket: WebSocket, username: str, chat: Chat) -> None:
+    def __init__(
+        self, websocket: WebSocket, username: str, chat: Chat, session_id: uuid.UUID | None = None
+    ) -> None:
         settings = chat.settings
         self.id = next(_ids)
         self.websocket = websocket
         self.username = username
+        # The session its token named: when it ends, sessions.py closes this socket (1008).
+        self.session_id = session_id
         self.chat = chat
         self.rooms: dict[str, int] = {}
         self._kinds: dict[str, str] = {}  # the kind of each joined room
@@ -395,21 +401,32 @@ class Endpoint:
 
 async def websocket_endpoint(websocket: WebSocket, receive: Receive) -> None:
     chat: Chat = websocket.app.state.chat
-    identity = websocket_user(websocket, chat.settings)
-    if identity is None:
+    sessions: Sessions = websocket.app.state.sessions
+    try:
+        claims = await websocket_claims(websocket, chat.settings, sessions)
+    except Unavailable:
+        # Not "log in again" (1008): the session could not be checked; the client retries.
+        await websocket.accept()
+        metrics.CLOSES.labels(str(CLOSE_TRY_AGAIN)).inc()
+        await websocket.close(CLOSE_TRY_AGAIN, "the database cannot be reached; try again")
+        return
+    if claims is None:
         await websocket.close(CLOSE_POLICY)  # before accept: the handshake gets HTTP 403
         return
-    username, expires_at = identity
+    username, expires_at, session_id = claims
     refusal = chat.admit(username)
     await websocket.accept()
     if refusal is not None:
         metrics.CLOSES.labels(str(CLOSE_TRY_AGAIN)).inc()
         await websocket.close(CLOSE_RESTART if chat.draining else CLOSE_TRY_AGAIN, refusal)
         return
-    conn = Connection(websocket, username, chat)
+    conn = Connection(websocket, username, chat, session_id)
     chat.attach(conn)
     metrics.CONNECTIONS.inc()
-    # A socket lives no longer than the token that opened it; the client logs in again.
+    # Closed (1008) when its session ends, on any instance (sessions.py); and it lives no
+    # longer than the token that opened it: the client logs in again.
+    if not sessions.attach(session_id, conn):
+        conn.close(CLOSE_POLICY, "session ended: log in again")
     expiry = asyncio.get_running_loop().call_later(
         max(0.0, expires_at - time.time()), conn.close, CLOSE_POLICY, "token expired"
     )
@@ -425,6 +442,7 @@ async def websocket_endpoint(websocket: WebSocket, receive: Receive) -> None:
             await conn.flush(_RESTART_FLUSH_SECONDS)
     finally:
         expiry.cancel()
+        sessions.detach(session_id, conn)
         await conn.stop_writing()
         metrics.CONNECTIONS.dec()
         code = conn.close_code

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -108,6 +109,16 @@ class User:
     @property
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
+
+    @property
+    def session_id(self) -> uuid.UUID:
+        return session_of(self.token)
+
+
+def session_of(token: str) -> uuid.UUID:
+    """The session a token names (read without checking its signature)."""
+    claims = jwt.decode(token, options={"verify_signature": False})
+    return uuid.UUID(claims["sid"])
 
 
 async def new_user(client: httpx.AsyncClient, name: str | None = None) -> User:

@@ -215,7 +215,7 @@ async def test_login_is_case_insensitive(client: httpx.AsyncClient, app: FastAPI
         r = await fresh.get(
             "/api/me", headers={"Authorization": f"Bearer {r.json()['access_token']}"}
         )
-    assert r.json() == {"username": name}
+    assert r.json() == {"username": name, "admin": False}
 
 
 async def test_wrong_password_is_401(client: httpx.AsyncClient) -> None:
@@ -276,7 +276,7 @@ async def test_cookie_alone_authenticates(app: FastAPI) -> None:
         assert browser.cookies.get("session") == r.json()["access_token"]
         r = await browser.get("/api/me")
         assert r.status_code == 200, r.text
-        assert r.json() == {"username": name}
+        assert r.json() == {"username": name, "admin": False}
 
 
 async def test_logout_clears_the_cookie(app: FastAPI) -> None:
@@ -311,10 +311,10 @@ async def test_expired_token_is_refused(
     user = await new_user(client)
     an_hour_ago = time.time() - 3600
     monkeypatch.setattr(security, "time", SimpleNamespace(time=lambda: an_hour_ago))
-    stale = security.issue_token(user.name, secret_key, 60)
+    stale = security.issue_token(user.name, secret_key, 60, user.session_id)
     monkeypatch.undo()
     assert await me(app, stale) == 401
-    assert await me(app, security.issue_token(user.name, secret_key, 60)) == 200
+    assert await me(app, security.issue_token(user.name, secret_key, 60, user.session_id)) == 200
 
 
 async def test_expired_pyjwt_token_is_refused(
@@ -324,7 +324,9 @@ async def test_expired_pyjwt_token_is_refused(
     user = await new_user(client)
     now = int(time.time())
     token = jwt.encode(
-        {"sub": user.name, "iat": now - 120, "exp": now - 1}, secret_key, algorithm="HS256"
+        {"sub": user.name, "iat": now - 120, "exp": now - 1, "sid": str(user.session_id)},
+        secret_key,
+        algorithm="HS256",
     )
     assert await me(app, token) == 401
 
@@ -335,7 +337,7 @@ async def test_token_signed_with_another_secret_is_refused(
     """A token signed with any other key is refused."""
     user = await new_user(client)
     now = int(time.time())
-    claims = {"sub": user.name, "iat": now, "exp": now + 600}
+    claims = {"sub": user.name, "iat": now, "exp": now + 600, "sid": str(user.session_id)}
     forged = jwt.encode(claims, "another-secret-" + "x" * 40, algorithm="HS256")
     assert await me(app, forged) == 401
 
@@ -346,7 +348,7 @@ async def test_alg_none_token_is_refused(
     """An unsigned token (`alg: none`) is refused, whatever its claims."""
     user = await new_user(client)
     now = int(time.time())
-    claims = {"sub": user.name, "iat": now, "exp": now + 600}
+    claims = {"sub": user.name, "iat": now, "exp": now + 600, "sid": str(user.session_id)}
     unsigned = f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
     assert await me(app, unsigned) == 401
     # The signature of a real token does not make another alg acceptable either.
@@ -356,14 +358,21 @@ async def test_alg_none_token_is_refused(
     assert await me(app, hs512) == 401
 
 
-@pytest.mark.parametrize("missing", ["sub", "exp", "iat"])
+@pytest.mark.parametrize("missing", ["sub", "exp", "iat", "sid"])
 async def test_token_without_required_claim_is_refused(
     client: httpx.AsyncClient, app: FastAPI, secret_key: str, missing: str
 ) -> None:
-    """Signed tokens that lack sub, exp or iat are refused."""
+    """Signed tokens that lack sub, exp, iat or sid (every v1 token) are refused; with all
+    four the same claims pass."""
     user = await new_user(client)
     now = int(time.time())
-    claims: dict[str, object] = {"sub": user.name, "iat": now, "exp": now + 600}
+    claims: dict[str, object] = {
+        "sub": user.name,
+        "iat": now,
+        "exp": now + 600,
+        "sid": str(user.session_id),
+    }
+    assert await me(app, jwt.encode(claims, secret_key, algorithm="HS256")) == 200
     del claims[missing]
     assert await me(app, jwt.encode(claims, secret_key, algorithm="HS256")) == 401
 

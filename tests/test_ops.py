@@ -115,8 +115,8 @@ async def test_user_create_from_stdin_then_login(own_database: str) -> None:
     engine = db.create_engine(Settings(database_url=own_database))
     passwords = Passwords(threads=1, queue_limit=1)
     try:
-        assert await accounts.authenticate(engine, passwords, name, PASSWORD)
-        assert not await accounts.authenticate(engine, passwords, name, PASSWORD + "x")
+        assert await accounts.authenticate(engine, passwords, name, PASSWORD) == "ok"
+        assert await accounts.authenticate(engine, passwords, name, PASSWORD + "x") == "wrong"
     finally:
         passwords.close()
         await engine.dispose()
@@ -153,6 +153,42 @@ def test_user_create_refuses_invalid_input(
 
 
 # -- chat rooms ----------------------------------------------------------------------------
+
+
+async def test_user_admin_ban_and_unban(own_database: str) -> None:
+    """`user create --admin`, `user admin`, `user ban` (ends every session) and `user unban`
+    change the rows they name; an unknown user exits 1, an invalid name 2."""
+    boss, name = unique("op_"), unique("op_")
+    result = chat(["user", "create", boss, "--admin", "--password-stdin"], own_database, PASSWORD)
+    assert result.returncode == 0, result.stderr
+    assert (
+        chat(["user", "create", name, "--password-stdin"], own_database, PASSWORD).returncode == 0
+    )
+    conn = await asyncpg.connect(own_database, timeout=10)
+    try:
+        flags = "SELECT admin, banned_at IS NOT NULL FROM users WHERE username = $1"
+        assert tuple(await conn.fetchrow(flags, boss)) == (True, False)
+        assert tuple(await conn.fetchrow(flags, name)) == (False, False)
+        assert chat(["user", "admin", name], own_database).returncode == 0
+        assert tuple(await conn.fetchrow(flags, name)) == (True, False)
+        await conn.executemany(
+            "INSERT INTO sessions (id, username) VALUES (gen_random_uuid(), $1)", [(name,)] * 2
+        )
+        result = chat(["user", "ban", name], own_database)
+        assert result.returncode == 0, result.stderr
+        assert "2 session(s) ended" in result.stdout
+        assert tuple(await conn.fetchrow(flags, name)) == (True, True)
+        live = "SELECT count(*) FROM sessions WHERE username = $1 AND ended_at IS NULL"
+        assert await conn.fetchval(live, name) == 0
+        assert chat(["user", "unban", name], own_database).returncode == 0
+        assert tuple(await conn.fetchrow(flags, name)) == (True, False)
+    finally:
+        await conn.close()
+    for command in ("admin", "ban", "unban"):
+        result = chat(["user", command, unique("nobody_")], own_database)
+        assert result.returncode == 1 and "does not exist" in result.stderr
+        result = chat(["user", command, "not a name"], own_database)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
 
 
 async def test_rooms_lists_counts_seqs_and_activity(own_database: str) -> None:

@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import uuid
 from typing import Literal
 
+import jwt
 import pytest
 from argon2 import PasswordHasher
 from prometheus_client import REGISTRY
@@ -17,48 +19,63 @@ from service import security
 from service.security import Passwords, PasswordsBusy
 
 SECRET = "s" * 48
+SID = uuid.uuid4()
+
+
+def username(token: str, secret: str = SECRET) -> str | None:
+    claims = security.read_token_claims(token, secret)
+    return claims.username if claims else None
 
 
 def test_a_cached_token_still_expires(monkeypatch: pytest.MonkeyPatch) -> None:
-    token = security.issue_token("alice", SECRET, 60)
+    token = security.issue_token("alice", SECRET, 60, SID)
     claims = security.read_token_claims(token, SECRET)
-    assert claims is not None and claims[0] == "alice"
+    assert claims is not None and claims.username == "alice" and claims.session_id == SID
     assert (token, SECRET) in security._VERIFIED  # the second use is a lookup
     assert security.read_token_claims(token, SECRET) == claims
-    later = claims[1] + 1
+    later = claims.expires_at + 1
     monkeypatch.setattr(time, "time", lambda: later)
     assert security.read_token_claims(token, SECRET) is None
     assert (token, SECRET) not in security._VERIFIED
 
 
 def test_a_cached_token_is_refused_under_another_secret_or_altered() -> None:
-    token = security.issue_token("bob", SECRET, 60)
-    assert security.read_token(token, SECRET) == "bob"
-    assert security.read_token(token, "t" * 48) is None
+    token = security.issue_token("bob", SECRET, 60, SID)
+    assert username(token) == "bob"
+    assert username(token, "t" * 48) is None
     head, payload, signature = token.split(".")
     forged = f"{head}.{payload}.{signature[::-1]}"
-    assert security.read_token(forged, SECRET) is None
-    assert security.read_token(token + "x", SECRET) is None
+    assert username(forged) is None
+    assert username(token + "x") is None
 
 
 def test_refused_tokens_are_not_cached() -> None:
-    expired = security.issue_token("carol", SECRET, -10)
-    assert security.read_token(expired, SECRET) is None
+    expired = security.issue_token("carol", SECRET, -10, SID)
+    assert username(expired) is None
     assert (expired, SECRET) not in security._VERIFIED
-    assert security.read_token("not a token", SECRET) is None
+    assert username("not a token") is None
     assert ("not a token", SECRET) not in security._VERIFIED
+
+
+def test_a_token_without_a_session_is_refused() -> None:
+    """v1 tokens named no session: refused since v2, however well signed."""
+    v1 = security.issue_token("dave", SECRET, 60, None)
+    assert username(v1) is None
+    now = int(time.time())
+    claims = {"sub": "dave", "iat": now, "exp": now + 60, "sid": "not-a-uuid"}
+    assert username(jwt.encode(claims, SECRET, algorithm="HS256")) is None
 
 
 def test_the_cache_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(security, "_VERIFIED_MAX", 5)
     monkeypatch.setattr(security, "_VERIFIED", {})
     now = int(time.time())
-    tokens = [security.issue_token(f"user{i}", SECRET, 60 + i) for i in range(12)]
+    tokens = [security.issue_token(f"user{i}", SECRET, 60 + i, SID) for i in range(12)]
     for token in tokens:
-        assert security.read_token(token, SECRET) is not None
+        assert username(token) is not None
     assert len(security._VERIFIED) == 5
     assert list(security._VERIFIED) == [(t, SECRET) for t in tokens[-5:]]
-    assert all(exp >= now + 60 for _, exp in security._VERIFIED.values())
+    assert all(c.expires_at >= now + 60 for c in security._VERIFIED.values())
 
 
 # -- passwords ---------------------------------------------------------------------------

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import io
 import time
+import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -54,15 +55,23 @@ async def make_users(database_url: str, secret: str, n: int, prefix: str = "f") 
 
     Faster than registering (argon2) and enough here: the fault suite is not about login."""
     names = [unique(f"{prefix}_") for _ in range(n)]
+    sessions = [uuid.uuid4() for _ in names]
     conn = await asyncpg.connect(database_url)
     try:
         await conn.executemany(
             "INSERT INTO users (username, password_hash) VALUES ($1, 'not-a-hash')",
             [(name,) for name in names],
         )
+        await conn.executemany(
+            "INSERT INTO sessions (id, username) VALUES ($1, $2)",
+            list(zip(sessions, names, strict=True)),
+        )
     finally:
         await conn.close()
-    return [User(name, issue_token(name, secret, 3600)) for name in names]
+    return [
+        User(name, issue_token(name, secret, 3600, sid))
+        for name, sid in zip(names, sessions, strict=True)
+    ]
 
 
 async def connect(url: str, token: str, **kwargs: Any) -> ClientConnection:
