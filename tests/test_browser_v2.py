@@ -489,6 +489,7 @@ async def test_sessions_view_and_logout_everywhere(
     await here.page.keyboard.press("Escape")
 
     await log_in(there, name)
+    await expect(there.by("conn-status")).to_have_attribute("data-state", "connected")
     sessions = await open_sessions()
     await expect(sessions).to_have_count(2)
     await here.by("logout-everywhere").click()

@@ -141,6 +141,7 @@ export class ChatSession {
     for (const view of this.views.values()) view.dispose();
     this.pane.show(null);
     const d = this.#dom;
+    d.currentUser.textContent = '';
     d.roomList.replaceChildren();
     d.dmList.replaceChildren();
     d.roomNotice.hidden = true;

@@ -131,7 +131,9 @@ function sessionItem(session) {
   h('button', {
     type: 'button', class: 'btn btn-secondary btn-small', 'data-session': session.id,
     'data-current': String(current), 'data-testid': 'session-end',
-    'aria-label': current ? 'Log out on this device' : `End the session of ${label}, logged in ${formatDateTime(session.created_at)}`,
+    // The visible words first (WCAG 2.5.3), then which session they end.
+    'aria-label': current ? 'Log out on this device'
+      : `End session: ${label}, logged in ${formatDateTime(session.created_at)}`,
   }, current ? 'Log out' : 'End session'));
 }
 
