@@ -148,6 +148,18 @@ async def pick_user(tab: Tab, field: str, name: str) -> None:
     await expect(suggestion).to_have_count(0)
 
 
+async def tab_to(tab: Tab, testid: str, *, back: bool = False, steps: int = 60) -> None:
+    """Press Tab (Shift+Tab with `back`) until the element of `testid` has the focus: it is
+    reachable by keyboard, in the tab order."""
+    key = "Shift+Tab" if back else "Tab"
+    for _ in range(steps):
+        focused = await tab.page.evaluate("() => document.activeElement?.dataset?.testid ?? ''")
+        if focused == testid:
+            return
+        await tab.page.keyboard.press(key)
+    raise AssertionError(f"{testid} never took the focus in {steps} presses of {key}")
+
+
 async def expect_never_seen(tab: Tab, room: str) -> None:
     """Nothing in the page (text, attributes, the URL, storage) names `room`."""
     await expect(room_item(tab, room)).to_have_count(0)
@@ -281,6 +293,7 @@ async def test_private_room_members_live(
     await bob.shot("removed.png")
     await alice.page.keyboard.press("Escape")
     await expect(system_line(alice, f"{alice_name} removed {bob_name}")).to_have_count(1)
+    await alice.shot("private-room-events.png")
 
     # After a reload Bob still cannot see it; Carol never could, in any view.
     await bob.page.reload()
@@ -527,4 +540,56 @@ async def test_phone_layout_of_the_new_views(
     assert box["x"] >= 0
     assert box["x"] + box["width"] <= 390.5, box
     await tab.shot("phone-new-room.png")
+    tab.watch.assert_clean()
+
+
+async def test_new_views_by_keyboard_alone(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """Create a private room, add a member with the suggestions, look at the sessions, each
+    with the keyboard only: Tab to the control, Enter or Space, type, Escape back."""
+    me, friend = await new_user(http, short("kim_")), await new_user(http, short("lee_"))
+    room = unique("keys-")
+    tab = await tabs.open(server)
+    await tab.goto()
+    await log_in(tab, me.name)
+    keyboard = tab.page.keyboard
+
+    await tab_to(tab, "new-room-open")
+    await keyboard.press("Enter")
+    await expect(tab.by("new-room-name")).to_be_focused()
+    await keyboard.type(room)
+    await tab_to(tab, "new-room-private")
+    await keyboard.press("Space")
+    await expect(tab.by("new-room-private")).to_be_checked()
+    await tab_to(tab, "new-room-submit")
+    await keyboard.press("Enter")
+    await expect_in_room(tab, room, me.name)
+
+    await tab_to(tab, "members-open", back=True)
+    await keyboard.press("Enter")
+    await expect(tab.by("members-dialog")).to_be_visible()
+    await tab_to(tab, "add-member-user")
+    await keyboard.type(friend.name[:-1])
+    await expect(tab.page.locator("[data-testid='user-suggestion']:visible")).to_have_count(1)
+    await keyboard.press("ArrowDown")
+    await keyboard.press("Enter")
+    await expect(tab.by("add-member-user")).to_have_value(friend.name)
+    await keyboard.press("Enter")
+    added = tab.by("members-list").get_by_test_id("member").filter(has_text=friend.name)
+    await expect(added).to_have_attribute("data-role", "member")
+    await tab_to(tab, "member-role")  # the first role control: mine, as the owner
+    await keyboard.press("Escape")
+    await expect(tab.by("members-dialog")).to_be_hidden()
+    await expect(tab.by("members-open")).to_be_focused()
+    await expect(system_line(tab, f"{me.name} added {friend.name}")).to_have_count(1)
+
+    await tab_to(tab, "sessions-open")
+    await keyboard.press("Enter")
+    await expect(tab.by("sessions-dialog")).to_be_visible()
+    await expect(tab.by("sessions-list").get_by_test_id("session")).to_have_count(2)
+    await tab_to(tab, "logout-everywhere")
+    await keyboard.press("Escape")
+    await expect(tab.by("sessions-dialog")).to_be_hidden()
+    await expect(tab.by("sessions-open")).to_be_focused()
     tab.watch.assert_clean()

@@ -469,7 +469,10 @@ export class ChatSession {
     d.membersOpen.hidden = !name;
     d.membersOpen.setAttribute('aria-label', kind === 'dm'
       ? `About the conversation with ${label}` : `Members and settings of #${label}`);
-    if (name) this.composer.setLabel(kind === 'dm' ? `Message ${label}` : `Message #${label}`);
+    if (name) {
+      this.composer.setLabel(kind === 'dm' ? `Message ${label}` : `Message #${label}`);
+      this.current.setLabel(kind === 'dm' ? `your conversation with ${label}` : `#${label}`);
+    }
   }
 
   #renderOnline() {

@@ -274,7 +274,8 @@ export function regroup(row) {
   }
 }
 
-/** What sits above the oldest loaded message: a spinner, a retry, or the start of the room. */
+/** What sits above the oldest loaded message: a spinner, a retry, or the start of the room
+ * (`room` as the page names it: "#general", "your conversation with bob"). */
 export function historyTop(room, { loading, error, hasMore }) {
   if (loading) {
     return h('div', { class: 'history-loading', role: 'status' },
@@ -288,7 +289,7 @@ export function historyTop(room, { loading, error, hasMore }) {
   if (hasMore === false) {
     return h('div', { class: 'history-start', 'data-testid': 'history-start' },
       h('span', { class: 'history-start-icon', 'aria-hidden': 'true' }, '#'),
-      h('p', { class: 'history-start-title' }, `This is the beginning of #${room}`),
+      h('p', { class: 'history-start-title' }, `This is the beginning of ${room}`),
       h('p', { class: 'history-start-sub' }, 'Every message ever sent here is above this line — there is nothing older.'));
   }
   return null;

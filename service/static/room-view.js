@@ -38,6 +38,8 @@ export class RoomView {
   /** From `joined` (v2): public | private | dm, and the user's role; null until known. */
   kind = null;
   role = null;
+  /** How the start of the history names the room: "#general", "your conversation with bob". */
+  label;
 
   #loading = false;
   #loadError = '';
@@ -53,6 +55,7 @@ export class RoomView {
     this.me = me;
     this.pane = pane;
     this.onTypingChange = onTypingChange;
+    this.label = `#${name}`;
     this.top = h('div', { class: 'history-top' });
     this.list = h('ol', { class: 'msg-list', 'aria-label': `Messages in #${name}` });
     this.el = h('div', { class: 'room-view' }, this.top, this.list);
@@ -303,10 +306,17 @@ export class RoomView {
   }
 
   #renderTop() {
-    const content = historyTop(this.name, {
+    const content = historyTop(this.label, {
       loading: this.#loading, error: this.#loadError, hasMore: this.hasMore,
     });
     this.top.replaceChildren(...(content ? [content] : []));
+  }
+
+  /** Name the room at the start of its history (a dm by the other person). */
+  setLabel(label) {
+    if (label === this.label) return;
+    this.label = label;
+    this.#renderTop();
   }
 
   /** Used by the "Try again" button after a failed page. */
