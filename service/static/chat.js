@@ -187,7 +187,7 @@ export class ChatSession {
     on(s, 'rooms', ({ detail: f }) => this.#onRoomsFrame(f));
     on(s, 'left', ({ detail: f }) => {
       if (f.reason !== 'removed' || typeof f.room !== 'string') return;
-      if (this.#leaving.has(f.room)) return; // this tab's own leave: already handled
+      if (this.#leaving.delete(f.room)) return; // this tab's own leave: already handled
       this.#closeRoom(f.room, `You are no longer a member of ${this.#label(f.room)}.`);
     });
     on(s, 'joined', ({ detail: f }) => {
@@ -361,6 +361,7 @@ export class ChatSession {
         onTypingChange: (v) => { if (v === this.current) this.#renderTyping(); },
       });
       this.views.set(name, view);
+      this.#leaving.delete(name); // back in a room left before: its next `left` is news
       this.rooms.ensure(name);
       // Every room opened in this tab stays joined: switching back is instant, and the
       // socket keeps its resume point fresh.

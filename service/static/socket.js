@@ -97,12 +97,11 @@ export class ChatSocket extends EventTarget {
     if (this.#isOpen()) this.#sendJoin(room);
   }
 
-  /** Stop following a room on this connection and every future one (the user left it). */
+  /** Stop following a room on every future connection: the user is no longer a member. No
+   * `leave` is sent: the server ends the subscription itself when a membership ends (`left`
+   * with reason removed), and a `leave` racing that would only earn a `not_joined`. */
   forget(room) {
-    const state = this.#rooms.get(room);
-    if (!state) return;
-    this.#rooms.delete(room);
-    if (state.joined || state.joining) this.#raw({ type: 'leave', room });
+    if (!this.#rooms.delete(room)) return;
     this.#outbox.failRoom(room, 'forbidden', 'You are no longer a member of this room.');
   }
 
