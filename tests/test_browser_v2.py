@@ -109,7 +109,11 @@ def system_line(tab: Tab, text: str) -> Locator:
     return (
         tab.by("messages")
         .get_by_test_id("system-line")
-        .filter(has_text=re.compile(f"^{re.escape(text)}$"))
+        .filter(
+            has=tab.page.get_by_test_id("system-text").filter(
+                has_text=re.compile(f"^{re.escape(text)}$")
+            )
+        )
     )
 
 
@@ -293,6 +297,7 @@ async def test_private_room_members_live(
     await bob.shot("removed.png")
     await alice.page.keyboard.press("Escape")
     await expect(system_line(alice, f"{alice_name} removed {bob_name}")).to_have_count(1)
+    await expect(alice.by("online-user").filter(has_text=bob_name)).to_have_count(0)
     await alice.shot("private-room-events.png")
 
     # After a reload Bob still cannot see it; Carol never could, in any view.
@@ -544,13 +549,14 @@ async def test_phone_layout_of_the_new_views(
 
 
 async def test_new_views_by_keyboard_alone(
-    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient, axe_source: str
 ) -> None:
     """Create a private room, add a member with the suggestions, look at the sessions, each
-    with the keyboard only: Tab to the control, Enter or Space, type, Escape back."""
+    with the keyboard only: Tab to the control, Enter or Space, type, Escape back. In dark
+    mode, where axe audits the members and sessions views again."""
     me, friend = await new_user(http, short("kim_")), await new_user(http, short("lee_"))
     room = unique("keys-")
-    tab = await tabs.open(server)
+    tab = await tabs.open(server, color_scheme="dark")
     await tab.goto()
     await log_in(tab, me.name)
     keyboard = tab.page.keyboard
@@ -579,6 +585,8 @@ async def test_new_views_by_keyboard_alone(
     added = tab.by("members-list").get_by_test_id("member").filter(has_text=friend.name)
     await expect(added).to_have_attribute("data-role", "member")
     await tab_to(tab, "member-role")  # the first role control: mine, as the owner
+    await tab.shot("members-dark.png")
+    await audit(tab, axe_source, "members-dark")
     await keyboard.press("Escape")
     await expect(tab.by("members-dialog")).to_be_hidden()
     await expect(tab.by("members-open")).to_be_focused()
@@ -589,6 +597,10 @@ async def test_new_views_by_keyboard_alone(
     await expect(tab.by("sessions-dialog")).to_be_visible()
     await expect(tab.by("sessions-list").get_by_test_id("session")).to_have_count(2)
     await tab_to(tab, "logout-everywhere")
+    await keyboard.press("Enter")
+    await expect(tab.by("logout-everywhere-confirm")).to_be_visible()
+    await tab.shot("sessions-dark.png")
+    await audit(tab, axe_source, "sessions-dark")
     await keyboard.press("Escape")
     await expect(tab.by("sessions-dialog")).to_be_hidden()
     await expect(tab.by("sessions-open")).to_be_focused()

@@ -181,6 +181,11 @@ export class ChatSession {
       const v = view(f.room);
       if (!v) return;
       v.addEvent(f);
+      // Whoever left or was removed is cut off from the room: not online in it any more.
+      if ((f.event === 'left' || f.event === 'removed') && v.online.delete(f.user)) {
+        v.clearTyping(f.user);
+        if (v === this.current) this.#renderOnline();
+      }
       this.rooms.activity(f.room, f.seq, null);
       if (this.members.room === f.room) this.members.refresh();
     });

@@ -206,14 +206,19 @@ export function memberEventText({ user, event, role, by }) {
   }
 }
 
-/** A system line in a room's log (a `member` event), in seq order among the messages. */
-export function systemRow(frame) {
+/**
+ * A system line in a room's log (a `member` event), in seq order among the messages. Member
+ * events carry no time: `at` is when the page learnt of it (live, that is when it happened),
+ * and only places the line under its day.
+ */
+export function systemRow(frame, at = Date.now()) {
   return h('li', {
     class: 'sys-line',
     'data-testid': 'system-line',
     'data-seq': frame.seq,
     'data-system': 'true',
-  }, h('span', { class: 'sys-text' }, memberEventText(frame)));
+    'data-ts': at,
+  }, h('span', { class: 'sys-text', 'data-testid': 'system-text' }, memberEventText(frame)));
 }
 
 /** Pending → confirmed in place: the row keeps its DOM node, so focus and selection survive. */
@@ -247,18 +252,12 @@ const dayKey = (ms) => startOfDay(new Date(ms));
  */
 export function regroup(row) {
   if (!row) return;
-  if (row.dataset.system) {
-    row.classList.remove('is-cont');
-    return;
-  }
   const prev = row.previousElementSibling;
-  // A system line between two messages breaks the group; the day is the previous message's.
-  let dayPrev = prev;
-  while (dayPrev?.dataset.system) dayPrev = dayPrev.previousElementSibling;
   const ts = Number(row.dataset.ts);
-  const prevTs = dayPrev ? Number(dayPrev.dataset.ts) : NaN;
-  const newDay = !dayPrev || dayKey(ts) !== dayKey(prevTs);
-  const continues = !newDay && prev === dayPrev
+  const prevTs = prev ? Number(prev.dataset.ts) : NaN;
+  const newDay = !prev || dayKey(ts) !== dayKey(prevTs);
+  // A system line never joins a group, and breaks the one it sits in.
+  const continues = !newDay && !row.dataset.system && !prev.dataset.system
     && prev.dataset.author === row.dataset.author
     && Math.abs(ts - prevTs) < GROUP_WINDOW_MS;
   row.classList.toggle('is-cont', continues);
