@@ -20,6 +20,8 @@ import { SessionsDialog } from './sessions-view.js';
 import { ChatSocket } from './socket.js';
 
 const ROOMS_REFRESH_MS = 30_000;
+/** How long a room this tab asked for is expected back on the user's stream. */
+const OWN_DOING_MS = 10_000;
 const NARROW = window.matchMedia('(max-width: 700px)');
 
 const STATE_TEXT = { connected: 'Connected', reconnecting: 'Reconnecting…', offline: 'Offline' };
@@ -49,6 +51,8 @@ export class ChatSession {
   #roomsEpoch = 0;
   /** Rooms this tab is leaving for good (their `left` is no surprise). */
   #leaving = new Set();
+  /** `room:NAME` and `dm:PEER` this tab is creating: their `added` frames are no news. */
+  #ownDoing = new Set();
   /** Whether the user is a site admin (owner rights in the rooms they are a member of). */
   admin = false;
 
@@ -72,8 +76,17 @@ export class ChatSession {
       this.rooms.merge([room]);
       this.navigate(room.name);
     };
-    this.newRoom = new NewRoomDialog({ onCreated: opened }, signal);
-    this.newDm = new NewDmDialog(me, { onOpened: opened }, signal);
+    // This tab's own creations come back as `rooms` frames too: no news to announce.
+    const expect = (key) => {
+      this.#ownDoing.add(key);
+      setTimeout(() => this.#ownDoing.delete(key), OWN_DOING_MS);
+    };
+    this.newRoom = new NewRoomDialog({
+      onCreating: (name) => expect(`room:${name}`), onCreated: opened,
+    }, signal);
+    this.newDm = new NewDmDialog(me, {
+      onOpening: (peer) => expect(`dm:${peer}`), onOpened: opened,
+    }, signal);
     this.browse = new BrowseDialog({
       onOpen: (room) => this.navigate(room),
       isMine: (room) => this.rooms.has(room),
@@ -279,7 +292,8 @@ export class ChatSession {
     }
     const known = this.rooms.has(room);
     this.rooms.merge([info]);
-    if (event === 'added' && !known && !this.views.has(room)) {
+    const own = this.#ownDoing.has(info.kind === 'dm' ? `dm:${info.peer}` : `room:${room}`);
+    if (event === 'added' && !known && !own && !this.views.has(room)) {
       announce(info.kind === 'dm'
         ? `${info.peer ?? 'Someone'} started a conversation with you.`
         : `You were added to ${info.kind === 'private' ? 'private room' : 'room'} ${room}.`);

@@ -16,7 +16,7 @@ export class NewDmDialog {
 
   /**
    * @param {string} me
-   * @param {{onOpened(room: object): void}} hooks
+   * @param {{onOpening(peer: string): void, onOpened(room: object): void}} hooks
    * @param {AbortSignal} signal
    */
   constructor(me, hooks, signal) {
@@ -58,6 +58,7 @@ export class NewDmDialog {
     }
     this.#busy = true;
     this.#form.setAttribute('aria-busy', 'true');
+    this.hooks.onOpening(name);
     try {
       const room = await api.openDm(name);
       this.#modal.close();

@@ -13,7 +13,7 @@ export class NewRoomDialog {
   #busy = false;
 
   /**
-   * @param {{onCreated(room: object): void}} hooks
+   * @param {{onCreating(name: string): void, onCreated(room: object): void}} hooks
    * @param {AbortSignal} signal
    */
   constructor(hooks, signal) {
@@ -55,6 +55,7 @@ export class NewRoomDialog {
     }
     this.#busy = true;
     this.#form.setAttribute('aria-busy', 'true');
+    this.hooks.onCreating(name);
     try {
       const room = await api.createRoom(name, kind);
       this.#modal.close();
