@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Literal, Protocol
 
 import orjson
@@ -211,6 +212,10 @@ class Chat:
         assert isinstance(posted, Posted)
         if posted.refusal is not None:
             raise refusal(posted.refusal, room)
+        if posted.duplicate:  # the original, as it is now (edited, reacted to, deleted)
+            now = await self._store.message(room_id, room, posted.message.seq, author)
+            if now is not None:
+                return replace(posted, message=now)
         return posted
 
     async def apply(self, draft: ChangeDraft) -> StoredMessage:
