@@ -16,9 +16,10 @@ from . import accounts as accounts_db
 from . import metrics
 from .accounts import USERS_LISTED_MAX, Accounts, UsernameTaken
 from .auth import COOKIE, CurrentCaller, CurrentUser, oauth2_scheme, request_claims
-from .members import Forbidden, Members, NotFound
+from .members import Members
 from .protocol import MAX_SEQ, PROTOCOL_VERSION
 from .ratelimit import KeyedLimiter, RateLimited
+from .refusals import Forbidden, NotFound
 from .security import issue_token
 from .sessions import Sessions
 from .settings import Settings
@@ -151,6 +152,12 @@ class TokenOut(BaseModel):
     expires_in: int
 
 
+class ReactionOut(BaseModel):
+    emoji: str
+    count: int
+    me: bool | None = None
+
+
 class MessageOut(BaseModel):
     room: str
     seq: int
@@ -158,6 +165,11 @@ class MessageOut(BaseModel):
     body: str
     created_at: str
     client_id: str | None
+    reply_to: int | None
+    edited_at: str | None
+    deleted: bool
+    reactions: list[ReactionOut]
+    version: int
 
 
 class PageOut(BaseModel):
@@ -174,6 +186,7 @@ class OnlineOut(BaseModel):
 class NewMessage(BaseModel):
     body: str = Field(examples=["hello"])
     client_id: str | None = Field(default=None, examples=["3f6c2a1e-0b7d-4e1a-9d1e-6c1f0f9d2a11"])
+    reply_to: int | None = Field(default=None, gt=0, lt=MAX_SEQ, examples=[None])
 
 
 def _secure(settings: Settings, request: Request) -> bool:
@@ -405,21 +418,36 @@ async def room_messages(
     members: MembersDep,
     before: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
+    around: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 50,
 ) -> Response:
-    """A page of history in ascending seq: the newest `limit` before `before`, the oldest
-    `limit` after `after`, or the newest `limit`; `has_more` says whether more lie beyond."""
-    if before is not None and after is not None:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "give before or after, not both")
+    """A page of messages in their current state (tombstones included, `me` in each
+    reaction), ascending seq: the newest `limit` before `before`, the oldest `limit` after
+    `after`, up to `limit` centred on `around` (with `has_more_before` and
+    `has_more_after`), or the newest `limit`; `has_more` says whether more lie beyond."""
+    if sum(p is not None for p in (before, after, around)) > 1:
+        raise HTTPException(
+            status.HTTP_422_UNPROCESSABLE_CONTENT, "give one of before, after and around"
+        )
     room_id = await _readable(members, room, user)
-    page = await chat.history(room_id, room, before=before, after=after, limit=limit)
     # Encoded directly: validating the page against PageOut again (FastAPI's default for a
     # returned dict) cost more than the query. PageOut still documents it.
-    body = {
-        "room": room,
-        "messages": [m.to_wire() for m in page.messages],
-        "has_more": page.has_more,
-    }
+    body: dict[str, Any]
+    if around is not None:
+        centred = await chat.around(room_id, room, around, limit, user)
+        body = {
+            "room": room,
+            "messages": [m.to_wire() for m in centred.messages],
+            "has_more_before": centred.has_more_before,
+            "has_more_after": centred.has_more_after,
+        }
+    else:
+        page = await chat.history(room_id, room, before=before, after=after, limit=limit, user=user)
+        body = {
+            "room": room,
+            "messages": [m.to_wire() for m in page.messages],
+            "has_more": page.has_more,
+        }
     return Response(orjson.dumps(body), media_type="application/json")
 
 
@@ -454,8 +482,8 @@ async def post_message(
         if room.startswith("dm-"):
             raise Forbidden("names beginning dm- are reserved for direct messages") from None
     metrics.MESSAGES_IN_REST.inc()
-    # Unavailable: 503, RateLimited: 429 (app.py)
-    posted = await chat.post(room, user, body, client_id)
+    # Unavailable: 503, RateLimited: 429, NotFound (reply_to): 404 (app.py)
+    posted = await chat.post(room, user, body, client_id, new.reply_to)
     return JSONResponse(
         posted.message.to_wire(),
         status_code=status.HTTP_200_OK if posted.duplicate else status.HTTP_201_CREATED,

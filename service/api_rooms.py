@@ -14,14 +14,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from .api import ChatDep, MembersDep, RoomName, WritingUser
 from .auth import CurrentUser
-from .members import (
-    Conflict,
-    Forbidden,
-    Invalid,
-    ListPage,
-    NotFound,
-    Refused,
-)
+from .members import ListPage
+from .refusals import Conflict, Forbidden, Invalid, LimitReached, NotFound, Refused
 from .validation import InvalidInput, normalize_username
 
 router = APIRouter(prefix="/api")
@@ -33,6 +27,7 @@ _STATUS: dict[type[Refused], int] = {
     NotFound: status.HTTP_404_NOT_FOUND,
     Forbidden: status.HTTP_403_FORBIDDEN,
     Conflict: status.HTTP_409_CONFLICT,
+    LimitReached: status.HTTP_409_CONFLICT,
     Invalid: status.HTTP_422_UNPROCESSABLE_CONTENT,
 }
 
@@ -57,7 +52,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 async def refused(request: Request, error: Exception) -> Response:
-    """A membership refusal as its status (app.py registers this for `Refused`)."""
+    """A refusal as its status (app.py registers this for `Refused`)."""
     assert isinstance(error, Refused)
     return JSONResponse({"detail": error.detail}, status_code=_STATUS[type(error)])
 

@@ -21,17 +21,18 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, api_rooms, db, logs, metrics, ws
+from . import api, api_log, api_rooms, db, logs, metrics, ws
 from .accounts import Accounts
 from .chat import Chat
 from .fanout import Fanout
 from .guards import Guard
-from .members import Members, Refused
+from .members import Members
 from .presence import Presence
 from .protocol import FanoutKey
 from .ratelimit import KeyedLimiter, RateLimited
 from .readiness import DatabaseCheck
-from .rooms import Forbidden, RoomDirectory
+from .refusals import Refused
+from .rooms import RoomDirectory
 from .security import Passwords, PasswordsBusy, default_password_threads
 from .sessions import Sessions
 from .settings import Settings
@@ -113,7 +114,7 @@ def build(settings: Settings) -> Resources:
     )
     chat = Chat(
         settings,
-        store=PostgresStore(engine, key),
+        store=PostgresStore(engine, key, settings.max_emoji_per_message),
         rooms=rooms,
         fanout=fanout,
         presence=presence,
@@ -246,6 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(logs.RequestContext)  # added last: it wraps everything else
     app.include_router(api.router)
     app.include_router(api_rooms.router)
+    app.include_router(api_log.router)
 
     async def database_error(request: Request, error: Exception) -> Response:
         # An outage (db.Unavailable, or a pooled connection that died with the last one) is
@@ -279,12 +281,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
-    async def forbidden(request: Request, error: Exception) -> Response:
-        return JSONResponse({"detail": str(error) or "forbidden"}, status_code=403)
-
     app.add_exception_handler(RateLimited, rate_limited)
     app.add_exception_handler(PasswordsBusy, passwords_busy)
-    app.add_exception_handler(Forbidden, forbidden)
     app.add_exception_handler(Refused, api_rooms.refused)
 
     @app.get("/healthz", tags=["ops"])

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import replace
 from typing import Literal, Protocol
 
 import orjson
@@ -36,11 +37,14 @@ from .members import Change, StreamEvent
 from .presence import Presence
 from .protocol import (
     CLOSE_RESTART,
+    MAX_SEQ,
+    LogEntry,
     MessagesNote,
     Note,
     PresenceNote,
     Ref,
     RoomState,
+    StoredMessage,
     TypingNote,
     UserNote,
     rooms_changed,
@@ -48,9 +52,20 @@ from .protocol import (
 from .protocol import joined as joined_frame
 from .protocol import presence as presence_frame
 from .protocol import typing as typing_frame
-from .rooms import DM_PREFIX, Forbidden, RoomDirectory, RoomInfo, Standing
+from .refusals import Forbidden, LimitReached, NotFound, Refused
+from .rooms import DM_PREFIX, RoomDirectory, RoomInfo, Standing
 from .settings import Settings
-from .store import Draft, Page, Posted, PostgresStore
+from .store import (
+    Around,
+    Changed,
+    ChangeDraft,
+    Draft,
+    Outcome,
+    Page,
+    Posted,
+    PostgresStore,
+    Refusal,
+)
 from .writer import MessageWriter
 
 log = logging.getLogger(__name__)
@@ -75,6 +90,15 @@ class Member(HubMember, Protocol):
 
     def joined_kind(self, room: str) -> str | None:
         """The kind of `room` if this connection has joined it, else None."""
+
+
+def refusal(code: Refusal, room: str) -> Refused:
+    """The exception an adapter answers for a draft the store refused."""
+    if code == "forbidden":
+        return Forbidden(f"not allowed in {room}")
+    if code == "not_found":
+        return NotFound(f"no such message in {room}")
+    return LimitReached("too many different emoji on that message")
 
 
 def _public_room_left(frame: str) -> str:
@@ -152,25 +176,60 @@ class Chat:
     # -- posting -------------------------------------------------------------------------
 
     async def send(
-        self, room_id: int, room: str, author: str, body: str, client_id: str | None
-    ) -> asyncio.Future[Posted]:
-        """Queue a validated message of a known room; the future resolves after commit (or
-        fails with Unavailable: nothing was stored). Waits only while the writer is full."""
+        self,
+        room_id: int,
+        room: str,
+        author: str,
+        body: str,
+        client_id: str | None,
+        reply_to: int | None = None,
+    ) -> asyncio.Future[Outcome]:
+        """Queue a validated message of a known room; the future resolves after commit to
+        its Posted (or fails with Unavailable: nothing was stored). Waits only while the
+        writer is full."""
         if self.draining:
             raise Unavailable("the instance is shutting down")
-        return await self._writer.submit(Draft(room_id, room, author, body, client_id))
+        return await self._writer.submit(Draft(room_id, room, author, body, client_id, reply_to))
 
-    async def post(self, room: str, author: str, body: str, client_id: str | None) -> Posted:
+    async def change(self, draft: ChangeDraft) -> asyncio.Future[Outcome]:
+        """Queue a validated edit, delete or reaction; the future resolves after commit to
+        its Changed (the rules are checked in the transaction that would number it)."""
+        if self.draining:
+            raise Unavailable("the instance is shutting down")
+        return await self._writer.submit(draft)
+
+    async def post(
+        self, room: str, author: str, body: str, client_id: str | None, reply_to: int | None = None
+    ) -> Posted:
         """Store a validated message, creating a public room on first use (REST);
         RateLimited when that would be one room too many for `author`; Forbidden when the
-        author may not post there (checked again in the transaction that stores it)."""
+        author may not post there, NotFound when reply_to names no message of the room
+        (both checked in the transaction that stores it)."""
         if self.draining:
             raise Unavailable("the instance is shutting down")
         room_id = await self._find_or_create(room, author)
-        posted = await (await self.send(room_id, room, author, body, client_id))
-        if posted.refused:
-            raise Forbidden(f"you may not post in {room}")
+        posted = await (await self.send(room_id, room, author, body, client_id, reply_to))
+        assert isinstance(posted, Posted)
+        if posted.refusal is not None:
+            raise refusal(posted.refusal, room)
+        if posted.duplicate:  # the original, as it is now (edited, reacted to, deleted)
+            now = await self._store.message(room_id, room, posted.message.seq, author)
+            if now is not None:
+                return replace(posted, message=now)
         return posted
+
+    async def apply(self, draft: ChangeDraft) -> StoredMessage:
+        """Store a validated change (REST) and return its target in the state it is in now,
+        addressed to the actor; raises the refusal (Forbidden, NotFound, LimitReached). A
+        change that changes nothing answers the same."""
+        outcome = await (await self.change(draft))
+        assert isinstance(outcome, Changed)
+        if outcome.refusal is not None:
+            raise refusal(outcome.refusal, draft.room)
+        message = await self._store.message(draft.room_id, draft.room, draft.target, draft.actor)
+        if message is None:  # pruned meanwhile
+            raise NotFound(f"message {draft.target} of {draft.room} does not exist")
+        return message
 
     async def _find_or_create(self, room: str, user: str) -> int:
         """The room's id, creating a public room of that name on first use; a `dm-` name is
@@ -182,19 +241,24 @@ class Chat:
             return room_id
         return await self._rooms.ensure(room, user)
 
-    async def _committed(self, posted: list[Posted], later: list[str]) -> None:
-        """Local members get new messages straight from the writer, without the round trip;
+    async def _committed(self, posted: list[Outcome], later: list[str]) -> None:
+        """Local members get new events straight from the writer, without the round trip;
         other instances from the notifications (published now if they could not ride the
         transaction)."""
         joined: list[tuple[str, str]] = []
         for p in posted:
             if p.refused:
                 continue
-            if p.joined:
-                joined.append((p.message.author, p.message.room))
+            entry: LogEntry | None
+            if isinstance(p, Posted):
+                entry = p.message
+                if p.joined:
+                    joined.append((p.message.author, p.message.room))
+            else:
+                entry = p.event
             hub = self._hubs.get(p.room_id)
-            if hub is not None:
-                hub.offer(p.message)
+            if hub is not None and entry is not None:
+                hub.offer(entry)
         for user, room in joined:  # a post made them a member of a public room
             await self.tell((user,), rooms_changed(room, "added"))
         if later:
@@ -346,9 +410,36 @@ class Chat:
         return await self._rooms.find(room)
 
     async def history(
-        self, room_id: int, room: str, *, before: int | None, after: int | None, limit: int
+        self,
+        room_id: int,
+        room: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        user: str | None = None,
     ) -> Page:
-        return await self._store.page(room_id, room, before=before, after=after, limit=limit)
+        """A page of messages in their current state, addressed to `user`."""
+        return await self._store.page(
+            room_id, room, before=before, after=after, limit=limit, user=user
+        )
+
+    async def around(self, room_id: int, room: str, seq: int, limit: int, user: str) -> Around:
+        return await self._store.around(room_id, room, seq, limit, user)
+
+    async def events(
+        self, room_id: int, room: str, after: int, limit: int, user: str
+    ) -> tuple[list[LogEntry], bool]:
+        """The room's log after `after`, at most `limit` entries, addressed to `user`, and
+        whether more follow."""
+        entries = await self._store.fetch_range(room_id, room, after, MAX_SEQ, limit + 1, user)
+        return entries[:limit], len(entries) > limit
+
+    async def message(self, room_id: int, room: str, seq: int, user: str) -> StoredMessage | None:
+        return await self._store.message(room_id, room, seq, user)
+
+    async def who_reacted(self, room_id: int, seq: int, per_emoji: int) -> dict[str, list[str]]:
+        return await self._store.who_reacted(room_id, seq, per_emoji)
 
     async def online(self, room_id: int) -> list[str]:
         return await self._presence.online(room_id)

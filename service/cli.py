@@ -409,7 +409,8 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str) -> timedel
 )
 @click.option("--dry-run", is_flag=True, help="Say what would be deleted; delete nothing.")
 def prune(older_than: timedelta, room: str | None, batch: int, dry_run: bool) -> None:
-    """Delete messages older than --older-than, in short transactions, safe while the service
+    """Delete the room log's events older than --older-than (and the later edits, deletes
+    and reactions of the messages deleted), in short transactions, safe while the service
     runs. Rooms keep their seq counters: new messages go on counting up, and clients resume
     and page back over what is left."""
     settings = _database_settings()
@@ -421,9 +422,9 @@ def prune(older_than: timedelta, room: str | None, batch: int, dry_run: bool) ->
     if dry_run:
         for t in plan.targets:
             span = f"seq {t.first_seq}..{t.last_seq}"
-            click.echo(f"{t.room}: would delete {t.count} messages ({span})")
+            click.echo(f"{t.room}: would delete {t.count} events ({span})")
         click.echo(
-            f"dry run: would delete {plan.total} messages older than {cutoff} "
+            f"dry run: would delete {plan.total} events older than {cutoff} "
             f"from {len(plan.targets)} rooms"
         )
         return
@@ -431,10 +432,9 @@ def prune(older_than: timedelta, room: str | None, batch: int, dry_run: bool) ->
         deleted = _run(settings, lambda engine: ops.prune(engine, plan, batch, bar.update))
     for t in plan.targets:
         span = f"seq {t.first_seq}..{t.last_seq}"
-        click.echo(f"{t.room}: deleted {deleted[t.room]} messages ({span})")
+        click.echo(f"{t.room}: deleted {deleted[t.room]} events ({span})")
     click.echo(
-        f"deleted {sum(deleted.values())} messages older than {cutoff} "
-        f"from {len(plan.targets)} rooms"
+        f"deleted {sum(deleted.values())} events older than {cutoff} from {len(plan.targets)} rooms"
     )
 
 

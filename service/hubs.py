@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Protocol
 
 from . import metrics
-from .protocol import LogEntry, MemberEvent
+from .protocol import LogEntry, MemberEvent, StoredMessage
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class RoomHub:
                     await admit()
                     self._resume(member, since, last_seq, resume_limit, on_joined, ready)
                     return ready
-            replay = await self.store.replay(self.room_id, self.room, None, replay_limit, 0)
+            replay = await self.store.replay(self.room_id, self.room, replay_limit, member.username)
             await admit()
             if since is not None and since <= replay.last_seq:
                 # The head passed `since` between the two reads: a resume after all.
@@ -249,7 +249,9 @@ class RoomHub:
         an event of the page (told so, with `tell`); nothing after it was pushed."""
         if cursor >= upto:
             return cursor, False
-        rows = await self.store.fetch_range(self.room_id, self.room, cursor, upto, FEED_PAGE)
+        rows = await self.store.fetch_range(
+            self.room_id, self.room, cursor, upto, FEED_PAGE, member.username
+        )
         for entry in rows:
             if _ends(entry, member.username):
                 if tell:
@@ -350,7 +352,7 @@ class RoomHub:
                 self._announced.discard(member)
         self.head = seq
         metrics.MESSAGES_OUT.inc(len(self.members))
-        if live:
+        if live and isinstance(message, StoredMessage):
             lag = datetime.now(message.created_at.tzinfo) - message.created_at
             metrics.FANOUT_LAG_SECONDS.observe(max(lag.total_seconds(), 0.0))
 

@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .db import reading, writing
 from .protocol import MemberEvent
 from .ratelimit import KeyedLimiter, RateLimited
+from .refusals import Conflict, Forbidden, Invalid, NotFound
 from .validation import ROOM_RE, USERNAME_RE
 
 Role = Literal["owner", "moderator", "member"]
@@ -35,30 +36,6 @@ StreamEvent = Literal["added", "removed", "updated"]
 DM_PREFIX = "dm-"
 # `me` in a members path names the caller.
 ME = "me"
-
-
-class Refused(Exception):
-    """A membership request refused; nothing changed."""
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class NotFound(Refused):
-    """No such room, user or member."""
-
-
-class Forbidden(Refused):
-    """Not allowed: a private room or dm of others, a reserved name, a role too low."""
-
-
-class Conflict(Refused):
-    """The room's state forbids it: the name exists, the last owner, the room is full."""
-
-
-class Invalid(Refused):
-    """The request itself is wrong: a bad cursor, a dm with yourself, an unknown kind."""
 
 
 class Access(NamedTuple):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -112,6 +113,10 @@ class Event(Base):
     __table_args__ = (
         CheckConstraint("seq > 0", name="seq_positive"),
         CheckConstraint("kind IN ('edit', 'delete', 'reaction', 'member')", name="kind_known"),
+        # A delete erases the bodies of its target's edits.
+        Index(
+            "ix_events_room_id_target", "room_id", "target", postgresql_where=text("kind = 'edit'")
+        ),
     )
 
 
@@ -147,6 +152,13 @@ class Message(Base):
     body: Mapped[str] = mapped_column(Text)
     client_id: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    reply_to: Mapped[int | None] = mapped_column(BigInteger)
+    edited_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    deleted: Mapped[bool] = mapped_column(Boolean, server_default=false())
+    # The seq of the latest event that changed it; 0 stands for its own seq.
+    version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # [{"emoji", "count"}] in order of first use; NULL when there are none.
+    reactions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
 
     __table_args__ = (
         # Idempotency: a retried send finds its original through this index.
@@ -166,6 +178,18 @@ class Message(Base):
     )
 
 
+class Reaction(Base):
+    """`username` reacted to message `seq` with `emoji`."""
+
+    __tablename__ = "reactions"
+
+    room_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    emoji: Mapped[str] = mapped_column(Text, primary_key=True)
+    username: Mapped[str] = mapped_column(Text, primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
 class WriteBatch(Base):
     """What one writer batch stored (service/sql/post_messages.sql), kept for a few minutes
     so a writer whose reply was lost can read the outcome back."""
@@ -175,6 +199,7 @@ class WriteBatch(Base):
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
     seqs: Mapped[list[int]] = mapped_column(ARRAY(BigInteger))
     repeated: Mapped[list[bool]] = mapped_column(ARRAY(Boolean))
+    codes: Mapped[list[str | None]] = mapped_column(ARRAY(Text), server_default=text("'{}'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 

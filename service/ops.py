@@ -188,8 +188,8 @@ def parse_duration(value: str) -> timedelta:
 
 @dataclass(frozen=True, slots=True)
 class PruneTarget:
-    """In room `room`, the messages with first_seq <= seq <= last_seq are older than the
-    cutoff; `count` of them exist."""
+    """In room `room`, the log's events with first_seq <= seq <= last_seq are older than the
+    cutoff; `count` of them exist (messages and other events)."""
 
     room_id: int
     room: str
@@ -212,42 +212,58 @@ _ROOMS_PAGE = text(
     "SELECT id, name FROM rooms WHERE id > :after AND last_seq > 0 "
     "AND (CAST(:name AS text) IS NULL OR name = :name) ORDER BY id LIMIT 1000"
 )
-_FIRST = text("SELECT seq, created_at FROM messages WHERE room_id = :room_id ORDER BY seq LIMIT 1")
-_LAST = text(
-    "SELECT seq, created_at FROM messages WHERE room_id = :room_id ORDER BY seq DESC LIMIT 1"
-)
-_AT_OR_AFTER = text(
-    "SELECT seq, created_at FROM messages WHERE room_id = :room_id AND seq >= :seq "
+# The log is two tables by (room_id, seq); each is probed alike. {table} is one of them.
+_FIRST = "SELECT seq, created_at FROM {table} WHERE room_id = :room_id ORDER BY seq LIMIT 1"
+_LAST = "SELECT seq, created_at FROM {table} WHERE room_id = :room_id ORDER BY seq DESC LIMIT 1"
+_AT_OR_AFTER = (
+    "SELECT seq, created_at FROM {table} WHERE room_id = :room_id AND seq >= :seq "
     "ORDER BY seq LIMIT 1"
 )
 _COUNT = text(
-    "SELECT count(*) FROM messages WHERE room_id = :room_id AND seq BETWEEN :first AND :last"
+    "SELECT (SELECT count(*) FROM messages WHERE room_id = :room_id"
+    " AND seq BETWEEN :first AND :last)"
+    " + (SELECT count(*) FROM events WHERE room_id = :room_id AND seq BETWEEN :first AND :last)"
 )
-_DELETE = text(
+_DELETE_MESSAGES = text(
     "DELETE FROM messages WHERE room_id = :room_id AND seq >= :lo AND seq < :hi "
     "AND created_at < :cutoff"
 )
+_DELETE_EVENTS = text(
+    "DELETE FROM events WHERE room_id = :room_id AND seq >= :lo AND seq < :hi "
+    "AND created_at < :cutoff"
+)
+_DELETE_REACTIONS = text(
+    "DELETE FROM reactions WHERE room_id = :room_id AND seq >= :lo AND seq < :hi"
+)
+# Later edits, deletes and reactions of messages the prune removed would point at nothing:
+# they go too (a resume across them answers what is left, as across any pruned range).
+_DELETE_DANGLING = text(
+    "DELETE FROM events WHERE room_id = :room_id AND seq > :last AND target <= :last "
+    "AND kind IN ('edit', 'delete', 'reaction')"
+)
 
 
-async def _old_prefix(
-    conn: AsyncConnection, room_id: int, cutoff: datetime
+async def _old_end(
+    conn: AsyncConnection, table: str, room_id: int, cutoff: datetime
 ) -> tuple[int, int] | None:
-    """The seqs (first, last) of the room's messages older than `cutoff`, or None.
+    """The seqs (first, last) of the rows of `table` (messages or events) of the room older
+    than `cutoff`, or None.
 
-    A room's created_at follows its seq order (the writer stamps a batch after locking the
-    room), so the old messages are a prefix of the room, and its end is found by bisecting
-    the primary key: a few index probes instead of a scan of the room."""
-    first = (await conn.execute(_FIRST, {"room_id": room_id})).one_or_none()
+    A room's created_at follows its seq order across both tables (each event is stamped
+    under the room's lock), so the old events are a prefix of the log, and its end is found
+    by bisecting the primary key: a few index probes instead of a scan of the room."""
+    first = (await conn.execute(text(_FIRST.format(table=table)), {"room_id": room_id})).first()
     if first is None or first.created_at >= cutoff:
         return None
-    last = (await conn.execute(_LAST, {"room_id": room_id})).one()
+    last = (await conn.execute(text(_LAST.format(table=table)), {"room_id": room_id})).one()
     if last.created_at < cutoff:
         return first.seq, last.seq
-    # `lo` is an old message; every message with seq >= `hi` is new.
+    # `lo` is an old row; every row with seq >= `hi` is new.
     lo, hi = first.seq, last.seq
+    probe_sql = text(_AT_OR_AFTER.format(table=table))
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        probe = (await conn.execute(_AT_OR_AFTER, {"room_id": room_id, "seq": mid})).one()
+        probe = (await conn.execute(probe_sql, {"room_id": room_id, "seq": mid})).one()
         if probe.created_at < cutoff:
             lo = probe.seq
         else:
@@ -255,9 +271,20 @@ async def _old_prefix(
     return first.seq, lo
 
 
+async def _old_prefix(
+    conn: AsyncConnection, room_id: int, cutoff: datetime
+) -> tuple[int, int] | None:
+    """The seqs (first, last) of the room's log older than `cutoff`, or None."""
+    ends = [await _old_end(conn, table, room_id, cutoff) for table in ("messages", "events")]
+    found = [e for e in ends if e is not None]
+    if not found:
+        return None
+    return min(f for f, _ in found), max(last for _, last in found)
+
+
 async def plan_prune(engine: AsyncEngine, older_than: timedelta, room: str | None) -> PrunePlan:
-    """What a prune of messages older than `older_than` (by the database's clock) would
-    delete, in every room or in `room` only."""
+    """What a prune of the log's events older than `older_than` (by the database's clock)
+    would delete, in every room or in `room` only."""
     async with reading(engine) as conn:
         cutoff = (
             await conn.execute(
@@ -294,20 +321,25 @@ async def prune(
     batch: int,
     on_progress: Callable[[int], None] = lambda deleted: None,
 ) -> dict[str, int]:
-    """Delete what `plan` found, `batch` seqs per transaction; returns the count deleted per
-    room. Every delete also checks the message is older than the cutoff, so nothing newer is
-    ever removed; messages keep their seqs and rooms keep their counters."""
+    """Delete what `plan` found, `batch` seqs per transaction, with the reactions of the
+    messages removed and the later events that changed them; returns the count of events
+    deleted per room (the dependants not counted). Every delete also checks the event is
+    older than the cutoff, so nothing newer is ever removed; rooms keep their counters."""
     deleted: dict[str, int] = {}
     for target in plan.targets:
         done = 0
         for lo in range(target.first_seq, target.last_seq + 1, batch):
             hi = min(lo + batch, target.last_seq + 1)
+            params = {"room_id": target.room_id, "lo": lo, "hi": hi, "cutoff": plan.cutoff}
             async with writing(engine) as conn:
-                result = await conn.execute(
-                    _DELETE,
-                    {"room_id": target.room_id, "lo": lo, "hi": hi, "cutoff": plan.cutoff},
-                )
-            done += result.rowcount
-            on_progress(result.rowcount)
+                count = (await conn.execute(_DELETE_MESSAGES, params)).rowcount
+                count += (await conn.execute(_DELETE_EVENTS, params)).rowcount
+                await conn.execute(_DELETE_REACTIONS, params)
+            done += count
+            on_progress(count)
+        async with writing(engine) as conn:
+            await conn.execute(
+                _DELETE_DANGLING, {"room_id": target.room_id, "last": target.last_seq}
+            )
         deleted[target.room] = done
     return deleted

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 import orjson
 
-from .validation import InvalidInput, check_body, check_client_id, check_room
+from .validation import InvalidInput, check_body, check_client_id, check_emoji, check_room
 
 # The version of PROTOCOL.md this service implements in full; 2 once every v2 part is built.
 PROTOCOL_VERSION = 1
@@ -65,10 +65,16 @@ def _timestamp(at: datetime) -> str:
     return at.isoformat(timespec="microseconds")
 
 
+# A message's reactions: (emoji, count) in order of first use, counts above 0.
+Reactions = tuple[tuple[str, int], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A committed message in its current state: `(room, seq)` is its identity, `version`
-    the seq of the latest event that changed it (0 stands for its own seq)."""
+    the seq of the latest event that changed it (0 stands for its own seq). `mine`: the
+    emoji the receiving user reacted with, in what is addressed to one user (REST, a join's
+    replay, /events: the `me` of each reaction); None in what every receiver shares."""
 
     room: str
     seq: int
@@ -80,9 +86,12 @@ class StoredMessage:
     edited_at: datetime | None = None
     deleted: bool = False
     version: int = 0
+    reactions: Reactions = ()
+    mine: frozenset[str] | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The message as REST answers and `message` frames carry it."""
+        mine = self.mine
         return {
             "room": self.room,
             "seq": self.seq,
@@ -93,13 +102,99 @@ class StoredMessage:
             "reply_to": self.reply_to,
             "edited_at": _timestamp(self.edited_at) if self.edited_at is not None else None,
             "deleted": self.deleted,
-            "reactions": [],
+            "reactions": [
+                {"emoji": e, "count": c}
+                if mine is None
+                else {"emoji": e, "count": c, "me": e in mine}
+                for e, c in self.reactions
+            ],
             "version": self.version or self.seq,
         }
 
     def frame(self) -> str:
         """The `message` frame, encoded once and shared by every receiving socket."""
         return orjson.dumps({"type": "message", **self.to_wire()}).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class EditEvent:
+    """An `edit` event: `author` changed message `target`'s body (erased to "" once the
+    target is deleted)."""
+
+    room: str
+    seq: int
+    target: int
+    author: str
+    body: str
+    created_at: datetime  # the edit's time: the message's edited_at
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "edit",
+            "room": self.room,
+            "seq": self.seq,
+            "target": self.target,
+            "author": self.author,
+            "body": self.body,
+            "edited_at": _timestamp(self.created_at),
+        }
+
+    def frame(self) -> str:
+        return orjson.dumps(self.to_wire()).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteEvent:
+    """A `delete` event: `by` deleted message `target`."""
+
+    room: str
+    seq: int
+    target: int
+    by: str
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "delete",
+            "room": self.room,
+            "seq": self.seq,
+            "target": self.target,
+            "by": self.by,
+        }
+
+    def frame(self) -> str:
+        return orjson.dumps(self.to_wire()).decode()
+
+
+ReactionOp = Literal["add", "remove"]
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionEvent:
+    """A `reaction` event: `user` added or removed `emoji` on message `target`, whose count
+    of that emoji is `count` after it."""
+
+    room: str
+    seq: int
+    target: int
+    user: str
+    emoji: str
+    op: ReactionOp
+    count: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "type": "reaction",
+            "room": self.room,
+            "seq": self.seq,
+            "target": self.target,
+            "user": self.user,
+            "emoji": self.emoji,
+            "op": self.op,
+            "count": self.count,
+        }
+
+    def frame(self) -> str:
+        return orjson.dumps(self.to_wire()).decode()
 
 
 MemberChange = Literal["added", "left", "removed", "role"]
@@ -138,7 +233,7 @@ class MemberEvent:
 
 
 # An entry of a room's log as hubs deliver it: a message, or another event.
-LogEntry = StoredMessage | MemberEvent
+LogEntry = StoredMessage | EditEvent | DeleteEvent | ReactionEvent | MemberEvent
 
 
 # -- server to client ----------------------------------------------------------------------
@@ -207,6 +302,20 @@ def ack(message: StoredMessage, duplicate: bool, ref: Ref) -> str:
     )
 
 
+def change_ack(room: str, seq: int, created_at: datetime | None, duplicate: bool, ref: Ref) -> str:
+    """The `ack` of an edit, delete or reaction: the new event's seq, or (duplicate) the
+    target's current version."""
+    return _encode(
+        "ack",
+        ref,
+        room=room,
+        seq=seq,
+        created_at=_timestamp(created_at) if created_at is not None else None,
+        client_id=None,
+        duplicate=duplicate,
+    )
+
+
 def presence(room: str, user: str, event: str) -> str:
     return _encode("presence", room=room, user=user, event=event)
 
@@ -256,6 +365,31 @@ class Send:
     body: str
     client_id: str | None
     ref: Ref
+    reply_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Edit:
+    room: str
+    target: int
+    body: str
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    room: str
+    target: int
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    room: str
+    target: int
+    emoji: str
+    op: ReactionOp
+    ref: Ref
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,7 +403,16 @@ class Ping:
     ref: Ref
 
 
-Command = Join | Leave | Send | Typing | Ping
+Command = Join | Leave | Send | Edit | Delete | React | Typing | Ping
+
+
+def _seq(data: dict[str, Any], key: str, ref: Ref, room: str) -> int:
+    """A message seq given by the client (`target`, `reply_to`)."""
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < MAX_SEQ:
+        raise ProtocolError("bad_request", f"{key} must be a message seq (an integer > 0)",
+                            ref, room=room)  # fmt: skip
+    return value
 
 
 def parse(text: str, max_body_chars: int) -> Command:
@@ -291,12 +434,35 @@ def parse(text: str, max_body_chars: int) -> Command:
         if kind == "send":
             client_id = check_client_id(data.get("client_id"))
             room = check_room(data.get("room"))
+            extra = {"client_id": client_id} if client_id is not None else {}
             try:
                 body = check_body(data.get("body"), max_body_chars)
             except InvalidInput as refused:
-                extra = {"client_id": client_id} if client_id is not None else {}
                 raise ProtocolError(refused.code, refused.detail, ref, room=room, **extra) from None
-            return Send(room, body, client_id, ref)
+            reply_to = None
+            if data.get("reply_to") is not None:
+                try:
+                    reply_to = _seq(data, "reply_to", ref, room)
+                except ProtocolError as refused:
+                    refused.extra.update(extra)
+                    raise
+            return Send(room, body, client_id, ref, reply_to)
+        if kind in ("edit", "delete", "react"):
+            room = check_room(data.get("room"))
+            target = _seq(data, "target", ref, room)
+            try:
+                if kind == "edit":
+                    return Edit(room, target, check_body(data.get("body"), max_body_chars), ref)
+                if kind == "delete":
+                    return Delete(room, target, ref)
+                op = data.get("op")
+                if op not in ("add", "remove"):
+                    raise InvalidInput('op must be "add" or "remove"')
+                return React(room, target, check_emoji(data.get("emoji")), op, ref)
+            except InvalidInput as refused:
+                raise ProtocolError(
+                    refused.code, refused.detail, ref, room=room, target=target
+                ) from None
         if kind == "join":
             room = check_room(data.get("room"))
             since = data.get("since")
@@ -327,18 +493,36 @@ class NotifiedMessage:
     body: str
     client_id: str | None
     created_at: datetime
+    reply_to: int | None = None
 
     def stored(self, room: str) -> StoredMessage:
         return StoredMessage(
-            room, self.seq, self.author, self.body, self.client_id, self.created_at
-        )
+            room, self.seq, self.author, self.body, self.client_id, self.created_at,
+            self.reply_to,
+        )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class NotifiedChange:
+    """An edit, delete or reaction as a notification carries it inline: the event of room
+    `room_id` (whose `room` field is filled in by the receiver, which knows the name)."""
+
+    room_id: int
+    event: EditEvent | DeleteEvent | ReactionEvent
+
+    @property
+    def seq(self) -> int:
+        return self.event.seq
+
+    def stored(self, room: str) -> EditEvent | DeleteEvent | ReactionEvent:
+        return replace(self.event, room=room)
 
 
 @dataclass(frozen=True, slots=True)
 class MessagesNote:
     """Messages committed together: inline ones, and refs `(room_id, seq)` to read back."""
 
-    messages: tuple[NotifiedMessage, ...]
+    messages: tuple[NotifiedMessage | NotifiedChange, ...]
     refs: tuple[tuple[int, int], ...]
 
 
@@ -436,8 +620,15 @@ def encode_note(note: Note) -> str:
     return orjson.dumps(fields).decode()
 
 
-def message_entry(m: NotifiedMessage) -> dict[str, Any]:
-    """One message as a `messages` notification carries it inline."""
+def message_entry(m: NotifiedMessage | NotifiedChange) -> dict[str, Any]:
+    """One event as a `messages` notification carries it inline: a message has no `kind`;
+    an edit, delete or reaction has its frame's fields (no `type`, no `room`), a `kind`, and
+    its room's id."""
+    if isinstance(m, NotifiedChange):
+        fields = m.event.to_wire()
+        kind = fields.pop("type")
+        del fields["room"]
+        return {"room_id": m.room_id, "kind": kind, **fields}
     return {
         "room_id": m.room_id,
         "seq": m.seq,
@@ -445,6 +636,7 @@ def message_entry(m: NotifiedMessage) -> dict[str, Any]:
         "body": m.body,
         "client_id": m.client_id,
         "created_at": _timestamp(m.created_at),
+        "reply_to": m.reply_to,
     }
 
 
@@ -466,24 +658,58 @@ def _str(data: dict[str, Any], key: str) -> str:
     return value
 
 
-def _entry(data: object) -> NotifiedMessage:
+def _optional_int(data: dict[str, Any], key: str) -> int | None:
+    value = data.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _Malformed(key)
+    return value
+
+
+def _instant(data: dict[str, Any], key: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(_str(data, key))
+    except ValueError:
+        raise _Malformed(key) from None
+    if at.tzinfo is None:
+        raise _Malformed(key)
+    # An instant, shown in UTC whatever TimeZone the producing session had (an instance of
+    # an older release, mid-upgrade, may not have set it): the contract says +00:00.
+    return at.astimezone(UTC)
+
+
+def _change(data: dict[str, Any], kind: object) -> NotifiedChange:
+    room_id, seq, target = _int(data, "room_id"), _int(data, "seq"), _int(data, "target")
+    event: EditEvent | DeleteEvent | ReactionEvent
+    if kind == "edit":
+        event = EditEvent(
+            "", seq, target, _str(data, "author"), _str(data, "body"), _instant(data, "edited_at")
+        )
+    elif kind == "delete":
+        event = DeleteEvent("", seq, target, _str(data, "by"))
+    elif kind == "reaction":
+        op = data.get("op")
+        if op not in ("add", "remove"):
+            raise _Malformed("op")
+        event = ReactionEvent(
+            "", seq, target, _str(data, "user"), _str(data, "emoji"), op, _int(data, "count")
+        )
+    else:
+        raise _Malformed("kind")
+    return NotifiedChange(room_id, event)
+
+
+def _entry(data: object) -> NotifiedMessage | NotifiedChange:
     if not isinstance(data, dict):
         raise _Malformed("entry")
+    kind = data.get("kind")
+    if kind is not None:
+        return _change(data, kind)
     client_id = data.get("client_id")
     if client_id is not None and not isinstance(client_id, str):
         raise _Malformed("client_id")
-    try:
-        at = datetime.fromisoformat(_str(data, "created_at"))
-    except ValueError:
-        raise _Malformed("created_at") from None
-    if at.tzinfo is None:
-        raise _Malformed("created_at")
-    # An instant, shown in UTC whatever TimeZone the producing session had (an instance of
-    # an older release, mid-upgrade, may not have set it): the contract says +00:00.
-    at = at.astimezone(UTC)
     return NotifiedMessage(
         _int(data, "room_id"), _int(data, "seq"), _str(data, "author"), _str(data, "body"),
-        client_id, at,
+        client_id, _instant(data, "created_at"), _optional_int(data, "reply_to"),
     )  # fmt: skip
 
 

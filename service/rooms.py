@@ -62,10 +62,6 @@ _CACHE_MAX = 50_000
 DM_PREFIX = "dm-"
 
 
-class Forbidden(Exception):
-    """The user may not do this in this room (PROTOCOL.md: `forbidden`, 403)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Standing:
     """A user's place in a room: its kind, their role (None: not a member), their read

@@ -1,10 +1,13 @@
-"""Where messages are kept: the seam between the domain and PostgreSQL.
+"""Where the room log is kept: the seam between the domain and PostgreSQL.
 
-`Store` is what the writer and the hubs need (a batch stored in one call, replays, ranges
-that fill delivery gaps, the rooms' last seqs); `PostgresStore` is the real one, and the
-fast tests of the core run the same code against an in-memory store (tests/memory_store.py).
-Every read is a range scan of the (room_id, seq) primary key, so its cost does not grow
-with the size of the table. Outages surface as `db.Unavailable`.
+`Store` is what the writer and the hubs need (a batch of events stored in one call,
+replays, ranges of the log that fill delivery gaps, the rooms' last seqs); `PostgresStore`
+is the real one, and the fast tests of the core run the same code against an in-memory
+store (tests/memory_store.py). A room's log is two tables by (room_id, seq): `messages`
+(each message's event is its row, which holds the message's current state) and `events`
+(edits, deletes, reactions, membership changes). Every read is a range scan of their
+primary keys, so its cost does not grow with the size of the tables. Outages surface as
+`db.Unavailable`.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
+import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -25,13 +29,21 @@ from .protocol import (
     NOTIFY_INLINE_MAX_BYTES,
     NOTIFY_PAYLOAD_MAX_BYTES,
     SIGNATURE_BYTES,
+    DeleteEvent,
+    EditEvent,
     FanoutKey,
     LogEntry,
     MemberEvent,
+    ReactionEvent,
+    ReactionOp,
+    Reactions,
     StoredMessage,
 )
 
 log = logging.getLogger(__name__)
+
+# The emoji of a message with a count above 0 (PROTOCOL.md, CHAT_MAX_EMOJI_PER_MESSAGE).
+DEFAULT_MAX_EMOJI = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,20 +55,72 @@ class Draft:
     author: str
     body: str
     client_id: str | None
+    reply_to: int | None = None
+
+
+ChangeKind = Literal["edit", "delete", "reaction"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeDraft:
+    """A validated edit, delete or reaction of message `target`, waiting for its seq. The
+    rules (who may, whether it changes anything) are checked when it is stored."""
+
+    room_id: int
+    room: str
+    actor: str
+    kind: ChangeKind
+    target: int
+    body: str | None = None  # an edit's new body
+    emoji: str | None = None  # a reaction's
+    op: ReactionOp | None = None
+
+
+# Why a draft stored nothing (PROTOCOL.md, Errors).
+Refusal = Literal["forbidden", "not_found", "limit_reached"]
 
 
 @dataclass(frozen=True, slots=True)
 class Posted:
     """The outcome of a send: the stored message, and whether it was stored before; or
-    `refused`: its author may not post in the room (not a member of a private room or dm,
-    or banned), and nothing was stored (the message's seq is 0). `joined`: the send made its
-    author a member of the (public) room."""
+    `refusal`: nothing was stored (the message's seq is 0) because its author may not post
+    in the room (`forbidden`: not a member of a private room or dm, or banned) or its
+    reply_to names no message of the room (`not_found`). `joined`: the send made its author
+    a member of the (public) room."""
 
     room_id: int
     message: StoredMessage
     duplicate: bool
-    refused: bool = False
+    refusal: Refusal | None = None
     joined: bool = False
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Changed:
+    """The outcome of an edit, delete or reaction: the new event (with its seq), or
+    `duplicate` (it would have changed nothing; `seq` is the target's current version), or
+    `refusal` (nothing was stored; `seq` is 0). `event` is None for an outcome read back
+    after a lost reply."""
+
+    room_id: int
+    room: str
+    seq: int
+    created_at: datetime | None
+    duplicate: bool
+    refusal: Refusal | None = None
+    event: EditEvent | DeleteEvent | ReactionEvent | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None
+
+
+Item = Draft | ChangeDraft
+Outcome = Posted | Changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,7 +128,7 @@ class Stored:
     """What one batch stored: an outcome per draft, in order, and the notifications still
     to publish (none when they rode the transaction)."""
 
-    posted: list[Posted]
+    posted: list[Outcome]
     payloads: list[str]
 
 
@@ -75,6 +139,13 @@ class Page:
 
 
 @dataclass(frozen=True, slots=True)
+class Around:
+    messages: list[StoredMessage]
+    has_more_before: bool
+    has_more_after: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Replay:
     messages: list[StoredMessage]
     truncated: bool
@@ -82,17 +153,19 @@ class Replay:
 
 
 class Store(Protocol):
-    async def store(self, drafts: Sequence[Draft], channel: str | None, batch: uuid.UUID) -> Stored:
-        """Store the drafts in one transaction, numbering each after its room's last seq.
+    async def store(self, drafts: Sequence[Item], channel: str | None, batch: uuid.UUID) -> Stored:
+        """Store the drafts in one transaction, numbering each new event after its room's
+        last seq.
 
-        A draft whose (room, author, client_id) was stored before stores nothing and comes
-        back as that message with `duplicate`; so does a repeat within the batch. With
+        A message whose (room, author, client_id) was stored before stores nothing and comes
+        back as that message with `duplicate`; so does a repeat within the batch. A change
+        that would change nothing is `duplicate`; one the rules refuse is `refused`. With
         `channel`, the notifications are sent in the transaction; else they are returned.
         The outcome is recorded under `batch` in the same transaction. Raises OutcomeUnknown
         when the database went away after the call was sent."""
         ...
 
-    async def recover(self, drafts: Sequence[Draft], batch: uuid.UUID) -> Stored | None:
+    async def recover(self, drafts: Sequence[Item], batch: uuid.UUID) -> Stored | None:
         """The outcome of `store(drafts, _, batch)` if it committed, else None (nothing of
         it was stored). Its notifications are not returned: other instances catch up by
         their resync."""
@@ -103,17 +176,17 @@ class Store(Protocol):
         ...
 
     async def replay(
-        self, room_id: int, room: str, since: int | None, replay_limit: int, resume_limit: int
+        self, room_id: int, room: str, replay_limit: int, user: str | None = None
     ) -> Replay:
-        """What a joining connection is sent: everything after `since` (at most
-        `resume_limit`, the newest), or without a usable `since` the newest `replay_limit`."""
+        """What a connection joining without `since` is sent: the newest `replay_limit`
+        messages in their current state (with `me` for `user`), and the room's head."""
         ...
 
     async def fetch_range(
-        self, room_id: int, room: str, after: int, upto: int, limit: int
+        self, room_id: int, room: str, after: int, upto: int, limit: int, user: str | None = None
     ) -> list[LogEntry]:
-        """The log's entries (messages and other events) with after < seq <= upto,
-        ascending, at most `limit`."""
+        """The log's entries (messages in their current state, and the other events) with
+        after < seq <= upto, ascending, at most `limit`; with `user`, messages carry `me`."""
         ...
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
@@ -121,7 +194,9 @@ class Store(Protocol):
         ...
 
 
-_COLUMNS = "seq, author, body, client_id, created_at"
+_COLUMNS = (
+    "seq, author, body, client_id, created_at, reply_to, edited_at, deleted, version, reactions"
+)
 _NEWEST_BEFORE = text(
     f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq < :before "
     "ORDER BY seq DESC LIMIT :limit"
@@ -130,31 +205,48 @@ _OLDEST_AFTER = text(
     f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq > :after "
     "ORDER BY seq LIMIT :limit"
 )
-_NEWEST_AFTER = text(
-    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq > :since "
-    "ORDER BY seq DESC LIMIT :limit"
+_OLDEST_FROM = text(
+    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq >= :start "
+    "ORDER BY seq LIMIT :limit"
 )
 # The log is messages and events by (room_id, seq): two range scans of their primary keys,
-# merged. A message row comes as (seq, NULL kind, author, body, client_id, created_at, ...).
+# merged. A message row has a NULL kind.
 _RANGE = text(
-    "(SELECT seq, NULL::text AS kind, author, body, client_id, created_at,"
-    " NULL::text AS subject, NULL::text AS op, NULL::text AS role FROM messages"
+    f"(SELECT NULL::text AS kind, {_COLUMNS}, NULL::text AS subject, NULL::text AS op,"
+    " NULL::text AS role, NULL::bigint AS target, NULL::text AS emoji, NULL::int AS count"
+    " FROM messages"
     " WHERE room_id = :room_id AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit)"
     " UNION ALL"
-    " (SELECT seq, kind, actor, body, NULL, created_at, subject, op, role FROM events"
+    " (SELECT kind, seq, actor, body, NULL, created_at, NULL, NULL, NULL, NULL, NULL,"
+    " subject, op, role, target, emoji, count FROM events"
     " WHERE room_id = :room_id AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit)"
     " ORDER BY seq LIMIT :limit"
 )
+_MINE = text(
+    "SELECT seq, emoji FROM reactions WHERE room_id = :room_id"
+    " AND seq = ANY(CAST(:seqs AS bigint[])) AND username = :user"
+)
+_WHO_REACTED = text(
+    "SELECT emoji, username FROM (SELECT emoji, username, row_number() OVER"
+    " (PARTITION BY emoji ORDER BY created_at, username) AS n FROM reactions"
+    " WHERE room_id = :room_id AND seq = :seq) AS r WHERE n <= :per_emoji"
+)
+_MESSAGE = text(f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq = :seq")
 _LAST_SEQ = text("SELECT last_seq FROM rooms WHERE id = :room_id")
 _LAST_SEQS = text("SELECT id, last_seq FROM rooms WHERE id = ANY(CAST(:ids AS bigint[]))")
 # service/sql/post_messages.sql
 _POST = text(
-    "SELECT seqs, created, repeated, stored_bodies, payloads, joined FROM chat_post_messages("
+    "SELECT seqs, created, repeated, stored_bodies, payloads, joined, codes, c_seqs, c_codes,"
+    " c_counts, stamp FROM chat_post_messages("
     "CAST(:rooms AS bigint[]), CAST(:authors AS text[]), CAST(:bodies AS text[]),"
-    " CAST(:cids AS text[]), CAST(:channel AS text), :payload_max, :inline_max,"
+    " CAST(:cids AS text[]), CAST(:replies AS bigint[]),"
+    " CAST(:c_rooms AS bigint[]), CAST(:c_actors AS text[]), CAST(:c_kinds AS text[]),"
+    " CAST(:c_targets AS bigint[]), CAST(:c_bodies AS text[]), CAST(:c_emojis AS text[]),"
+    " CAST(:c_ops AS text[]), :max_emoji,"
+    " CAST(:channel AS text), :payload_max, :inline_max,"
     " CAST(:batch AS uuid), :key_inner, :key_outer)"
 )
-_OUTCOME = text("SELECT seqs, repeated, created_at FROM write_batches WHERE id = :batch")
+_OUTCOME = text("SELECT seqs, repeated, codes, created_at FROM write_batches WHERE id = :batch")
 _REPEATED = text(
     "SELECT m.room_id, m.seq, m.body, m.created_at FROM messages m JOIN unnest("
     "CAST(:rooms AS bigint[]), CAST(:seqs AS bigint[])) AS t (r, s)"
@@ -163,32 +255,83 @@ _REPEATED = text(
 _FORGET = text("DELETE FROM write_batches WHERE created_at < :before")
 
 
-def _rows(room: str, rows: Any) -> list[StoredMessage]:
+def _reactions(value: Any) -> Reactions:
+    """The messages.reactions column (JSON, or NULL) as (emoji, count) pairs."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)):
+        value = orjson.loads(value)
+    return tuple((r["emoji"], int(r["count"])) for r in value)
+
+
+def _message(room: str, r: Any) -> StoredMessage:
     # Unpacked by position (the order of _COLUMNS): a Row's attribute lookups cost more.
-    return [StoredMessage(room, *r) for r in rows]
+    seq, author, body, client_id, at, reply_to, edited_at, deleted, version, reactions = r
+    return StoredMessage(
+        room, seq, author, body, client_id, at, reply_to, edited_at, deleted, version,
+        _reactions(reactions),
+    )  # fmt: skip
+
+
+def _rows(room: str, rows: Any) -> list[StoredMessage]:
+    return [_message(room, r) for r in rows]
 
 
 def _entries(room: str, rows: Any) -> list[LogEntry]:
     """_RANGE's rows as log entries."""
     entries: list[LogEntry] = []
-    for seq, kind, actor, body, client_id, at, subject, op, role in rows:
+    for row in rows:
+        kind, seq, actor, body = row[0], row[1], row[2], row[3]
+        subject, op, role, target, emoji, count = row[11:]
         if kind is None:
-            entries.append(StoredMessage(room, seq, actor, body, client_id, at))
+            entries.append(_message(room, row[1:11]))
+        elif kind == "edit":
+            entries.append(EditEvent(room, seq, target, actor, body or "", row[5]))
+        elif kind == "delete":
+            entries.append(DeleteEvent(room, seq, target, actor))
+        elif kind == "reaction":
+            entries.append(ReactionEvent(room, seq, target, actor, emoji, op, count))
         elif kind == "member":
-            entries.append(MemberEvent(room, seq, subject, op, role, actor, at))
-        else:  # the room log's later kinds, unknown to this release: passed over
+            entries.append(MemberEvent(room, seq, subject, op, role, actor, row[5]))
+        else:  # a kind unknown to this release: passed over
             log.warning("room %s: seq %d is a %s event, which this release skips", room, seq, kind)
     return entries
 
 
-def unique_drafts(drafts: Sequence[Draft]) -> tuple[list[Draft], list[int]]:
+async def _with_mine(
+    conn: AsyncConnection, room_id: int, user: str | None, messages: list[StoredMessage]
+) -> list[StoredMessage]:
+    """`messages` addressed to `user`: each with `mine` (the emoji they reacted with), read
+    for the messages that have reactions at all."""
+    if user is None:
+        return messages
+    reacted = [m.seq for m in messages if m.reactions]
+    mine: dict[int, set[str]] = {}
+    if reacted:
+        params = {"room_id": room_id, "seqs": reacted, "user": user}
+        for seq, emoji in (await conn.execute(_MINE, params)).all():
+            mine.setdefault(seq, set()).add(emoji)
+    return [replace(m, mine=frozenset(mine.get(m.seq, ()))) for m in messages]
+
+
+async def _entries_with_mine(
+    conn: AsyncConnection, room_id: int, user: str | None, entries: list[LogEntry]
+) -> list[LogEntry]:
+    if user is None:
+        return entries
+    messages = [e for e in entries if isinstance(e, StoredMessage)]
+    addressed = iter(await _with_mine(conn, room_id, user, messages))
+    return [next(addressed) if isinstance(e, StoredMessage) else e for e in entries]
+
+
+def unique_drafts(drafts: Sequence[Item]) -> tuple[list[Item], list[int]]:
     """The drafts that store something, and for each draft the index among them of the one
     that stores it: a client_id sent twice in one batch is stored once."""
-    unique: list[Draft] = []
+    unique: list[Item] = []
     owner: list[int] = []
     first: dict[tuple[int, str, str], int] = {}
     for draft in drafts:
-        if draft.client_id is None:
+        if not isinstance(draft, Draft) or draft.client_id is None:
             owner.append(len(unique))
             unique.append(draft)
             continue
@@ -199,55 +342,117 @@ def unique_drafts(drafts: Sequence[Draft]) -> tuple[list[Draft], list[int]]:
     return unique, owner
 
 
+def _change_event(
+    d: ChangeDraft, seq: int, count: int | None, at: datetime
+) -> EditEvent | DeleteEvent | ReactionEvent:
+    if d.kind == "edit":
+        assert d.body is not None
+        return EditEvent(d.room, seq, d.target, d.actor, d.body, at)
+    if d.kind == "delete":
+        return DeleteEvent(d.room, seq, d.target, d.actor)
+    assert d.emoji is not None and d.op is not None and count is not None
+    return ReactionEvent(d.room, seq, d.target, d.actor, d.emoji, d.op, count)
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    """What the function answered for the unique drafts, messages first, then changes."""
+
+    seqs: Sequence[int]
+    created: Sequence[datetime]
+    repeated: Sequence[bool]
+    stored_bodies: Sequence[str | None]
+    joined: Sequence[bool]
+    codes: Sequence[str | None]
+    c_seqs: Sequence[int]
+    c_codes: Sequence[str | None]
+    c_counts: Sequence[int | None]
+    c_created: datetime | None
+    recovered: bool = False
+
+
 def _outcome(
-    drafts: Sequence[Draft],
-    unique: list[Draft],
-    owner: list[int],
-    seqs: Sequence[int],
-    created: Sequence[datetime],
-    repeated: Sequence[bool],
-    stored_bodies: Sequence[str | None],
-    payloads: list[str],
-    joined: Sequence[bool] | None = None,
+    drafts: Sequence[Item], unique: list[Item], owner: list[int], res: _Result, payloads: list[str]
 ) -> Stored:
-    """Each draft's outcome from the unique drafts' (stored_bodies: a repeat's original;
-    seq 0: refused)."""
-    stored = [
-        StoredMessage(d.room, seq, d.author, body if again and body is not None else d.body,
-                      d.client_id, at)
-        for d, seq, at, again, body in zip(unique, seqs, created, repeated, stored_bodies,
-                                           strict=True)
-    ]  # fmt: skip
-    joins = joined if joined is not None else [False] * len(unique)
-    posted = [
-        Posted(
-            draft.room_id,
-            stored[i],
-            repeated[i] or unique[i] is not draft,
-            refused=seqs[i] == 0,
-            joined=joins[i] and unique[i] is draft,
-        )
-        for draft, i in zip(drafts, owner, strict=True)
-    ]
+    """Each draft's outcome from the unique drafts'."""
+    messages = [d for d in unique if isinstance(d, Draft)]
+    changes = [d for d in unique if isinstance(d, ChangeDraft)]
+    by_unique: dict[int, Outcome] = {}
+    m_index = iter(range(len(messages)))
+    c_index = iter(range(len(changes)))
+    for u, d in enumerate(unique):
+        if isinstance(d, Draft):
+            i = next(m_index)
+            seq, at, again, body = (
+                res.seqs[i],
+                res.created[i],
+                res.repeated[i],
+                res.stored_bodies[i],
+            )
+            message = StoredMessage(
+                d.room, seq, d.author, body if again and body is not None else d.body,
+                d.client_id, at, d.reply_to,
+            )  # fmt: skip
+            code = res.codes[i]
+            by_unique[u] = Posted(
+                d.room_id, message, again, refusal=_refusal(code), joined=res.joined[i]
+            )
+        else:
+            i = next(c_index)
+            seq, code = res.c_seqs[i], res.c_codes[i]
+            fresh = code is None
+            event = None
+            if fresh and not res.recovered and res.c_created is not None:
+                event = _change_event(d, seq, res.c_counts[i], res.c_created)
+            by_unique[u] = Changed(
+                d.room_id, d.room, seq, res.c_created if fresh else None, code == "duplicate",
+                _refusal(code), event,
+            )  # fmt: skip
+    posted: list[Outcome] = []
+    for draft, i in zip(drafts, owner, strict=True):
+        outcome = by_unique[i]
+        if isinstance(outcome, Posted) and unique[i] is not draft:  # a repeat in the batch
+            outcome = replace(outcome, duplicate=True, joined=False)
+        posted.append(outcome)
     return Stored(posted, payloads)
+
+
+def _refusal(code: str | None) -> Refusal | None:
+    if code in ("forbidden", "not_found", "limit_reached"):
+        return code  # type: ignore[return-value]
+    return None
 
 
 class PostgresStore:
     """`key` signs the notifications `store` builds; a store that only reads needs none."""
 
-    def __init__(self, engine: AsyncEngine, key: FanoutKey | None = None) -> None:
+    def __init__(
+        self, engine: AsyncEngine, key: FanoutKey | None = None, max_emoji: int = DEFAULT_MAX_EMOJI
+    ) -> None:
         self._engine = engine
         self._key = key
+        self._max_emoji = max_emoji
 
-    async def store(self, drafts: Sequence[Draft], channel: str | None, batch: uuid.UUID) -> Stored:
+    async def store(self, drafts: Sequence[Item], channel: str | None, batch: uuid.UUID) -> Stored:
         if self._key is None:
             raise RuntimeError("a store without a fan-out key cannot store")
         unique, owner = unique_drafts(drafts)
+        messages = [d for d in unique if isinstance(d, Draft)]
+        changes = [d for d in unique if isinstance(d, ChangeDraft)]
         params = {
-            "rooms": [d.room_id for d in unique],
-            "authors": [d.author for d in unique],
-            "bodies": [d.body for d in unique],
-            "cids": [d.client_id for d in unique],
+            "rooms": [d.room_id for d in messages],
+            "authors": [d.author for d in messages],
+            "bodies": [d.body for d in messages],
+            "cids": [d.client_id for d in messages],
+            "replies": [d.reply_to for d in messages],
+            "c_rooms": [d.room_id for d in changes],
+            "c_actors": [d.actor for d in changes],
+            "c_kinds": [d.kind for d in changes],
+            "c_targets": [d.target for d in changes],
+            "c_bodies": [d.body for d in changes],
+            "c_emojis": [d.emoji for d in changes],
+            "c_ops": [d.op for d in changes],
+            "max_emoji": self._max_emoji,
             "channel": channel,
             "payload_max": NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
             "inline_max": NOTIFY_INLINE_MAX_BYTES,
@@ -264,16 +469,23 @@ class PostgresStore:
                 if is_outage(error):
                     raise OutcomeUnknown(str(error) or type(error).__name__) from error
                 raise
-        return _outcome(drafts, unique, owner, row.seqs, row.created, row.repeated,
-                        row.stored_bodies, list(row.payloads), row.joined)  # fmt: skip
+        result = _Result(
+            row.seqs, row.created, row.repeated, row.stored_bodies, row.joined, row.codes,
+            row.c_seqs, row.c_codes, row.c_counts, row.stamp,
+        )  # fmt: skip
+        return _outcome(drafts, unique, owner, result, list(row.payloads))
 
-    async def recover(self, drafts: Sequence[Draft], batch: uuid.UUID) -> Stored | None:
+    async def recover(self, drafts: Sequence[Item], batch: uuid.UUID) -> Stored | None:
         unique, owner = unique_drafts(drafts)
+        messages = [d for d in unique if isinstance(d, Draft)]
+        n = len(messages)
         async with reading(self._engine) as conn:
             row = (await conn.execute(_OUTCOME, {"batch": batch})).one_or_none()
             if row is None:
                 return None
-            again = [(d.room_id, s) for d, s, r in zip(unique, row.seqs, row.repeated, strict=True)
+            seqs, repeated = row.seqs[:n], row.repeated[:n]
+            codes = row.codes if len(row.codes) == len(row.seqs) else [None] * len(row.seqs)
+            again = [(d.room_id, s) for d, s, r in zip(messages, seqs, repeated, strict=True)
                      if r]  # fmt: skip
             earlier = {}
             if again:
@@ -283,37 +495,39 @@ class PostgresStore:
                 }
         created = [
             earlier[(d.room_id, s)].created_at if r else row.created_at
-            for d, s, r in zip(unique, row.seqs, row.repeated, strict=True)
+            for d, s, r in zip(messages, seqs, repeated, strict=True)
         ]
         bodies = [
             earlier[(d.room_id, s)].body if r else None
-            for d, s, r in zip(unique, row.seqs, row.repeated, strict=True)
+            for d, s, r in zip(messages, seqs, repeated, strict=True)
         ]
-        return _outcome(drafts, unique, owner, row.seqs, created, row.repeated, bodies, [])
+        result = _Result(
+            seqs, created, repeated, bodies, [False] * n, codes[:n],
+            row.seqs[n:], codes[n:], [None] * (len(row.seqs) - n), row.created_at,
+            recovered=True,
+        )  # fmt: skip
+        return _outcome(drafts, unique, owner, result, [])
 
     async def forget_batches(self, before: datetime) -> int:
         async with writing(self._engine) as conn:
             return (await conn.execute(_FORGET, {"before": before})).rowcount
 
     async def replay(
-        self, room_id: int, room: str, since: int | None, replay_limit: int, resume_limit: int
+        self, room_id: int, room: str, replay_limit: int, user: str | None = None
     ) -> Replay:
         async with reading(self._engine) as conn:
             last_seq = (await conn.execute(_LAST_SEQ, {"room_id": room_id})).scalar_one()
-            if since is not None and since <= last_seq:
-                params = {"room_id": room_id, "since": since, "limit": resume_limit + 1}
-                rows = (await conn.execute(_NEWEST_AFTER, params)).all()
-                truncated = len(rows) > resume_limit
-                return Replay(_rows(room, reversed(rows[:resume_limit])), truncated, last_seq)
             newest = await _newest(conn, room_id, room, MAX_SEQ, replay_limit)
-            return Replay(newest.messages, newest.has_more, last_seq)
+            messages = await _with_mine(conn, room_id, user, newest.messages)
+        return Replay(messages, newest.has_more, last_seq)
 
     async def fetch_range(
-        self, room_id: int, room: str, after: int, upto: int, limit: int
+        self, room_id: int, room: str, after: int, upto: int, limit: int, user: str | None = None
     ) -> list[LogEntry]:
         params = {"room_id": room_id, "after": after, "upto": upto, "limit": limit}
         async with reading(self._engine) as conn:
-            return _entries(room, (await conn.execute(_RANGE, params)).all())
+            entries = _entries(room, (await conn.execute(_RANGE, params)).all())
+            return await _entries_with_mine(conn, room_id, user, entries)
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
         async with reading(self._engine) as conn:
@@ -321,16 +535,60 @@ class PostgresStore:
         return {r.id: r.last_seq for r in rows}
 
     async def page(
-        self, room_id: int, room: str, *, before: int | None, after: int | None, limit: int
+        self,
+        room_id: int,
+        room: str,
+        *,
+        before: int | None,
+        after: int | None,
+        limit: int,
+        user: str | None = None,
     ) -> Page:
-        """A history page in ascending seq; `has_more` says whether the scan could go
-        further."""
+        """A history page in ascending seq, messages in their current state; `has_more`
+        says whether the scan could go further."""
         async with reading(self._engine) as conn:
             if after is not None:
                 params = {"room_id": room_id, "after": after, "limit": limit + 1}
                 rows = (await conn.execute(_OLDEST_AFTER, params)).all()
-                return Page(_rows(room, rows[:limit]), len(rows) > limit)
-            return await _newest(conn, room_id, room, MAX_SEQ if before is None else before, limit)
+                page = Page(_rows(room, rows[:limit]), len(rows) > limit)
+            else:
+                start = MAX_SEQ if before is None else before
+                page = await _newest(conn, room_id, room, start, limit)
+            return Page(await _with_mine(conn, room_id, user, page.messages), page.has_more)
+
+    async def around(
+        self, room_id: int, room: str, seq: int, limit: int, user: str | None = None
+    ) -> Around:
+        """Up to `limit` messages centred on `seq` (itself included when it is a message):
+        about half before it, the rest from it on."""
+        older = limit // 2
+        async with reading(self._engine) as conn:
+            before = await _newest(conn, room_id, room, seq, older)
+            params = {"room_id": room_id, "start": seq, "limit": limit - older + 1}
+            rows = (await conn.execute(_OLDEST_FROM, params)).all()
+            later = _rows(room, rows[: limit - older])
+            messages = await _with_mine(conn, room_id, user, before.messages + later)
+        return Around(messages, before.has_more, len(rows) > limit - older)
+
+    async def message(
+        self, room_id: int, room: str, seq: int, user: str | None = None
+    ) -> StoredMessage | None:
+        """One message in its current state, or None."""
+        async with reading(self._engine) as conn:
+            row = (await conn.execute(_MESSAGE, {"room_id": room_id, "seq": seq})).one_or_none()
+            if row is None:
+                return None
+            return (await _with_mine(conn, room_id, user, [_message(room, row)]))[0]
+
+    async def who_reacted(self, room_id: int, seq: int, per_emoji: int) -> dict[str, list[str]]:
+        """For each emoji on the message, at most `per_emoji` users, the earliest first."""
+        params = {"room_id": room_id, "seq": seq, "per_emoji": per_emoji}
+        async with reading(self._engine) as conn:
+            rows = (await conn.execute(_WHO_REACTED, params)).all()
+        users: dict[str, list[str]] = {}
+        for emoji, username in rows:
+            users.setdefault(emoji, []).append(username)
+        return users
 
 
 async def _newest(conn: AsyncConnection, room_id: int, room: str, before: int, limit: int) -> Page:

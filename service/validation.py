@@ -6,6 +6,7 @@ Shared by the REST routes and the socket, so both refuse the same things the sam
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # The one definition of each name rule. GET /api/config hands these strings to the page, so
 # they keep their anchors (RegExp.test searches) and stay in the subset that Python's re,
@@ -58,6 +59,25 @@ def check_body(value: object, max_chars: int) -> str:
     if not value.strip():
         raise InvalidInput("body must not be empty or only whitespace")
     return _storable(value, "body")
+
+
+EMOJI_MAX = 32
+# Not in an emoji: controls, surrogates, spaces and separators, and format characters other
+# than the zero-width joiner that binds emoji sequences (PROTOCOL.md, Emoji).
+_EMOJI_REFUSED = frozenset({"Cc", "Cs", "Zs", "Zl", "Zp", "Cf"})
+_ZWJ = "\u200d"
+
+
+def check_emoji(value: object) -> str:
+    """A reaction key: 1 to 32 code points, compared code point for code point (no
+    normalisation), none of them a control, separator, surrogate, `/`, or a format
+    character other than U+200D."""
+    if not isinstance(value, str) or not 1 <= len(value) <= EMOJI_MAX:
+        raise InvalidInput(f"emoji must be a string of 1 to {EMOJI_MAX} characters")
+    for char in value:
+        if char == "/" or (char != _ZWJ and unicodedata.category(char) in _EMOJI_REFUSED):
+            raise InvalidInput(f"emoji must not contain U+{ord(char):04X}")
+    return value
 
 
 def check_client_id(value: object) -> str | None:

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 
 from . import metrics
 from .db import OutcomeUnknown, Unavailable
-from .store import Draft, Posted, Store, Stored
+from .store import Item, Outcome, Store, Stored
 
 log = logging.getLogger(__name__)
 
@@ -37,15 +37,16 @@ OUTCOME_KEPT = timedelta(minutes=10)
 _FORGET_EVERY_SECONDS = 60.0
 _RECOVERY_DELAYS = (0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
-# Called after each commit with the new messages and the notifications still to publish
-# (those that could not ride the transaction).
-OnCommit = Callable[[list[Posted], list[str]], Awaitable[None]]
+# Called after each commit with the outcomes that stored something new (messages and other
+# events) and the notifications still to publish (those that could not ride the
+# transaction).
+OnCommit = Callable[[list[Outcome], list[str]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
 class _Pending:
-    draft: Draft
-    future: asyncio.Future[Posted]
+    draft: Item
+    future: asyncio.Future[Outcome]
 
     def fail(self, error: BaseException) -> None:
         # A future may be done already: a REST caller that went away cancels the one it
@@ -55,7 +56,8 @@ class _Pending:
 
 
 class MessageWriter:
-    """Stores messages in batches. `submit` returns a future that resolves after commit."""
+    """Stores the room log's events (messages, edits, deletes, reactions) in batches.
+    `submit` returns a future that resolves after commit."""
 
     def __init__(
         self,
@@ -107,8 +109,9 @@ class MessageWriter:
         while not self._queue.empty():
             self._queue.get_nowait().fail(Unavailable("shutting down"))
 
-    async def submit(self, draft: Draft) -> asyncio.Future[Posted]:
-        """Queue a validated message; waits only when the queue is full (back-pressure)."""
+    async def submit(self, draft: Item) -> asyncio.Future[Outcome]:
+        """Queue a validated message or change; waits only when the queue is full
+        (back-pressure)."""
         if self._stopped:
             raise Unavailable("shutting down")
         pending = _Pending(draft, asyncio.get_running_loop().create_future())
@@ -174,7 +177,7 @@ class MessageWriter:
         for pending, posted in zip(batch, stored.posted, strict=True):
             if not pending.future.done():
                 pending.future.set_result(posted)
-        fresh = [p for p in stored.posted if not p.duplicate]
+        fresh = [p for p in stored.posted if not p.duplicate and not p.refused]
         if fresh:
             await self._on_commit(fresh, stored.payloads)
 

@@ -36,10 +36,13 @@ from .protocol import (
     CLOSE_POLICY,
     CLOSE_RESTART,
     CLOSE_TRY_AGAIN,
+    Delete,
+    Edit,
     Join,
     Leave,
     Ping,
     ProtocolError,
+    React,
     Ref,
     Typing,
 )
@@ -47,8 +50,8 @@ from .protocol import (
     Send as SendCommand,
 )
 from .ratelimit import RateLimited, TokenBucket
-from .rooms import Forbidden
-from .store import Posted
+from .refusals import Forbidden
+from .store import Changed, ChangeDraft, Outcome, Posted
 
 if TYPE_CHECKING:
     from .chat import Chat
@@ -63,6 +66,11 @@ _RESTART_FLUSH_SECONDS = 2.0
 _CLOSE_HANDSHAKE_SECONDS = 2.0
 _SLOW_CLOSE_SECONDS = 10.0
 _ids = itertools.count(1)
+_REFUSALS = {
+    "forbidden": "not allowed",
+    "not_found": "no such message in this room",
+    "limit_reached": "too many different emoji on that message",
+}
 
 
 class _QuietClientErrors(logging.Filter):
@@ -267,6 +275,8 @@ class Connection:
             ref = command.ref
             if isinstance(command, SendCommand):
                 await self._send(command)
+            elif isinstance(command, (Edit, Delete, React)):
+                await self._change(command)
             elif isinstance(command, Join):
                 await self._join(command)
             elif isinstance(command, Leave):
@@ -340,13 +350,62 @@ class Connection:
             )
         metrics.MESSAGES_IN_WS.inc()
         try:
-            future = await self.chat.send(room_id, room, self.username, command.body, client_id)
+            future = await self.chat.send(
+                room_id, room, self.username, command.body, client_id, command.reply_to
+            )
         except Unavailable as error:
             raise ProtocolError("unavailable", str(error), ref, room=room, **extra) from None
         future.add_done_callback(lambda f: self._acked(f, room, client_id, ref))
 
+    async def _change(self, command: Edit | Delete | React) -> None:
+        room, ref, target = command.room, command.ref, command.target
+        room_id = self._joined_room(room, ref, target=target)
+        wait_ms = self._bucket.take()  # the writing commands share one bucket
+        if wait_ms:
+            raise ProtocolError(
+                "rate_limited", "changing too fast", ref, room=room, target=target,
+                retry_after_ms=wait_ms,
+            )  # fmt: skip
+        if isinstance(command, Edit):
+            draft = ChangeDraft(room_id, room, self.username, "edit", target, body=command.body)
+        elif isinstance(command, Delete):
+            draft = ChangeDraft(room_id, room, self.username, "delete", target)
+        else:
+            draft = ChangeDraft(
+                room_id, room, self.username, "reaction", target,
+                emoji=command.emoji, op=command.op,
+            )  # fmt: skip
+        try:
+            future = await self.chat.change(draft)
+        except Unavailable as error:
+            raise ProtocolError("unavailable", str(error), ref, room=room, target=target) from None
+        future.add_done_callback(lambda f: self._changed(f, room, target, ref))
+
+    def _changed(self, future: asyncio.Future[Outcome], room: str, target: int, ref: Ref) -> None:
+        error = None if future.cancelled() else future.exception()
+        if isinstance(error, OutcomeUnknown):
+            return  # as for a send: a repeat after reconnecting answers duplicate
+        if future.cancelled() or error is not None:
+            if error is None or isinstance(error, Unavailable):
+                code, detail = "unavailable", "the database cannot be reached; nothing was stored"
+            else:
+                code, detail = "internal", "the change could not be stored"
+            self._error(ProtocolError(code, detail, ref, room=room, target=target))
+            return
+        outcome = future.result()
+        assert isinstance(outcome, Changed)
+        if outcome.refusal is not None:
+            self._error(
+                ProtocolError(outcome.refusal, _REFUSALS[outcome.refusal], ref, room=room,
+                              target=target)
+            )  # fmt: skip
+            return
+        self.push_answer(
+            protocol.change_ack(room, outcome.seq, outcome.created_at, outcome.duplicate, ref)
+        )
+
     def _acked(
-        self, future: asyncio.Future[Posted], room: str, client_id: str | None, ref: Ref
+        self, future: asyncio.Future[Outcome], room: str, client_id: str | None, ref: Ref
     ) -> None:
         error = None if future.cancelled() else future.exception()
         if isinstance(error, OutcomeUnknown):
@@ -359,9 +418,10 @@ class Connection:
             self._error(ProtocolError(code, detail, ref, room=room, client_id=client_id))
             return
         posted = future.result()
-        if posted.refused:
-            detail = f"you may not post in {room}"
-            self._error(ProtocolError("forbidden", detail, ref, room=room, client_id=client_id))
+        assert isinstance(posted, Posted)
+        if posted.refusal is not None:
+            detail = _REFUSALS[posted.refusal]
+            self._error(ProtocolError(posted.refusal, detail, ref, room=room, client_id=client_id))
             return
         (metrics.ACKS_DUPLICATE if posted.duplicate else metrics.ACKS_FRESH).inc()
         self.push_answer(protocol.ack(posted.message, posted.duplicate, ref))

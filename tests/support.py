@@ -131,21 +131,30 @@ async def new_user(client: httpx.AsyncClient, name: str | None = None) -> User:
     return User(name.lower(), r.json()["access_token"])
 
 
-class WsClient:
-    """A protocol client: every receive has a timeout, frames are decoded dicts."""
+# The user's own stream (PROTOCOL v2): frames a client that does not use them ignores, as a
+# v1 client ignores every frame type it does not know.
+USER_STREAM = frozenset({"rooms", "read", "notification", "activity"})
 
-    def __init__(self, ws: ClientConnection) -> None:
+
+class WsClient:
+    """A protocol client: every receive has a timeout, frames are decoded dicts. Frames of
+    the types in `ignore` are dropped (by default the user's own stream: a test that reads
+    it connects with `stream=True`)."""
+
+    def __init__(self, ws: ClientConnection, ignore: frozenset[str] = USER_STREAM) -> None:
         self.ws = ws
+        self.ignore = ignore
 
     async def send(self, **frame: Any) -> None:
         await self.ws.send(orjson.dumps(frame).decode())
 
     async def recv(self, timeout: float = 10.0) -> dict[str, Any]:
         async with asyncio.timeout(timeout):
-            raw = await self.ws.recv()
-        data = orjson.loads(raw)
-        assert isinstance(data, dict)
-        return data
+            while True:
+                data = orjson.loads(await self.ws.recv())
+                assert isinstance(data, dict)
+                if data.get("type") not in self.ignore:
+                    return data
 
     async def expect(
         self, kind: str, timeout: float = 10.0
@@ -189,8 +198,10 @@ class WsClient:
 
 @contextlib.asynccontextmanager
 async def ws_connect(
-    base_url: str, token: str | None = None, **kwargs: Any
+    base_url: str, token: str | None = None, *, stream: bool = False, **kwargs: Any
 ) -> AsyncIterator[WsClient]:
+    """A socket to the instance at `base_url`; with `stream`, the user's own stream's frames
+    are kept, else ignored."""
     url = base_url.replace("http", "ws", 1) + "/ws"
     if token:
         url += f"?token={token}"
@@ -199,7 +210,7 @@ async def ws_connect(
             url, open_timeout=10, close_timeout=5, max_size=2**22, **kwargs
         )
     try:
-        yield WsClient(ws)
+        yield WsClient(ws, frozenset() if stream else USER_STREAM)
     finally:
         await ws.close()
 

@@ -38,11 +38,16 @@ pytestmark = pytest.mark.timeout(600)
 MAX_FRAME_BYTES = 8192
 MAX_CHARS = 200
 EXAMPLES = 200
-TYPES = ["join", "leave", "send", "typing", "ping"]
+TYPES = ["join", "leave", "send", "edit", "delete", "react", "typing", "ping"]
+# Commands answered after a commit: the answer may come after the sentinel's pong.
+COMMITTED = {"send", "edit", "delete", "react"}
 # Direct answers: exactly one per client frame (none for a valid `typing`).
 DIRECT = {"joined", "left", "ack", "pong", "error"}
 # Frames the server may send on its own (replays, live messages, presence, typing).
-UNSOLICITED = {"message", "presence", "typing"}
+UNSOLICITED = {
+    "message", "edit", "delete", "reaction", "member", "presence", "typing",
+    "rooms", "read", "notification", "activity",
+}  # fmt: skip
 ERROR_CODES = {
     "bad_request",
     "too_large",
@@ -51,6 +56,9 @@ ERROR_CODES = {
     "too_many_rooms",
     "rate_limited",
     "unavailable",
+    "forbidden",
+    "not_found",
+    "limit_reached",
 }
 ROOMS = ["fuzz", "fuzz-2", "f_3"]  # valid names, few, so joins, leaves and conflicts recur
 HOSTILE_ROOMS = [
@@ -104,6 +112,11 @@ rooms = st.sampled_from(ROOMS) | st.sampled_from(HOSTILE_ROOMS) | any_text | jun
 bodies = st.sampled_from(HOSTILE_TEXT) | st.text(min_size=1, max_size=80) | any_text | junk
 refs = st.none() | st.integers() | st.text(max_size=140) | junk
 valid_rooms = st.sampled_from(ROOMS)
+targets = st.integers(1, 60)  # seqs that often name a message of a fuzzed room
+emojis = (
+    st.sampled_from(["👍", "🎉", "👨\u200d👩\u200d👧", "a/b", "", " ", "\u200b", "x" * 33])
+    | any_text
+)
 valid_refs = st.none() | st.integers(-(2**63), 2**63 - 1) | st.text(max_size=128)
 # Well-formed frames, so the paths that store and deliver are exercised too.
 valid_frames = st.one_of(
@@ -113,14 +126,40 @@ valid_frames = st.one_of(
     ),
     st.fixed_dictionaries(
         {"type": st.just("send"), "room": valid_rooms, "body": bodies},
-        optional={"client_id": st.text(min_size=1, max_size=64), "ref": valid_refs},
+        optional={
+            "client_id": st.text(min_size=1, max_size=64),
+            "ref": valid_refs,
+            "reply_to": st.integers(1, 60),
+        },
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("edit"), "room": valid_rooms, "target": targets, "body": bodies},
+        optional={"ref": valid_refs},
+    ),
+    st.fixed_dictionaries(
+        {"type": st.just("delete"), "room": valid_rooms, "target": targets},
+        optional={"ref": valid_refs},
+    ),
+    st.fixed_dictionaries(
+        {
+            "type": st.just("react"),
+            "room": valid_rooms,
+            "target": targets,
+            "emoji": emojis,
+            "op": st.sampled_from(["add", "remove"]),
+        },
+        optional={"ref": valid_refs},
     ),
     st.fixed_dictionaries({"type": st.sampled_from(["leave", "typing"]), "room": valid_rooms}),
     st.fixed_dictionaries({"type": st.just("ping")}, optional={"ref": valid_refs}),
 )
 # ... and the same with one field replaced by anything at all.
 mutated_frames = st.tuples(
-    valid_frames, st.sampled_from(["type", "room", "body", "since", "client_id", "ref"]), junk
+    valid_frames,
+    st.sampled_from(
+        ["type", "room", "body", "since", "client_id", "ref", "target", "emoji", "op", "reply_to"]
+    ),
+    junk,
 ).map(lambda t: {**t[0], t[1]: t[2]})
 random_frames = st.fixed_dictionaries(
     {"type": st.sampled_from(TYPES) | junk},
@@ -130,6 +169,10 @@ random_frames = st.fixed_dictionaries(
         "since": st.integers(min_value=-5, max_value=2**70) | junk,
         "client_id": st.none() | st.text(max_size=70) | st.sampled_from(HOSTILE_TEXT) | junk,
         "ref": refs,
+        "target": st.integers(min_value=-5, max_value=2**70) | junk,
+        "reply_to": st.integers(min_value=-5, max_value=2**70) | junk,
+        "emoji": emojis | junk,
+        "op": st.sampled_from(["add", "remove", "toggle"]) | junk,
         "extra": junk,
         "__proto__": junk,
     },
@@ -277,7 +320,7 @@ def _check_answer(
     assert set(kinds) <= DIRECT | UNSOLICITED, got
     direct = [f for f in got if f["type"] in DIRECT]
     expected = _expected_type(sent)
-    if expected == "send" and not direct:
+    if expected in COMMITTED and not direct:
         direct = [probe.run(probe.more())]
     if expected == "typing":
         assert len(direct) <= 1, got
@@ -296,6 +339,9 @@ def _check_answer(
                 "join": "joined",
                 "leave": "left",
                 "send": "ack",
+                "edit": "ack",
+                "delete": "ack",
+                "react": "ack",
                 "ping": "pong",
             }.get(expected), answer
     probe.run(probe.bystander_served())
@@ -370,7 +416,8 @@ def test_nothing_invalid_stored_and_no_traceback(probe: Probe) -> None:
     async def rows() -> tuple[list[Any], list[Any]]:
         conn = await asyncpg.connect(probe.database_url)
         try:
-            messages = await conn.fetch("SELECT body, client_id FROM messages")
+            # A deleted message's tombstone has an empty body by design.
+            messages = await conn.fetch("SELECT body, client_id FROM messages WHERE NOT deleted")
             names = await conn.fetch("SELECT name FROM rooms")
         finally:
             await conn.close()

@@ -13,16 +13,9 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service import db
-from service.members import (
-    Change,
-    Conflict,
-    Forbidden,
-    Invalid,
-    Members,
-    NotFound,
-    dm_name,
-)
+from service.members import Change, Members, dm_name
 from service.ratelimit import RateLimited
+from service.refusals import Conflict, Forbidden, Invalid, NotFound
 from service.rooms import RoomDirectory
 from service.settings import Settings
 from service.validation import ROOM_RE

@@ -129,9 +129,9 @@ async def test_joining_or_posting_makes_a_public_member_and_tells_every_tab(
     alice, bob = await users(a, 2)
     joined_room, posted_room = unique("pub-"), unique("pub-")
     async with (
-        ws_connect(a.url, alice.token) as tab_a,
-        ws_connect(b.url, alice.token) as tab_b,
-        ws_connect(b.url, bob.token) as other,
+        ws_connect(a.url, alice.token, stream=True) as tab_a,
+        ws_connect(b.url, alice.token, stream=True) as tab_b,
+        ws_connect(b.url, bob.token, stream=True) as other,
     ):
         await tab_a.send(type="join", room=joined_room)
         _, before = await tab_a.expect("joined")  # the stream's frame may come first

@@ -24,6 +24,7 @@ from service.settings import Settings
 from tests.support import PROJECT
 
 TABLES = {
+    "reactions",
     "users",
     "rooms",
     "messages",

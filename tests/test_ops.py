@@ -332,18 +332,18 @@ async def test_prune_dry_run_then_prune_in_batches(own_database: str) -> None:
 
     dry = await asyncio.to_thread(chat, ["prune", "--older-than", "30d", "--dry-run"], own_database)
     assert dry.returncode == 0, dry.stderr
-    assert "mixed: would delete 200 messages (seq 1..200)" in dry.stdout
-    assert "ancient: would delete 50 messages (seq 1..50)" in dry.stdout
+    assert "mixed: would delete 200 events (seq 1..200)" in dry.stdout
+    assert "ancient: would delete 50 events (seq 1..50)" in dry.stdout
     assert "fresh" not in dry.stdout
-    assert "would delete 250 messages" in dry.stdout
+    assert "would delete 250 events" in dry.stdout
     assert await seqs(own_database, "mixed") == (list(range(1, 301)), 300)
 
     result = await asyncio.to_thread(
         chat, ["prune", "--older-than", "30d", "--batch", "64"], own_database
     )
     assert result.returncode == 0, result.stderr
-    assert "mixed: deleted 200 messages (seq 1..200)" in result.stdout
-    assert "deleted 250 messages" in result.stdout
+    assert "mixed: deleted 200 events (seq 1..200)" in result.stdout
+    assert "deleted 250 events" in result.stdout
     assert await seqs(own_database, "mixed") == (list(range(201, 301)), 300)
     assert await seqs(own_database, "ancient") == ([], 50)
     assert await seqs(own_database, "fresh") == (list(range(1, 21)), 20)
@@ -416,7 +416,7 @@ async def test_service_serves_a_pruned_room(
                 await conn.close(timeout=5)
             pruned = await asyncio.to_thread(chat, ["prune", "--older-than", "30d"], own_database)
             assert pruned.returncode == 0, pruned.stderr
-            assert f"{room}: deleted 20 messages (seq 1..20)" in pruned.stdout
+            assert f"{room}: deleted 20 events (seq 1..20)" in pruned.stdout
 
             assert await post(31) == 31
             assert [m["seq"] for m in await live.messages_until(room, 31)] == [31]
@@ -443,3 +443,55 @@ async def test_service_serves_a_pruned_room(
         info = (await http.get(f"/api/rooms/{room}", headers=user.headers)).json()
         assert info["last_seq"] == 32
     instance.stop()
+
+
+async def test_prune_removes_the_log_and_what_points_into_it(own_database: str) -> None:
+    """The old prefix of the log goes from both tables, with the reactions of the messages
+    removed; later edits, deletes and reactions of those messages go too (nothing points at
+    a message that is gone); later events of kept messages stay; the counter stays."""
+    # Messages 1..6 are 40 days old, then two old events (7, 8), then new messages 9..12 and
+    # new events 13..15: created_at follows seq across both tables, as the writer stamps.
+    await seed(own_database, "logged", 6, age_days=40, old=6)
+    conn = await asyncpg.connect(own_database, timeout=10)
+    try:
+        room_id = await conn.fetchval("SELECT id FROM rooms WHERE name = 'logged'")
+        await conn.execute(
+            "INSERT INTO messages (room_id, seq, author, body, created_at)"
+            " SELECT $1, g, 'seeder', 'new ' || g, now() - interval '1 hour' + g * interval '1 ms'"
+            " FROM generate_series(9, 12) AS g",
+            room_id,
+        )
+        await conn.execute(
+            "INSERT INTO events (room_id, seq, kind, actor, target, emoji, op, count, created_at)"
+            " VALUES ($1, 7, 'reaction', 'seeder', 2, '👍', 'add', 1,"
+            " now() - interval '40 days' + interval '1 s'),"
+            " ($1, 8, 'edit', 'seeder', 3, NULL, NULL, NULL,"
+            " now() - interval '40 days' + interval '2 s'),"
+            " ($1, 13, 'reaction', 'seeder', 1, '🎉', 'add', 1, now()),"
+            " ($1, 14, 'delete', 'seeder', 4, NULL, NULL, NULL, now()),"
+            " ($1, 15, 'reaction', 'seeder', 9, '🎉', 'add', 1, now())",
+            room_id,
+        )
+        await conn.execute("UPDATE events SET body = 'v2' WHERE room_id = $1 AND seq = 8", room_id)
+        await conn.execute(
+            "INSERT INTO reactions (room_id, seq, emoji, username) VALUES"
+            " ($1, 2, '👍', 'seeder'), ($1, 1, '🎉', 'seeder'), ($1, 9, '🎉', 'seeder')",
+            room_id,
+        )
+        await conn.execute("UPDATE rooms SET last_seq = 15 WHERE id = $1", room_id)
+        result = await asyncio.to_thread(chat, ["prune", "--older-than", "30d"], own_database)
+        assert result.returncode == 0, result.stderr
+        assert "logged: deleted 8 events (seq 1..8)" in result.stdout
+        messages = await conn.fetch(
+            "SELECT seq FROM messages WHERE room_id = $1 ORDER BY seq", room_id
+        )
+        events = await conn.fetch("SELECT seq FROM events WHERE room_id = $1 ORDER BY seq", room_id)
+        reactions = await conn.fetch("SELECT seq FROM reactions WHERE room_id = $1", room_id)
+        last = await conn.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room_id)
+    finally:
+        await conn.close(timeout=5)
+    assert [r["seq"] for r in messages] == [9, 10, 11, 12]
+    # 13 and 14 changed messages 1 and 4, which are gone; 15 changed a kept one.
+    assert [r["seq"] for r in events] == [15]
+    assert [r["seq"] for r in reactions] == [9]
+    assert last == 15

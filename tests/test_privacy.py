@@ -41,8 +41,8 @@ async def test_a_third_user_learns_nothing_by_any_path(
     a, b = instances
     owner, member, stranger = await users(a, 3)
     async with (
-        ws_connect(b.url, stranger.token) as watcher_b,
-        ws_connect(a.url, stranger.token) as watcher_a,
+        ws_connect(b.url, stranger.token, stream=True) as watcher_b,
+        ws_connect(a.url, stranger.token, stream=True) as watcher_a,
     ):
         room = await private_room(a, owner, member)
         async with ws_connect(a.url, owner.token) as on_a, ws_connect(b.url, member.token) as on_b:
@@ -94,8 +94,8 @@ async def test_a_removed_member_gets_nothing_after_the_event(
     room = await private_room(a, owner, member, sender)
     async with (
         ws_connect(a.url, owner.token) as owner_ws,
-        ws_connect(a.url, member.token) as member_a,
-        ws_connect(b.url, member.token) as member_b,
+        ws_connect(a.url, member.token, stream=True) as member_a,
+        ws_connect(b.url, member.token, stream=True) as member_b,
         ws_connect(a.url, sender.token) as sender_ws,
     ):
         for ws in (owner_ws, member_a, member_b, sender_ws):
@@ -196,9 +196,9 @@ async def test_every_membership_change_reaches_the_users_stream(
         return frame
 
     async with (
-        ws_connect(a.url, member.token) as tab_a,
-        ws_connect(b.url, member.token) as tab_b,
-        ws_connect(b.url, bystander.token) as other,
+        ws_connect(a.url, member.token, stream=True) as tab_a,
+        ws_connect(b.url, member.token, stream=True) as tab_b,
+        ws_connect(b.url, bystander.token, stream=True) as other,
     ):
         room = await private_room(b, owner)
         r = await rest(a, owner, "PUT", f"/api/rooms/{room}/members/{member.name}")

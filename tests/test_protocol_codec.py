@@ -213,11 +213,13 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
     bodies += [f"filler {i}" for i in range(150)]
     client_ids = ["c1", None, "c3", None, None] + [None] * 150
     row = await pg.fetchrow(
-        "SELECT seqs, payloads FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9)",
+        "SELECT seqs, payloads FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}',"
+        " '{}', '{}', '{}', 20, NULL, $6, $7, $8, $9, $10)",
         [room_id] * len(bodies),
         [author] * len(bodies),
         bodies,
         client_ids,
+        [None] * len(bodies),
         NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
         NOTIFY_INLINE_MAX_BYTES,
         uuid.uuid4(),
@@ -241,7 +243,7 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
         assert payload is not None, signed[:100]
         note = decode_note(payload)
         assert isinstance(note, MessagesNote), payload
-        inline += note.messages
+        inline += [m for m in note.messages if isinstance(m, NotifiedMessage)]
         refs += note.refs
     assert [m.seq for m in inline] + [s for _, s in refs] != []
     assert sorted([m.seq for m in inline] + [s for _, s in refs]) == row["seqs"]

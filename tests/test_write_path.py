@@ -26,13 +26,14 @@ from service.protocol import (
     decode_note,
 )
 from service.settings import Settings
-from service.store import Draft, PostgresStore
+from service.store import Draft, Posted, PostgresStore
 from tests.support import unique
 
 KEY = FanoutKey.from_secret("the write-path tests' own secret")
 _POST = (
-    "SELECT seqs, created, repeated, stored_bodies, payloads"
-    " FROM chat_post_messages($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+    "SELECT seqs, created, repeated, stored_bodies, payloads, codes"
+    " FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}', '{}', '{}', '{}', 20,"
+    " $6, $7, $8, $9, $10, $11)"
 )
 
 
@@ -51,6 +52,7 @@ async def post(
         authors,
         bodies,
         client_ids,
+        [None] * len(rooms),
         channel,
         NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
         NOTIFY_INLINE_MAX_BYTES,
@@ -105,7 +107,7 @@ def unpack(payloads: list[str]) -> tuple[list[NotifiedMessage], list[tuple[int, 
         assert json.loads(payload)["kind"] == "messages"
         note = decode_note(payload)
         assert isinstance(note, MessagesNote), payload
-        inline += note.messages
+        inline += [m for m in note.messages if isinstance(m, NotifiedMessage)]
         refs += note.refs
     return inline, refs
 
@@ -270,13 +272,15 @@ async def test_a_batch_outcome_is_recorded_and_read_back(
     recovered = await pg_store.recover(drafts, batch)
     assert recovered is not None
     assert recovered.posted == stored.posted
-    assert [(p.message.seq, p.message.body, p.duplicate) for p in recovered.posted] == [
+    posted = [p for p in recovered.posted if isinstance(p, Posted)]
+    assert [(p.message.seq, p.message.body, p.duplicate) for p in posted] == [
         (1, "one", True),
         (2, "two", False),
         (3, "three", False),
         (3, "three", True),
     ]
-    assert recovered.posted[0].message.created_at == first.posted[0].message.created_at
+    assert isinstance(first.posted[0], Posted)
+    assert posted[0].message.created_at == first.posted[0].message.created_at
     assert await pg_store.recover(drafts, uuid.uuid4()) is None
     # Old outcomes go; a later cutoff takes this one too.
     later = datetime.now(UTC) + timedelta(minutes=1)

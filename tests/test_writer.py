@@ -12,7 +12,7 @@ import pytest
 from service import writer as writer_module
 from service.db import OutcomeUnknown, Unavailable
 from service.protocol import MessagesNote, decode_note
-from service.store import Draft, Posted
+from service.store import Draft, Outcome, Posted
 from service.writer import MessageWriter
 from tests.memory_store import MemoryStore, Poisoned
 
@@ -21,10 +21,15 @@ class Committed:
     """What the writer reports after each commit."""
 
     def __init__(self) -> None:
-        self.posted: list[Posted] = []
+        self.posted: list[Outcome] = []
         self.payloads: list[str] = []
 
-    async def __call__(self, posted: list[Posted], payloads: list[str]) -> None:
+    @property
+    def bodies(self) -> list[str]:
+        """The bodies of the messages committed, in order."""
+        return [p.message.body for p in self.posted if isinstance(p, Posted)]
+
+    async def __call__(self, posted: list[Outcome], payloads: list[str]) -> None:
         self.posted += posted
         self.payloads += payloads
 
@@ -44,7 +49,7 @@ def draft(body: str, room_id: int = 1, client_id: str | None = None) -> Draft:
     return Draft(room_id, f"room{room_id}", "alice", body, client_id)
 
 
-async def settle(futures: list[asyncio.Future[Posted]]) -> list[Posted | BaseException]:
+async def settle(futures: list[asyncio.Future[Outcome]]) -> list[Outcome | BaseException]:
     async with asyncio.timeout(2):
         return await asyncio.gather(*futures, return_exceptions=True)
 
@@ -62,7 +67,7 @@ async def test_sends_arriving_during_a_commit_form_the_next_batch(
     results = await settle([first, *rest])
     assert store.batches == [1, 30]
     assert [r.message.seq for r in results if isinstance(r, Posted)] == list(range(1, 32))
-    assert [p.message.body for p in committed.posted] == ["first"] + [f"m{i}" for i in range(30)]
+    assert committed.bodies == ["first"] + [f"m{i}" for i in range(30)]
     # Without a channel the notifications come back to be published after the commit.
     notes = [decode_note(store.key.open(p) or "") for p in committed.payloads]
     assert all(isinstance(n, MessagesNote) for n in notes)
@@ -96,7 +101,12 @@ async def test_a_failing_message_does_not_fail_its_batch_mates(
     assert all(isinstance(r, Posted) for r in good)
     assert [r.message.body for r in good if isinstance(r, Posted)] == ["a", "b", "c", "d"]
     assert [r.message.seq for r in good if isinstance(r, Posted)] == [1, 2, 3, 4]
-    assert [p.message.body for p in committed.posted] == ["a", "b", "c", "d"]
+    assert committed.bodies == [
+        "a",
+        "b",
+        "c",
+        "d",
+    ]
     # The writer goes on.
     after = await settle([await writer.submit(draft("after"))])
     assert isinstance(after[0], Posted) and after[0].message.seq == 5
@@ -134,7 +144,10 @@ async def test_repeated_client_ids_are_stored_once(
     assert isinstance(later[0], Posted) and later[0].duplicate
     assert later[0].message.body == "one"
     # Only fresh messages are fanned out.
-    assert [p.message.body for p in committed.posted] == ["one", "other room"]
+    assert committed.bodies == [
+        "one",
+        "other room",
+    ]
 
 
 async def test_stop_resolves_every_future() -> None:
@@ -165,7 +178,7 @@ async def test_a_lost_reply_is_read_back_and_acked(
     )
     assert all(isinstance(r, Posted) for r in results), results
     assert [r.message.seq for r in results if isinstance(r, Posted)] == [1, 2, 3]
-    assert [p.message.body for p in committed.posted] == ["m0", "m1", "m2"]
+    assert committed.bodies == ["m0", "m1", "m2"]
     assert store.last_seq == {1: 3}
 
 

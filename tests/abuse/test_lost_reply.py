@@ -19,10 +19,11 @@ import httpx
 
 from tests.support import Instance, metric, new_user, unique, ws_connect
 
-# The reply to the call's execution: a DataRow of six columns (seqs, created, repeated,
-# stored_bodies, payloads, joined), then CommandComplete for one row. Replies to preparing
-# it, and to the driver's own queries on the same connection, look otherwise.
-_CALL_DONE = re.compile(rb"D.{4}\x00\x06.*C\x00\x00\x00\x0dSELECT 1\x00", re.DOTALL)
+# The reply to the call's execution: a DataRow of the writer's eleven columns (seqs,
+# created, repeated, stored_bodies, payloads, joined, codes, c_seqs, c_codes, c_counts,
+# stamp), then CommandComplete for one row. Replies to preparing it, and to the driver's own
+# queries on the same connection, look otherwise.
+_CALL_DONE = re.compile(rb"D.{4}\x00\x0b.*C\x00\x00\x00\x0dSELECT 1\x00", re.DOTALL)
 
 
 class CuttingProxy:

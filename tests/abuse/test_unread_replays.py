@@ -42,10 +42,12 @@ async def _seed(database_url: str, author: str) -> list[str]:
         for name in names:
             room_id = await conn.fetchval("INSERT INTO rooms (name) VALUES ($1) RETURNING id", name)
             await conn.execute(
-                "SELECT seqs FROM chat_post_messages($1, $2, $3, $4, NULL, $5, $6, $7, $8, $9)",
+                "SELECT seqs FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}',"
+                " '{}', '{}', '{}', 20, NULL, $6, $7, $8, $9, $10)",
                 [room_id] * MESSAGES,
                 [author] * MESSAGES,
                 [f"{i:05d}" + "x" * (BODY_CHARS - 5) for i in range(MESSAGES)],
+                [None] * MESSAGES,
                 [None] * MESSAGES,
                 NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,
                 NOTIFY_INLINE_MAX_BYTES,

@@ -6,11 +6,16 @@ something on purpose, and ends with the checks of harness.py.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from service import migrate, pgcluster
+from service.settings import Settings
 from tests.faults.harness import make_users
 from tests.support import Instance, User
 
@@ -48,3 +53,24 @@ def start_instances(
     yield start
     for instance in started:
         instance.stop()
+
+
+@pytest.fixture(scope="package")
+def cluster() -> Iterator[pgcluster.Cluster]:
+    """A private PostgreSQL server that this module may stop and start."""
+    root = Path(tempfile.mkdtemp(prefix="chat-fault-pg-"))
+    root.chmod(0o755)  # the server runs as another user and must reach its data dir
+    server = pgcluster.start_cluster(root / "data")
+    try:
+        yield server
+    finally:
+        server.stop("immediate")
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="package")
+def cluster_database(cluster: pgcluster.Cluster) -> str:
+    pgcluster.ensure_database(cluster.admin_url, "chat")
+    url = cluster.url("chat")
+    migrate.upgrade(Settings(database_url=url))
+    return url

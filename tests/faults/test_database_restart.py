@@ -9,17 +9,13 @@ the crash must survive it."""
 from __future__ import annotations
 
 import asyncio
-import shutil
-import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from service import migrate, pgcluster
-from service.settings import Settings
+from service import pgcluster
 from tests.faults.conftest import MakeUsers
 from tests.faults.harness import (
     Receiver,
@@ -38,27 +34,6 @@ from tests.support import Instance, unique
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 OUTAGE_SECONDS = 3.0
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[pgcluster.Cluster]:
-    """A private PostgreSQL server that this module may stop and start."""
-    root = Path(tempfile.mkdtemp(prefix="chat-fault-pg-"))
-    root.chmod(0o755)  # the server runs as another user and must reach its data dir
-    server = pgcluster.start_cluster(root / "data")
-    try:
-        yield server
-    finally:
-        server.stop("immediate")
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def cluster_database(cluster: pgcluster.Cluster) -> str:
-    pgcluster.ensure_database(cluster.admin_url, "chat")
-    url = cluster.url("chat")
-    migrate.upgrade(Settings(database_url=url))
-    return url
 
 
 async def _probe_refused(ws: ClientConnection, room: str) -> dict[str, object]:

@@ -212,6 +212,8 @@ async def test_resume_longer_than_the_queue_limit_is_not_cut_off(
         async with asyncio.timeout(30):
             while len(seqs) < RESUMED + LIVE:
                 frame = loads(await resumer.recv())
+                if frame["type"] == "rooms":  # the user's own stream: joining made a member
+                    continue
                 assert frame["type"] in ("message", "joined"), frame
                 if frame["type"] == "joined":
                     joined = frame
