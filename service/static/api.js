@@ -101,13 +101,78 @@ export const logout = () => request('POST', '/api/logout', { auth: false });
 /** {protocol, max_message_chars, room_pattern, username_pattern, ...}; needs no session. */
 export const config = () => request('GET', '/api/config', { auth: false });
 
-/** {username} of the session's user. Not in PROTOCOL.md v1: callers must tolerate a 404. */
+/** {username, admin} of the session's user. Not in PROTOCOL.md v1: callers must tolerate a 404. */
 export const me = () => request('GET', '/api/me');
 
 /** The user's rooms, most recently active first: [{name, kind, role, last_seq,
  * last_message_seq, created_at, last_message_at, last_read_seq, unread, mentions, peer}]
  * (the first page of v2's {rooms, next_cursor}; a page holds up to 200). */
 export const listRooms = async () => (await request('GET', '/api/rooms')).rooms;
+
+/** Bound on the pages listAllRooms follows: 25 pages of 200 rooms. */
+const ROOM_PAGES_MAX = 25;
+
+/** Every room of the user, following next_cursor (bounded: see ROOM_PAGES_MAX). */
+export async function listAllRooms() {
+  const rooms = [];
+  let cursor = null;
+  for (let page = 0; page < ROOM_PAGES_MAX; page += 1) {
+    const query = new URLSearchParams({ limit: '200' });
+    if (cursor) query.set('cursor', cursor);
+    const answer = await request('GET', `/api/rooms?${query}`);
+    rooms.push(...(answer?.rooms ?? []));
+    cursor = answer?.next_cursor;
+    if (!cursor) break;
+  }
+  return rooms;
+}
+
+/** One room as the caller sees it ({name, kind, role, ..., peer}); 403/404 when it is not
+ * theirs to see. */
+export const roomInfo = (room) => request('GET', roomPath(room));
+
+/** 201 with the room; 409 the name exists; 403 a reserved dm- name. */
+export const createRoom = (name, kind) => request('POST', '/api/rooms', { json: { name, kind } });
+
+/** The dm with `username` (201 new, 200 existing); 404 unknown user; 403 banned; 422 yourself. */
+export const openDm = (username) => request('POST', '/api/dms', { json: { username } });
+
+/** Usernames starting with `q`: {users}. */
+export const findUsers = (q, limit = 8) =>
+  request('GET', `/api/users?${new URLSearchParams({ q, limit: String(limit) })}`);
+
+/** Public rooms by name, starting with `q`: {rooms: [{name, created_at, last_message_at,
+ * members}], next_cursor}. */
+export function publicRooms(q, cursor = null, limit = 50) {
+  const query = new URLSearchParams({ q, limit: String(limit) });
+  if (cursor) query.set('cursor', cursor);
+  return request('GET', `/api/rooms/public?${query}`);
+}
+
+/** {room, members: [{username, role}], next_cursor}, by name. */
+export function members(room, cursor = null, limit = 200) {
+  const query = new URLSearchParams({ limit: String(limit) });
+  if (cursor) query.set('cursor', cursor);
+  return request('GET', `${roomPath(room)}/members?${query}`);
+}
+
+const memberPath = (room, username) => `${roomPath(room)}/members/${encodeURIComponent(username)}`;
+
+/** Add a member, or set their role: {username, role}. */
+export const putMember = (room, username, role = null) =>
+  request('PUT', memberPath(room, username), { json: role ? { role } : {} });
+
+/** Remove a member of a private room; `me` leaves. 204. */
+export const deleteMember = (room, username) => request('DELETE', memberPath(room, username));
+
+/** The caller's live sessions: [{id, created_at, last_seen_at, user_agent, current}]. */
+export const sessions = () => request('GET', '/api/sessions');
+
+/** End one session of the caller's (their current one too). */
+export const endSession = (id) => request('DELETE', `/api/sessions/${encodeURIComponent(id)}`);
+
+/** End every session of the caller's user, this one included. */
+export const logoutEverywhere = () => request('POST', '/api/logout?everywhere=true');
 
 /** {room, messages: [ascending seq], has_more}. */
 export function fetchHistory(room, { before, limit = 50 } = {}) {

@@ -32,6 +32,15 @@ const dom = {
   roomError: $('room-error'),
   roomList: $('room-list'),
   roomEmpty: $('room-empty'),
+  dmList: $('dm-list'),
+  dmEmpty: $('dm-empty'),
+  newRoomOpen: $('new-room-open'),
+  newDmOpen: $('new-dm-open'),
+  browseOpen: $('browse-open'),
+  sessionsOpen: $('sessions-open'),
+  membersOpen: $('members-open'),
+  roomKind: $('room-kind'),
+  roomNotice: $('room-notice'),
   sidebarToggle: $('sidebar-toggle'),
   onlineToggle: $('online-toggle'),
   onlineCount: $('online-count'),
@@ -53,8 +62,13 @@ const dom = {
 /** @type {ChatSession|null} */
 let session = null;
 
+// A session ends when it expires, when it is ended from another device (or "log out
+// everywhere"), or when an admin bans the user: REST answers 401, the socket closes with 1008.
+const SESSION_ENDED = 'Your session has ended (it expired, or was ended from another device). '
+  + 'Please log in again.';
+
 api.onUnauthorized(() => {
-  if (session) signOut('Your session has expired. Please log in again.');
+  if (session) signOut(SESSION_ENDED);
 });
 
 // ------------------------------------------------------------------------------------ screens
@@ -81,7 +95,8 @@ function startSession(me, rooms) {
   session?.destroy();
   showOnly('chat');
   session = new ChatSession(me, dom, {
-    onExpired: () => signOut('Your session has expired. Please log in again.'),
+    onExpired: () => signOut(SESSION_ENDED),
+    onSignedOut: (message) => signOut(message),
     closePanels,
   });
   session.start(rooms);

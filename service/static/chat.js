@@ -1,17 +1,27 @@
-// One signed-in session: the socket, the room views, routing, the composer, the room list and
-// the online/typing panels. Created after login, destroyed on logout or when the session expires, so nothing of
+// One signed-in session: the socket, the room views, routing, the composer, the room lists,
+// the online/typing panels and the dialogs (new room, dm, public rooms, members, sessions). Created after login, destroyed on logout or when the session expires, so nothing of
 // one user's state can leak into the next login in the same tab.
 
 import * as api from './api.js';
+import { BrowseDialog } from './browse.js';
 import { Composer, newClientId } from './composer.js';
 import * as config from './config.js';
+import { announce } from './dialog.js';
+import { MembersDialog } from './members-view.js';
+import { NewDmDialog } from './new-dm.js';
+import { NewRoomDialog } from './new-room.js';
 import { MessagePane } from './pane.js';
-import { avatarClass, onlineItem, typingText } from './render.js';
+import {
+  KIND_TEXT, avatarClass, h, kindIcon, onlineItem, roomLabel, typingText,
+} from './render.js';
 import { RoomList } from './room-list.js';
 import { RoomView } from './room-view.js';
+import { SessionsDialog } from './sessions-view.js';
 import { ChatSocket } from './socket.js';
 
 const ROOMS_REFRESH_MS = 30_000;
+/** How long a room this tab asked for is expected back on the user's stream. */
+const OWN_DOING_MS = 10_000;
 const NARROW = window.matchMedia('(max-width: 700px)');
 
 const STATE_TEXT = { connected: 'Connected', reconnecting: 'Reconnecting…', offline: 'Offline' };
@@ -37,20 +47,57 @@ export class ChatSession {
   #timers = [];
   #everConnected = false;
   #toastTimer = 0;
+  /** Bumped by every `rooms` frame: a full listing asked for before one must not undo it. */
+  #roomsEpoch = 0;
+  /** Rooms this tab is leaving for good (their `left` is no surprise). */
+  #leaving = new Set();
+  /** `room:NAME` and `dm:PEER` this tab is creating: their `added` frames are no news. */
+  #ownDoing = new Set();
+  /** Whether the user is a site admin (owner rights in the rooms they are a member of). */
+  admin = false;
 
   /**
    * @param {string} me
    * @param {object} dom elements by role (see app.js)
-   * @param {{onExpired(): void, closePanels(): void}} hooks
+   * @param {{onExpired(): void, onSignedOut(message: string): void, closePanels(): void}} hooks
    */
-  constructor(me, dom, { onExpired, closePanels }) {
+  constructor(me, dom, { onExpired, onSignedOut, closePanels }) {
     this.me = me;
     this.#dom = dom;
     this.onExpired = onExpired;
+    this.onSignedOut = onSignedOut;
     this.closePanels = closePanels;
     this.socket = new ChatSocket(me);
     const { signal } = this.#abort;
-    this.rooms = new RoomList(dom.roomList, dom.roomEmpty, me, (room) => this.navigate(room), signal);
+    this.rooms = new RoomList(
+      { rooms: dom.roomList, dms: dom.dmList }, { rooms: dom.roomEmpty, dms: dom.dmEmpty },
+      me, (room) => this.navigate(room), signal);
+    const opened = (room) => {
+      this.rooms.merge([room]);
+      this.navigate(room.name);
+    };
+    // This tab's own creations come back as `rooms` frames too: no news to announce.
+    const expect = (key) => {
+      this.#ownDoing.add(key);
+      setTimeout(() => this.#ownDoing.delete(key), OWN_DOING_MS);
+    };
+    this.newRoom = new NewRoomDialog({
+      onCreating: (name) => expect(`room:${name}`), onCreated: opened,
+    }, signal);
+    this.newDm = new NewDmDialog(me, {
+      onOpening: (peer) => expect(`dm:${peer}`), onOpened: opened,
+    }, signal);
+    this.browse = new BrowseDialog({
+      onOpen: (room) => this.navigate(room),
+      isMine: (room) => this.rooms.has(room),
+    }, signal);
+    this.members = new MembersDialog({
+      me,
+      admin: () => this.admin,
+      label: (room, info) => roomLabel(room, info ?? this.rooms.get(room)),
+      onLeft: (room) => this.#left(room),
+    }, signal);
+    this.sessions = new SessionsDialog({ onSignedOut: (message) => this.onSignedOut(message) }, signal);
     this.pane = new MessagePane(dom.messages, dom.newPill, {
       onNearTop: (view) => view.loadOlder(),
       onAtBottom: (view) => this.#markRead(view),
@@ -65,8 +112,16 @@ export class ChatSession {
     d.meAvatar.className = avatarClass(this.me);
     d.meAvatar.textContent = this.me.slice(0, 1).toUpperCase();
     this.rooms.merge(rooms);
+    api.me().then((answer) => { this.admin = answer?.admin === true; }, () => {});
 
     this.#wireSocket(on);
+    on(d.newRoomOpen, 'click', () => this.newRoom.open());
+    on(d.newDmOpen, 'click', () => this.newDm.open());
+    on(d.browseOpen, 'click', () => this.browse.open());
+    on(d.sessionsOpen, 'click', () => this.sessions.open());
+    on(d.membersOpen, 'click', () => {
+      if (this.current) this.members.open(this.current.name, this.rooms.get(this.current.name));
+    });
     on(window, 'hashchange', () => this.#route());
     on(d.joinForm, 'submit', (e) => { e.preventDefault(); this.#joinFromInput(); });
     this.composer = new Composer(d, {
@@ -81,9 +136,7 @@ export class ChatSession {
     });
 
     // Activity of rooms this tab has not joined only reaches us through the REST list.
-    this.#timers.push(setInterval(() => {
-      api.listRooms().then((list) => this.rooms.merge(list), () => {});
-    }, ROOMS_REFRESH_MS));
+    this.#timers.push(setInterval(() => this.#refreshRooms(), ROOMS_REFRESH_MS));
 
     this.#renderState('reconnecting');
     this.socket.start();
@@ -95,10 +148,16 @@ export class ChatSession {
     this.#timers.forEach(clearInterval);
     clearTimeout(this.#toastTimer);
     this.socket.stop();
+    for (const dialog of [this.newRoom, this.newDm, this.browse, this.members, this.sessions]) {
+      dialog.close();
+    }
     for (const view of this.views.values()) view.dispose();
     this.pane.show(null);
     const d = this.#dom;
+    d.currentUser.textContent = '';
     d.roomList.replaceChildren();
+    d.dmList.replaceChildren();
+    d.roomNotice.hidden = true;
     d.online.replaceChildren();
     d.typing.textContent = '';
     d.toast.hidden = true;
@@ -131,12 +190,32 @@ export class ChatSession {
       }
       this.#renderTitle();
     });
+    on(s, 'member', ({ detail: f }) => {
+      const v = view(f.room);
+      if (!v) return;
+      v.addEvent(f);
+      // Whoever left or was removed is cut off from the room: not online in it any more.
+      if ((f.event === 'left' || f.event === 'removed') && v.online.delete(f.user)) {
+        v.clearTyping(f.user);
+        if (v === this.current) this.#renderOnline();
+      }
+      this.rooms.activity(f.room, f.seq, null);
+      if (this.members.room === f.room) this.members.refresh();
+    });
+    on(s, 'rooms', ({ detail: f }) => this.#onRoomsFrame(f));
+    on(s, 'left', ({ detail: f }) => {
+      if (f.reason !== 'removed' || typeof f.room !== 'string') return;
+      if (this.#leaving.delete(f.room)) return; // this tab's own leave: already handled
+      this.#closeRoom(f.room, `You are no longer a member of ${this.#label(f.room)}.`);
+    });
     on(s, 'joined', ({ detail: f }) => {
       const v = view(f.room);
       if (!v) return;
       v.onJoined(f);
+      this.rooms.joined(f.room, f);
       this.rooms.activity(f.room, f.last_seq, null);
       if (v === this.current) {
+        this.#renderHeading();
         this.#renderOnline();
         if (this.pane.atBottom()) this.#markRead(v);
       }
@@ -161,6 +240,12 @@ export class ChatSession {
     on(s, 'sendfailed', ({ detail: f }) => view(f.room)?.fail(f.client_id, describeError(f.code, f.detail)));
     on(s, 'error', ({ detail: f }) => {
       if (f.code === 'rate_limited') return; // a typing frame too many: harmless
+      const joinOf = typeof f.ref === 'string' && f.ref.startsWith('join:') ? f.ref.slice(5) : null;
+      if (f.code === 'forbidden' && joinOf) {
+        // A private room or dm we are not (or no longer) a member of, or a reserved dm- name.
+        this.#closeRoom(joinOf, `You cannot open #${joinOf}: it is private, and you are not a member.`);
+        return;
+      }
       const where = f.room ? ` (#${f.room})` : '';
       this.#toast(`${describeError(f.code, f.detail)}${where}`);
     });
@@ -170,6 +255,94 @@ export class ChatSession {
       // expired (api.onUnauthorized → onExpired); anything else, the socket keeps retrying.
       api.listRooms().then((list) => this.rooms.merge(list), () => {});
     });
+  }
+
+  // ------------------------------------------------------------------------- the user's rooms
+
+  /** The whole list again (after a reconnect: the user's stream is live only). */
+  async #refreshRooms() {
+    const epoch = this.#roomsEpoch;
+    let list;
+    try {
+      list = await api.listAllRooms();
+    } catch {
+      return; // the next reconnect or the periodic refresh tries again
+    }
+    if (this.#abort.signal.aborted) return;
+    // A `rooms` frame handled meanwhile may be newer than this listing: then only add.
+    if (epoch === this.#roomsEpoch) this.rooms.replace(list, new Set(this.views.keys()));
+    else this.rooms.merge(list);
+  }
+
+  /** `rooms` (the user's own stream): a room was added, removed or changed; read it again. */
+  async #onRoomsFrame({ room, event }) {
+    if (typeof room !== 'string') return;
+    this.#roomsEpoch += 1;
+    let info = null;
+    try {
+      info = await api.roomInfo(room);
+    } catch (err) {
+      if (err.status !== 403 && err.status !== 404) return; // unreachable: the refresh will tell
+    }
+    if (this.#abort.signal.aborted) return;
+    if (!info || info.role == null) {
+      // Not (or no longer) ours. A view still open is closed by its `left` or its join's refusal.
+      this.rooms.remove(room);
+      return;
+    }
+    const known = this.rooms.has(room);
+    this.rooms.merge([info]);
+    const own = this.#ownDoing.has(info.kind === 'dm' ? `dm:${info.peer}` : `room:${room}`);
+    if (event === 'added' && !known && !own && !this.views.has(room)) {
+      announce(info.kind === 'dm'
+        ? `${info.peer ?? 'Someone'} started a conversation with you.`
+        : `You were added to ${info.kind === 'private' ? 'private room' : 'room'} ${room}.`);
+    }
+    const v = this.views.get(room);
+    if (v) {
+      v.kind = info.kind;
+      v.role = info.role;
+      if (v === this.current) this.#renderHeading();
+    }
+    if (this.members.room === room) this.members.refresh();
+  }
+
+  /** This tab left `room` for good (DELETE .../members/me answered). */
+  #left(room) {
+    this.#leaving.add(room);
+    const label = this.#label(room);
+    this.#closeRoom(room, `You left ${label}.`);
+  }
+
+  /** The user may no longer read `room`: forget it and, if it is on screen, say why. */
+  #closeRoom(room, notice) {
+    const d = this.#dom;
+    const v = this.views.get(room);
+    const wasCurrent = v != null && v === this.current;
+    this.socket.forget(room);
+    if (this.members.room === room) this.members.close();
+    if (wasCurrent) {
+      history.replaceState(null, '', location.pathname + location.search);
+      this.#open(null);
+    }
+    if (v) {
+      v.dispose();
+      this.views.delete(room);
+    }
+    this.rooms.remove(room);
+    if (wasCurrent || !v) {
+      d.roomNotice.textContent = notice;
+      d.roomNotice.hidden = false;
+    } else {
+      this.#toast(notice);
+    }
+    announce(notice);
+  }
+
+  /** How the page names a room in sentences: "#general", or a dm's other person. */
+  #label(room) {
+    const info = this.rooms.get(room);
+    return info?.kind === 'dm' ? `the conversation with ${roomLabel(room, info)}` : `#${room}`;
   }
 
   // ----------------------------------------------------------------------------------- rooms
@@ -207,6 +380,7 @@ export class ChatSession {
         onTypingChange: (v) => { if (v === this.current) this.#renderTyping(); },
       });
       this.views.set(name, view);
+      this.#leaving.delete(name); // back in a room left before: its next `left` is news
       this.rooms.ensure(name);
       // Every room opened in this tab stays joined: switching back is instant, and the
       // socket keeps its resume point fresh.
@@ -216,8 +390,9 @@ export class ChatSession {
     this.pane.show(view);
     this.rooms.setActive(name);
     d.chat.classList.toggle('no-room', !view);
-    d.roomTitle.textContent = name ?? '';
+    if (view) d.roomNotice.hidden = true;
     this.composer.setRoom(name, view?.draft ?? '');
+    this.#renderHeading();
     this.#renderOnline();
     this.#renderTyping();
     this.#renderTitle();
@@ -293,10 +468,31 @@ export class ChatSession {
     const d = this.#dom;
     if (state === 'connected') this.#everConnected = true;
     d.conn.dataset.state = state;
+    if (state === 'connected') this.#refreshRooms();
     d.conn.textContent = state === 'reconnecting' && !this.#everConnected ? 'Connecting…' : STATE_TEXT[state];
     d.chat.dataset.conn = state; // CSS words pending rows "waiting for connection" from this
     d.reconnect.hidden = state === 'connected';
-    if (state === 'connected') api.listRooms().then((list) => this.rooms.merge(list), () => {});
+  }
+
+  /** The room's name (a dm's other person) and kind in the header and the composer. */
+  #renderHeading() {
+    const d = this.#dom;
+    const name = this.current?.name ?? null;
+    const info = name ? this.rooms.get(name) : null;
+    const kind = this.current?.kind ?? info?.kind ?? 'public';
+    const label = name ? roomLabel(name, info) : '';
+    d.roomTitle.textContent = label;
+    d.roomKind.dataset.kind = kind;
+    d.roomKind.replaceChildren(...(name
+      ? [kindIcon(kind), h('span', { class: 'visually-hidden' }, `${KIND_TEXT[kind] ?? 'Room'}: `)]
+      : []));
+    d.membersOpen.hidden = !name;
+    d.membersOpen.setAttribute('aria-label', kind === 'dm'
+      ? `About the conversation with ${label}` : `Members and settings of #${label}`);
+    if (name) {
+      this.composer.setLabel(kind === 'dm' ? `Message ${label}` : `Message #${label}`);
+      this.current.setLabel(kind === 'dm' ? `your conversation with ${label}` : `#${label}`);
+    }
   }
 
   #renderOnline() {
@@ -314,7 +510,9 @@ export class ChatSession {
   #renderTitle() {
     queueMicrotask(() => {
       const unread = this.rooms.totalUnread();
-      const base = this.current ? `#${this.current.name} · Chat` : 'Chat';
+      const name = this.current?.name;
+      const info = name ? this.rooms.get(name) : null;
+      const base = name ? `${info?.kind === 'dm' ? '@' : '#'}${roomLabel(name, info)} · Chat` : 'Chat';
       document.title = unread ? `(${unread}) ${base}` : base;
     });
   }

@@ -59,6 +59,12 @@ export class Composer {
     this.#changed();
   }
 
+  /** Name the box after the room as people know it (a dm by the other person's name). */
+  setLabel(text) {
+    this.#dom.composer.placeholder = text;
+    this.#dom.composerLabel.textContent = text;
+  }
+
   focus() {
     this.#dom.composer.focus({ preventScroll: true });
   }

@@ -27,6 +27,35 @@ export function h(tag, props = {}, ...children) {
   return el;
 }
 
+/** Path data of the small icons drawn in the page (24x24, stroked). */
+const ICONS = {
+  lock: 'M7 11V8a5 5 0 0 1 10 0v3M6 11h12v9H6z',
+  at: 'M16 12a4 4 0 1 1-8 0a4 4 0 0 1 8 0zm0 0v1.5a2.5 2.5 0 0 0 5 0V12a9 9 0 1 0-3.5 7.1',
+  hash: 'M5 9h14M5 15h14M10 4L8 20M16 4l-2 16',
+};
+
+/** An inline SVG icon (hidden from assistive technology: the text next to it says it). */
+export function icon(name, className = 'icon') {
+  const ns = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(ns, 'svg');
+  svg.setAttribute('viewBox', '0 0 24 24');
+  svg.setAttribute('aria-hidden', 'true');
+  svg.setAttribute('class', className);
+  const path = document.createElementNS(ns, 'path');
+  path.setAttribute('d', ICONS[name] ?? ICONS.hash);
+  svg.append(path);
+  return svg;
+}
+
+/** The icon of a room kind: # public, a lock private, @ dm. */
+export const kindIcon = (kind) => icon(kind === 'private' ? 'lock' : kind === 'dm' ? 'at' : 'hash', 'icon kind-icon');
+
+/** What a room is called on screen: a dm by the other person's name. */
+export const roomLabel = (name, info) => (info?.kind === 'dm' && info.peer ? info.peer : name);
+
+/** Words for a kind, for screen readers and titles. */
+export const KIND_TEXT = { public: 'Public room', private: 'Private room', dm: 'Direct message' };
+
 // ---------------------------------------------------------------------------------------------
 // Time
 
@@ -162,6 +191,36 @@ export function messageRow(msg, { state = 'confirmed', me = null } = {}) {
       h('div', { class: 'msg-status' }))));
 }
 
+const ROLE_WITH_ARTICLE = { owner: 'an owner', moderator: 'a moderator', member: 'a member' };
+
+/** The words of a private room's `member` event: "alice added bob", "bob left", ... */
+export function memberEventText({ user, event, role, by }) {
+  switch (event) {
+    case 'added':
+      if (by === user) return `${user} joined`;
+      return role && role !== 'member' ? `${by} added ${user} as ${role}` : `${by} added ${user}`;
+    case 'left': return `${user} left`;
+    case 'removed': return by && by !== user ? `${by} removed ${user}` : `${user} was removed`;
+    case 'role': return `${user} is now ${ROLE_WITH_ARTICLE[role] ?? role}`;
+    default: return `${user}: ${event}`;
+  }
+}
+
+/**
+ * A system line in a room's log (a `member` event), in seq order among the messages. Member
+ * events carry no time: `at` is when the page learnt of it (live, that is when it happened),
+ * and only places the line under its day.
+ */
+export function systemRow(frame, at = Date.now()) {
+  return h('li', {
+    class: 'sys-line',
+    'data-testid': 'system-line',
+    'data-seq': frame.seq,
+    'data-system': 'true',
+    'data-ts': at,
+  }, h('span', { class: 'sys-text', 'data-testid': 'system-text' }, memberEventText(frame)));
+}
+
 /** Pending → confirmed in place: the row keeps its DOM node, so focus and selection survive. */
 export function confirmRow(row, { seq, created_at: createdAt }) {
   const date = parseDate(createdAt);
@@ -197,7 +256,8 @@ export function regroup(row) {
   const ts = Number(row.dataset.ts);
   const prevTs = prev ? Number(prev.dataset.ts) : NaN;
   const newDay = !prev || dayKey(ts) !== dayKey(prevTs);
-  const continues = !newDay
+  // A system line never joins a group, and breaks the one it sits in.
+  const continues = !newDay && !row.dataset.system && !prev.dataset.system
     && prev.dataset.author === row.dataset.author
     && Math.abs(ts - prevTs) < GROUP_WINDOW_MS;
   row.classList.toggle('is-cont', continues);
@@ -213,7 +273,8 @@ export function regroup(row) {
   }
 }
 
-/** What sits above the oldest loaded message: a spinner, a retry, or the start of the room. */
+/** What sits above the oldest loaded message: a spinner, a retry, or the start of the room
+ * (`room` as the page names it: "#general", "your conversation with bob"). */
 export function historyTop(room, { loading, error, hasMore }) {
   if (loading) {
     return h('div', { class: 'history-loading', role: 'status' },
@@ -227,7 +288,7 @@ export function historyTop(room, { loading, error, hasMore }) {
   if (hasMore === false) {
     return h('div', { class: 'history-start', 'data-testid': 'history-start' },
       h('span', { class: 'history-start-icon', 'aria-hidden': 'true' }, '#'),
-      h('p', { class: 'history-start-title' }, `This is the beginning of #${room}`),
+      h('p', { class: 'history-start-title' }, `This is the beginning of ${room}`),
       h('p', { class: 'history-start-sub' }, 'Every message ever sent here is above this line — there is nothing older.'));
   }
   return null;
@@ -239,17 +300,28 @@ export function historyTop(room, { loading, error, hasMore }) {
 export function roomItem(name) {
   return h('li', { class: 'room' },
     h('button', { type: 'button', class: 'room-item', 'data-testid': 'room-item', 'data-room': name },
-      h('span', { class: 'room-hash', 'aria-hidden': 'true' }, '#'),
+      h('span', { class: 'room-kind' }, kindIcon('public')),
       h('span', { class: 'room-name' }, name),
       h('span', { class: 'room-badge', hidden: true }),
       h('time', { class: 'room-time' })));
 }
 
 /** Refresh an item built by roomItem() in place (cheaper than rebuilding, keeps focus). */
-export function updateRoomItem(li, { active, unread, activity, now }) {
+export function updateRoomItem(li, { name, kind, peer, active, unread, activity, now }) {
   const button = li.firstElementChild;
   const badge = button.querySelector('.room-badge');
   const time = button.querySelector('.room-time');
+  const kindEl = button.querySelector('.room-kind');
+  const shownKind = kind ?? 'public';
+  if (button.dataset.kind !== shownKind) {
+    button.dataset.kind = shownKind;
+    kindEl.replaceChildren(kindIcon(shownKind),
+      h('span', { class: 'visually-hidden' }, `${KIND_TEXT[shownKind] ?? 'Room'}: `));
+  }
+  const label = roomLabel(name, { kind, peer });
+  const nameEl = button.querySelector('.room-name');
+  if (nameEl.textContent !== label) nameEl.textContent = label;
+  if (peer) button.dataset.peer = peer;
   if (active) button.setAttribute('aria-current', 'page');
   else button.removeAttribute('aria-current');
   button.dataset.unread = String(unread > 0);
@@ -264,3 +336,6 @@ export function updateRoomItem(li, { active, unread, activity, now }) {
     time.textContent = '';
   }
 }
+
+/** A date and time for lists (sessions, public rooms): "12 Mar 2026, 14:05". */
+export const formatDateTime = (iso) => (iso ? fmtFull.format(parseDate(iso)) : '—');

@@ -3,18 +3,21 @@
 //
 // Invariants:
 //  - a seq is shown at most once: `messages` is a Map seq → {msg, row}, checked first;
-//  - confirmed rows are in ascending seq order; pending/failed rows follow them at the end;
+//  - confirmed rows, and the system lines of `member` events (private rooms), are in ascending
+//    seq order; pending/failed rows follow them at the end;
 //  - the loaded messages form one contiguous run of seqs, so "the lowest seq shown" is always
 //    the right `before` for the next page of history.
 
 import { fetchHistory } from './api.js';
-import { confirmRow, h, historyTop, messageRow, regroup, setRowState } from './render.js';
+import {
+  confirmRow, h, historyTop, messageRow, regroup, setRowState, systemRow,
+} from './render.js';
 
 const PAGE_SIZE = 50;
 const TYPING_SHOWN_MS = 4_000;
 
 export class RoomView {
-  /** confirmed messages: seq → {msg, row} */
+  /** confirmed messages and member events: seq → {msg, row} */
   messages = new Map();
   /** our unacknowledged sends: client_id → {row, body} */
   pending = new Map();
@@ -32,6 +35,11 @@ export class RoomView {
   savedScroll = null;
   unseenBelow = false;
   draft = '';
+  /** From `joined` (v2): public | private | dm, and the user's role; null until known. */
+  kind = null;
+  role = null;
+  /** How the start of the history names the room: "#general", "your conversation with bob". */
+  label;
 
   #loading = false;
   #loadError = '';
@@ -47,6 +55,7 @@ export class RoomView {
     this.me = me;
     this.pane = pane;
     this.onTypingChange = onTypingChange;
+    this.label = `#${name}`;
     this.top = h('div', { class: 'history-top' });
     this.list = h('ol', { class: 'msg-list', 'aria-label': `Messages in #${name}` });
     this.el = h('div', { class: 'room-view' }, this.top, this.list);
@@ -54,8 +63,10 @@ export class RoomView {
 
   // ---------------------------------------------------------------------------- server events
 
-  onJoined({ last_seq: lastSeq, truncated, online, resumed, reset }) {
+  onJoined({ last_seq: lastSeq, truncated, online, resumed, reset, kind, role }) {
     this.online = new Set(online ?? []);
+    if (kind) this.kind = kind;
+    if (role !== undefined) this.role = role;
     if (resumed && (truncated || reset)) {
       // We missed more than one resume can carry (or the room was reset): the view now has a
       // hole. Rebuilding from history is the simplest thing that is certainly right.
@@ -91,6 +102,18 @@ export class RoomView {
       row = messageRow(msg, { me: this.me });
     }
     this.#store(msg, row);
+    return true;
+  }
+
+  /** A private room's `member` event, shown as a system line at its seq. Events are not
+   * messages: they leave minSeq (the next history page's `before`) alone. */
+  addEvent(frame) {
+    if (!Number.isInteger(frame.seq) || this.messages.has(frame.seq)) return false;
+    this.pane.beforeAppend(this, { notify: this.joinedOnce });
+    const row = systemRow(frame);
+    this.messages.set(frame.seq, { msg: frame, row });
+    this.maxSeq = Math.max(this.maxSeq, frame.seq);
+    this.#place(row, frame.seq);
     return true;
   }
 
@@ -215,12 +238,16 @@ export class RoomView {
     this.messages.set(msg.seq, { msg, row });
     this.minSeq = Math.min(this.minSeq, msg.seq);
     this.maxSeq = Math.max(this.maxSeq, msg.seq);
+    this.#place(row, msg.seq);
+  }
 
+  /** Put a row (a message's or an event's) at its seq among the confirmed rows. */
+  #place(row, seq) {
     // Walk back from the end past pending rows and newer messages. Seqs nearly always arrive
     // in order, so this stops at the first confirmed row it sees.
     let after = null;
     for (let node = this.list.lastElementChild; node; node = node.previousElementSibling) {
-      if (node !== row && node.dataset.seq && Number(node.dataset.seq) < msg.seq) {
+      if (node !== row && node.dataset.seq && Number(node.dataset.seq) < seq) {
         after = node;
         break;
       }
@@ -279,10 +306,17 @@ export class RoomView {
   }
 
   #renderTop() {
-    const content = historyTop(this.name, {
+    const content = historyTop(this.label, {
       loading: this.#loading, error: this.#loadError, hasMore: this.hasMore,
     });
     this.top.replaceChildren(...(content ? [content] : []));
+  }
+
+  /** Name the room at the start of its history (a dm by the other person). */
+  setLabel(label) {
+    if (label === this.label) return;
+    this.label = label;
+    this.#renderTop();
   }
 
   /** Used by the "Try again" button after a failed page. */

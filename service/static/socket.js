@@ -8,9 +8,10 @@
 //    (the server stores a (room, author, client_id) once, so resending is always safe).
 //
 // It knows nothing about the DOM; it reports through events whose `detail` is the frame:
-// message, joined (+resumed, reset), left, ack, presence, typing, pong, error (frames that no
-// pending send claimed), plus state {state}, sendfailed {room, client_id, code, detail},
-// unauthorized (close 1008) and handshakefailed (closed before it ever opened).
+// message, member (v2), rooms (v2, the user's own stream), joined (+resumed, reset), left,
+// ack, presence, typing, pong, error (frames that no pending send claimed), plus state
+// {state}, sendfailed {room, client_id, code, detail}, unauthorized (close 1008) and
+// handshakefailed (closed before it ever opened).
 
 import { Outbox } from './outbox.js';
 
@@ -96,6 +97,14 @@ export class ChatSocket extends EventTarget {
     if (this.#isOpen()) this.#sendJoin(room);
   }
 
+  /** Stop following a room on every future connection: the user is no longer a member. No
+   * `leave` is sent: the server ends the subscription itself when a membership ends (`left`
+   * with reason removed), and a `leave` racing that would only earn a `not_joined`. */
+  forget(room) {
+    if (!this.#rooms.delete(room)) return;
+    this.#outbox.failRoom(room, 'forbidden', 'You are no longer a member of this room.');
+  }
+
   isJoined(room) {
     return this.#rooms.get(room)?.joined === true;
   }
@@ -164,6 +173,11 @@ export class ChatSocket extends EventTarget {
         }
         break;
       }
+      case 'member':
+        // A private room's membership event takes a seq of the room's log like a message, and
+        // a resume replays every event above `since`: it advances the resume point too.
+        if (room && Number.isInteger(frame.seq)) room.lastSeq = Math.max(room.lastSeq ?? 0, frame.seq);
+        break;
       case 'joined': {
         if (!room) break;
         const resumed = room.since != null;
@@ -178,7 +192,13 @@ export class ChatSocket extends EventTarget {
         return;
       }
       case 'left':
-        if (room) room.joined = false;
+        if (room && frame.reason === 'removed') {
+          // No longer a member: rejoining would be refused, and what waits to be sent cannot go.
+          this.#rooms.delete(frame.room);
+          this.#outbox.failRoom(frame.room, 'forbidden', 'You are no longer a member of this room.');
+        } else if (room) {
+          room.joined = false;
+        }
         break;
       case 'ack':
         this.#outbox.settle(frame.client_id, frame.room);
@@ -209,7 +229,7 @@ export class ChatSocket extends EventTarget {
       setTimeout(() => this.#ensureJoined(name), JOIN_RETRY_MS);
       return false; // still worth telling the user
     }
-    // bad_request, too_many_rooms: it would fail the same way on every reconnect.
+    // bad_request, forbidden, too_many_rooms: it would fail the same way on every reconnect.
     this.#rooms.delete(name);
     this.#outbox.failRoom(name, frame.code, frame.detail);
     return false;
