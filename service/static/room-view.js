@@ -412,6 +412,7 @@ export class RoomView {
     const gap = this.#gap;
     if (!gap || this.#gapLoading) return;
     this.#gapLoading = true;
+    gap.row.setAttribute('aria-busy', 'true');
     const generation = this.#generation;
     let page = null;
     try {
@@ -420,6 +421,7 @@ export class RoomView {
       // the gap stays, with its button
     }
     this.#gapLoading = false;
+    gap.row.removeAttribute('aria-busy');
     if (!page || generation !== this.#generation || gap !== this.#gap) return;
     const inside = this.#fresh(page.messages, (s) => s > gap.low && s < gap.high);
     const closes = page.has_more !== true
@@ -443,6 +445,11 @@ export class RoomView {
     };
     if (this.pane.isAbove(this, gap.row)) this.pane.preserve(this, mutate);
     else mutate();
+    if (this.#gap === gap) {
+      // Observing again reports whether the gap is still in sight: then the next page loads.
+      this.#gapObserver?.unobserve(gap.row);
+      this.#gapObserver?.observe(gap.row);
+    }
   }
 
   // -------------------------------------------------------------------------------- private
