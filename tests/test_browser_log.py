@@ -420,3 +420,64 @@ async def test_room_with_reactions_reply_edit_and_tombstone_passes_axe(
     await audit(dark, axe_source, "log-room-dark")
     for tab in (alice, bob, dark):
         tab.watch.assert_clean()
+
+
+async def test_version_rule_converges_in_any_order(tabs: Tabs, server: Instance) -> None:
+    """The page's message-state.js, in the browser: four events in their seq order (as a
+    connection receives them) and two copies of the message read at other times (a REST page
+    with `me`, a live read-back without it), interleaved in all 30 ways, end in one state:
+    the state after the newest event."""
+    tab = await tabs.open(server)
+    await tab.goto()
+    await expect(tab.by("login-submit")).to_be_visible()
+    tab.watch.logged_out_probe_done()
+    states: list[Any] = await tab.page.evaluate(
+        """async () => {
+            const { applyEvent, newer, normalize } = await import('/static/message-state.js');
+            const base = normalize({seq: 5, author: 'ann', body: 'v1', created_at: null});
+            const events = [
+                {type: 'edit', seq: 6, target: 5, body: 'v2', edited_at: 't6'},
+                {type: 'reaction', seq: 7, target: 5, user: 'me', emoji: '👍', op: 'add', count: 1},
+                {type: 'reaction', seq: 8, target: 5, user: 'bo', emoji: '👍', op: 'add', count: 2},
+                {type: 'edit', seq: 9, target: 5, body: 'v3', edited_at: 't9'},
+            ];
+            const copies = [
+                {...base, body: 'v2', edited_at: 't6', version: 8,
+                    reactions: [{emoji: '👍', count: 2, me: true}]},
+                {...base, body: 'v2', edited_at: 't6', version: 7,
+                    reactions: [{emoji: '👍', count: 1}]},
+            ];
+            const results = [];
+            // Every interleaving: the two copies at positions i < j or j < i among six.
+            for (let i = 0; i < 6; i += 1) {
+                for (let j = 0; j < 6; j += 1) {
+                    if (i === j) continue;
+                    const order = [];
+                    let e = 0;
+                    for (let k = 0; k < 6; k += 1) {
+                        if (k === i) order.push({copy: copies[0]});
+                        else if (k === j) order.push({copy: copies[1]});
+                        else order.push(events[e++]);
+                    }
+                    let msg = base;
+                    for (const x of order) {
+                        const next = x.copy ? newer(msg, x.copy) : applyEvent(msg, x, 'me');
+                        msg = next ?? msg;
+                    }
+                    const { meSeq, ...state } = msg; // bookkeeping, not the message
+                    results.push(state);
+                }
+            }
+            return results;
+        }"""
+    )
+    assert len(states) == 30
+    final = states[0]
+    differ = [state for state in states if state != final]
+    assert not differ, [
+        {k: (final.get(k), d.get(k)) for k in final.keys() | d.keys() if final.get(k) != d.get(k)}
+        for d in differ[:3]
+    ]
+    assert (final["body"], final["version"], final["edited_at"]) == ("v3", 9, "t9")
+    assert final["reactions"] == [{"emoji": "👍", "count": 2, "me": True}]
+    tab.watch.assert_clean()

@@ -19,18 +19,24 @@ export function normalize(msg) {
     deleted: msg.deleted === true,
     reactions: Array.isArray(msg.reactions) ? msg.reactions.map((r) => ({ ...r })) : [],
     version: Number.isInteger(msg.version) ? msg.version : msg.seq,
+    // The seq as of which the `me` of each reaction is known (see newer and applyEvent).
+    meSeq: 0,
   };
 }
 
 /**
  * The copy to keep when `incoming` (a message frame or a REST message) meets `local`: the
  * incoming one when its version is greater, else null (keep local). Live fan-out carries no
- * `me`: what the page knew of its own reactions is kept for the emoji still there.
+ * `me`: then what the page knew of its own reactions is kept for the emoji still there, and
+ * the user's own `reaction` events keep teaching it (applyEvent).
  */
 export function newer(local, incoming) {
   const next = normalize(incoming);
   if (local && next.version <= local.version) return null;
-  if (local) {
+  if (next.reactions.every((r) => typeof r.me === 'boolean')) {
+    next.meSeq = next.version; // addressed to this user (or without reactions): it knows
+  } else if (local) {
+    next.meSeq = local.meSeq;
     const mine = new Map(local.reactions.map((r) => [r.emoji, r.me === true]));
     for (const r of next.reactions) {
       if (typeof r.me !== 'boolean') r.me = mine.get(r.emoji) ?? false;
@@ -43,8 +49,22 @@ export function newer(local, incoming) {
 
 /** The copy after an `edit`, `delete` or `reaction` event, or null when it does not apply. */
 export function applyEvent(local, event, me) {
-  if (!Number.isInteger(event.seq) || event.seq <= local.version) return null;
+  if (!Number.isInteger(event.seq)) return null;
+  const mine = event.type === 'reaction' && event.user === me && event.seq > local.meSeq;
+  if (event.seq <= local.version) {
+    // Too old for the counts, but it is news of the user's own reaction that a copy without
+    // `me` (a live read-back) could not give: events reach a connection in seq order.
+    if (!mine) return null;
+    return {
+      ...local,
+      meSeq: event.seq,
+      reactions: local.reactions.map((r) => ({
+        ...r, me: r.emoji === event.emoji ? event.op === 'add' : r.me,
+      })),
+    };
+  }
   const next = { ...local, version: event.seq, reactions: local.reactions.map((r) => ({ ...r })) };
+  if (mine) next.meSeq = event.seq;
   switch (event.type) {
     case 'edit':
       if (!local.deleted) {
