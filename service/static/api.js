@@ -174,10 +174,13 @@ export const endSession = (id) => request('DELETE', `/api/sessions/${encodeURICo
 /** End every session of the caller's user, this one included. */
 export const logoutEverywhere = () => request('POST', '/api/logout?everywhere=true');
 
-/** {room, messages: [ascending seq], has_more}. */
-export function fetchHistory(room, { before, limit = 50 } = {}) {
+/** {room, messages: [ascending seq], has_more}; with `around` (v2): {room, messages,
+ * has_more_before, has_more_after}. At most one of before, after, around. */
+export function fetchHistory(room, { before, after, around, limit = 50 } = {}) {
   const query = new URLSearchParams({ limit: String(limit) });
   if (before != null) query.set('before', String(before));
+  if (after != null) query.set('after', String(after));
+  if (around != null) query.set('around', String(around));
   return request('GET', `${roomPath(room)}/messages?${query}`);
 }
 

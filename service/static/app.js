@@ -56,6 +56,13 @@ const dom = {
   send: $('send'),
   charCount: $('char-count'),
   online: $('online'),
+  replyBar: $('reply-bar'),
+  replyText: $('reply-text'),
+  replyCancel: $('reply-cancel'),
+  deleteDialog: $('delete-dialog'),
+  deleteTitle: $('delete-title'),
+  deleteQuote: $('delete-quote'),
+  deleteConfirm: $('delete-confirm'),
   onlinePanel: $('online-panel'),
 };
 

@@ -8,6 +8,8 @@ import { Composer, newClientId } from './composer.js';
 import * as config from './config.js';
 import { announce } from './dialog.js';
 import { MembersDialog } from './members-view.js';
+import { MessageActions } from './message-actions.js';
+import { TOMBSTONE_TEXT, excerpt } from './message-parts.js';
 import { NewDmDialog } from './new-dm.js';
 import { NewRoomDialog } from './new-room.js';
 import { MessagePane } from './pane.js';
@@ -34,6 +36,18 @@ const ERROR_TEXT = {
   not_joined: 'Not delivered: not in this room.',
 };
 
+/** What an `error` answering an edit, delete or reaction of ours means to the user. */
+const COMMAND_ERROR_TEXT = {
+  edit: { forbidden: 'You can only edit your own messages.', not_found: 'That message is gone: it was deleted.' },
+  delete: { forbidden: 'You are not allowed to delete that message.', not_found: 'That message is gone.' },
+  react: { not_found: 'That message is gone: it was deleted.' },
+};
+const limitText = () => {
+  const max = config.maxEmoji();
+  return `No more kinds of reaction fit on this message${max ? ` (at most ${max} different emoji)` : ''}: add one of those already there.`;
+};
+const DONE_TEXT = { edit: 'Message edited.', delete: 'Message deleted.' };
+
 export const describeError = (code, detail) =>
   ERROR_TEXT[code] ?? (typeof detail === 'string' && detail ? detail : 'Something went wrong.');
 
@@ -55,6 +69,8 @@ export class ChatSession {
   #ownDoing = new Set();
   /** Whether the user is a site admin (owner rights in the rooms they are a member of). */
   admin = false;
+  /** Our edits, deletes and reactions awaiting their ack: ref → {room, type, target, op} */
+  #commands = new Map();
 
   /**
    * @param {string} me
@@ -98,6 +114,15 @@ export class ChatSession {
       onLeft: (room) => this.#left(room),
     }, signal);
     this.sessions = new SessionsDialog({ onSignedOut: (message) => this.onSignedOut(message) }, signal);
+    this.actions = new MessageActions(dom, {
+      me,
+      canDelete: (view, msg) => this.#canDelete(view, msg),
+      edit: (view, seq, body) => this.#command(view, { type: 'edit', target: seq, body }),
+      remove: (view, seq) => this.#command(view, { type: 'delete', target: seq }),
+      react: (view, seq, emoji, op) => this.#command(view, { type: 'react', target: seq, emoji, op }),
+      reply: (view, seq) => this.#startReply(view, seq),
+      editDone: () => this.composer.focus(),
+    }, signal);
     this.pane = new MessagePane(dom.messages, dom.newPill, {
       onNearTop: (view) => view.loadOlder(),
       onAtBottom: (view) => this.#markRead(view),
@@ -128,8 +153,21 @@ export class ChatSession {
       onSend: (body) => this.#send(body),
       onTyping: () => { if (this.current) this.socket.typing(this.current.name); },
       onTooLong: (max) => this.#toast(`Messages can be at most ${max} characters.`),
+      onEditLast: () => {
+        const seq = this.current?.lastOwnEditable();
+        return seq != null && this.actions.startEdit(this.current, seq);
+      },
+      onEscape: () => {
+        if (this.current?.replyTo == null) return false;
+        this.#cancelReply();
+        return true;
+      },
     }, this.#abort.signal);
     on(d.messages, 'click', (e) => this.#messageAction(e));
+    on(d.replyCancel, 'click', () => {
+      this.#cancelReply();
+      this.composer.focus();
+    });
     on(d.reconnect, 'click', () => this.socket.reconnectNow());
     on(document, 'visibilitychange', () => {
       if (!document.hidden && this.current && this.pane.atBottom()) this.#markRead(this.current);
@@ -148,6 +186,7 @@ export class ChatSession {
     this.#timers.forEach(clearInterval);
     clearTimeout(this.#toastTimer);
     this.socket.stop();
+    this.actions.close();
     for (const dialog of [this.newRoom, this.newDm, this.browse, this.members, this.sessions]) {
       dialog.close();
     }
@@ -160,6 +199,7 @@ export class ChatSession {
     d.roomNotice.hidden = true;
     d.online.replaceChildren();
     d.typing.textContent = '';
+    d.replyBar.hidden = true;
     d.toast.hidden = true;
     this.closePanels();
     document.title = 'Chat';
@@ -190,6 +230,9 @@ export class ChatSession {
       }
       this.#renderTitle();
     });
+    for (const type of ['edit', 'delete', 'reaction']) {
+      on(s, type, ({ detail: f }) => view(f.room)?.applyChange(f));
+    }
     on(s, 'member', ({ detail: f }) => {
       const v = view(f.room);
       if (!v) return;
@@ -234,11 +277,27 @@ export class ChatSession {
       if (f.user !== this.me) view(f.room)?.setTyping(f.user);
     });
     on(s, 'ack', ({ detail: f }) => {
+      const command = this.#commands.get(f.ref);
+      if (command) {
+        this.#commands.delete(f.ref);
+        if (DONE_TEXT[command.type]) announce(DONE_TEXT[command.type]);
+        else announce(command.op === 'add' ? `Reacted with ${command.emoji}.` : `Reaction ${command.emoji} removed.`);
+        return;
+      }
       view(f.room)?.confirm(f);
       this.rooms.activity(f.room, f.seq, f.created_at);
     });
     on(s, 'sendfailed', ({ detail: f }) => view(f.room)?.fail(f.client_id, describeError(f.code, f.detail)));
     on(s, 'error', ({ detail: f }) => {
+      const command = this.#commands.get(f.ref);
+      if (command) {
+        this.#commands.delete(f.ref);
+        view(command.room)?.refresh(command.target); // an edit shown at once goes back
+        const text = f.code === 'limit_reached' ? limitText()
+          : COMMAND_ERROR_TEXT[command.type]?.[f.code] ?? describeError(f.code, f.detail);
+        this.#toast(text);
+        return;
+      }
       if (f.code === 'rate_limited') return; // a typing frame too many: harmless
       const joinOf = typeof f.ref === 'string' && f.ref.startsWith('join:') ? f.ref.slice(5) : null;
       if (f.code === 'forbidden' && joinOf) {
@@ -372,12 +431,14 @@ export class ChatSession {
   #open(name) {
     const d = this.#dom;
     if (this.current) this.current.draft = this.composer.value;
+    this.actions.closePopup(false);
     let view = name ? this.views.get(name) : null;
     if (name && !view) {
       view = new RoomView(name, {
         me: this.me,
         pane: this.pane,
         onTypingChange: (v) => { if (v === this.current) this.#renderTyping(); },
+        onQuoteChange: (v) => { if (v === this.current) this.#renderReply(); },
       });
       this.views.set(name, view);
       this.#leaving.delete(name); // back in a room left before: its next `left` is news
@@ -392,6 +453,7 @@ export class ChatSession {
     d.chat.classList.toggle('no-room', !view);
     if (view) d.roomNotice.hidden = true;
     this.composer.setRoom(name, view?.draft ?? '');
+    this.#renderReply();
     this.#renderHeading();
     this.#renderOnline();
     this.#renderTyping();
@@ -434,20 +496,73 @@ export class ChatSession {
     const view = this.current;
     if (!view) return;
     const clientId = newClientId();
-    view.addPending(body, clientId); // shown at once, dimmed, until the ack or the echo
+    const replyTo = view.replyTo;
+    view.addPending(body, clientId, replyTo); // shown at once, dimmed, until the ack or the echo
     view.draft = '';
-    this.socket.send(view.name, body, clientId);
+    this.socket.send(view.name, body, clientId, replyTo);
+    if (replyTo != null) this.#cancelReply();
+  }
+
+  // ---------------------------------------------------------------- edits, deletes, reactions
+
+  /** An edit, delete or react command for `view`'s room; false when it could not go out. */
+  #command(view, frame) {
+    const ref = this.socket.command({ ...frame, room: view.name });
+    if (ref == null) {
+      this.#toast('Not connected: try again in a moment.');
+      return false;
+    }
+    this.#commands.set(ref, { room: view.name, ...frame });
+    return true;
+  }
+
+  /** PROTOCOL.md's roles: your own; an owner (or an admin member) any; a moderator any but an
+   * owner's. The page cannot tell an owner's message from a member's: the server judges that. */
+  #canDelete(view, msg) {
+    if (msg.author === this.me) return true;
+    const role = view.role ?? this.rooms.get(view.name)?.role ?? null;
+    if (view.kind === 'dm' || this.rooms.get(view.name)?.kind === 'dm') return false;
+    return this.admin ? role != null : role === 'owner' || role === 'moderator';
+  }
+
+  #startReply(view, seq) {
+    if (view !== this.current || !view.message(seq)) return;
+    view.replyTo = seq;
+    this.#renderReply();
+    this.composer.focus();
+    announce(`Replying to ${view.message(seq).author}. Escape cancels the reply.`);
+  }
+
+  #cancelReply() {
+    if (!this.current) return;
+    this.current.replyTo = null;
+    this.#renderReply();
+  }
+
+  /** The quote above the composer of the message being answered. */
+  #renderReply() {
+    const d = this.#dom;
+    const view = this.current;
+    const original = view?.replyTo != null ? view.message(view.replyTo) : null;
+    d.replyBar.hidden = !original;
+    d.replyText.replaceChildren(...(original ? [
+      'Replying to ', h('strong', {}, original.author), ': ',
+      original.deleted ? TOMBSTONE_TEXT : excerpt(original.body),
+    ] : []));
   }
 
   #messageAction(event) {
     const button = event.target.closest('button[data-action]');
     const view = this.current;
     if (!button || !view) return;
-    const clientId = button.closest('[data-testid="message"]')?.dataset.clientId;
+    const row = button.closest('[data-testid="message"]');
+    const clientId = row?.dataset.clientId;
+    const seq = Number(row?.dataset.seq);
     switch (button.dataset.action) {
       case 'retry': {
         const body = view.retry(clientId);
-        if (body != null) this.socket.send(view.name, body, clientId); // same client_id: idempotent
+        // The same client_id: idempotent.
+        if (body != null) this.socket.send(view.name, body, clientId, view.pendingReply(clientId));
         break;
       }
       case 'discard':
@@ -457,9 +572,38 @@ export class ChatSession {
       case 'load-older':
         view.retryHistory();
         break;
+      case 'load-gap':
+        view.loadGap();
+        break;
+      case 'jump':
+        this.#jump(view, Number(button.dataset.target));
+        break;
+      case 'reply':
+        this.#startReply(view, seq);
+        break;
+      case 'menu':
+        this.actions.openMenu(button, view, seq);
+        break;
+      case 'react-open':
+        this.actions.openPicker(button, view, seq);
+        break;
+      case 'react-toggle': {
+        const emoji = button.dataset.emoji;
+        const mine = view.message(seq)?.reactions.find((r) => r.emoji === emoji)?.me === true;
+        this.#command(view, { type: 'react', target: seq, emoji, op: mine ? 'remove' : 'add' });
+        break;
+      }
       default:
         break;
     }
+  }
+
+  async #jump(view, seq) {
+    if (!Number.isInteger(seq)) return;
+    const shown = await view.jumpTo(seq);
+    if (view !== this.current) return;
+    if (shown) announce(`Showing the message by ${view.message(seq)?.author ?? 'its author'}.`);
+    else this.#toast('That message is no longer available.');
   }
 
   // ----------------------------------------------------------------------------------- views

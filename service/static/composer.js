@@ -27,7 +27,8 @@ export class Composer {
 
   /**
    * @param {{composerForm, composer, composerLabel, send, charCount}} dom
-   * @param {{onSend(body: string): void, onTyping(): void, onTooLong(max: number): void}} hooks
+   * @param {{onSend(body: string): void, onTyping(): void, onTooLong(max: number): void,
+   *   onEditLast?(): boolean, onEscape?(): boolean}} hooks (the last two: true when handled)
    * @param {AbortSignal} signal removes the listeners when the session ends
    */
   constructor(dom, hooks, signal) {
@@ -70,6 +71,17 @@ export class Composer {
   }
 
   #onKey(event) {
+    const plain = !event.shiftKey && !event.altKey && !event.ctrlKey && !event.metaKey;
+    // ↑ in an empty box edits your last message; Escape drops the reply being written.
+    if (event.key === 'ArrowUp' && plain && this.value === '' && this.#hooks.onEditLast?.()) {
+      event.preventDefault();
+      return;
+    }
+    if (event.key === 'Escape' && this.#hooks.onEscape?.()) {
+      event.preventDefault();
+      event.stopPropagation();
+      return;
+    }
     // Enter sends; Shift+Enter is a new line; Enter that confirms an IME composition is neither.
     if (event.key !== 'Enter' || event.shiftKey || event.isComposing || event.keyCode === 229) return;
     event.preventDefault();

@@ -59,6 +59,8 @@ function parse(raw) {
   try {
     return {
       maxMessageChars: limit,
+      // v2; an older server's config has none (the server judges alone then).
+      maxEmoji: Number.isInteger(raw.max_emoji_per_message) ? raw.max_emoji_per_message : null,
       roomPattern: room,
       roomRe: new RegExp(room),
       usernamePattern: username,
@@ -68,6 +70,9 @@ function parse(raw) {
     return null; // a pattern this browser cannot compile
   }
 }
+
+/** The most distinct emoji on one message (v2); null while unknown. */
+export const maxEmoji = () => current?.maxEmoji ?? null;
 
 /** The longest body the server accepts, in code points; null while unknown. */
 export const maxMessageChars = () => current?.maxMessageChars ?? null;

@@ -8,7 +8,7 @@
 const ACK_TIMEOUT_MS = 10_000;
 
 export class Outbox {
-  /** client_id → {room, body, clientId, ackTimer, retryTimer}; insertion order = send order */
+  /** client_id → {room, body, clientId, replyTo, ackTimer, retryTimer}; insertion order = send order */
   #entries = new Map();
   #link;
 
@@ -25,10 +25,10 @@ export class Outbox {
   }
 
   /** Queue a message and write it now if possible. A retry goes to the back of the queue. */
-  add(room, body, clientId) {
+  add(room, body, clientId, replyTo = null) {
     this.#cancel(this.#entries.get(clientId));
     this.#entries.delete(clientId);
-    const entry = { room, body, clientId, ackTimer: 0, retryTimer: 0 };
+    const entry = { room, body, clientId, replyTo, ackTimer: 0, retryTimer: 0 };
     this.#entries.set(clientId, entry);
     this.#transmit(entry);
   }
@@ -98,7 +98,9 @@ export class Outbox {
       return;
     }
     clearTimeout(entry.ackTimer);
-    this.#link.write({ type: 'send', room: entry.room, body: entry.body, client_id: entry.clientId });
+    const frame = { type: 'send', room: entry.room, body: entry.body, client_id: entry.clientId };
+    if (entry.replyTo != null) frame.reply_to = entry.replyTo;
+    this.#link.write(frame);
     entry.ackTimer = setTimeout(
       () => this.#fail(entry, 'timeout', 'No reply from the server.'), ACK_TIMEOUT_MS);
   }

@@ -108,6 +108,23 @@ export class MessagePane {
     s.scrollTop = wasAtBottom ? s.scrollHeight : top + (s.scrollHeight - height);
   }
 
+  /** Whether `el` (in `view`, on display) lies wholly above what the reader sees. */
+  isAbove(view, el) {
+    if (view !== this.current) return false;
+    return el.getBoundingClientRect().bottom <= this.#scroller.getBoundingClientRect().top;
+  }
+
+  /** Scroll so that `row` is in the middle of the view (a jump to a reply's original). */
+  reveal(view, row) {
+    if (view !== this.current) return;
+    cancelAnimationFrame(this.#frame); // a pending stick-to-bottom must not undo the jump
+    this.#frame = 0;
+    this.#stick = null;
+    const s = this.#scroller;
+    const offset = row.getBoundingClientRect().top - s.getBoundingClientRect().top;
+    s.scrollTop += offset - (s.clientHeight - row.offsetHeight) / 2;
+  }
+
   /** Ask for older messages while the reader is near the top, or the content is too short to
    * scroll at all (otherwise no scroll event would ever fire to ask). */
   maybeLoadOlder(view) {

@@ -32,6 +32,9 @@ const ICONS = {
   lock: 'M7 11V8a5 5 0 0 1 10 0v3M6 11h12v9H6z',
   at: 'M16 12a4 4 0 1 1-8 0a4 4 0 0 1 8 0zm0 0v1.5a2.5 2.5 0 0 0 5 0V12a9 9 0 1 0-3.5 7.1',
   hash: 'M5 9h14M5 15h14M10 4L8 20M16 4l-2 16',
+  reply: 'M10 8V4l-7 7l7 7v-4.1c5 0 8.5 1.6 11 5.1c-1-5-4-10-11-11z',
+  smile: 'M12 21a9 9 0 1 0 0-18a9 9 0 0 0 0 18zM8.5 14.5a4.5 4.5 0 0 0 7 0M9 9.5h.01M15 9.5h.01',
+  dots: 'M5 12h.01M12 12h.01M19 12h.01',
 };
 
 /** An inline SVG icon (hidden from assistive technology: the text next to it says it). */
@@ -170,7 +173,8 @@ export function richText(body) {
   return frag;
 }
 
-/** One message row. `msg.seq` is null for a pending (not yet acknowledged) message. */
+/** One message row. `msg.seq` is null for a pending (not yet acknowledged) message. Its v2
+ * parts (quote, edited, tombstone, reactions, tools) are filled by message-parts.js. */
 export function messageRow(msg, { state = 'confirmed', me = null } = {}) {
   const date = parseDate(msg.created_at);
   return h('li', {
@@ -187,8 +191,13 @@ export function messageRow(msg, { state = 'confirmed', me = null } = {}) {
     h('div', { class: 'msg-main' },
       h('div', { class: 'msg-meta' },
         h('span', { class: 'msg-author' }, msg.author), timeEl(date, 'msg-time')),
-      h('div', { class: 'msg-body', 'data-testid': 'message-body' }, richText(msg.body)),
-      h('div', { class: 'msg-status' }))));
+      h('div', { class: 'msg-quote-slot' }),
+      h('div', { class: 'msg-text' },
+        h('span', { class: 'msg-body', 'data-testid': 'message-body' }, richText(msg.body)),
+        h('span', { class: 'msg-edited', 'data-testid': 'message-edited', hidden: true })),
+      h('div', { class: 'msg-reactions', role: 'group', 'aria-label': 'Reactions', hidden: true }),
+      h('div', { class: 'msg-status' })),
+    h('div', { class: 'msg-tools', hidden: true })));
 }
 
 const ROLE_WITH_ARTICLE = { owner: 'an owner', moderator: 'a moderator', member: 'a member' };

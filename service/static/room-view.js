@@ -6,21 +6,34 @@
 //  - confirmed rows, and the system lines of `member` events (private rooms), are in ascending
 //    seq order; pending/failed rows follow them at the end;
 //  - the loaded messages form one contiguous run of seqs, so "the lowest seq shown" is always
-//    the right `before` for the next page of history.
+//    the right `before` for the next page of history; except after a jump to a reply's
+//    original far back (`around`): then one gap row separates that older run from the newer
+//    one until the messages in between are loaded;
+//  - every local copy of a message obeys the `version` rule (message-state.js): message
+//    frames, REST pages and edit/delete/reaction events may come in any order.
 
 import { fetchHistory } from './api.js';
+import { excerpt, fillQuote, fillRow } from './message-parts.js';
+import { applyEvent, newer, normalize } from './message-state.js';
 import {
   confirmRow, h, historyTop, messageRow, regroup, setRowState, systemRow,
 } from './render.js';
 
 const PAGE_SIZE = 50;
+const GAP_PAGE_SIZE = 200;
 const TYPING_SHOWN_MS = 4_000;
+/** Events about messages not loaded (yet) are kept for this many targets, in case a page of
+ * history read before them arrives after them. */
+const EARLY_TARGETS_MAX = 1000;
+const HIGHLIGHT_MS = 2_500;
 
 export class RoomView {
-  /** confirmed messages and member events: seq → {msg, row} */
+  /** confirmed messages and member events: seq → {msg, row, system?} */
   messages = new Map();
-  /** our unacknowledged sends: client_id → {row, body} */
+  /** our unacknowledged sends: client_id → {row, body, replyTo} */
   pending = new Map();
+  /** The message the composer answers (a seq), or null. */
+  replyTo = null;
   minSeq = Infinity;
   maxSeq = 0;
   /** last_seq of the latest `joined`: the ceiling for the first history page of an empty view */
@@ -45,16 +58,27 @@ export class RoomView {
   #loadError = '';
   /** Bumped when the view is rebuilt, so a history request from before is ignored. */
   #generation = 0;
+  /** Quoted messages that are not loaded: seq → copy (kept by the version rule too). */
+  #originals = new Map();
+  #originalRequests = new Set();
+  /** target → [edit/delete/reaction events] for messages not loaded yet */
+  #early = new Map();
+  /** {low, high, row}: the messages between seqs low and high are not loaded; or null. */
+  #gap = null;
+  #gapLoading = false;
+  #gapObserver = null;
+  #highlightTimer = 0;
 
   /**
    * @param {string} name
    * @param {{me: string, pane: import('./pane.js').MessagePane, onTypingChange(view): void}} ctx
    */
-  constructor(name, { me, pane, onTypingChange }) {
+  constructor(name, { me, pane, onTypingChange, onQuoteChange = () => {} }) {
     this.name = name;
     this.me = me;
     this.pane = pane;
     this.onTypingChange = onTypingChange;
+    this.onQuoteChange = onQuoteChange;
     this.label = `#${name}`;
     this.top = h('div', { class: 'history-top' });
     this.list = h('ol', { class: 'msg-list', 'aria-label': `Messages in #${name}` });
@@ -87,7 +111,14 @@ export class RoomView {
    * replay of recent history.
    */
   addMessage(msg, { live = true } = {}) {
-    if (!Number.isInteger(msg.seq) || this.messages.has(msg.seq)) return false;
+    if (!Number.isInteger(msg.seq)) return false;
+    const known = this.messages.get(msg.seq);
+    if (known) {
+      // Replayed, read back, or seen before: it replaces our copy only if it is newer.
+      if (!known.system) this.#update(known, newer(known.msg, msg));
+      return false;
+    }
+    if (this.#inGap(msg.seq)) return false; // the gap's loading brings it in its current state
 
     // Our own message coming back: it replaces its pending row instead of adding a line.
     const mine = msg.author === this.me;
@@ -101,8 +132,63 @@ export class RoomView {
     } else {
       row = messageRow(msg, { me: this.me });
     }
-    this.#store(msg, row);
+    this.#store(newer(null, msg), row);
     return true;
+  }
+
+  /** An `edit`, `delete` or `reaction` event (v2), applied by the version rule. */
+  applyChange(event) {
+    if (!Number.isInteger(event.seq) || !Number.isInteger(event.target)) return;
+    this.maxSeq = Math.max(this.maxSeq, event.seq);
+    const entry = this.messages.get(event.target);
+    if (entry && !entry.system) {
+      this.#update(entry, applyEvent(entry.msg, event, this.me));
+      return;
+    }
+    const original = this.#originals.get(event.target);
+    if (original) {
+      const next = applyEvent(original, event, this.me);
+      if (next) {
+        this.#originals.set(event.target, next);
+        this.#refreshQuotes(event.target);
+      }
+      return;
+    }
+    // Not loaded: a page of history may still bring a copy older than this event.
+    const list = this.#early.get(event.target) ?? [];
+    list.push(event);
+    this.#early.delete(event.target);
+    this.#early.set(event.target, list);
+    if (this.#early.size > EARLY_TARGETS_MAX) this.#early.delete(this.#early.keys().next().value);
+  }
+
+  /** The local copy of message `seq` (loaded, or fetched as a quoted original), or null. */
+  message(seq) {
+    const entry = this.messages.get(seq);
+    if (entry && !entry.system) return entry.msg;
+    return this.#originals.get(seq) ?? null;
+  }
+
+  /** Show message `seq` as its local copy says (an edit shown at once was refused). */
+  refresh(seq) {
+    const entry = this.messages.get(seq);
+    if (entry && !entry.system) this.#render(entry);
+  }
+
+  /** The row of message `seq`, if loaded. */
+  rowOf(seq) {
+    const entry = this.messages.get(seq);
+    return entry && !entry.system ? entry.row : null;
+  }
+
+  /** Our newest message that can still be edited (for ↑ in an empty composer). */
+  lastOwnEditable() {
+    let best = null;
+    for (const [seq, entry] of this.messages) {
+      if (entry.system || entry.msg.author !== this.me || entry.msg.deleted) continue;
+      if (best === null || seq > best) best = seq;
+    }
+    return best;
   }
 
   /** A private room's `member` event, shown as a system line at its seq. Events are not
@@ -111,7 +197,7 @@ export class RoomView {
     if (!Number.isInteger(frame.seq) || this.messages.has(frame.seq)) return false;
     this.pane.beforeAppend(this, { notify: this.joinedOnce });
     const row = systemRow(frame);
-    this.messages.set(frame.seq, { msg: frame, row });
+    this.messages.set(frame.seq, { msg: frame, row, system: true });
     this.maxSeq = Math.max(this.maxSeq, frame.seq);
     this.#place(row, frame.seq);
     return true;
@@ -127,24 +213,31 @@ export class RoomView {
       this.#removeRow(pending.row);
       return;
     }
-    const msg = {
+    const msg = normalize({
       room: this.name, seq: ack.seq, author: this.me, body: pending.body,
-      created_at: ack.created_at, client_id: ack.client_id,
-    };
+      created_at: ack.created_at, client_id: ack.client_id, reply_to: pending.replyTo,
+    });
     confirmRow(pending.row, msg);
     this.#store(msg, pending.row);
   }
 
   // ------------------------------------------------------------------------- our own sends
 
-  addPending(body, clientId) {
-    const row = messageRow(
-      { seq: null, author: this.me, body, created_at: null, client_id: clientId },
-      { state: 'pending', me: this.me });
+  addPending(body, clientId, replyTo = null) {
+    const msg = normalize({
+      seq: null, author: this.me, body, created_at: null, client_id: clientId, reply_to: replyTo,
+    });
+    const row = messageRow(msg, { state: 'pending', me: this.me });
+    fillRow(row, msg, { original: (s) => this.#original(s), confirmed: false });
     this.pane.beforeAppend(this, { force: true });
     this.list.append(row);
     regroup(row);
-    this.pending.set(clientId, { row, body });
+    this.pending.set(clientId, { row, body, replyTo });
+  }
+
+  /** Retried or failed sends keep their reply: what to send again. */
+  pendingReply(clientId) {
+    return this.pending.get(clientId)?.replyTo ?? null;
   }
 
   fail(clientId, error) {
@@ -188,6 +281,8 @@ export class RoomView {
     for (const timer of this.typing.values()) clearTimeout(timer);
     this.typing.clear();
     this.#generation += 1;
+    this.#gapObserver?.disconnect();
+    clearTimeout(this.#highlightTimer);
   }
 
   // ------------------------------------------------------------------------------ scrollback
@@ -211,9 +306,7 @@ export class RoomView {
     this.el.removeAttribute('aria-busy');
 
     if (page) {
-      const older = (page.messages ?? [])
-        .filter((m) => Number.isInteger(m.seq) && m.seq < before && !this.messages.has(m.seq))
-        .sort((a, b) => a.seq - b.seq);
+      const older = this.#fresh(page.messages, (seq) => seq < before);
       this.pane.preserve(this, () => {
         this.#prepend(older);
         // A page that brought nothing new cannot be followed by a useful one: stop rather
@@ -227,6 +320,138 @@ export class RoomView {
     }
   }
 
+  // ------------------------------------------------------------------------ jump to a message
+
+  /**
+   * Show message `seq` (a reply's original): scrolled to, highlighted and focused. One that is
+   * older than what is loaded comes with the page `around` it; the messages between that
+   * page and the loaded ones are a gap row, loaded when it is reached. False when the
+   * message does not exist (any more).
+   */
+  async jumpTo(seq) {
+    let row = this.rowOf(seq);
+    if (!row && (seq < this.#lowestSeq() || this.#inGap(seq))) row = await this.#loadAround(seq);
+    if (!row) return false;
+    this.pane.reveal(this, row);
+    row.classList.add('is-target');
+    row.tabIndex = -1;
+    row.focus({ preventScroll: true });
+    clearTimeout(this.#highlightTimer);
+    this.#highlightTimer = setTimeout(() => row.classList.remove('is-target'), HIGHLIGHT_MS);
+    return true;
+  }
+
+  async #loadAround(seq) {
+    if (this.#gap) this.#dropOlderRun();
+    const generation = this.#generation;
+    let page;
+    try {
+      page = await fetchHistory(this.name, { around: seq, limit: PAGE_SIZE });
+    } catch {
+      return null;
+    }
+    if (generation !== this.#generation) return null;
+    const lowest = this.#lowestSeq();
+    const older = this.#fresh(page.messages, (s) => s < lowest);
+    if (older.length === 0) return this.rowOf(seq);
+    const reachesLoaded = (page.messages ?? []).some((m) => m.seq >= lowest)
+      || page.has_more_after === false;
+    this.pane.preserve(this, () => {
+      if (!reachesLoaded && this.messages.size > 0) this.#openGap(older.at(-1), lowest);
+      this.#prepend(older);
+      this.hasMore = page.has_more_before === true && this.#lowestSeq() > 1;
+      this.#renderTop();
+    });
+    return this.rowOf(seq);
+  }
+
+  /** The messages with seqs in (low, high) are missing between two loaded runs. */
+  #openGap(below, high) {
+    const row = h('li', {
+      class: 'gap-line', 'data-testid': 'history-gap', 'data-system': 'true',
+      'data-ts': new Date(below.created_at ?? Date.now()).getTime(),
+    }, h('button', {
+      type: 'button', class: 'link-btn', 'data-action': 'load-gap', 'data-testid': 'history-gap-load',
+    }, 'Load the messages in between'));
+    this.list.prepend(row);
+    this.#gap = { low: below.seq, high: high, row };
+    this.#gapObserver = new IntersectionObserver((entries) => {
+      if (entries.some((e) => e.isIntersecting)) this.loadGap();
+    });
+    this.#gapObserver.observe(row);
+  }
+
+  #inGap(seq) {
+    return this.#gap != null && seq > this.#gap.low && seq < this.#gap.high;
+  }
+
+  #closeGap() {
+    this.#gapObserver?.disconnect();
+    this.#gapObserver = null;
+    this.#gap?.row.remove();
+    this.#gap = null;
+  }
+
+  /** A jump further back while a gap is open: forget the older run, the newer one stays. */
+  #dropOlderRun() {
+    const { high } = this.#gap;
+    for (const [seq, entry] of [...this.messages]) {
+      if (seq >= high) continue;
+      entry.row.remove();
+      this.messages.delete(seq);
+    }
+    this.#closeGap();
+    this.minSeq = Math.min(...[...this.messages.values()]
+      .filter((e) => !e.system).map((e) => e.msg.seq), Infinity);
+    this.hasMore = true;
+    regroup(this.list.firstElementChild);
+  }
+
+  /** Load the next page of the gap (oldest first). */
+  async loadGap() {
+    const gap = this.#gap;
+    if (!gap || this.#gapLoading) return;
+    this.#gapLoading = true;
+    gap.row.setAttribute('aria-busy', 'true');
+    const generation = this.#generation;
+    let page = null;
+    try {
+      page = await fetchHistory(this.name, { after: gap.low, limit: GAP_PAGE_SIZE });
+    } catch {
+      // the gap stays, with its button
+    }
+    this.#gapLoading = false;
+    gap.row.removeAttribute('aria-busy');
+    if (!page || generation !== this.#generation || gap !== this.#gap) return;
+    const inside = this.#fresh(page.messages, (s) => s > gap.low && s < gap.high);
+    const closes = page.has_more !== true
+      || (page.messages ?? []).some((m) => m.seq >= gap.high) || inside.length === 0;
+    const mutate = () => {
+      const entries = inside.map((msg) => ({ msg, row: messageRow(msg, { me: this.me }) }));
+      gap.row.before(...entries.map((e) => e.row));
+      for (const entry of entries) {
+        this.messages.set(entry.msg.seq, entry);
+        regroup(entry.row);
+        this.#adopt(entry);
+      }
+      if (closes) {
+        const next = gap.row.nextElementSibling;
+        this.#closeGap();
+        regroup(next);
+      } else {
+        gap.low = inside.at(-1).seq;
+        regroup(gap.row);
+      }
+    };
+    if (this.pane.isAbove(this, gap.row)) this.pane.preserve(this, mutate);
+    else mutate();
+    if (this.#gap === gap) {
+      // Observing again reports whether the gap is still in sight: then the next page loads.
+      this.#gapObserver?.unobserve(gap.row);
+      this.#gapObserver?.observe(gap.row);
+    }
+  }
+
   // -------------------------------------------------------------------------------- private
 
   #lowestSeq() {
@@ -235,10 +460,93 @@ export class RoomView {
 
   /** Record a confirmed message and put its row in seq order. */
   #store(msg, row) {
-    this.messages.set(msg.seq, { msg, row });
+    const entry = { msg, row };
+    this.messages.set(msg.seq, entry);
     this.minSeq = Math.min(this.minSeq, msg.seq);
     this.maxSeq = Math.max(this.maxSeq, msg.seq);
     this.#place(row, msg.seq);
+    this.#adopt(entry);
+  }
+
+  /** A message just loaded: apply the events that came before it, show it, and refresh the
+   * quotes of its replies. */
+  #adopt(entry) {
+    const seq = entry.msg.seq;
+    const early = this.#early.get(seq);
+    if (early) {
+      this.#early.delete(seq);
+      for (const event of early.sort((a, b) => a.seq - b.seq)) {
+        entry.msg = applyEvent(entry.msg, event, this.me) ?? entry.msg;
+      }
+    }
+    const fetched = this.#originals.get(seq);
+    if (fetched) {
+      this.#originals.delete(seq);
+      if (fetched.version > entry.msg.version) entry.msg = fetched;
+    }
+    this.#render(entry);
+    this.#refreshQuotes(seq);
+  }
+
+  /** A newer copy (or null: nothing to do) of a loaded message. */
+  #update(entry, next) {
+    if (!next) return;
+    entry.msg = next;
+    this.#render(entry);
+    this.#refreshQuotes(next.seq);
+  }
+
+  #render(entry) {
+    const { row, msg } = entry;
+    if (msg.deleted) row.querySelector('.msg-editor')?.dispatchEvent(new Event('cancel-edit'));
+    fillRow(row, msg, { original: (s) => this.#original(s), confirmed: true });
+  }
+
+  /** What a quote shows of message `seq`; unknown ones are fetched once (`around`). */
+  #original(seq) {
+    const known = this.message(seq);
+    if (known) return known;
+    if (!this.#originalRequests.has(seq)) {
+      this.#originalRequests.add(seq);
+      const generation = this.#generation;
+      fetchHistory(this.name, { around: seq, limit: 1 }).then((page) => {
+        if (generation !== this.#generation || this.message(seq)) return;
+        const found = (page?.messages ?? []).find((m) => m.seq === seq);
+        if (!found) return;
+        let copy = newer(null, found);
+        for (const event of (this.#early.get(seq) ?? []).sort((a, b) => a.seq - b.seq)) {
+          copy = applyEvent(copy, event, this.me) ?? copy;
+        }
+        this.#early.delete(seq);
+        this.#originals.set(seq, copy);
+        this.#refreshQuotes(seq);
+      }, () => {}); // the quote keeps saying "an earlier message"
+    }
+    return null;
+  }
+
+  #refreshQuotes(seq) {
+    const original = this.message(seq);
+    for (const quote of this.list.querySelectorAll(`.msg-quote[data-target="${seq}"]`)) {
+      fillQuote(quote, original);
+    }
+    if (this.replyTo === seq) this.onQuoteChange(this);
+  }
+
+  /** The messages of a REST page worth adding (ascending, not shown yet, `keep(seq)`),
+   * as local copies; the ones already shown are updated by the version rule instead. */
+  #fresh(messages, keep) {
+    const out = [];
+    for (const m of messages ?? []) {
+      if (!Number.isInteger(m.seq)) continue;
+      const known = this.messages.get(m.seq);
+      if (known) {
+        if (!known.system) this.#update(known, newer(known.msg, m));
+      } else if (keep(m.seq)) {
+        out.push(newer(null, m));
+      }
+    }
+    return out.sort((a, b) => a.seq - b.seq);
   }
 
   /** Put a row (a message's or an event's) at its seq among the confirmed rows. */
@@ -266,16 +574,16 @@ export class RoomView {
 
   #prepend(msgs) {
     if (msgs.length === 0) return;
-    const rows = msgs.map((msg) => {
-      const row = messageRow(msg, { me: this.me });
-      this.messages.set(msg.seq, { msg, row });
-      return row;
-    });
+    const entries = msgs.map((msg) => ({ msg, row: messageRow(msg, { me: this.me }) }));
     const oldFirst = this.list.firstElementChild;
-    this.list.prepend(...rows);
+    this.list.prepend(...entries.map((e) => e.row));
     this.minSeq = Math.min(this.minSeq, msgs[0].seq);
     this.maxSeq = Math.max(this.maxSeq, msgs.at(-1).seq);
-    for (const row of rows) regroup(row);
+    for (const entry of entries) {
+      this.messages.set(entry.msg.seq, entry);
+      regroup(entry.row);
+      this.#adopt(entry);
+    }
     regroup(oldFirst);
   }
 
@@ -294,6 +602,9 @@ export class RoomView {
     for (const { row } of this.messages.values()) row.remove();
     for (const { row } of this.pending.values()) regroup(row);
     this.messages.clear();
+    this.#closeGap();
+    this.#originals.clear();
+    this.#originalRequests.clear();
     this.minSeq = Infinity;
     this.maxSeq = 0;
     this.joinSeq = lastSeq ?? 0;

@@ -8,7 +8,8 @@
 //    (the server stores a (room, author, client_id) once, so resending is always safe).
 //
 // It knows nothing about the DOM; it reports through events whose `detail` is the frame:
-// message, member (v2), rooms (v2, the user's own stream), joined (+resumed, reset), left,
+// message, edit, delete, reaction, member (v2), rooms (v2, the user's own stream), joined
+// (+resumed, reset), left,
 // ack, presence, typing, pong, error (frames that no pending send claimed), plus state
 // {state}, sendfailed {room, client_id, code, detail}, unauthorized (close 1008) and
 // handshakefailed (closed before it ever opened).
@@ -45,6 +46,7 @@ export class ChatSocket extends EventTarget {
     failed: (detail) => this.#emit('sendfailed', detail),
   });
   #listeners = null;
+  #commands = 0;
 
   constructor(me) {
     super();
@@ -110,8 +112,20 @@ export class ChatSocket extends EventTarget {
   }
 
   /** Queue a message; it goes out now if the room is joined, else when it is (re)joined. */
-  send(room, body, clientId) {
-    this.#outbox.add(room, body, clientId);
+  send(room, body, clientId, replyTo = null) {
+    this.#outbox.add(room, body, clientId, replyTo);
+  }
+
+  /**
+   * An `edit`, `delete` or `react` (v2) for a joined room, now or never: unlike a send it is
+   * not queued (a change made offline would land long after the reader moved on). Its `ack`
+   * or `error` carries `ref`, which this returns; null when it could not be written.
+   */
+  command(frame) {
+    if (!this.isJoined(frame.room)) return null;
+    this.#commands += 1;
+    const ref = `${frame.type}:${this.#commands}`;
+    return this.#raw({ ...frame, ref }) ? ref : null;
   }
 
   typing(room) {
@@ -174,8 +188,12 @@ export class ChatSocket extends EventTarget {
         break;
       }
       case 'member':
-        // A private room's membership event takes a seq of the room's log like a message, and
-        // a resume replays every event above `since`: it advances the resume point too.
+      case 'edit':
+      case 'delete':
+      case 'reaction':
+        // Every event of the room's log (v2) takes a seq like a message, and a resume replays
+        // every event above `since`: each advances the resume point too. They reach a
+        // connection in seq order, so none below it can still be on its way.
         if (room && Number.isInteger(frame.seq)) room.lastSeq = Math.max(room.lastSeq ?? 0, frame.seq);
         break;
       case 'joined': {
