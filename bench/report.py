@@ -12,13 +12,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .figures import Results, Throughput, Transport
+from .figures import Results, Throughput, Transport, size_label
 
 TARGET_INGEST_RATIO = 3.0
 TARGET_FANOUT_P99_MS = 25.0
 TARGET_JOIN_MS = 10.0
 TARGET_IDLE_KIB = 40.0
 TARGET_HISTORY_MS = 5.0
+# Against the peers (issue #18): ingest at least 50x a tuned Synapse's; send-to-receipt p99
+# at the load Synapse sustains at most a tenth of its; deliveries per server CPU-second at
+# least python-socketio + Redis's, while persisting everything.
+TARGET_SYNAPSE_INGEST_RATIO = 50.0
+TARGET_SYNAPSE_P99_RATIO = 0.1
+TARGET_SOCKETIO_EFFICIENCY_RATIO = 1.0
 
 
 @dataclass(frozen=True)
@@ -34,7 +40,10 @@ class Row:
 
 
 def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 2) if b > 0 else None
+    if b <= 0:
+        return None
+    r = a / b
+    return round(r, 2) if r >= 0.1 else round(r, 4)
 
 
 def _under(measurement: str, figure: float, unit: str, limit: float) -> Row:
@@ -118,6 +127,127 @@ def rows(results: Results) -> list[Row]:
         out.append(
             _under(f"history page at {label} rows, p99", h.latency_ms.p99, "ms", TARGET_HISTORY_MS)
         )
+    out.extend(peer_rows(results))
+    return out
+
+
+def _versus(
+    measurement: str,
+    figure: float,
+    unit: str,
+    baseline: float,
+    label: str,
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+) -> Row:
+    """A figure with a peer's as baseline; ratio = figure / baseline; a target on it."""
+    ratio = _ratio(figure, baseline)
+    target, passed = "", None
+    if at_least is not None:
+        target, passed = f">= {at_least:g}x", ratio is not None and ratio >= at_least
+    if at_most is not None:
+        target, passed = f"<= {at_most:g}x", ratio is not None and ratio <= at_most
+    return Row(measurement, figure, unit, baseline, label, ratio, target, passed)
+
+
+def peer_rows(results: Results) -> list[Row]:
+    """The chat against Matrix Synapse and python-socketio + Redis."""
+    out: list[Row] = []
+    s = results.synapse
+    if s is not None:
+        name = f"Synapse {s.variant}"
+        if results.ingest is not None:
+            out.append(
+                _versus(
+                    "ingest vs Synapse: acked messages",
+                    results.ingest.per_second,
+                    "msg/s",
+                    s.ingest.per_second,
+                    name,
+                    at_least=TARGET_SYNAPSE_INGEST_RATIO,
+                )
+            )
+            ours_cpu = results.ingest.server_cpu_us_per_message
+            if ours_cpu and s.ingest.server_cpu_us_per_message:
+                out.append(
+                    _versus(
+                        "server CPU per message stored (ingest) vs Synapse",
+                        ours_cpu,
+                        "µs",
+                        s.ingest.server_cpu_us_per_message,
+                        name,
+                    )
+                )
+        ours = results.latency_peer_load
+        if ours is not None and ours.all_ms is not None and s.latency.all_ms is not None:
+            rate = f"{s.latency.offered_per_second:g} msg/s"
+            theirs = s.latency.all_ms
+            out.append(
+                _versus(
+                    f"send → receipt p50 at {rate} vs Synapse /sync",
+                    ours.all_ms.p50,
+                    "ms",
+                    theirs.p50,
+                    name,
+                )
+            )
+            out.append(
+                _versus(
+                    f"send → receipt p99 at {rate} vs Synapse /sync",
+                    ours.all_ms.p99,
+                    "ms",
+                    theirs.p99,
+                    name,
+                    at_most=TARGET_SYNAPSE_P99_RATIO,
+                )
+            )
+        label = size_label(s.history.messages)
+        h = results.history.get(label)
+        if h is not None:
+            for q in ("p50", "p99"):
+                out.append(
+                    _versus(
+                        f"history page {q} at {label} messages vs Synapse /messages",
+                        getattr(h.latency_ms, q),
+                        "ms",
+                        getattr(s.history.latency_ms, q),
+                        name,
+                    )
+                )
+    sio = results.socketio
+    f = results.fanout
+    if sio is not None and f is not None:
+        name = "socket.io + Redis"
+        peer = sio.fanout
+        out.append(
+            _versus(
+                f"fan-out deliveries ({f.offered_per_second:g} msg/s offered) vs socket.io",
+                f.deliveries_per_second,
+                "msg/s",
+                peer.deliveries_per_second,
+                name,
+            )
+        )
+        out.append(
+            _versus(
+                "fan-out p99, other instance, vs socket.io",
+                f.cross_instance_ms.p99,
+                "ms",
+                peer.cross_instance_ms.p99,
+                name,
+            )
+        )
+        out.append(
+            _versus(
+                "deliveries per server CPU-second vs socket.io (we persist; it does not)",
+                f.deliveries_per_cpu_second,
+                "/cpu-s",
+                peer.deliveries_per_cpu_second,
+                name,
+                at_least=TARGET_SOCKETIO_EFFICIENCY_RATIO,
+            )
+        )
     return out
 
 
@@ -164,7 +294,38 @@ def figures(results: Results) -> dict[str, float]:
     for label, h in results.history.items():
         out[f"history_{label.lower()}_p50_ms"] = h.latency_ms.p50
         out[f"history_{label.lower()}_p99_ms"] = h.latency_ms.p99
+    if results.fanout is not None and results.fanout.deliveries_per_cpu_second:
+        out["fanout_deliveries_per_cpu_s"] = results.fanout.deliveries_per_cpu_second
+    ours = results.latency_peer_load
+    if ours is not None and ours.all_ms is not None:
+        out["peer_load_p50_ms"] = ours.all_ms.p50
+        out["peer_load_p99_ms"] = ours.all_ms.p99
+        out["peer_load_cross_instance_p99_ms"] = ours.cross_instance_ms.p99
+    s = results.synapse
+    if s is not None:
+        out["synapse_msgs_per_s"] = s.ingest.per_second
+        out["synapse_server_cpu_us_per_msg"] = s.ingest.server_cpu_us_per_message
+        if s.latency.all_ms is not None:
+            out["synapse_p50_ms"] = s.latency.all_ms.p50
+            out["synapse_p99_ms"] = s.latency.all_ms.p99
+        out["synapse_history_p50_ms"] = s.history.latency_ms.p50
+        out["synapse_history_p99_ms"] = s.history.latency_ms.p99
+    if results.socketio is not None:
+        f = results.socketio.fanout
+        out["socketio_deliveries_per_s"] = f.deliveries_per_second
+        out["socketio_p50_ms"] = f.cross_instance_ms.p50
+        out["socketio_p99_ms"] = f.cross_instance_ms.p99
+        out["socketio_deliveries_per_cpu_s"] = f.deliveries_per_cpu_second
+    for row in peer_rows(results):
+        if row.ratio is not None:
+            out[_key(row.measurement) + "_ratio"] = row.ratio
     return out
+
+
+def _key(measurement: str) -> str:
+    """'ingest vs Synapse: acked messages' -> 'ingest_vs_synapse_acked_messages'."""
+    words = "".join(c if c.isalnum() else " " for c in measurement.lower()).split()
+    return "_".join(words)
 
 
 def _number(value: float | None) -> str:
@@ -213,9 +374,20 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
     for label, h in results.history.items():
         if h.cpu:
             runs.append((f"history {label}", h.cpu))
+    if results.latency_peer_load is not None and results.latency_peer_load.cpu:
+        rate = results.latency_peer_load.offered_per_second
+        runs.append((f"chat at {rate:g} msg/s", results.latency_peer_load.cpu))
+    if results.synapse is not None:
+        s = results.synapse
+        runs.append((s.ingest.label, s.ingest.cpu))
+        runs.append((f"Synapse at {s.latency.offered_per_second:g} msg/s", s.latency.cpu))
+        runs.append(("Synapse history", s.history.cpu))
+    if results.socketio is not None:
+        runs.append(("socket.io fan-out", results.socketio.fanout.cpu))
     if runs:
         present = {k for _, c in runs for k in c}
-        order = ["bench client", "instance a", "instance b", "naive-1", "naive-2", "postgres"]
+        order = ["bench client", "instance a", "instance b", "naive-1", "naive-2", "synapse"]
+        order += ["socketio a", "socketio b", "redis", "postgres"]
         order += sorted(present - set(order))
         tail = ["interrupts", "rest of the machine", "machine"]
         order = [c for c in order if c not in tail]
