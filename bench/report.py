@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .figures import Results, Throughput, Transport, size_label
+from .figures import Percentiles, Results, Throughput, Transport, size_label
 
 TARGET_INGEST_RATIO = 3.0
 TARGET_FANOUT_P99_MS = 25.0
@@ -535,6 +535,7 @@ def notes(results: Results) -> list[str]:
             + (f"; closed {w.closed}" if w.closed else "")
             + (f"; errors {w.errors}" if w.errors else "")
         )
+    out.extend(peer_notes(results))
     for label, h in results.history.items():
         out.append(
             f"- history {label}: {h.rows:,} rows in the room (+{h.other_rows:,} in 10 others), "
@@ -551,6 +552,77 @@ def notes(results: Results) -> list[str]:
     return out
 
 
+def _q(p: Percentiles | None) -> str:
+    return f"{p.p50}/{p.p95}/{p.p99}/{p.max}" if p is not None else "-"
+
+
+def peer_notes(results: Results) -> list[str]:
+    out: list[str] = []
+    s = results.synapse
+    if s is not None:
+        out.append(
+            f"- Synapse {s.version} ({s.variant}): " + "; ".join(s.configuration),
+        )
+        t = s.ingest
+        lat = t.latency_ms
+        rates = ", ".join(f"{r:,.0f}" for r in t.runs)
+        out.append(
+            f"- {t.label} ingest: {t.setup}; send-to-ack p50 {lat.p50 if lat else '-'} ms, p99 "
+            f"{lat.p99 if lat else '-'} ms; server CPU {t.server_cpu_us_per_message} µs per "
+            f"message (synapse + postgres); median of {len(t.runs)} runs: {rates} msg/s"
+            + (f"; errors {t.errors}" if t.errors else "")
+        )
+        f = s.latency
+        out.append(
+            f"- Synapse at {f.offered_per_second:g} msg/s: {f.rooms} rooms, one paced sender "
+            f"and {f.receivers // max(f.rooms, 1)} /sync receivers each (long-polling, "
+            f"lazy-loaded members), {f.seconds:g} s; send to receipt p50/p95/p99/max "
+            f"{_q(f.all_ms)} ms over {f.all_ms.n if f.all_ms else 0} receipts; send to ack "
+            f"p50/p99 {f.ack_ms.p50}/{f.ack_ms.p99} ms; missing {f.missing}"
+            + (f"; errors {f.errors}" if f.errors else "")
+        )
+        h = s.history
+        out.append(
+            f"- Synapse history: one room of {h.messages:,} messages (sent in "
+            f"{h.load_seconds} s), {h.requests} pages of 50 (`/messages?dir=b`, lazy-loaded "
+            f"members) from random page tokens, one at a time: p50/p95/p99/max "
+            f"{_q(h.latency_ms)} ms"
+        )
+    ours = results.latency_peer_load
+    if ours is not None:
+        out.append(
+            f"- the chat at {ours.offered_per_second:g} msg/s (as Synapse): {ours.rooms} rooms, "
+            f"{ours.receivers} receivers (half per instance), {ours.seconds:g} s; send to "
+            f"receipt p50/p95/p99/max {_q(ours.all_ms)} ms over every receipt (other instance "
+            f"only: {_q(ours.cross_instance_ms)} ms); missing {ours.missing}"
+        )
+    if results.socketio is not None:
+        f = results.socketio.fanout
+        out.append(
+            f"- python-socketio {results.socketio.version} + Redis: {results.socketio.setup}; "
+            f"{f.offered_per_second:g} msg/s offered over {f.rooms} rooms, {f.receivers} "
+            f"receivers (half per instance), {f.seconds:g} s: {f.deliveries_per_second:,.0f} "
+            f"deliveries/s (expected {f.expected_deliveries_per_second:,.0f}); other instance "
+            f"p50/p95/p99/max {_q(f.cross_instance_ms)} ms, same instance "
+            f"{_q(f.same_instance_ms)} ms; send to ack p50/p99 {f.ack_ms.p50}/{f.ack_ms.p99} "
+            f"ms; servers {f.server_cores:.2f} cores: {f.deliveries_per_cpu_second:,.0f} "
+            f"deliveries per CPU-second ({f.cpu_us_per_delivery} µs each); missing {f.missing}"
+            + (
+                f"; median of {len(f.runs)} runs by p99: {', '.join(map(str, f.runs))} ms"
+                if len(f.runs) > 1
+                else ""
+            )
+        )
+        if results.fanout is not None:
+            c = results.fanout
+            out.append(
+                f"- the chat's fan-out, same load: servers (instances + postgres) "
+                f"{c.server_cores:.2f} cores: {c.deliveries_per_cpu_second:,.0f} deliveries per "
+                f"CPU-second ({c.cpu_us_per_delivery} µs each)"
+            )
+    return out
+
+
 def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
     data = {
         **meta,
@@ -561,13 +633,35 @@ def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
 
 
+def peer_advantages(results: Results) -> list[tuple[str, float, float | None]]:
+    """How many times better the chat does than each peer (over 1: better), with the target
+    as the same kind of factor: (label, factor, target)."""
+    out: list[tuple[str, float, float | None]] = []
+    for row in peer_rows(results):
+        if not row.ratio:
+            continue
+        higher_is_better = row.unit in ("msg/s", "/cpu-s")
+        factor = row.ratio if higher_is_better else 1 / row.ratio
+        target: float | None = None
+        if row.target.startswith(">= "):
+            target = float(row.target[3:-1])
+        elif row.target.startswith("<= "):
+            target = 1 / float(row.target[3:-1])
+        label = row.measurement.replace(" vs ", "\nvs ").replace(" (we persist; it does not)", "")
+        out.append((label, factor, target))
+    return out
+
+
 def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.8))
+    advantages = peer_advantages(results)
+    panels = 4 if advantages else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.8))
+    left, middle, right = axes[:3]
     fig.suptitle(
         f"chat benchmark, {meta['profile']} profile, {meta['machine']['cores']} cores, "
         f"PostgreSQL {meta['postgres']['version']}, {meta['date'][:10]}"
@@ -625,6 +719,19 @@ def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
     right.axhline(TARGET_IDLE_KIB, color="tab:red", linestyle="--", label="target")
     right.set_title("idle memory per socket, KiB")
     right.legend(fontsize=8)
+
+    if advantages:
+        peers = axes[3]
+        names = [a[0] for a in advantages]
+        peers.bar(names, [a[1] for a in advantages], color="tab:purple")
+        for i, (_, value, target) in enumerate(advantages):
+            peers.annotate(f"{value:,.3g}x", (i, value), ha="center", va="bottom", fontsize=7)
+            if target is not None:
+                peers.hlines(target, i - 0.45, i + 0.45, colors="tab:red", linestyles="--")
+        peers.axhline(1.0, color="black", linewidth=0.6)
+        peers.set_yscale("log")
+        peers.set_title("vs the peers: times better (log; dashes: targets)")
+        peers.tick_params(axis="x", labelsize=7)
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
