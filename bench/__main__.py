@@ -33,6 +33,7 @@ from . import baselines, peer_env, report, scenarios, socketio_peer, synapse
 from .cluster import PROJECT, Database, chat_instance, database, seed_users, tokens
 from .config import DEFAULT, FULL, SMOKE, Profile
 from .figures import (
+    Fanout,
     Percentiles,
     Results,
     SocketIoResults,
@@ -168,7 +169,6 @@ async def run(
         ui=ui,
         workdir=workdir,
         secret=secret,
-        synapse_variant=variant,
     )
     try:
         for instance in instances:
@@ -176,7 +176,7 @@ async def run(
         await asyncio.gather(*(i.wait_ready() for i in instances))
         setup.advance(2)
         async with asyncio.timeout(profile.budget_seconds):
-            await _measure(bench, results, wanted)
+            await _measure(bench, results, wanted, variant)
     except BaseException:
         for instance in instances:
             ui.log(f"--- {instance.name} log ---\n{instance.log_tail()}")
@@ -186,7 +186,9 @@ async def run(
     return results, pg
 
 
-async def _measure(bench: scenarios.Bench, results: Results, wanted: set[str]) -> None:
+async def _measure(
+    bench: scenarios.Bench, results: Results, wanted: set[str], variant: str
+) -> None:
     a, b = bench.instances
 
     async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
@@ -220,9 +222,31 @@ async def _measure(bench: scenarios.Bench, results: Results, wanted: set[str]) -
     async def baseline_b() -> None:
         results.baseline_b = await baselines.naive(bench)
 
-    async def fanout() -> None:
-        runs = [await scenarios.fanout(bench) for _ in range(bench.profile.repeats)]
-        results.fanout = median_fanout(runs)
+    # The chat's fan-out and the socket.io peer's alternate, so that both meet the same
+    # conditions (both peers' servers stay up, idle, meanwhile).
+    async def fanouts() -> None:
+        ours: list[Fanout] = []
+        theirs: list[Fanout] = []
+        async with contextlib.AsyncExitStack() as stack:
+            sio = None
+            if "socketio" in wanted:
+                sio = await stack.enter_async_context(
+                    socketio_peer.running(bench.profile, bench.ui, bench.workdir)
+                )
+            for _ in range(bench.profile.repeats):
+                if "fanout" in wanted:
+                    ours.append(await scenarios.fanout(bench))
+                if sio is not None:
+                    theirs.append(await socketio_peer.fanout(sio))
+            if ours:
+                results.fanout = median_fanout(ours)
+            if sio is not None:
+                results.socketio = SocketIoResults(
+                    version=peer_env.SOCKETIO_VERSION,
+                    setup=socketio_peer.SETUP,
+                    fanout=median_fanout(theirs),
+                    packages=sio.packages,
+                )
 
     async def history() -> None:
         sizes = list(bench.profile.history_sizes) if "history" in wanted else []
@@ -244,35 +268,35 @@ async def _measure(bench: scenarios.Bench, results: Results, wanted: set[str]) -
         )
         results.latency_peer_load = await scenarios.fanout(replace(bench, profile=at))
 
-    async def synapse_peer() -> None:
-        p = bench.profile
-        results.synapse = await synapse.measure(
-            bench.db, p, bench.ui, bench.workdir, bench.synapse_variant
-        )
-
-    async def socketio() -> None:
-        fanout, packages = await socketio_peer.measure(bench.profile, bench.ui, bench.workdir)
-        results.socketio = SocketIoResults(
-            version=peer_env.SOCKETIO_VERSION,
-            setup=socketio_peer.SETUP,
-            fanout=fanout,
-            packages=packages,
-        )
-
     await step("memory", memory)
     await step("joins", joins)
-    for _ in range(bench.profile.repeats):
-        await step("ingest", ingest)
-        await step("baseline-a", baseline_a)
-    results.ingest = median_run(ingests) if ingests else None
-    results.baseline_a = median_run(raws) if raws else None
-    await step("baseline-b", baseline_b)
-    await step("fanout", fanout)
-    await step("synapse", latency_peer_load)
-    if wanted & {"history", "synapse"}:
-        await history()
-    await step("synapse", synapse_peer)
-    await step("socketio", socketio)
+    async with contextlib.AsyncExitStack() as stack:
+        # Synapse runs (idle when not measured) from here to its last measurement, so that
+        # each of its measurements follows the chat's counterpart under the same conditions.
+        peer: synapse.Prepared | None = None
+        if "synapse" in wanted:
+            peer = await stack.enter_async_context(
+                synapse.running(bench.db, bench.profile, bench.ui, bench.workdir, variant)
+            )
+        synapse_ingests: list[Throughput] = []
+        for _ in range(bench.profile.repeats):
+            await step("ingest", ingest)
+            await step("baseline-a", baseline_a)
+            if peer is not None:
+                synapse_ingests.append(await peer.ingest())
+        results.ingest = median_run(ingests) if ingests else None
+        results.baseline_a = median_run(raws) if raws else None
+        await step("baseline-b", baseline_b)
+        if wanted & {"fanout", "socketio"}:
+            await fanouts()
+        if peer is not None:
+            await latency_peer_load()
+            synapse_latency = await peer.latency()
+        if wanted & {"history", "synapse"}:
+            await history()
+        if peer is not None:
+            pages = await peer.history()
+            results.synapse = peer.results(synapse_ingests, synapse_latency, pages)
     # Last: it starts and stops six instances of its own, and the first ingest run after it
     # was 1,350-2,300 msg/s instead of ~10,000 (PostgreSQL or the client settling; the two
     # main instances took no part in it).

@@ -37,6 +37,7 @@ class Row:
     ratio: float | None = None
     target: str = ""
     passed: bool | None = None
+    short: str = ""  # the plot's label, for the rows against a peer
 
 
 def _ratio(a: float, b: float) -> float | None:
@@ -138,6 +139,7 @@ def _versus(
     baseline: float,
     label: str,
     *,
+    short: str,
     at_least: float | None = None,
     at_most: float | None = None,
 ) -> Row:
@@ -148,7 +150,7 @@ def _versus(
         target, passed = f">= {at_least:g}x", ratio is not None and ratio >= at_least
     if at_most is not None:
         target, passed = f"<= {at_most:g}x", ratio is not None and ratio <= at_most
-    return Row(measurement, figure, unit, baseline, label, ratio, target, passed)
+    return Row(measurement, figure, unit, baseline, label, ratio, target, passed, short)
 
 
 def peer_rows(results: Results) -> list[Row]:
@@ -165,6 +167,7 @@ def peer_rows(results: Results) -> list[Row]:
                     "msg/s",
                     s.ingest.per_second,
                     name,
+                    short="ingest vs Synapse",
                     at_least=TARGET_SYNAPSE_INGEST_RATIO,
                 )
             )
@@ -177,6 +180,7 @@ def peer_rows(results: Results) -> list[Row]:
                         "µs",
                         s.ingest.server_cpu_us_per_message,
                         name,
+                        short="server CPU/msg vs Synapse",
                     )
                 )
         ours = results.latency_peer_load
@@ -190,6 +194,7 @@ def peer_rows(results: Results) -> list[Row]:
                     "ms",
                     theirs.p50,
                     name,
+                    short="p50 at 10/s vs Synapse",
                 )
             )
             out.append(
@@ -199,6 +204,7 @@ def peer_rows(results: Results) -> list[Row]:
                     "ms",
                     theirs.p99,
                     name,
+                    short="p99 at 10/s vs Synapse",
                     at_most=TARGET_SYNAPSE_P99_RATIO,
                 )
             )
@@ -213,6 +219,7 @@ def peer_rows(results: Results) -> list[Row]:
                         "ms",
                         getattr(s.history.latency_ms, q),
                         name,
+                        short=f"history {q} vs Synapse",
                     )
                 )
     sio = results.socketio
@@ -227,6 +234,7 @@ def peer_rows(results: Results) -> list[Row]:
                 "msg/s",
                 peer.deliveries_per_second,
                 name,
+                short="deliveries/s vs socket.io",
             )
         )
         out.append(
@@ -236,6 +244,7 @@ def peer_rows(results: Results) -> list[Row]:
                 "ms",
                 peer.cross_instance_ms.p99,
                 name,
+                short="fan-out p99 vs socket.io",
             )
         )
         out.append(
@@ -245,6 +254,7 @@ def peer_rows(results: Results) -> list[Row]:
                 "/cpu-s",
                 peer.deliveries_per_cpu_second,
                 name,
+                short="deliveries/CPU-s vs socket.io",
                 at_least=TARGET_SOCKETIO_EFFICIENCY_RATIO,
             )
         )
@@ -647,8 +657,7 @@ def peer_advantages(results: Results) -> list[tuple[str, float, float | None]]:
             target = float(row.target[3:-1])
         elif row.target.startswith("<= "):
             target = 1 / float(row.target[3:-1])
-        label = row.measurement.replace(" vs ", "\nvs ").replace(" (we persist; it does not)", "")
-        out.append((label, factor, target))
+        out.append((row.short or row.measurement, factor, target))
     return out
 
 
@@ -672,12 +681,15 @@ def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
         (results.ingest, "tab:blue"),
         (results.baseline_a, "tab:gray"),
         (results.baseline_b, "tab:orange"),
+        (results.synapse.ingest if results.synapse else None, "tab:purple"),
     ):
         if t is not None:
             labels.append(t.label.replace(" (", "\n("))
             values.append(t.per_second)
             colors.append(color)
     left.bar(labels, values, color=colors)
+    for i, value in enumerate(values):
+        left.annotate(f"{value:,.0f}", (i, value), ha="center", va="bottom", fontsize=7)
     if results.baseline_a is not None:
         left.axhline(
             TARGET_INGEST_RATIO * results.baseline_a.per_second,
@@ -722,16 +734,18 @@ def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
 
     if advantages:
         peers = axes[3]
-        names = [a[0] for a in advantages]
-        peers.bar(names, [a[1] for a in advantages], color="tab:purple")
+        ys = range(len(advantages))
+        colors = ["tab:purple" if value >= 1 else "tab:red" for _, value, _ in advantages]
+        peers.barh(list(ys), [a[1] for a in advantages], color=colors)
         for i, (_, value, target) in enumerate(advantages):
-            peers.annotate(f"{value:,.3g}x", (i, value), ha="center", va="bottom", fontsize=7)
+            peers.annotate(f" {value:,.3g}x", (value, i), va="center", fontsize=7)
             if target is not None:
-                peers.hlines(target, i - 0.45, i + 0.45, colors="tab:red", linestyles="--")
-        peers.axhline(1.0, color="black", linewidth=0.6)
-        peers.set_yscale("log")
+                peers.vlines(target, i - 0.45, i + 0.45, colors="black", linestyles="--")
+        peers.axvline(1.0, color="black", linewidth=0.6)
+        peers.set_xscale("log")
+        peers.set_yticks(list(ys), [a[0] for a in advantages], fontsize=8)
+        peers.invert_yaxis()
         peers.set_title("vs the peers: times better (log; dashes: targets)")
-        peers.tick_params(axis="x", labelsize=7)
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)

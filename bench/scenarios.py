@@ -53,7 +53,6 @@ class Bench:
     ui: Ui
     workdir: Path
     secret: str  # the instances' signing key, which minted `tokens`
-    synapse_variant: str = "tuned"  # bench/synapse.py VARIANTS
 
     def cpu_meter(self, extra: dict[str, int] | None = None) -> CpuMeter:
         pids = {f"instance {s.name[-1]}": s.pid for s in self.instances}

@@ -16,7 +16,7 @@ import functools
 import os
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from picows import WSFrame, WSMsgType, WSTransport, ws_connect
 from . import clients, peer_env
 from .cluster import PROJECT, Server, free_port
 from .config import Profile
-from .figures import Fanout, Percentiles, median_fanout
+from .figures import Fanout, Percentiles
 from .system import CpuMeter
 from .ui import Ui
 
@@ -172,6 +172,7 @@ class SocketIoRun:
     ui: Ui
     servers: list[Server]
     redis_pid: int
+    packages: list[str]  # pip freeze of the venv
 
 
 async def fanout(run: SocketIoRun) -> Fanout:
@@ -262,23 +263,23 @@ async def fanout(run: SocketIoRun) -> Fanout:
     )
 
 
-async def measure(profile: Profile, ui: Ui, workdir: Path) -> tuple[Fanout, list[str]]:
-    """Build (or reuse) the peer's venv, start Redis and two instances, run the fan-out
-    `profile.repeats` times; the median run by cross-instance p99, and the venv's packages."""
-    step = ui.step(f"socket.io: venv {peer_env.SOCKETIO.path.name}", None)
+@contextlib.asynccontextmanager
+async def running(profile: Profile, ui: Ui, workdir: Path) -> AsyncIterator[SocketIoRun]:
+    """The peer's venv (built if missing), a private Redis and two instances, ready; stopped
+    at the end."""
+    step = ui.step(f"socket.io: venv {peer_env.SOCKETIO.path.name}, Redis, 2 instances", None)
     python = await asyncio.to_thread(peer_env.ensure, peer_env.SOCKETIO)
     packages = await asyncio.to_thread(peer_env.freeze, peer_env.SOCKETIO)
-    step.done()
     logs = workdir / "logs"
     logs.mkdir(exist_ok=True)
     with peer_env.redis_server(workdir / "redis") as redis:
         servers = [instance(f"socketio-{x}", python, redis.url, logs) for x in ("a", "b")]
-        run = SocketIoRun(profile, ui, servers, redis.pid)
         try:
             for server in servers:
                 server.start()
             await asyncio.gather(*(s.wait_ready() for s in servers))
-            runs = [await fanout(run) for _ in range(profile.repeats)]
+            step.done()
+            yield SocketIoRun(profile, ui, servers, redis.pid, packages)
         except BaseException:
             for server in servers:
                 ui.log(f"--- {server.name} log ---\n{server.log_tail()}")
@@ -286,4 +287,3 @@ async def measure(profile: Profile, ui: Ui, workdir: Path) -> tuple[Fanout, list
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.gather(*(asyncio.to_thread(s.stop) for s in servers))
-    return median_fanout(runs), packages

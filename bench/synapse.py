@@ -24,7 +24,7 @@ import secrets
 import subprocess
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -625,14 +625,55 @@ def _from(token: str | None) -> dict[str, str]:
 # -- all of it -------------------------------------------------------------------------------
 
 
-async def measure(
+@dataclass
+class Prepared:
+    """A running homeserver with its users and rooms, ready for each measurement."""
+
+    hs: Homeserver
+    db: Database
+    profile: Profile
+    ui: Ui
+    tokens: list[str]
+    ingest_rooms: list[str]
+    latency_rooms: list[str]
+    history_room: str
+    packages: list[str]
+
+    async def ingest(self) -> Throughput:
+        return await ingest(self.hs, self.db, self.profile, self.ui, self.tokens, self.ingest_rooms)
+
+    async def latency(self) -> Fanout:
+        return await latency(
+            self.hs, self.db, self.profile, self.ui, self.tokens, self.latency_rooms
+        )
+
+    async def history(self) -> Pages:
+        return await history(
+            self.hs, self.db, self.profile, self.ui, self.tokens, self.history_room
+        )
+
+    def results(self, ingests: list[Throughput], late: Fanout, pages: Pages) -> SynapseResults:
+        return SynapseResults(
+            version=peer_env.SYNAPSE_VERSION,
+            variant=self.hs.variant.name,
+            configuration=self.hs.variant.description,
+            ingest=median_run(ingests),
+            latency=late,
+            history=pages,
+            packages=self.packages,
+        )
+
+
+@contextlib.asynccontextmanager
+async def running(
     db: Database, p: Profile, ui: Ui, workdir: Path, variant_name: str
-) -> SynapseResults:
+) -> AsyncIterator[Prepared]:
+    """The venv (built if missing), the homeserver started, its users registered and its
+    rooms made; stopped (and its database dropped) at the end."""
     variant = VARIANTS[variant_name]
-    step = ui.step(f"synapse: venv {peer_env.SYNAPSE.path.name}", None)
+    step = ui.step(f"synapse ({variant.name}): venv, schema, start", None)
     python = await asyncio.to_thread(peer_env.ensure, peer_env.SYNAPSE)
     packages = await asyncio.to_thread(peer_env.freeze, peer_env.SYNAPSE)
-    step.update(description=f"synapse ({variant.name}): schema, start")
     hs = await start(db, workdir, variant, python)
     step.done()
     try:
@@ -660,20 +701,9 @@ async def measure(
         )
         (history_room,) = await rooms_with_members(hs, tokens, [list(range(8))], "history")
         rooms_step.done()
-        runs = [await ingest(hs, db, p, ui, tokens, ingest_rooms) for _ in range(p.repeats)]
-        late = await latency(hs, db, p, ui, tokens, latency_rooms)
-        pages = await history(hs, db, p, ui, tokens, history_room)
+        yield Prepared(hs, db, p, ui, tokens, ingest_rooms, latency_rooms, history_room, packages)
     except BaseException:
         ui.log(f"--- {hs.server.name} log ---\n{hs.server.log_tail()}")
         raise
     finally:
         await stop(hs, db)
-    return SynapseResults(
-        version=peer_env.SYNAPSE_VERSION,
-        variant=variant.name,
-        configuration=variant.description,
-        ingest=median_run(runs),
-        latency=late,
-        history=pages,
-        packages=packages,
-    )
