@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,6 +316,7 @@ def figures(results: Results) -> dict[str, float]:
     if s is not None:
         out["synapse_msgs_per_s"] = s.ingest.per_second
         out["synapse_server_cpu_us_per_msg"] = s.ingest.server_cpu_us_per_message
+        out["synapse_ingest_ceiling_msgs_per_s"] = synapse_ceiling(results)
         if s.latency.all_ms is not None:
             out["synapse_p50_ms"] = s.latency.all_ms.p50
             out["synapse_p99_ms"] = s.latency.all_ms.p99
@@ -582,6 +584,14 @@ def peer_notes(results: Results) -> list[str]:
             f"message (synapse + postgres); median of {len(t.runs)} runs: {rates} msg/s"
             + (f"; errors {t.errors}" if t.errors else "")
         )
+        ceiling = synapse_ceiling(results)
+        if ceiling:
+            out.append(
+                f"- at {t.server_cpu_us_per_message:,.0f} µs of server CPU per message, this "
+                f"machine's {os.cpu_count()} cores could ack at most {ceiling:,.0f} msg/s for "
+                "Synapse however its processes were laid out (workers spread the work over "
+                "cores and add replication; they do not make a message cheaper)"
+            )
         f = s.latency
         out.append(
             f"- Synapse at {f.offered_per_second:g} msg/s: {f.rooms} rooms, one paced sender "
@@ -631,6 +641,15 @@ def peer_notes(results: Results) -> list[str]:
                 f"CPU-second ({c.cpu_us_per_delivery} µs each)"
             )
     return out
+
+
+def synapse_ceiling(results: Results) -> float:
+    """The most Synapse could ack here if every core served it at the CPU per message it
+    needed: cores / (server CPU per message)."""
+    s = results.synapse
+    if s is None or not s.ingest.server_cpu_us_per_message:
+        return 0.0
+    return round((os.cpu_count() or 1) / s.ingest.server_cpu_us_per_message * 1e6, 1)
 
 
 def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
@@ -745,7 +764,7 @@ def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
         peers.set_xscale("log")
         peers.set_yticks(list(ys), [a[0] for a in advantages], fontsize=8)
         peers.invert_yaxis()
-        peers.set_title("vs the peers: times better (log; dashes: targets)")
+        peers.set_title("vs the peers: times better (dashes: targets)")
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
