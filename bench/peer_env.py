@@ -48,7 +48,10 @@ class PeerEnv:
 
 
 SYNAPSE_VERSION = "1.163.2"
-SYNAPSE = PeerEnv(f"synapse-{SYNAPSE_VERSION}", (f"matrix-synapse[postgres]=={SYNAPSE_VERSION}",))
+# redis: the replication between its processes, when it runs workers
+SYNAPSE = PeerEnv(
+    f"synapse-{SYNAPSE_VERSION}", (f"matrix-synapse[postgres,redis]=={SYNAPSE_VERSION}",)
+)
 SOCKETIO_VERSION = "5.18.1"
 # redis and uvicorn at the versions the service's own lock has.
 SOCKETIO = PeerEnv(

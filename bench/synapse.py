@@ -67,6 +67,8 @@ class Variant:
     pool_max: int = 10  # database connections (cp_max)
     # Durable as the chat is (an acked message survives a crash) unless turned off.
     synchronous_commit: bool = True
+    # event persisters in processes of their own (generic workers; Redis for replication)
+    persisters: int = 0
 
 
 _BASE_DESCRIPTION = [
@@ -97,6 +99,20 @@ VARIANTS = {
         log_level="WARNING",
         pool_max=20,
     ),
+    # Its docs' way to use more cores: events persisted by a worker process of its own (the
+    # main process creates, authorises and signs them, and serves the client API).
+    "tuned-workers": Variant(
+        "tuned-workers",
+        [
+            *_BASE_DESCRIPTION,
+            "as tuned, and one event persister worker (stream_writers.events), replication "
+            "over HTTP and a private Redis",
+        ],
+        config=_TUNED,
+        log_level="WARNING",
+        pool_max=20,
+        persisters=1,
+    ),
     # Not used for the comparison: the chat acks after a durable commit, and so does Synapse
     # with its default. Measured to see what durability costs it.
     "tuned-async-commit": Variant(
@@ -112,21 +128,52 @@ VARIANTS = {
 DEFAULT_VARIANT = "tuned"
 
 
-def _homeserver_config(home: Path, port: int, db_url: str, variant: Variant) -> dict[str, Any]:
+def _worker_config(
+    home: Path, port: int, replication: dict[str, int], redis_url: str
+) -> dict[str, Any]:
+    """What the main process needs to know of its workers (empty without workers)."""
+    if not replication:
+        return {}
+    redis = urlsplit(redis_url)
+    return {
+        "instance_map": {name: {"host": "127.0.0.1", "port": p} for name, p in replication.items()},
+        "stream_writers": {"events": [n for n in replication if n != "main"]},
+        "redis": {"enabled": True, "host": redis.hostname, "port": redis.port},
+    }
+
+
+def _homeserver_config(
+    home: Path,
+    port: int,
+    db_url: str,
+    variant: Variant,
+    replication: dict[str, int],
+    redis_url: str,
+) -> dict[str, Any]:
     parts = urlsplit(db_url)
+    listeners: list[dict[str, Any]] = [
+        {
+            "port": port,
+            "bind_addresses": ["127.0.0.1"],
+            "type": "http",
+            "tls": False,
+            "x_forwarded": False,
+            "resources": [{"names": ["client"], "compress": False}],
+        }
+    ]
+    if replication:
+        listeners.append(
+            {
+                "port": replication["main"],
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "resources": [{"names": ["replication"]}],
+            }
+        )
     return {
         "server_name": SERVER_NAME,
         "pid_file": str(home / "homeserver.pid"),
-        "listeners": [
-            {
-                "port": port,
-                "bind_addresses": ["127.0.0.1"],
-                "type": "http",
-                "tls": False,
-                "x_forwarded": False,
-                "resources": [{"names": ["client"], "compress": False}],
-            }
-        ],
+        "listeners": listeners,
         "database": {
             "name": "psycopg2",
             "synchronous_commit": variant.synchronous_commit,
@@ -166,6 +213,7 @@ def _homeserver_config(home: Path, port: int, db_url: str, variant: Variant) -> 
         "rc_presence": {"per_user": _UNLIMITED},
         "rc_delayed_event_mgmt": _UNLIMITED,
         **variant.config,
+        **_worker_config(home, port, replication, redis_url),
     }
 
 
@@ -187,9 +235,16 @@ def _log_config(home: Path, level: str) -> dict[str, Any]:
 
 @dataclass
 class Homeserver:
-    server: Server
+    server: Server  # the main process
     variant: Variant
     db_name: str
+    workers: list[Server] = field(default_factory=list)
+    redis_pid: int | None = None  # the workers' replication
+
+    def processes(self) -> dict[str, int]:
+        """The CPU meter's names for its processes."""
+        names = {"synapse": self.server.pid} | {w.name: w.pid for w in self.workers}
+        return names | ({"redis": self.redis_pid} if self.redis_pid is not None else {})
 
 
 async def _create_database(admin_url: str, name: str) -> str:
@@ -213,17 +268,29 @@ async def _drop_database(admin_url: str, name: str) -> None:
         await conn.close()
 
 
-async def start(db: Database, workdir: Path, variant: Variant, python: Path) -> Homeserver:
+async def start(
+    db: Database,
+    workdir: Path,
+    variant: Variant,
+    python: Path,
+    redis: peer_env.Redis | None = None,
+) -> Homeserver:
     """A database of its own, a generated configuration and signing key, the homeserver
-    started and answering `/health`."""
+    (and its workers) started and answering `/health`."""
     name = f"synapse_{uuid.uuid4().hex[:10]}"
     url = await _create_database(db.admin_url, name)
     home = workdir / f"synapse-{variant.name}"
     home.mkdir(parents=True)
     port = free_port()
+    workers = [f"persister-{i + 1}" for i in range(variant.persisters)]
+    replication = {n: free_port() for n in ["main", *workers]} if workers else {}
     config = home / "homeserver.yaml"
     # YAML is a superset of JSON.
-    config.write_text(json.dumps(_homeserver_config(home, port, url, variant)))
+    config.write_text(
+        json.dumps(
+            _homeserver_config(home, port, url, variant, replication, redis.url if redis else "")
+        )
+    )
     (home / "log.json").write_text(json.dumps(_log_config(home, variant.log_level)))
     (home / "media").mkdir()
     argv = [str(python), "-m", "synapse.app.homeserver", "-c", str(config)]
@@ -240,14 +307,63 @@ async def start(db: Database, workdir: Path, variant: Variant, python: Path) -> 
     if keys.returncode != 0:
         raise RuntimeError(f"synapse --generate-keys failed:\n{keys.stdout}\n{keys.stderr}")
     server = Server(f"synapse-{variant.name}", argv, env, port, home / "stdout.log", "/health")
+    hs = Homeserver(server, variant, name, redis_pid=redis.pid if redis else None)
     server.start()
     # The first start creates its schema: tens of seconds on a busy machine.
     await server.wait_ready(timeout=240)
-    return Homeserver(server, variant, name)
+    try:
+        await _start_workers(hs, home, config, python, env, workers, replication)
+    except BaseException:
+        await stop(hs, db)
+        raise
+    return hs
+
+
+async def _start_workers(
+    hs: Homeserver,
+    home: Path,
+    config: Path,
+    python: Path,
+    env: dict[str, str],
+    workers: list[str],
+    replication: dict[str, int],
+) -> None:
+    for worker in workers:
+        worker_config = home / f"{worker}.yaml"
+        worker_config.write_text(
+            json.dumps(
+                {
+                    "worker_app": "synapse.app.generic_worker",
+                    "worker_name": worker,
+                    "worker_listeners": [
+                        {
+                            "type": "http",
+                            "port": replication[worker],
+                            "bind_addresses": ["127.0.0.1"],
+                            "resources": [{"names": ["replication"]}],
+                        }
+                    ],
+                    "worker_log_config": str(home / "log.json"),
+                }
+            )
+        )
+        worker_argv = [str(python), "-m", "synapse.app.generic_worker", "-c", str(config)]
+        worker_argv += ["-c", str(worker_config)]
+        process = Server(
+            f"synapse {worker}",
+            worker_argv,
+            env,
+            replication[worker],
+            home / f"{worker}.stdout.log",
+            "/health",
+        )
+        hs.workers.append(process)
+        process.start()
+        await process.wait_ready(timeout=120)
 
 
 async def stop(hs: Homeserver, db: Database) -> None:
-    await asyncio.to_thread(hs.server.stop)
+    await asyncio.gather(*(asyncio.to_thread(s.stop) for s in [hs.server, *hs.workers]))
     with contextlib.suppress(Exception):
         await _drop_database(db.admin_url, hs.db_name)
 
@@ -358,7 +474,7 @@ async def rooms_with_members(
 
 
 def _meter(hs: Homeserver, db: Database) -> CpuMeter:
-    pids = {"synapse": hs.server.pid, "bench client": os.getpid()}
+    pids = hs.processes() | {"bench client": os.getpid()}
     return CpuMeter(pids, {"postgres": db.data_dir} if db.data_dir is not None else {})
 
 
@@ -431,7 +547,7 @@ async def ingest(
         errors=errors,
         latency_ms=Percentiles.of(ack_ms),
         cpu=cpu,
-        servers=("synapse", "postgres"),
+        servers=(*hs.processes(), "postgres"),
     )
 
 
@@ -674,36 +790,48 @@ async def running(
     step = ui.step(f"synapse ({variant.name}): venv, schema, start", None)
     python = await asyncio.to_thread(peer_env.ensure, peer_env.SYNAPSE)
     packages = await asyncio.to_thread(peer_env.freeze, peer_env.SYNAPSE)
-    hs = await start(db, workdir, variant, python)
-    step.done()
-    try:
-        senders = p.synapse_senders
-        latency_users = p.peer_latency_receivers + p.peer_latency_rooms
-        tokens = await register_users(hs, max(senders, latency_users) + 1, ui)
-        rooms_step = ui.step("synapse: rooms and joins", None)
-        per_room = senders // p.synapse_rooms
-        ingest_rooms = await rooms_with_members(
-            hs,
-            tokens,
-            [list(range(k * per_room, (k + 1) * per_room)) for k in range(p.synapse_rooms)],
-            "ingest",
-        )
-        per_latency_room = p.peer_latency_receivers // p.peer_latency_rooms
-        first_sender = per_latency_room * p.peer_latency_rooms
-        latency_rooms = await rooms_with_members(
-            hs,
-            tokens,
-            [
-                [first_sender + k, *range(k * per_latency_room, (k + 1) * per_latency_room)]
-                for k in range(p.peer_latency_rooms)
-            ],
-            "latency",
-        )
-        (history_room,) = await rooms_with_members(hs, tokens, [list(range(8))], "history")
-        rooms_step.done()
-        yield Prepared(hs, db, p, ui, tokens, ingest_rooms, latency_rooms, history_room, packages)
-    except BaseException:
-        ui.log(f"--- {hs.server.name} log ---\n{hs.server.log_tail()}")
-        raise
-    finally:
-        await stop(hs, db)
+    with contextlib.ExitStack() as stack:
+        redis = None
+        if variant.persisters:
+            redis = stack.enter_context(peer_env.redis_server(workdir / "synapse-redis"))
+        hs = await start(db, workdir, variant, python, redis)
+        step.done()
+        try:
+            yield await _prepare(hs, db, p, ui, packages)
+        except BaseException:
+            for server in [hs.server, *hs.workers]:
+                ui.log(f"--- {server.name} log ---\n{server.log_tail()}")
+            raise
+        finally:
+            await stop(hs, db)
+
+
+async def _prepare(
+    hs: Homeserver, db: Database, p: Profile, ui: Ui, packages: list[str]
+) -> Prepared:
+    """Users registered, rooms made and joined."""
+    senders = p.synapse_senders
+    latency_users = p.peer_latency_receivers + p.peer_latency_rooms
+    tokens = await register_users(hs, max(senders, latency_users) + 1, ui)
+    rooms_step = ui.step("synapse: rooms and joins", None)
+    per_room = senders // p.synapse_rooms
+    ingest_rooms = await rooms_with_members(
+        hs,
+        tokens,
+        [list(range(k * per_room, (k + 1) * per_room)) for k in range(p.synapse_rooms)],
+        "ingest",
+    )
+    per_latency_room = p.peer_latency_receivers // p.peer_latency_rooms
+    first_sender = per_latency_room * p.peer_latency_rooms
+    latency_rooms = await rooms_with_members(
+        hs,
+        tokens,
+        [
+            [first_sender + k, *range(k * per_latency_room, (k + 1) * per_latency_room)]
+            for k in range(p.peer_latency_rooms)
+        ],
+        "latency",
+    )
+    (history_room,) = await rooms_with_members(hs, tokens, [list(range(8))], "history")
+    rooms_step.done()
+    return Prepared(hs, db, p, ui, tokens, ingest_rooms, latency_rooms, history_room, packages)
