@@ -61,7 +61,7 @@ class Profile:
     peer_latency_rate: float = 10.0
     peer_latency_rooms: int = 5
     peer_latency_receivers: int = 20
-    peer_latency_seconds: float = 30.0
+    peer_latency_seconds: float = 20.0
     # ingest, baseline A and the fan-out run this many times, interleaved, and so does each
     # transport's delivery window; the figure is the median run (a shared or noisy machine
     # disturbs single runs)

@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .figures import Percentiles, Results, Throughput, Transport, size_label
+from .figures import Fanout, Percentiles, Results, Throughput, Transport, size_label
 
 TARGET_INGEST_RATIO = 3.0
 TARGET_FANOUT_P99_MS = 25.0
@@ -568,6 +568,12 @@ def _q(p: Percentiles | None) -> str:
     return f"{p.p50}/{p.p95}/{p.p99}/{p.max}" if p is not None else "-"
 
 
+def _runs(f: Fanout) -> str:
+    if len(f.runs) < 2:
+        return ""
+    return f"; median of {len(f.runs)} runs by p99: {', '.join(map(str, f.runs))} ms"
+
+
 def peer_notes(results: Results) -> list[str]:
     out: list[str] = []
     s = results.synapse
@@ -599,6 +605,7 @@ def peer_notes(results: Results) -> list[str]:
             f"lazy-loaded members), {f.seconds:g} s; send to receipt p50/p95/p99/max "
             f"{_q(f.all_ms)} ms over {f.all_ms.n if f.all_ms else 0} receipts; send to ack "
             f"p50/p99 {f.ack_ms.p50}/{f.ack_ms.p99} ms; missing {f.missing}"
+            + _runs(f)
             + (f"; errors {f.errors}" if f.errors else "")
         )
         h = s.history
@@ -614,7 +621,7 @@ def peer_notes(results: Results) -> list[str]:
             f"- the chat at {ours.offered_per_second:g} msg/s (as Synapse): {ours.rooms} rooms, "
             f"{ours.receivers} receivers (half per instance), {ours.seconds:g} s; send to "
             f"receipt p50/p95/p99/max {_q(ours.all_ms)} ms over every receipt (other instance "
-            f"only: {_q(ours.cross_instance_ms)} ms); missing {ours.missing}"
+            f"only: {_q(ours.cross_instance_ms)} ms); missing {ours.missing}" + _runs(ours)
         )
     if results.socketio is not None:
         f = results.socketio.fanout
