@@ -249,11 +249,7 @@ async def _measure(
                     packages=sio.packages,
                 )
 
-    async def history() -> None:
-        sizes = list(bench.profile.history_sizes) if "history" in wanted else []
-        # The chat at the size Synapse's room has (it cannot be loaded with a million).
-        if "synapse" in wanted:
-            sizes.insert(0, bench.profile.synapse_history_messages)
+    async def history(sizes: list[int]) -> None:
         for rows in sizes:
             results.history[size_label(rows)] = await scenarios.history(bench, rows)
 
@@ -300,11 +296,14 @@ async def _measure(
                 theirs.append(await peer.latency())
             results.latency_peer_load = median_latency(ours)
             synapse_latency = median_latency(theirs)
-        if wanted & {"history", "synapse"}:
-            await history()
         if peer is not None:
+            # The chat at the size Synapse's room has (it cannot be loaded with a million),
+            # then Synapse's pages, one right after the other.
+            await history([bench.profile.synapse_history_messages])
             pages = await peer.history()
             results.synapse = peer.results(synapse_ingests, synapse_latency, pages)
+    if "history" in wanted:
+        await history(list(bench.profile.history_sizes))
     # Last: it starts and stops six instances of its own, and the first ingest run after it
     # was 1,350-2,300 msg/s instead of ~10,000 (PostgreSQL or the client settling; the two
     # main instances took no part in it).
