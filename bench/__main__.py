@@ -29,7 +29,15 @@ from typing import Any
 import asyncpg
 from rich.console import Console
 
-from . import baselines, peer_env, report, scenarios, socketio_peer, synapse
+from . import (
+    baselines,
+    peer_env,
+    report,
+    scenarios,
+    socketio_peer,
+    synapse,
+    synapse_server,
+)
 from .cluster import PROJECT, Database, chat_instance, database, seed_users, tokens
 from .config import DEFAULT, FULL, SMOKE, Profile
 from .figures import (
@@ -86,9 +94,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--synapse-variant",
-        choices=sorted(synapse.VARIANTS),
-        default=synapse.DEFAULT_VARIANT,
-        help=f"Synapse's configuration (default {synapse.DEFAULT_VARIANT}; bench/synapse.py)",
+        choices=sorted(synapse_server.VARIANTS),
+        default=synapse_server.DEFAULT_VARIANT,
+        help=f"Synapse's configuration (default {synapse_server.DEFAULT_VARIANT}; "
+        "bench/synapse_server.py)",
     )
     parser.add_argument(
         "--only",

@@ -9,41 +9,34 @@ What is measured, each with the chat's counterpart in the report:
   send-to-receipt time of every message (the body carries `time.time_ns()`, as the chat's);
 - history: `GET /rooms/{id}/messages?dir=b&limit=50` from random page tokens of one room.
 
-The configuration is generated at run time (`VARIANTS`): registration open, no federation,
-every `rc_*` rate limit lifted; see `VARIANTS` for what each variant changes, and why.
+The homeserver and its configuration are in synapse_server.py, the API calls in matrix.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import random
-import secrets
-import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import aiohttp
-import asyncpg
 import orjson
 
 from . import clients, peer_env
-from .cluster import Database, Server, free_port
+from .cluster import Database
 from .config import BODY_TEXT, Profile
 from .figures import Fanout, Pages, Percentiles, SynapseResults, Throughput, median_run
+from .matrix import CLIENT, MatrixError, call, create_room, join_room, register, send_text, session
+from .synapse_server import VARIANTS, Homeserver, start, stop
 from .system import CpuMeter
 from .ui import Ui
 
-SERVER_NAME = "bench.localhost"
-_CLIENT = "/_matrix/client/v3"
-_UNLIMITED = {"per_second": 1_000_000, "burst_count": 1_000_000}
 # Timelines as Element asks for them: members loaded lazily, no presence or account data.
 _SYNC_FILTER = orjson.dumps(
     {
@@ -55,401 +48,10 @@ _SYNC_FILTER = orjson.dumps(
 _PAGE_FILTER = orjson.dumps({"lazy_load_members": True}).decode()
 
 
-@dataclass(frozen=True)
-class Variant:
-    """One way to configure the homeserver: what it sets, in words and as config keys."""
-
-    name: str
-    description: list[str]
-    config: dict[str, Any] = field(default_factory=dict)
-    log_level: str = "INFO"
-    env: dict[str, str] = field(default_factory=dict)
-    pool_max: int = 10  # database connections (cp_max)
-    # Durable as the chat is (an acked message survives a crash) unless turned off.
-    synchronous_commit: bool = True
-    # event persisters in processes of their own (generic workers; Redis for replication)
-    persisters: int = 0
-
-
-_BASE_DESCRIPTION = [
-    "one homeserver process (no workers), registration open (m.login.dummy), no federation "
-    "(federation_domain_whitelist: [], no trusted key servers), report_stats false, every rc_* "
-    "rate limit lifted, bcrypt_rounds 4 (registration only); its database in the benchmark's "
-    "PostgreSQL (fsync and synchronous_commit on), ENCODING UTF8, C collation"
-]
-_TUNED = {
-    "presence": {"enabled": False},
-    "caches": {"global_factor": 4.0},
-    "event_cache_size": "100K",
-}
-VARIANTS = {
-    "plain": Variant("plain", [*_BASE_DESCRIPTION, "everything else as generated (INFO logs)"]),
-    "tuned": Variant(
-        "tuned",
-        [
-            *_BASE_DESCRIPTION,
-            "logs at WARNING (INFO writes a line per request)",
-            "presence disabled (its per-user timers and presence streams are work a chat "
-            "without presence would not ask for)",
-            "caches.global_factor 4 and event_cache_size 100K (its docs' first tuning step; "
-            "the machine has the memory)",
-            "database pool cp_min 5, cp_max 20",
-        ],
-        config=_TUNED,
-        log_level="WARNING",
-        pool_max=20,
-    ),
-    # Its docs' way to use more cores: events persisted by a worker process of its own (the
-    # main process creates, authorises and signs them, and serves the client API). Here,
-    # on 2 cores, it acked fewer (~62 against ~87 msg/s) at more CPU per message (~23
-    # against ~15 ms): the replication costs more than the second process gains.
-    "tuned-workers": Variant(
-        "tuned-workers",
-        [
-            *_BASE_DESCRIPTION,
-            "as tuned, and one event persister worker (stream_writers.events), replication "
-            "over HTTP and a private Redis",
-        ],
-        config=_TUNED,
-        log_level="WARNING",
-        pool_max=20,
-        persisters=1,
-    ),
-    # Not used for the comparison: the chat acks after a durable commit, and so does Synapse
-    # with its default. Measured to see what durability costs it.
-    "tuned-async-commit": Variant(
-        "tuned-async-commit",
-        [*_BASE_DESCRIPTION, "as tuned, and synchronous_commit off (acked sends may be lost)"],
-        config=_TUNED,
-        log_level="WARNING",
-        pool_max=20,
-        synchronous_commit=False,
-    ),
-}
-# What `--synapse-variant` picks when not given: the best measured here (README, Performance):
-# plain and tuned ack about as many (tuned at a few % less CPU per message); with
-# synchronous_commit off, no more (it is CPU-bound, not commit-bound); with a worker, fewer.
-DEFAULT_VARIANT = "tuned"
-
-
-def _worker_config(
-    home: Path, port: int, replication: dict[str, int], redis_url: str
-) -> dict[str, Any]:
-    """What the main process needs to know of its workers (empty without workers)."""
-    if not replication:
-        return {}
-    redis = urlsplit(redis_url)
-    return {
-        "instance_map": {name: {"host": "127.0.0.1", "port": p} for name, p in replication.items()},
-        "stream_writers": {"events": [n for n in replication if n != "main"]},
-        "redis": {"enabled": True, "host": redis.hostname, "port": redis.port},
-    }
-
-
-def _homeserver_config(
-    home: Path,
-    port: int,
-    db_url: str,
-    variant: Variant,
-    replication: dict[str, int],
-    redis_url: str,
-) -> dict[str, Any]:
-    parts = urlsplit(db_url)
-    listeners: list[dict[str, Any]] = [
-        {
-            "port": port,
-            "bind_addresses": ["127.0.0.1"],
-            "type": "http",
-            "tls": False,
-            "x_forwarded": False,
-            "resources": [{"names": ["client"], "compress": False}],
-        }
-    ]
-    if replication:
-        listeners.append(
-            {
-                "port": replication["main"],
-                "bind_addresses": ["127.0.0.1"],
-                "type": "http",
-                "resources": [{"names": ["replication"]}],
-            }
-        )
-    return {
-        "server_name": SERVER_NAME,
-        "pid_file": str(home / "homeserver.pid"),
-        "listeners": listeners,
-        "database": {
-            "name": "psycopg2",
-            "synchronous_commit": variant.synchronous_commit,
-            "args": {
-                "user": parts.username or "postgres",
-                "password": parts.password or "",
-                "dbname": parts.path.lstrip("/"),
-                "host": parts.hostname or "127.0.0.1",
-                "port": parts.port or 5432,
-                "cp_min": 5,
-                "cp_max": variant.pool_max,
-            },
-        },
-        "log_config": str(home / "log.json"),
-        "media_store_path": str(home / "media"),
-        "signing_key_path": str(home / "signing.key"),
-        "trusted_key_servers": [],
-        "suppress_key_server_warning": True,
-        "report_stats": False,
-        "macaroon_secret_key": secrets.token_hex(32),
-        "form_secret": secrets.token_hex(32),
-        "registration_shared_secret": secrets.token_hex(32),
-        "enable_registration": True,
-        "enable_registration_without_verification": True,
-        "bcrypt_rounds": 4,
-        "federation_domain_whitelist": [],
-        "allow_public_rooms_over_federation": False,
-        "url_preview_enabled": False,
-        "enable_metrics": False,
-        "rc_message": _UNLIMITED,
-        "rc_registration": _UNLIMITED,
-        "rc_login": {"address": _UNLIMITED, "account": _UNLIMITED, "failed_attempts": _UNLIMITED},
-        "rc_joins": {"local": _UNLIMITED, "remote": _UNLIMITED},
-        "rc_joins_per_room": _UNLIMITED,
-        "rc_invites": {"per_room": _UNLIMITED, "per_user": _UNLIMITED, "per_issuer": _UNLIMITED},
-        "rc_room_creation": _UNLIMITED,
-        "rc_presence": {"per_user": _UNLIMITED},
-        "rc_delayed_event_mgmt": _UNLIMITED,
-        **variant.config,
-        **_worker_config(home, port, replication, redis_url),
-    }
-
-
-def _log_config(home: Path, level: str) -> dict[str, Any]:
-    return {
-        "version": 1,
-        "formatters": {"precise": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-        "handlers": {
-            "file": {
-                "class": "logging.FileHandler",
-                "formatter": "precise",
-                "filename": str(home / "homeserver.log"),
-            }
-        },
-        "root": {"level": level, "handlers": ["file"]},
-        "disable_existing_loggers": False,
-    }
-
-
-@dataclass
-class Homeserver:
-    server: Server  # the main process
-    variant: Variant
-    db_name: str
-    workers: list[Server] = field(default_factory=list)
-    redis_pid: int | None = None  # the workers' replication
-
-    def processes(self) -> dict[str, int]:
-        """The CPU meter's names for its processes."""
-        names = {"synapse": self.server.pid} | {w.name: w.pid for w in self.workers}
-        return names | ({"redis": self.redis_pid} if self.redis_pid is not None else {})
-
-
-async def _create_database(admin_url: str, name: str) -> str:
-    conn = await asyncpg.connect(admin_url, timeout=30)
-    try:
-        await conn.execute(
-            f"CREATE DATABASE \"{name}\" ENCODING 'UTF8' LC_COLLATE='C' LC_CTYPE='C' "
-            "TEMPLATE template0"
-        )
-    finally:
-        await conn.close()
-    parts = urlsplit(admin_url)
-    return parts._replace(path=f"/{name}").geturl()
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    conn = await asyncpg.connect(admin_url, timeout=30)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
-async def start(
-    db: Database,
-    workdir: Path,
-    variant: Variant,
-    python: Path,
-    redis: peer_env.Redis | None = None,
-) -> Homeserver:
-    """A database of its own, a generated configuration and signing key, the homeserver
-    (and its workers) started and answering `/health`."""
-    name = f"synapse_{uuid.uuid4().hex[:10]}"
-    url = await _create_database(db.admin_url, name)
-    home = workdir / name
-    home.mkdir(parents=True)
-    port = free_port()
-    workers = [f"persister-{i + 1}" for i in range(variant.persisters)]
-    replication = {n: free_port() for n in ["main", *workers]} if workers else {}
-    config = home / "homeserver.yaml"
-    # YAML is a superset of JSON.
-    config.write_text(
-        json.dumps(
-            _homeserver_config(home, port, url, variant, replication, redis.url if redis else "")
-        )
-    )
-    (home / "log.json").write_text(json.dumps(_log_config(home, variant.log_level)))
-    (home / "media").mkdir()
-    argv = [str(python), "-m", "synapse.app.homeserver", "-c", str(config)]
-    env = {"PATH": "/usr/bin:/bin", "PYTHONUNBUFFERED": "1", **variant.env}
-    keys = await asyncio.to_thread(
-        subprocess.run,
-        [*argv, "--generate-keys"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if keys.returncode != 0:
-        raise RuntimeError(f"synapse --generate-keys failed:\n{keys.stdout}\n{keys.stderr}")
-    server = Server(f"synapse-{variant.name}", argv, env, port, home / "stdout.log", "/health")
-    hs = Homeserver(server, variant, name, redis_pid=redis.pid if redis else None)
-    server.start()
-    # The first start creates its schema: tens of seconds on a busy machine.
-    await server.wait_ready(timeout=240)
-    try:
-        await _start_workers(hs, home, config, python, env, workers, replication)
-    except BaseException:
-        await stop(hs, db)
-        raise
-    return hs
-
-
-async def _start_workers(
-    hs: Homeserver,
-    home: Path,
-    config: Path,
-    python: Path,
-    env: dict[str, str],
-    workers: list[str],
-    replication: dict[str, int],
-) -> None:
-    for worker in workers:
-        worker_config = home / f"{worker}.yaml"
-        worker_config.write_text(
-            json.dumps(
-                {
-                    "worker_app": "synapse.app.generic_worker",
-                    "worker_name": worker,
-                    "worker_listeners": [
-                        {
-                            "type": "http",
-                            "port": replication[worker],
-                            "bind_addresses": ["127.0.0.1"],
-                            "resources": [{"names": ["replication"]}],
-                        }
-                    ],
-                    "worker_log_config": str(home / "log.json"),
-                }
-            )
-        )
-        worker_argv = [str(python), "-m", "synapse.app.generic_worker", "-c", str(config)]
-        worker_argv += ["-c", str(worker_config)]
-        process = Server(
-            f"synapse {worker}",
-            worker_argv,
-            env,
-            replication[worker],
-            home / f"{worker}.stdout.log",
-            "/health",
-        )
-        hs.workers.append(process)
-        process.start()
-        await process.wait_ready(timeout=120)
-
-
-async def stop(hs: Homeserver, db: Database) -> None:
-    await asyncio.gather(*(asyncio.to_thread(s.stop) for s in [hs.server, *hs.workers]))
-    with contextlib.suppress(Exception):
-        await _drop_database(db.admin_url, hs.db_name)
-
-
-# -- the Client-Server API -------------------------------------------------------------------
-
-
-class MatrixError(RuntimeError):
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"{status}: {body[:300]}")
-        self.status = status
-        self.body = body
-        try:
-            self.errcode = str(json.loads(body).get("errcode", status))
-        except ValueError:
-            self.errcode = str(status)
-
-
-async def _call(
-    http: aiohttp.ClientSession,
-    method: str,
-    path: str,
-    token: str | None = None,
-    body: dict[str, Any] | None = None,
-    params: dict[str, str] | None = None,
-) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    data = orjson.dumps(body) if body is not None else None
-    if data is not None:
-        headers["Content-Type"] = "application/json"
-    async with http.request(method, path, data=data, headers=headers, params=params) as response:
-        raw = await response.read()
-        if response.status != 200:
-            raise MatrixError(response.status, raw.decode(errors="replace"))
-    result: dict[str, Any] = orjson.loads(raw)
-    return result
-
-
-async def register(http: aiohttp.ClientSession, username: str) -> str:
-    """A new user by the m.login.dummy flow; its access token."""
-    path = f"{_CLIENT}/register"
-    body: dict[str, Any] = {"username": username, "password": secrets.token_hex(12)}
-    try:
-        return str((await _call(http, "POST", path, body=body))["access_token"])
-    except MatrixError as error:
-        if error.status != 401:
-            raise
-        session = json.loads(error.body).get("session")
-    body["auth"] = {"type": "m.login.dummy", "session": session}
-    return str((await _call(http, "POST", path, body=body))["access_token"])
-
-
-async def create_room(http: aiohttp.ClientSession, token: str, name: str) -> str:
-    body = {"preset": "public_chat", "name": name, "visibility": "private"}
-    return str((await _call(http, "POST", f"{_CLIENT}/createRoom", token, body))["room_id"])
-
-
-async def join_room(http: aiohttp.ClientSession, token: str, room_id: str) -> None:
-    await _call(http, "POST", f"{_CLIENT}/join/{quote(room_id)}", token, {})
-
-
-async def send_text(http: aiohttp.ClientSession, token: str, room_id: str, body: str) -> str:
-    """One message, acknowledged: its event id."""
-    path = f"{_CLIENT}/rooms/{quote(room_id)}/send/m.room.message/{uuid.uuid4().hex}"
-    sent = await _call(http, "PUT", path, token, {"msgtype": "m.text", "body": body})
-    return str(sent["event_id"])
-
-
-def _session(base: str, connections: int = 0) -> aiohttp.ClientSession:
-    return aiohttp.ClientSession(
-        base_url=base,
-        timeout=aiohttp.ClientTimeout(total=120),
-        connector=aiohttp.TCPConnector(limit=connections),
-        auto_decompress=False,
-        skip_auto_headers=("Accept-Encoding",),
-    )
-
-
 async def register_users(hs: Homeserver, count: int, ui: Ui) -> list[str]:
     step = ui.step(f"synapse: registering {count} users", count)
     run = uuid.uuid4().hex[:6]
-    async with _session(hs.server.url, 8) as http:
+    async with session(hs.server.url, 8) as http:
         gate = asyncio.Semaphore(8)
 
         async def one(i: int) -> str:
@@ -468,7 +70,7 @@ async def rooms_with_members(
     hs: Homeserver, tokens: list[str], members: list[list[int]], label: str
 ) -> list[str]:
     """A public room per list of members (user indexes; the first creates it)."""
-    async with _session(hs.server.url, 8) as http:
+    async with session(hs.server.url, 8) as http:
         ids = []
         for k, group in enumerate(members):
             room_id = await create_room(http, tokens[group[0]], f"{label}-{k}")
@@ -530,7 +132,7 @@ async def ingest(
                 ack_ms.append((done - began) * 1000)
 
     try:
-        async with _session(hs.server.url, senders) as http:
+        async with session(hs.server.url, senders) as http:
             await asyncio.gather(
                 *(sender(i, http) for i in range(senders)),
                 step.tick(stop_at - time.perf_counter()),
@@ -572,13 +174,13 @@ class _SyncReceiver:
     async def initial(self, http: aiohttp.ClientSession) -> None:
         params = {"filter": _SYNC_FILTER, "timeout": "0"}
         self.since = str(
-            (await _call(http, "GET", f"{_CLIENT}/sync", self.token, None, params))["next_batch"]
+            (await call(http, "GET", f"{CLIENT}/sync", self.token, None, params))["next_batch"]
         )
 
     async def poll(self, http: aiohttp.ClientSession, until: float) -> None:
         while time.perf_counter() < until:
             params = {"filter": _SYNC_FILTER, "timeout": "5000", "since": self.since or ""}
-            data = await _call(http, "GET", f"{_CLIENT}/sync", self.token, None, params)
+            data = await call(http, "GET", f"{CLIENT}/sync", self.token, None, params)
             now = time.time_ns()
             self.since = str(data["next_batch"])
             for room in data.get("rooms", {}).get("join", {}).values():
@@ -635,7 +237,7 @@ async def latency(
             due += interval
 
     try:
-        async with _session(hs.server.url) as http:
+        async with session(hs.server.url) as http:
             await asyncio.gather(*(r.initial(http) for r in receivers))
             for r in receivers:
                 r.window, r.latencies = window, tally.same_ms
@@ -688,7 +290,7 @@ async def history(
     count = p.synapse_history_messages
     step = ui.step(f"synapse history: sending {count} messages", count)
     began = time.perf_counter()
-    async with _session(hs.server.url, 8) as http:
+    async with session(hs.server.url, 8) as http:
         todo = iter(range(count))
 
         async def fill(u: int) -> None:
@@ -698,16 +300,16 @@ async def history(
 
         await asyncio.gather(*(fill(u) for u in range(8)))
     load_seconds = time.perf_counter() - began
-    path = f"{_CLIENT}/rooms/{quote(room)}/messages"
+    path = f"{CLIENT}/rooms/{quote(room)}/messages"
     latencies: list[float] = []
     cpu: dict[str, float] = {}
-    async with _session(hs.server.url, 1) as http:
+    async with session(hs.server.url, 1) as http:
         step.update(description="synapse history: collecting page tokens", completed=0)
         page_tokens: list[str | None] = [None]
         params = {"dir": "b", "limit": "50", "filter": _PAGE_FILTER}
         for _ in range(count // 50 + 20):
             token = page_tokens[-1]
-            page = await _call(http, "GET", path, tokens[0], None, params | _from(token))
+            page = await call(http, "GET", path, tokens[0], None, params | _from(token))
             if not page.get("chunk") or "end" not in page:
                 break
             page_tokens.append(str(page["end"]))
@@ -719,7 +321,7 @@ async def history(
         for i in range(20 + p.synapse_history_requests):
             token = rng.choice(usable)
             t0 = time.perf_counter()
-            page = await _call(http, "GET", path, tokens[0], None, params | _from(token))
+            page = await call(http, "GET", path, tokens[0], None, params | _from(token))
             elapsed = (time.perf_counter() - t0) * 1000
             texts = [e for e in page["chunk"] if e.get("type") == "m.room.message"]
             if len(texts) < 40:  # state events may share a page near the start
