@@ -3,6 +3,8 @@
 - `python -m bench`: the default profile (history at 1M rows), a few minutes;
 - `python -m bench --smoke`: every code path at tiny sizes, in seconds;
 - `python -m bench --full`: also history at 10M rows;
+- `--peers` / `--no-peers`: Matrix Synapse and python-socketio + Redis, measured in the same
+  run (default: on, except with --smoke); their venvs are built under bench/.peers/ once;
 - `--database-url URL` (or CHAT_BENCH_DATABASE_URL): use an existing server.
 """
 
@@ -27,10 +29,28 @@ from typing import Any
 import asyncpg
 from rich.console import Console
 
-from . import baselines, report, scenarios
+from . import (
+    baselines,
+    peer_env,
+    report,
+    scenarios,
+    socketio_peer,
+    synapse,
+    synapse_server,
+)
 from .cluster import PROJECT, Database, chat_instance, database, seed_users, tokens
 from .config import DEFAULT, FULL, SMOKE, Profile
-from .figures import Percentiles, Results, Throughput, median_fanout, median_run
+from .figures import (
+    Fanout,
+    Percentiles,
+    Results,
+    SocketIoResults,
+    Throughput,
+    median_fanout,
+    median_latency,
+    median_run,
+    size_label,
+)
 from .system import load_average, machine_info, raise_open_files_limit
 from .ui import Ui
 
@@ -44,6 +64,8 @@ SCENARIOS = (
     "fanout",
     "history",
 )
+# Measured only when peers are on (or named with --only).
+PEER_SCENARIOS = ("synapse", "socketio")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -64,8 +86,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "instead of a private cluster (env CHAT_BENCH_DATABASE_URL)",
     )
     parser.add_argument(
+        "--peers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also measure Matrix Synapse and python-socketio + Redis (default: on, off with "
+        "--smoke)",
+    )
+    parser.add_argument(
+        "--synapse-variant",
+        choices=sorted(synapse_server.VARIANTS),
+        default=synapse_server.DEFAULT_VARIANT,
+        help=f"Synapse's configuration (default {synapse_server.DEFAULT_VARIANT}; "
+        "bench/synapse_server.py)",
+    )
+    parser.add_argument(
         "--only",
-        help=f"comma-separated subset of: {', '.join(SCENARIOS)}",
+        help=f"comma-separated subset of: {', '.join(SCENARIOS + PEER_SCENARIOS)}",
         type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
     )
     parser.add_argument("--ingest-seconds", type=float)
@@ -76,7 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=int, help="runs of ingest, baseline A and fan-out")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
     args = parser.parse_args(argv)
-    unknown = set(args.only or []) - set(SCENARIOS)
+    unknown = set(args.only or []) - set(SCENARIOS + PEER_SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
     return args
@@ -91,6 +127,7 @@ def choose_profile(args: argparse.Namespace) -> Profile:
         "fanout_rooms": args.fanout_rooms,
         "idle_sockets": args.idle_sockets,
         "repeats": args.repeats,
+        "peers": args.peers,
     }
     return replace(profile, **{k: v for k, v in overrides.items() if v is not None})
 
@@ -116,10 +153,15 @@ async def postgres_version(db: Database) -> dict[str, Any]:
     return {"version": str(version), **settings, "round_trip_ms": {"p50": rtt.p50, "p99": rtt.p99}}
 
 
+def wanted_scenarios(profile: Profile, only: list[str] | None) -> set[str]:
+    if only:
+        return set(only)
+    return set(SCENARIOS) | (set(PEER_SCENARIOS) if profile.peers else set())
+
+
 async def run(
-    profile: Profile, db: Database, workdir: Path, ui: Ui, only: list[str] | None
+    profile: Profile, db: Database, workdir: Path, ui: Ui, wanted: set[str], variant: str
 ) -> tuple[Results, dict[str, Any]]:
-    wanted = set(only or SCENARIOS)
     results = Results()
     pg = await postgres_version(db)
     secret = secrets.token_urlsafe(48)
@@ -144,7 +186,7 @@ async def run(
         await asyncio.gather(*(i.wait_ready() for i in instances))
         setup.advance(2)
         async with asyncio.timeout(profile.budget_seconds):
-            await _measure(bench, results, wanted)
+            await _measure(bench, results, wanted, variant)
     except BaseException:
         for instance in instances:
             ui.log(f"--- {instance.name} log ---\n{instance.log_tail()}")
@@ -154,7 +196,9 @@ async def run(
     return results, pg
 
 
-async def _measure(bench: scenarios.Bench, results: Results, wanted: set[str]) -> None:
+async def _measure(
+    bench: scenarios.Bench, results: Results, wanted: set[str], variant: str
+) -> None:
     a, b = bench.instances
 
     async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
@@ -188,24 +232,87 @@ async def _measure(bench: scenarios.Bench, results: Results, wanted: set[str]) -
     async def baseline_b() -> None:
         results.baseline_b = await baselines.naive(bench)
 
-    async def fanout() -> None:
-        runs = [await scenarios.fanout(bench) for _ in range(bench.profile.repeats)]
-        results.fanout = median_fanout(runs)
+    # The chat's fan-out and the socket.io peer's alternate, so that both meet the same
+    # conditions (both peers' servers stay up, idle, meanwhile).
+    async def fanouts() -> None:
+        ours: list[Fanout] = []
+        theirs: list[Fanout] = []
+        async with contextlib.AsyncExitStack() as stack:
+            sio = None
+            if "socketio" in wanted:
+                sio = await stack.enter_async_context(
+                    socketio_peer.running(bench.profile, bench.ui, bench.workdir)
+                )
+            for _ in range(bench.profile.repeats):
+                if "fanout" in wanted:
+                    ours.append(await scenarios.fanout(bench))
+                if sio is not None:
+                    theirs.append(await socketio_peer.fanout(sio))
+            if ours:
+                results.fanout = median_fanout(ours)
+            if sio is not None:
+                results.socketio = SocketIoResults(
+                    version=peer_env.SOCKETIO_VERSION,
+                    setup=socketio_peer.SETUP,
+                    fanout=median_fanout(theirs),
+                    packages=sio.packages,
+                )
 
-    async def history() -> None:
-        for rows in bench.profile.history_sizes:
-            results.history[scenarios.size_label(rows)] = await scenarios.history(bench, rows)
+    async def history(sizes: list[int]) -> None:
+        for rows in sizes:
+            results.history[size_label(rows)] = await scenarios.history(bench, rows)
+
+    # The chat at the load Synapse is measured at, with the same topology.
+    async def latency_peer_load() -> Fanout:
+        p = bench.profile
+        at = replace(
+            p,
+            fanout_rate=p.peer_latency_rate,
+            fanout_rooms=p.peer_latency_rooms,
+            fanout_receivers=p.peer_latency_receivers,
+            fanout_seconds=p.peer_latency_seconds,
+        )
+        return await scenarios.fanout(replace(bench, profile=at))
 
     await step("memory", memory)
     await step("joins", joins)
-    for _ in range(bench.profile.repeats):
-        await step("ingest", ingest)
-        await step("baseline-a", baseline_a)
-    results.ingest = median_run(ingests) if ingests else None
-    results.baseline_a = median_run(raws) if raws else None
-    await step("baseline-b", baseline_b)
-    await step("fanout", fanout)
-    await step("history", history)
+    async with contextlib.AsyncExitStack() as stack:
+        # Synapse runs (idle when not measured) from here to its last measurement, so that
+        # each of its measurements follows the chat's counterpart under the same conditions.
+        peer: synapse.Prepared | None = None
+        if "synapse" in wanted:
+            peer = await stack.enter_async_context(
+                synapse.running(bench.db, bench.profile, bench.ui, bench.workdir, variant)
+            )
+        synapse_ingests: list[Throughput] = []
+        for _ in range(bench.profile.repeats):
+            await step("ingest", ingest)
+            await step("baseline-a", baseline_a)
+            if peer is not None:
+                synapse_ingests.append(await peer.ingest())
+        results.ingest = median_run(ingests) if ingests else None
+        results.baseline_a = median_run(raws) if raws else None
+        await step("baseline-b", baseline_b)
+        if wanted & {"fanout", "socketio"}:
+            await fanouts()
+        if peer is not None:
+            # Alternating, each the median of its runs by p99: one slow moment of a shared
+            # machine decides a single run's p99.
+            ours: list[Fanout] = []
+            theirs: list[Fanout] = []
+            for _ in range(bench.profile.repeats):
+                ours.append(await latency_peer_load())
+                theirs.append(await peer.latency())
+            results.latency_peer_load = median_latency(ours)
+            synapse_latency = median_latency(theirs)
+        if peer is not None:
+            # The chat at the size Synapse's room has (it cannot be loaded with a million),
+            # then Synapse's pages, one right after the other.
+            await history([bench.profile.synapse_history_messages])
+            pages = await peer.history()
+            results.synapse = peer.results(synapse_ingests, synapse_latency, pages)
+    if "history" in wanted:
+        await history(list(bench.profile.history_sizes))
     # Last: it starts and stops six instances of its own, and the first ingest run after it
     # was 1,350-2,300 msg/s instead of ~10,000 (PostgreSQL or the client settling; the two
     # main instances took no part in it).
@@ -243,12 +350,26 @@ def main(argv: list[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="chat-bench-"))
     started = datetime.datetime.now(datetime.UTC)
     load_at_start = load_average()
+    wanted = wanted_scenarios(profile, args.only)
+    peers = [
+        env
+        for name, env in (("synapse", peer_env.SYNAPSE), ("socketio", peer_env.SOCKETIO))
+        if name in wanted
+    ]
     try:
         with Ui(Console(stderr=True)) as ui:
+            # Outside the run's time budget: the first build downloads and installs.
+            for env in peers:
+                if not env.ready():
+                    building = ui.step(f"building {env.path} (once)", None)
+                    peer_env.ensure(env)
+                    building.done()
             prep = ui.step("PostgreSQL: cluster, database, migrations", None)
             with database(args.database_url, workdir) as db:
                 prep.done()
-                results, pg = asyncio.run(run(profile, db, workdir, ui, args.only))
+                results, pg = asyncio.run(
+                    run(profile, db, workdir, ui, wanted, args.synapse_variant)
+                )
     finally:
         if args.keep:
             print(f"work directory kept: {workdir}", file=sys.stderr)

@@ -44,12 +44,30 @@ class Profile:
     # history
     history_sizes: tuple[int, ...] = (1_000_000,)
     history_requests: int = 2000  # a p99 of 500 samples is the 5th worst: too noisy
+    # the peers (python -m bench --peers; on by default, off with --smoke)
+    peers: bool = True
+    # Synapse: senders (one send in flight each) over rooms. 64 gave it the most here: 32
+    # acked ~15 % fewer (it persists a room's queued events together), 128 no more than 64
+    # with twice the latency
+    synapse_senders: int = 64
+    synapse_rooms: int = 8
+    synapse_ingest_seconds: float = 10.0
+    # one room this long, paged back from random tokens (the chat's history is measured at
+    # the same size too, for the ratio)
+    synapse_history_messages: int = 1000
+    synapse_history_requests: int = 500
+    # send-to-receipt at a load Synapse sustains (it saturates at a few dozen messages/s
+    # here), for the chat and Synapse alike: paced senders, one per room, receivers per room
+    peer_latency_rate: float = 10.0
+    peer_latency_rooms: int = 5
+    peer_latency_receivers: int = 20
+    peer_latency_seconds: float = 20.0
     # ingest, baseline A and the fan-out run this many times, interleaved, and so does each
     # transport's delivery window; the figure is the median run (a shared or noisy machine
     # disturbs single runs)
     repeats: int = 3
     # the whole run stops by itself after this
-    budget_seconds: float = 900.0
+    budget_seconds: float = 1200.0
 
     @property
     def users_needed(self) -> int:
@@ -59,7 +77,7 @@ class Profile:
 
 
 DEFAULT = Profile(name="default")
-FULL = replace(DEFAULT, name="full", history_sizes=(1_000_000, 10_000_000), budget_seconds=1800)
+FULL = replace(DEFAULT, name="full", history_sizes=(1_000_000, 10_000_000), budget_seconds=2100)
 SMOKE = Profile(
     name="smoke",
     ingest_senders=8,
@@ -85,6 +103,15 @@ SMOKE = Profile(
     transport_seconds=1.0,
     history_sizes=(10_000,),
     history_requests=50,
+    peers=False,
+    synapse_senders=8,
+    synapse_rooms=2,
+    synapse_ingest_seconds=2.0,
+    synapse_history_messages=100,
+    synapse_history_requests=20,
+    peer_latency_rooms=2,
+    peer_latency_receivers=4,
+    peer_latency_seconds=2.0,
     repeats=1,
     budget_seconds=200,
 )

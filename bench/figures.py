@@ -19,6 +19,14 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
+def size_label(rows: int) -> str:
+    if rows >= 1_000_000 and rows % 1_000_000 == 0:
+        return f"{rows // 1_000_000}M"
+    if rows >= 1000 and rows % 1000 == 0:
+        return f"{rows // 1000}k"
+    return str(rows)
+
+
 @dataclass(frozen=True)
 class Percentiles:
     n: int
@@ -58,13 +66,19 @@ class Throughput:
     server: dict[str, float] = field(default_factory=dict)  # from the instances' /metrics
     notes: list[str] = field(default_factory=list)
     runs: list[float] = field(default_factory=list)  # per_second of every repeat
+    # the `cpu` entries that are the system under test; empty: the instances or the naive
+    # app, and PostgreSQL
+    servers: tuple[str, ...] = ()
 
     @property
     def server_cpu_us_per_message(self) -> float:
         """CPU time the servers (instances or naive app, and PostgreSQL) spent per message
         stored: less disturbed by a shared machine than the rate itself."""
-        servers = sum(v for k, v in self.cpu.items() if k.startswith(("instance", "naive-")))
-        servers += self.cpu.get("postgres", 0.0)
+        if self.servers:
+            servers = sum(self.cpu.get(k, 0.0) for k in self.servers)
+        else:
+            servers = sum(v for k, v in self.cpu.items() if k.startswith(("instance", "naive-")))
+            servers += self.cpu.get("postgres", 0.0)
         return round(servers / self.per_second * 1e6, 1) if self.per_second and servers else 0.0
 
 
@@ -85,7 +99,28 @@ class Fanout:
     errors: dict[str, int]
     cpu: dict[str, float] = field(default_factory=dict)
     server: dict[str, float] = field(default_factory=dict)  # from the instances' /metrics
-    runs: list[float] = field(default_factory=list)  # cross-instance p99 of every repeat
+    # every repeat's cross-instance p99 (median_fanout), or every receipt's (median_latency)
+    runs: list[float] = field(default_factory=list)
+    all_ms: Percentiles | None = None  # every receipt, either instance
+
+    @property
+    def server_cores(self) -> float:
+        """Cores the servers used while measuring: every process measured by name but the
+        load generator (the instances and PostgreSQL; a peer's processes and Redis)."""
+        return sum(v for k, v in self.cpu.items() if k not in _NOT_SERVERS)
+
+    @property
+    def deliveries_per_cpu_second(self) -> float:
+        cores = self.server_cores
+        return round(self.deliveries_per_second / cores, 1) if cores > 0 else 0.0
+
+    @property
+    def cpu_us_per_delivery(self) -> float:
+        per = self.deliveries_per_cpu_second
+        return round(1e6 / per, 2) if per > 0 else 0.0
+
+
+_NOT_SERVERS = {"bench client", "interrupts", "rest of the machine", "machine"}
 
 
 def median_run(runs: list[Throughput]) -> Throughput:
@@ -102,6 +137,19 @@ def median_fanout(runs: list[Fanout]) -> Fanout:
     ordered = sorted(runs, key=lambda f: f.cross_instance_ms.p99)
     chosen = ordered[(len(ordered) - 1) // 2]
     chosen.runs = [f.cross_instance_ms.p99 for f in runs]
+    return chosen
+
+
+def median_latency(runs: list[Fanout]) -> Fanout:
+    """The run with the median p99 over every receipt (`all_ms`), with every run's in
+    `runs`."""
+
+    def p99(f: Fanout) -> float:
+        return f.all_ms.p99 if f.all_ms is not None else 0.0
+
+    ordered = sorted(runs, key=p99)
+    chosen = ordered[(len(ordered) - 1) // 2]
+    chosen.runs = [p99(f) for f in runs]
     return chosen
 
 
@@ -172,6 +220,36 @@ class History:
 
 
 @dataclass
+class Pages:
+    """A peer's history pages: one room of `messages`, pages of 50 from random tokens."""
+
+    messages: int
+    load_seconds: float
+    requests: int
+    latency_ms: Percentiles
+    cpu: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class SynapseResults:
+    version: str
+    variant: str  # bench/synapse.py VARIANTS
+    configuration: list[str]  # what the variant sets, in words
+    ingest: Throughput
+    latency: Fanout  # every receipt in same_instance_ms and all_ms (one process)
+    history: Pages
+    packages: list[str]  # pip freeze of its venv
+
+
+@dataclass
+class SocketIoResults:
+    version: str
+    setup: str
+    fanout: Fanout
+    packages: list[str]
+
+
+@dataclass
 class Results:
     ingest: Throughput | None = None
     baseline_a: Throughput | None = None
@@ -182,3 +260,7 @@ class Results:
     memory: list[Memory] = field(default_factory=list)
     transports: list[Transport] = field(default_factory=list)
     history: dict[str, History] = field(default_factory=dict)  # by size label, e.g. "1M"
+    # the chat at the load the latency comparison with Synapse uses
+    latency_peer_load: Fanout | None = None
+    synapse: SynapseResults | None = None
+    socketio: SocketIoResults | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,13 +13,19 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .figures import Results, Throughput, Transport
+from .figures import Fanout, Percentiles, Results, Throughput, Transport, size_label
 
 TARGET_INGEST_RATIO = 3.0
 TARGET_FANOUT_P99_MS = 25.0
 TARGET_JOIN_MS = 10.0
 TARGET_IDLE_KIB = 40.0
 TARGET_HISTORY_MS = 5.0
+# Against the peers (issue #18): ingest at least 50x a tuned Synapse's; send-to-receipt p99
+# at the load Synapse sustains at most a tenth of its; deliveries per server CPU-second at
+# least python-socketio + Redis's, while persisting everything.
+TARGET_SYNAPSE_INGEST_RATIO = 50.0
+TARGET_SYNAPSE_P99_RATIO = 0.1
+TARGET_SOCKETIO_EFFICIENCY_RATIO = 1.0
 
 
 @dataclass(frozen=True)
@@ -31,10 +38,14 @@ class Row:
     ratio: float | None = None
     target: str = ""
     passed: bool | None = None
+    short: str = ""  # the plot's label, for the rows against a peer
 
 
 def _ratio(a: float, b: float) -> float | None:
-    return round(a / b, 2) if b > 0 else None
+    if b <= 0:
+        return None
+    r = a / b
+    return round(r, 2) if r >= 0.1 else round(r, 4)
 
 
 def _under(measurement: str, figure: float, unit: str, limit: float) -> Row:
@@ -118,6 +129,136 @@ def rows(results: Results) -> list[Row]:
         out.append(
             _under(f"history page at {label} rows, p99", h.latency_ms.p99, "ms", TARGET_HISTORY_MS)
         )
+    out.extend(peer_rows(results))
+    return out
+
+
+def _versus(
+    measurement: str,
+    figure: float,
+    unit: str,
+    baseline: float,
+    label: str,
+    *,
+    short: str,
+    at_least: float | None = None,
+    at_most: float | None = None,
+) -> Row:
+    """A figure with a peer's as baseline; ratio = figure / baseline; a target on it."""
+    ratio = _ratio(figure, baseline)
+    target, passed = "", None
+    if at_least is not None:
+        target, passed = f">= {at_least:g}x", ratio is not None and ratio >= at_least
+    if at_most is not None:
+        target, passed = f"<= {at_most:g}x", ratio is not None and ratio <= at_most
+    return Row(measurement, figure, unit, baseline, label, ratio, target, passed, short)
+
+
+def peer_rows(results: Results) -> list[Row]:
+    """The chat against Matrix Synapse and python-socketio + Redis."""
+    out: list[Row] = []
+    s = results.synapse
+    if s is not None:
+        name = f"Synapse {s.variant}"
+        if results.ingest is not None:
+            out.append(
+                _versus(
+                    "ingest vs Synapse: acked messages",
+                    results.ingest.per_second,
+                    "msg/s",
+                    s.ingest.per_second,
+                    name,
+                    short="ingest vs Synapse",
+                    at_least=TARGET_SYNAPSE_INGEST_RATIO,
+                )
+            )
+            ours_cpu = results.ingest.server_cpu_us_per_message
+            if ours_cpu and s.ingest.server_cpu_us_per_message:
+                out.append(
+                    _versus(
+                        "server CPU per message stored (ingest) vs Synapse",
+                        ours_cpu,
+                        "µs",
+                        s.ingest.server_cpu_us_per_message,
+                        name,
+                        short="server CPU/msg vs Synapse",
+                    )
+                )
+        ours = results.latency_peer_load
+        if ours is not None and ours.all_ms is not None and s.latency.all_ms is not None:
+            rate = f"{s.latency.offered_per_second:g} msg/s"
+            theirs = s.latency.all_ms
+            out.append(
+                _versus(
+                    f"send → receipt p50 at {rate} vs Synapse /sync",
+                    ours.all_ms.p50,
+                    "ms",
+                    theirs.p50,
+                    name,
+                    short="p50 at 10/s vs Synapse",
+                )
+            )
+            out.append(
+                _versus(
+                    f"send → receipt p99 at {rate} vs Synapse /sync",
+                    ours.all_ms.p99,
+                    "ms",
+                    theirs.p99,
+                    name,
+                    short="p99 at 10/s vs Synapse",
+                    at_most=TARGET_SYNAPSE_P99_RATIO,
+                )
+            )
+        label = size_label(s.history.messages)
+        h = results.history.get(label)
+        if h is not None:
+            for q in ("p50", "p99"):
+                out.append(
+                    _versus(
+                        f"history page {q} at {label} messages vs Synapse /messages",
+                        getattr(h.latency_ms, q),
+                        "ms",
+                        getattr(s.history.latency_ms, q),
+                        name,
+                        short=f"history {q} vs Synapse",
+                    )
+                )
+    sio = results.socketio
+    f = results.fanout
+    if sio is not None and f is not None:
+        name = "socket.io + Redis"
+        peer = sio.fanout
+        out.append(
+            _versus(
+                f"fan-out deliveries ({f.offered_per_second:g} msg/s offered) vs socket.io",
+                f.deliveries_per_second,
+                "msg/s",
+                peer.deliveries_per_second,
+                name,
+                short="deliveries/s vs socket.io",
+            )
+        )
+        out.append(
+            _versus(
+                "fan-out p99, other instance, vs socket.io",
+                f.cross_instance_ms.p99,
+                "ms",
+                peer.cross_instance_ms.p99,
+                name,
+                short="fan-out p99 vs socket.io",
+            )
+        )
+        out.append(
+            _versus(
+                "deliveries per server CPU-second vs socket.io (we persist; it does not)",
+                f.deliveries_per_cpu_second,
+                "/cpu-s",
+                peer.deliveries_per_cpu_second,
+                name,
+                short="deliveries/CPU-s vs socket.io",
+                at_least=TARGET_SOCKETIO_EFFICIENCY_RATIO,
+            )
+        )
     return out
 
 
@@ -164,7 +305,39 @@ def figures(results: Results) -> dict[str, float]:
     for label, h in results.history.items():
         out[f"history_{label.lower()}_p50_ms"] = h.latency_ms.p50
         out[f"history_{label.lower()}_p99_ms"] = h.latency_ms.p99
+    if results.fanout is not None and results.fanout.deliveries_per_cpu_second:
+        out["fanout_deliveries_per_cpu_s"] = results.fanout.deliveries_per_cpu_second
+    ours = results.latency_peer_load
+    if ours is not None and ours.all_ms is not None:
+        out["peer_load_p50_ms"] = ours.all_ms.p50
+        out["peer_load_p99_ms"] = ours.all_ms.p99
+        out["peer_load_cross_instance_p99_ms"] = ours.cross_instance_ms.p99
+    s = results.synapse
+    if s is not None:
+        out["synapse_msgs_per_s"] = s.ingest.per_second
+        out["synapse_server_cpu_us_per_msg"] = s.ingest.server_cpu_us_per_message
+        out["synapse_ingest_ceiling_msgs_per_s"] = synapse_ceiling(results)
+        if s.latency.all_ms is not None:
+            out["synapse_p50_ms"] = s.latency.all_ms.p50
+            out["synapse_p99_ms"] = s.latency.all_ms.p99
+        out["synapse_history_p50_ms"] = s.history.latency_ms.p50
+        out["synapse_history_p99_ms"] = s.history.latency_ms.p99
+    if results.socketio is not None:
+        f = results.socketio.fanout
+        out["socketio_deliveries_per_s"] = f.deliveries_per_second
+        out["socketio_p50_ms"] = f.cross_instance_ms.p50
+        out["socketio_p99_ms"] = f.cross_instance_ms.p99
+        out["socketio_deliveries_per_cpu_s"] = f.deliveries_per_cpu_second
+    for row in peer_rows(results):
+        if row.ratio is not None:
+            out[_key(row.measurement) + "_ratio"] = row.ratio
     return out
+
+
+def _key(measurement: str) -> str:
+    """'ingest vs Synapse: acked messages' -> 'ingest_vs_synapse_acked_messages'."""
+    words = "".join(c if c.isalnum() else " " for c in measurement.lower()).split()
+    return "_".join(words)
 
 
 def _number(value: float | None) -> str:
@@ -213,9 +386,20 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
     for label, h in results.history.items():
         if h.cpu:
             runs.append((f"history {label}", h.cpu))
+    if results.latency_peer_load is not None and results.latency_peer_load.cpu:
+        rate = results.latency_peer_load.offered_per_second
+        runs.append((f"chat at {rate:g} msg/s", results.latency_peer_load.cpu))
+    if results.synapse is not None:
+        s = results.synapse
+        runs.append((s.ingest.label, s.ingest.cpu))
+        runs.append((f"Synapse at {s.latency.offered_per_second:g} msg/s", s.latency.cpu))
+        runs.append(("Synapse history", s.history.cpu))
+    if results.socketio is not None:
+        runs.append(("socket.io fan-out", results.socketio.fanout.cpu))
     if runs:
         present = {k for _, c in runs for k in c}
-        order = ["bench client", "instance a", "instance b", "naive-1", "naive-2", "postgres"]
+        order = ["bench client", "instance a", "instance b", "naive-1", "naive-2", "synapse"]
+        order += ["socketio a", "socketio b", "redis", "postgres"]
         order += sorted(present - set(order))
         tail = ["interrupts", "rest of the machine", "machine"]
         order = [c for c in order if c not in tail]
@@ -363,6 +547,7 @@ def notes(results: Results) -> list[str]:
             + (f"; closed {w.closed}" if w.closed else "")
             + (f"; errors {w.errors}" if w.errors else "")
         )
+    out.extend(peer_notes(results))
     for label, h in results.history.items():
         out.append(
             f"- history {label}: {h.rows:,} rows in the room (+{h.other_rows:,} in 10 others), "
@@ -379,6 +564,101 @@ def notes(results: Results) -> list[str]:
     return out
 
 
+def _q(p: Percentiles | None) -> str:
+    return f"{p.p50}/{p.p95}/{p.p99}/{p.max}" if p is not None else "-"
+
+
+def _runs(f: Fanout) -> str:
+    if len(f.runs) < 2:
+        return ""
+    return f"; median of {len(f.runs)} runs by p99: {', '.join(map(str, f.runs))} ms"
+
+
+def peer_notes(results: Results) -> list[str]:
+    out: list[str] = []
+    s = results.synapse
+    if s is not None:
+        out.append(
+            f"- Synapse {s.version} ({s.variant}): " + "; ".join(s.configuration),
+        )
+        t = s.ingest
+        lat = t.latency_ms
+        rates = ", ".join(f"{r:,.0f}" for r in t.runs)
+        out.append(
+            f"- {t.label} ingest: {t.setup}; send-to-ack p50 {lat.p50 if lat else '-'} ms, p99 "
+            f"{lat.p99 if lat else '-'} ms; server CPU {t.server_cpu_us_per_message} µs per "
+            f"message (synapse + postgres); median of {len(t.runs)} runs: {rates} msg/s"
+            + (f"; errors {t.errors}" if t.errors else "")
+        )
+        ceiling = synapse_ceiling(results)
+        if ceiling:
+            out.append(
+                f"- at {t.server_cpu_us_per_message:,.0f} µs of server CPU per message, this "
+                f"machine's {os.cpu_count()} cores could ack at most {ceiling:,.0f} msg/s for "
+                "Synapse however its processes were laid out (workers spread the work over "
+                "cores and add replication; they do not make a message cheaper)"
+            )
+        f = s.latency
+        out.append(
+            f"- Synapse at {f.offered_per_second:g} msg/s: {f.rooms} rooms, one paced sender "
+            f"and {f.receivers // max(f.rooms, 1)} /sync receivers each (long-polling, "
+            f"lazy-loaded members), {f.seconds:g} s; send to receipt p50/p95/p99/max "
+            f"{_q(f.all_ms)} ms over {f.all_ms.n if f.all_ms else 0} receipts; send to ack "
+            f"p50/p99 {f.ack_ms.p50}/{f.ack_ms.p99} ms; missing {f.missing}"
+            + _runs(f)
+            + (f"; errors {f.errors}" if f.errors else "")
+        )
+        h = s.history
+        out.append(
+            f"- Synapse history: one room of {h.messages:,} messages (sent in "
+            f"{h.load_seconds} s), {h.requests} pages of 50 (`/messages?dir=b`, lazy-loaded "
+            f"members) from random page tokens, one at a time: p50/p95/p99/max "
+            f"{_q(h.latency_ms)} ms"
+        )
+    ours = results.latency_peer_load
+    if ours is not None:
+        out.append(
+            f"- the chat at {ours.offered_per_second:g} msg/s (as Synapse): {ours.rooms} rooms, "
+            f"{ours.receivers} receivers (half per instance), {ours.seconds:g} s; send to "
+            f"receipt p50/p95/p99/max {_q(ours.all_ms)} ms over every receipt (other instance "
+            f"only: {_q(ours.cross_instance_ms)} ms); missing {ours.missing}" + _runs(ours)
+        )
+    if results.socketio is not None:
+        f = results.socketio.fanout
+        out.append(
+            f"- python-socketio {results.socketio.version} + Redis: {results.socketio.setup}; "
+            f"{f.offered_per_second:g} msg/s offered over {f.rooms} rooms, {f.receivers} "
+            f"receivers (half per instance), {f.seconds:g} s: {f.deliveries_per_second:,.0f} "
+            f"deliveries/s (expected {f.expected_deliveries_per_second:,.0f}); other instance "
+            f"p50/p95/p99/max {_q(f.cross_instance_ms)} ms, same instance "
+            f"{_q(f.same_instance_ms)} ms; send to ack p50/p99 {f.ack_ms.p50}/{f.ack_ms.p99} "
+            f"ms; servers {f.server_cores:.2f} cores: {f.deliveries_per_cpu_second:,.0f} "
+            f"deliveries per CPU-second ({f.cpu_us_per_delivery} µs each); missing {f.missing}"
+            + (
+                f"; median of {len(f.runs)} runs by p99: {', '.join(map(str, f.runs))} ms"
+                if len(f.runs) > 1
+                else ""
+            )
+        )
+        if results.fanout is not None:
+            c = results.fanout
+            out.append(
+                f"- the chat's fan-out, same load: servers (instances + postgres) "
+                f"{c.server_cores:.2f} cores: {c.deliveries_per_cpu_second:,.0f} deliveries per "
+                f"CPU-second ({c.cpu_us_per_delivery} µs each)"
+            )
+    return out
+
+
+def synapse_ceiling(results: Results) -> float:
+    """The most Synapse could ack here if every core served it at the CPU per message it
+    needed: cores / (server CPU per message)."""
+    s = results.synapse
+    if s is None or not s.ingest.server_cpu_us_per_message:
+        return 0.0
+    return round((os.cpu_count() or 1) / s.ingest.server_cpu_us_per_message * 1e6, 1)
+
+
 def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
     data = {
         **meta,
@@ -389,13 +669,34 @@ def write_json(path: Path, results: Results, meta: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, default=str, allow_nan=False) + "\n")
 
 
+def peer_advantages(results: Results) -> list[tuple[str, float, float | None]]:
+    """How many times better the chat does than each peer (over 1: better), with the target
+    as the same kind of factor: (label, factor, target)."""
+    out: list[tuple[str, float, float | None]] = []
+    for row in peer_rows(results):
+        if not row.ratio:
+            continue
+        higher_is_better = row.unit in ("msg/s", "/cpu-s")
+        factor = row.ratio if higher_is_better else 1 / row.ratio
+        target: float | None = None
+        if row.target.startswith(">= "):
+            target = float(row.target[3:-1])
+        elif row.target.startswith("<= "):
+            target = 1 / float(row.target[3:-1])
+        out.append((row.short or row.measurement, factor, target))
+    return out
+
+
 def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(15, 4.8))
+    advantages = peer_advantages(results)
+    panels = 4 if advantages else 3
+    fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4.8))
+    left, middle, right = axes[:3]
     fig.suptitle(
         f"chat benchmark, {meta['profile']} profile, {meta['machine']['cores']} cores, "
         f"PostgreSQL {meta['postgres']['version']}, {meta['date'][:10]}"
@@ -406,12 +707,15 @@ def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
         (results.ingest, "tab:blue"),
         (results.baseline_a, "tab:gray"),
         (results.baseline_b, "tab:orange"),
+        (results.synapse.ingest if results.synapse else None, "tab:purple"),
     ):
         if t is not None:
             labels.append(t.label.replace(" (", "\n("))
             values.append(t.per_second)
             colors.append(color)
     left.bar(labels, values, color=colors)
+    for i, value in enumerate(values):
+        left.annotate(f"{value:,.0f}", (i, value), ha="center", va="bottom", fontsize=7)
     if results.baseline_a is not None:
         left.axhline(
             TARGET_INGEST_RATIO * results.baseline_a.per_second,
@@ -453,6 +757,21 @@ def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
     right.axhline(TARGET_IDLE_KIB, color="tab:red", linestyle="--", label="target")
     right.set_title("idle memory per socket, KiB")
     right.legend(fontsize=8)
+
+    if advantages:
+        peers = axes[3]
+        ys = range(len(advantages))
+        colors = ["tab:purple" if value >= 1 else "tab:red" for _, value, _ in advantages]
+        peers.barh(list(ys), [a[1] for a in advantages], color=colors)
+        for i, (_, value, target) in enumerate(advantages):
+            peers.annotate(f" {value:,.3g}x", (value, i), va="center", fontsize=7)
+            if target is not None:
+                peers.vlines(target, i - 0.45, i + 0.45, colors="black", linestyles="--")
+        peers.axvline(1.0, color="black", linewidth=0.6)
+        peers.set_xscale("log")
+        peers.set_yticks(list(ys), [a[0] for a in advantages], fontsize=8)
+        peers.invert_yaxis()
+        peers.set_title("vs the peers: times better (dashes: targets)")
 
     fig.tight_layout()
     fig.savefig(path, dpi=110)

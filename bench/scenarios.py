@@ -26,7 +26,16 @@ from service.settings import Settings
 from . import clients
 from .cluster import Database, Server, bulk_load, chat_instance, create_rooms
 from .config import Profile
-from .figures import Fanout, History, JoinTimes, Memory, Percentiles, Throughput, Transport
+from .figures import (
+    Fanout,
+    History,
+    JoinTimes,
+    Memory,
+    Percentiles,
+    Throughput,
+    Transport,
+    size_label,
+)
 from .system import CpuMeter
 from .ui import Ui
 
@@ -318,6 +327,7 @@ async def fanout(bench: Bench) -> Fanout:
         errors=dict(tally.errors),
         cpu=cpu,
         server=server,
+        all_ms=Percentiles.of(tally.cross_ms + tally.same_ms),
     )
 
 
@@ -666,14 +676,6 @@ _PAGE_SQL = (
     "SELECT seq, author, body, client_id, created_at FROM messages "
     "WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
 )
-
-
-def size_label(rows: int) -> str:
-    if rows >= 1_000_000 and rows % 1_000_000 == 0:
-        return f"{rows // 1_000_000}M"
-    if rows >= 1000 and rows % 1000 == 0:
-        return f"{rows // 1000}k"
-    return str(rows)
 
 
 def _node_path(plan: dict[str, Any]) -> str:

@@ -82,3 +82,58 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     assert [t["missing"] for t in transports] == [0] * len(TRANSPORTS)
     assert "WebSocket implementation and event loop" in result.stdout
     assert (tmp_path / "latest.png").stat().st_size > 0
+    # The peers are measured only when asked for (--peers): they need venvs of their own.
+    assert data["details"]["synapse"] is None and data["details"]["socketio"] is None
+
+
+PEER_FIGURES = {
+    "synapse_msgs_per_s",
+    "synapse_server_cpu_us_per_msg",
+    "synapse_p50_ms",
+    "synapse_p99_ms",
+    "synapse_history_p50_ms",
+    "synapse_history_p99_ms",
+    "peer_load_p50_ms",
+    "peer_load_p99_ms",
+    "ingest_vs_synapse_acked_messages_ratio",
+    "send_receipt_p99_at_10_msg_s_vs_synapse_sync_ratio",
+    "socketio_deliveries_per_s",
+    "socketio_p99_ms",
+    "socketio_deliveries_per_cpu_s",
+    "fanout_deliveries_per_cpu_s",
+    "deliveries_per_server_cpu_second_vs_socket_io_we_persist_it_does_not_ratio",
+}
+
+
+@pytest.mark.skipif(
+    not os.environ.get("CHAT_BENCH_PEERS"),
+    reason="opt-in (CHAT_BENCH_PEERS=1): builds Synapse's and python-socketio's venvs under "
+    "bench/.peers/ from PyPI on first use (minutes), then ~1 min",
+)
+@pytest.mark.timeout(1500)
+def test_smoke_run_with_peers(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
+    if os.environ.get("CHAT_TEST_DATABASE_URL"):
+        env["CHAT_BENCH_DATABASE_URL"] = os.environ["CHAT_TEST_DATABASE_URL"]
+    argv = ["--smoke", "--peers", "--only", "ingest,fanout,synapse,socketio"]
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", *argv, "--out", str(tmp_path)],
+        cwd=PROJECT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1400,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    data = json.loads((tmp_path / "latest.json").read_text())
+    figures = data["figures"]
+    assert set(figures) >= PEER_FIGURES, sorted(PEER_FIGURES - set(figures))
+    for name, value in figures.items():
+        assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, value)
+    details = data["details"]
+    assert details["synapse"]["latency"]["missing"] == 0
+    assert details["synapse"]["ingest"]["errors"] == {}
+    assert details["socketio"]["fanout"]["missing"] == 0
+    assert any(p.startswith("matrix-synapse==") for p in details["synapse"]["packages"])
+    assert "vs Synapse" in result.stdout and "vs socket.io" in result.stdout
