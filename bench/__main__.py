@@ -59,6 +59,7 @@ SCENARIOS = (
     "transports",
     "joins",
     "ingest",
+    "ingest-mixed",
     "baseline-a",
     "baseline-b",
     "fanout",
@@ -226,6 +227,11 @@ async def _measure(
     async def ingest() -> None:
         ingests.append(await scenarios.ingest(bench))
 
+    mixed: list[Throughput] = []
+
+    async def ingest_mixed() -> None:
+        mixed.append(await scenarios.ingest_mixed(bench))
+
     async def baseline_a() -> None:
         raws.append(await baselines.raw_asyncpg(bench))
 
@@ -287,10 +293,12 @@ async def _measure(
         synapse_ingests: list[Throughput] = []
         for _ in range(bench.profile.repeats):
             await step("ingest", ingest)
+            await step("ingest-mixed", ingest_mixed)
             await step("baseline-a", baseline_a)
             if peer is not None:
                 synapse_ingests.append(await peer.ingest())
         results.ingest = median_run(ingests) if ingests else None
+        results.ingest_mixed = median_run(mixed) if mixed else None
         results.baseline_a = median_run(raws) if raws else None
         await step("baseline-b", baseline_b)
         if wanted & {"fanout", "socketio"}:

@@ -215,12 +215,21 @@ class PipelinedSender(JoiningListener):
     such sockets also receiving their rooms' traffic (~40k frames/s in all), the `websockets`
     client took ~0.6 of the machine's 2 cores away from the servers under test."""
 
-    def __init__(self, room: str, tag: str, window: int, tally: SendTally) -> None:
+    def __init__(
+        self, room: str, tag: str, window: int, tally: SendTally, *, mixed: bool = False
+    ) -> None:
         super().__init__()
         self.room, self.tag, self.window, self.tally = room, tag, window, tally
         self.sent_at: dict[int, float] = {}
         self.measure_from = self.stop_at = 0.0
         self._ref = 0
+        # Mixed events (PROTOCOL v2's room log): of every four commands one is a message, one
+        # an edit of the sender's newest message, one a reaction added to it and one that
+        # reaction taken back; until a first message is acked, messages only.
+        self.mixed = mixed
+        self._sends: set[int] = set()  # refs of the sends in flight
+        self._newest = 0  # seq of the sender's newest acked message
+        self._reacted: tuple[int, str] | None = None
 
     def begin(self, measure_from: float, stop_at: float) -> None:
         """Fill the window now; each answer then makes room for one more until `stop_at`."""
@@ -236,9 +245,33 @@ class PipelinedSender(JoiningListener):
         ref = self._ref
         self.sent_at[ref] = now
         cid = f"{self.tag}-{ref}"
-        frame = {"type": "send", "room": self.room, "body": f"{cid} {BODY_TEXT}"}
-        self.transport.send(WSMsgType.TEXT, orjson.dumps({**frame, "client_id": cid, "ref": ref}))
+        change = self._change(ref) if self.mixed else None
+        if change is not None:
+            self.transport.send(WSMsgType.TEXT, orjson.dumps({**change, "ref": ref}))
+        else:
+            self._sends.add(ref)
+            frame = {"type": "send", "room": self.room, "body": f"{cid} {BODY_TEXT}"}
+            self.transport.send(
+                WSMsgType.TEXT, orjson.dumps({**frame, "client_id": cid, "ref": ref})
+            )
         self.tally.sent += now >= self.measure_from
+
+    def _change(self, ref: int) -> dict[str, object] | None:
+        """The mixed run's next command when it is not a message."""
+        step, target = ref % 4, self._newest
+        if step == 0 or not target:
+            return None
+        base: dict[str, object] = {"room": self.room, "target": target}
+        if step == 1:
+            return {**base, "type": "edit", "body": f"{self.tag} edit {ref} {BODY_TEXT}"}
+        if step == 2:
+            self._reacted = (target, f"e{ref % 8}")
+            return {**base, "type": "react", "emoji": self._reacted[1], "op": "add"}
+        if self._reacted is None:
+            return None
+        reacted, self._reacted = self._reacted, None
+        return {"room": self.room, "target": reacted[0], "type": "react", "emoji": reacted[1],
+                "op": "remove"}  # fmt: skip
 
     def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
         kind = frame.msg_type
@@ -262,6 +295,11 @@ class PipelinedSender(JoiningListener):
         answer = orjson.loads(raw)
         ref = answer.get("ref")
         at = self.sent_at.pop(ref, None) if isinstance(ref, int) else None
+        if ref in self._sends:
+            self._sends.discard(ref)
+            seq = answer.get("seq")
+            if is_ack and isinstance(seq, int):
+                self._newest = max(self._newest, seq)
         if not is_ack:
             self.tally.errors[str(answer.get("code"))] += 1
             self.tally.errors_in_window[str(answer.get("code"))] += inside
@@ -276,12 +314,21 @@ class PipelinedSender(JoiningListener):
 
 
 async def open_pipelined(
-    url: str, room: str, tag: str, window: int, tally: SendTally, *, join_room: bool = True
+    url: str,
+    room: str,
+    tag: str,
+    window: int,
+    tally: SendTally,
+    *,
+    join_room: bool = True,
+    mixed: bool = False,
 ) -> PipelinedSender:
     """A picows sender on `url` (ws://...); joined to `room` first unless `join_room` is
-    False (the naive app subscribes by URL)."""
+    False (the naive app subscribes by URL); `mixed` sends edits and reactions too."""
     return await open_joined(
-        lambda: PipelinedSender(room, tag, window, tally), url, room if join_room else None
+        lambda: PipelinedSender(room, tag, window, tally, mixed=mixed),
+        url,
+        room if join_room else None,
     )
 
 

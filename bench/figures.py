@@ -252,6 +252,7 @@ class SocketIoResults:
 @dataclass
 class Results:
     ingest: Throughput | None = None
+    ingest_mixed: Throughput | None = None
     baseline_a: Throughput | None = None
     baseline_b: Throughput | None = None
     fanout: Fanout | None = None

@@ -84,6 +84,18 @@ def rows(results: Results) -> list[Row]:
             )
         if a is None and b is None:
             out.append(Row("ingest: acked messages", ingest.per_second, "msg/s"))
+    mixed = results.ingest_mixed
+    if mixed is not None:
+        out.append(
+            Row(
+                "ingest: mixed events (msg, edit, reactions)",
+                mixed.per_second,
+                "events/s",
+                a.per_second if a is not None else None,
+                "A raw asyncpg" if a is not None else "",
+                _ratio(mixed.per_second, a.per_second) if a is not None else None,
+            )
+        )
     elif a is not None or b is not None:
         for base in (a, b):
             if base is not None:
@@ -267,6 +279,7 @@ def figures(results: Results) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, t in (
         ("ingest", results.ingest),
+        ("ingest_mixed", results.ingest_mixed),
         ("baseline_a", results.baseline_a),
         ("baseline_b", results.baseline_b),
     ):
@@ -282,6 +295,9 @@ def figures(results: Results) -> dict[str, float]:
                 )
         if results.ingest.latency_ms is not None:
             out["ingest_ack_p50_ms"] = results.ingest.latency_ms.p50
+    mixed, raw = results.ingest_mixed, results.baseline_a
+    if mixed is not None and raw is not None and raw.per_second > 0:
+        out["ingest_mixed_vs_baseline_a"] = round(mixed.per_second / raw.per_second, 2)
     if results.fanout is not None:
         f = results.fanout
         out["fanout_p50_ms"] = f.cross_instance_ms.p50
@@ -378,7 +394,7 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
 
     cpu = Table(title="CPU while measuring, in cores (1.00 = one core busy)")
     runs: list[tuple[str, dict[str, float]]] = []
-    for t in (results.ingest, results.baseline_a, results.baseline_b):
+    for t in (results.ingest, results.ingest_mixed, results.baseline_a, results.baseline_b):
         if t is not None and t.cpu:
             runs.append((t.label, t.cpu))
     if results.fanout is not None and results.fanout.cpu:
@@ -476,7 +492,9 @@ def transport_table(transports: list[Transport]) -> Table:
 def notes(results: Results) -> list[str]:
     out: list[str] = []
     throughputs: list[Throughput] = [
-        t for t in (results.ingest, results.baseline_a, results.baseline_b) if t is not None
+        t
+        for t in (results.ingest, results.ingest_mixed, results.baseline_a, results.baseline_b)
+        if t is not None
     ]
     for t in throughputs:
         lat = (
@@ -705,6 +723,7 @@ def write_plot(path: Path, results: Results, meta: dict[str, Any]) -> None:
     labels, values, colors = [], [], []
     for t, color in (
         (results.ingest, "tab:blue"),
+        (results.ingest_mixed, "tab:cyan"),
         (results.baseline_a, "tab:gray"),
         (results.baseline_b, "tab:orange"),
         (results.synapse.ingest if results.synapse else None, "tab:purple"),

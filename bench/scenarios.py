@@ -220,6 +220,25 @@ async def ingest(bench: Bench) -> Throughput:
     return await pipelined_run(bench, "ingest", open_sender, setup=setup)
 
 
+async def ingest_mixed(bench: Bench) -> Throughput:
+    """As ingest, but of every four commands one is a message and three change the sender's
+    newest message (an edit, a reaction added, the reaction taken back): events acked/s."""
+    p = bench.profile
+    rooms = [f"bench-mixed-{i}" for i in range(p.ingest_rooms)]
+
+    async def open_sender(i: int, tag: str, tally: clients.SendTally) -> clients.PipelinedSender:
+        room = rooms[(i // 2) % len(rooms)]
+        url = clients.chat_url(bench.instances[i % 2].url, bench.tokens[i])
+        return await clients.open_pipelined(url, room, tag, p.ingest_window, tally, mixed=True)
+
+    setup = (
+        f"as ingest ({p.ingest_senders} sockets, {p.ingest_rooms} rooms), each socket's "
+        "commands in turn a message, an edit of its newest message, a reaction added to it and "
+        f"that reaction removed; events acked per second, {p.ingest_seconds:g} s"
+    )
+    return await pipelined_run(bench, "ingest (mixed events)", open_sender, setup=setup)
+
+
 # -- fan-out --------------------------------------------------------------------------------
 
 

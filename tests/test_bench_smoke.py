@@ -105,11 +105,10 @@ PEER_FIGURES = {
 }
 
 
-@pytest.mark.skipif(
-    not os.environ.get("CHAT_BENCH_PEERS"),
-    reason="opt-in (CHAT_BENCH_PEERS=1): builds Synapse's and python-socketio's venvs under "
-    "bench/.peers/ from PyPI on first use (minutes), then ~1 min",
-)
+# Opt-in, deselected by default (pyproject's addopts): it builds Synapse's and
+# python-socketio's venvs under bench/.peers/ from PyPI on first use (minutes), then takes
+# about a minute. Run it with `pytest -m peers tests/test_bench_smoke.py`.
+@pytest.mark.peers
 @pytest.mark.timeout(1500)
 def test_smoke_run_with_peers(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
