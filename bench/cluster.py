@@ -224,15 +224,28 @@ async def create_rooms(conn: asyncpg.Connection, names: list[str]) -> dict[str, 
     return {r["name"]: int(r["id"]) for r in rows}
 
 
+# One message in ten carries reactions (two emoji), as its current state and as the rows
+# of who reacted, so that history pages read what a v2 room holds: a page's `me` is looked
+# up for the messages that have reactions.
 _LOAD = """
-INSERT INTO messages (room_id, seq, author, body, client_id, created_at)
+INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reactions)
 SELECT $1, g, 'bench_' || lpad((g % $4)::text, 5, '0'),
        'history ' || g || ' lorem ipsum dolor sit amet, consectetur adipiscing elit',
-       NULL, $5::timestamptz + g * interval '1 millisecond'
+       NULL, $5::timestamptz + g * interval '1 millisecond',
+       CASE WHEN g % 10 = 0
+            THEN '[{"emoji": "👍", "count": 2}, {"emoji": "🎉", "count": 1}]'::jsonb END
 FROM generate_series($2::bigint, $3::bigint) AS g
 """
+_LOAD_REACTIONS = """
+INSERT INTO reactions (room_id, seq, emoji, username, created_at)
+SELECT $1, g, e.emoji, 'bench_' || lpad(((g + e.n) % $4)::text, 5, '0'),
+       $5::timestamptz + g * interval '1 millisecond'
+FROM generate_series($2::bigint, $3::bigint) AS g
+CROSS JOIN (VALUES ('👍', 1), ('👍', 2), ('🎉', 3)) AS e (emoji, n)
+WHERE g % 10 = 0
+"""
 _ADVANCE = """
-UPDATE rooms SET last_seq = $2::bigint,
+UPDATE rooms SET last_seq = $2::bigint, last_message_seq = $2::bigint,
        last_message_at = $3::timestamptz + $2::bigint * interval '1 millisecond'
 WHERE id = $1
 """
@@ -261,6 +274,7 @@ async def bulk_load(
             first, upto = last + done + 1, last + done + size
             async with conn.transaction():
                 await conn.execute(_LOAD, room_id, first, upto, authors, base)
+                await conn.execute(_LOAD_REACTIONS, room_id, first, upto, authors, base)
                 await conn.execute(_ADVANCE, room_id, upto, base)
             done += size
             if on_chunk is not None:

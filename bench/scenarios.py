@@ -691,9 +691,10 @@ async def transports(bench: Bench) -> list[Transport]:
 # The instances' own request timing (from the request to the end of the answer): what the
 # client measures, minus the client's own overhead.
 _HTTP_METRIC = "chat_http_request_seconds"
+# The query behind a history page (service/store.py, _NEWEST_BEFORE).
 _PAGE_SQL = (
-    "SELECT seq, author, body, client_id, created_at FROM messages "
-    "WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+    "SELECT seq, author, body, client_id, created_at, reply_to, edited_at, deleted, version,"
+    " reactions FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
 )
 
 
@@ -733,6 +734,7 @@ async def history(bench: Bench, rows: int) -> History:
             await bulk_load(conn, ids[other], other_rows, authors=50, on_chunk=step.advance)
         step.update(description=f"history {label}: VACUUM ANALYZE")
         await conn.execute("VACUUM (ANALYZE) messages")
+        await conn.execute("VACUUM (ANALYZE) reactions")
         await conn.execute("ANALYZE rooms")
         # Write the loaded pages out now, so the checkpointer does not flush them meanwhile.
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
@@ -771,6 +773,10 @@ async def history(bench: Bench, rows: int) -> History:
                 page = orjson.loads(body)["messages"]
                 if len(page) != min(50, before - 1) or page[-1]["seq"] != before - 1:
                     raise RuntimeError(f"history page before {before} is wrong")
+                # One message in ten has reactions (cluster.bulk_load), each with `me`.
+                reacted = [m["reactions"] for m in page if m["reactions"]]
+                if len(page) >= 10 and (not reacted or "me" not in reacted[0][0]):
+                    raise RuntimeError(f"history page before {before} lacks reactions")
                 if i >= 20:  # the first 20 warm the connections up
                     latencies.append(elapsed)
                     step.advance()
