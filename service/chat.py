@@ -140,6 +140,8 @@ class Chat:
         self._by_user: dict[str, set[Member]] = {}  # the same connections, by user
         self.draining = False
         self._tasks: list[asyncio.Task[None]] = []
+        # User-stream frames being published (tell_soon): not waited for by whoever caused them.
+        self._telling: set[asyncio.Task[None]] = set()
 
     # -- connections ---------------------------------------------------------------------
 
@@ -260,7 +262,7 @@ class Chat:
             if hub is not None and entry is not None:
                 hub.offer(entry)
         for user, room in joined:  # a post made them a member of a public room
-            await self.tell((user,), rooms_changed(room, "added"))
+            self.tell_soon((user,), rooms_changed(room, "added"))
         if later:
             try:
                 # Bounded: a Redis that stops answering must not stall the writer.
@@ -353,7 +355,7 @@ class Chat:
             raise
         metrics.JOINED_ROOMS.inc()
         if standing is not None and standing.added:
-            await self.tell((user,), rooms_changed(room, "added"))
+            self.tell_soon((user,), rooms_changed(room, "added"))
         return room_id, kind
 
     async def leave(self, member: Member, room_id: int, room: str) -> None:
@@ -375,6 +377,15 @@ class Chat:
                 await self._fanout.publish_note(UserNote(users, frame))
         except Exception as error:
             log.warning("a user-stream frame was not published: %s", error)
+
+    def tell_soon(self, users: tuple[str, ...], frame: str) -> None:
+        """`tell`, in the background: a join or a commit that causes a `rooms` frame does not
+        wait for it to be published, and a socket closed meanwhile cannot cancel it halfway
+        (a join cancelled after it succeeded would be a join its connection never heard
+        of)."""
+        task = asyncio.create_task(self.tell(users, frame), name="tell")
+        self._telling.add(task)
+        task.add_done_callback(self._telling.discard)
 
     async def log_appended(self, room_id: int, seq: int) -> None:
         """An event other than a message was committed at `seq` of the room's log (a
@@ -527,9 +538,9 @@ class Chat:
 
     async def stop(self) -> None:
         await self.drain()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._telling]:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, *self._telling, return_exceptions=True)
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 while self.connections:
