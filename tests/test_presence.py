@@ -431,3 +431,22 @@ async def test_repair_tells_members_what_lost_events_missed(
     assert a_side.changes[1:] == [(room_id, remote, "leave")]
     a.heard(PresenceNote(room_id, "r", remote, "join"))  # a real change: passed on
     assert a_side.changes[2:] == [(room_id, remote, "join")]
+
+
+async def test_a_socket_closed_right_after_joined_still_leaves(
+    pair: tuple[Instance, Instance],
+) -> None:
+    """Joining a public room for the first time makes the user a member, and the user's
+    stream says so after `joined`; a socket closed at once must still leave the room (it
+    once did not: the close cancelled the join after it had succeeded)."""
+    a, b = pair
+    async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
+        alice, bob = await new_user(http), await new_user(http)
+    for _ in range(3):
+        room = unique("r-")
+        async with ws_connect(b.url, bob.token) as observer:
+            await observer.join(room)
+            async with ws_connect(a.url, alice.token) as ws:
+                await ws.join(room)
+            await _presence_until(observer, alice.name, "leave", timeout=10)
+            assert await _online(b, bob, room) == [bob.name]
