@@ -53,7 +53,7 @@ from .protocol import joined as joined_frame
 from .protocol import presence as presence_frame
 from .protocol import typing as typing_frame
 from .refusals import Forbidden, LimitReached, NotFound, Refused
-from .rooms import DM_PREFIX, RoomDirectory, RoomInfo, Standing
+from .rooms import DM_PREFIX, RoomDirectory, Standing
 from .settings import Settings
 from .store import (
     Around,
@@ -454,9 +454,6 @@ class Chat:
 
     async def online(self, room_id: int) -> list[str]:
         return await self._presence.online(room_id)
-
-    async def room_list(self) -> list[RoomInfo]:
-        return await self._rooms.list()
 
     # -- fan-out in ----------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
 
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -35,26 +34,6 @@ _STANDING = text(
     " FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.username = :user"
     " LEFT JOIN enrol e ON true WHERE r.id = :room_id"
 )
-_LIST = text(
-    "SELECT name, last_seq, created_at, last_message_at FROM rooms "
-    "ORDER BY last_message_at DESC NULLS LAST, created_at DESC, name LIMIT :limit"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class RoomInfo:
-    name: str
-    last_seq: int
-    created_at: datetime
-    last_message_at: datetime | None
-
-    def to_wire(self) -> dict[str, object]:
-        return {
-            "name": self.name,
-            "last_seq": self.last_seq,
-            "created_at": self.created_at.isoformat(),
-            "last_message_at": self.last_message_at.isoformat() if self.last_message_at else None,
-        }
 
 
 # Anyone may create rooms, so the cache of their ids is bounded (the oldest entry goes).
@@ -172,8 +151,3 @@ class RoomDirectory:
             self._created.give_back(creator)
         self._remember(name, int(room_id))
         return int(room_id)
-
-    async def list(self, limit: int = 1000) -> list[RoomInfo]:
-        async with reading(self._engine) as conn:
-            rows = (await conn.execute(_LIST, {"limit": limit})).all()
-        return [RoomInfo(r.name, r.last_seq, r.created_at, r.last_message_at) for r in rows]
