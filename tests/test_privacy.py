@@ -61,12 +61,18 @@ async def test_a_third_user_learns_nothing_by_any_path(
                 ("GET", f"/api/rooms/{room}/messages"),
                 ("GET", f"/api/rooms/{room}/members"),
                 ("GET", f"/api/rooms/{room}/online"),
+                ("GET", f"/api/rooms/{room}/events"),
+                ("GET", f"/api/rooms/{room}/messages?around=1"),
+                ("GET", f"/api/rooms/{room}/messages/1/reactions"),
+                ("PUT", f"/api/rooms/{room}/messages/1/reactions/%F0%9F%91%8D"),
+                ("PATCH", f"/api/rooms/{room}/messages/1"),
+                ("DELETE", f"/api/rooms/{room}/messages/1"),
                 ("PUT", f"/api/rooms/{room}/members/me"),
                 ("DELETE", f"/api/rooms/{room}/members/{member.name}"),
                 ("POST", f"/api/rooms/{room}/messages"),
             ]:
                 for instance in (a, b):
-                    kwargs = {"json": {"body": "hi"}} if method == "POST" else {}
+                    kwargs = {"json": {"body": "hi"}} if method in ("POST", "PATCH") else {}
                     r = await rest(instance, stranger, method, path, **kwargs)
                     assert r.status_code == 403, (method, path, r.status_code)
                     assert "secret" not in r.text and member.name not in r.text
