@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field, field_validator
 from .api import ChatDep, MembersDep, RoomName, WritingUser
 from .auth import CurrentUser
 from .members import ListPage
+from .protocol import MAX_SEQ
 from .refusals import Conflict, Forbidden, Invalid, LimitReached, NotFound, Refused
 from .validation import InvalidInput, normalize_username
 
@@ -120,6 +121,17 @@ class MemberIn(BaseModel):
     role: Literal["owner", "moderator", "member"] | None = None
 
 
+class ReadIn(BaseModel):
+    seq: int = Field(ge=0, lt=MAX_SEQ, strict=True)
+
+
+class ReadOut(BaseModel):
+    room: str
+    last_read_seq: int
+    unread: int
+    mentions: int
+
+
 def _listed(page: ListPage, key: str, **extra: Any) -> dict[str, Any]:
     return {**extra, key: page.items, "next_cursor": page.next_cursor}
 
@@ -132,7 +144,7 @@ async def my_rooms(
     cursor: Cursor = None,
 ) -> dict[str, Any]:
     """The caller's rooms, most recently active first; `next_cursor` pages on (null at the
-    end). `mentions` is 0 until read state counts it."""
+    end). `unread` and `mentions` are exact (readstate.py)."""
     return _listed(await members.my_rooms(user, limit, cursor), "rooms")
 
 
@@ -238,3 +250,20 @@ async def delete_member(
     if change is not None:
         await chat.membership_changed(change)
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.put(
+    "/rooms/{room}/read", response_model=ReadOut, responses=_errors(401, 403, 404, 429, 503)
+)
+async def mark_read(room: RoomName, read: ReadIn, user: WritingUser, chat: ChatDep) -> ReadOut:
+    """Move the caller's read cursor to `seq` (capped at the room's last seq; it never moves
+    back); every connection of theirs hears a `read` frame when it moved. The answer has the
+    cursor in force and the room's counts after it."""
+    marked = await chat.mark_read(room, user, read.seq)
+    counts = await chat.reads.counts(marked.room_id, user)
+    return ReadOut(
+        room=room,
+        last_read_seq=counts.last_read_seq,
+        unread=counts.unread,
+        mentions=counts.mentions,
+    )

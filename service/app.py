@@ -31,6 +31,7 @@ from .presence import Presence
 from .protocol import FanoutKey
 from .ratelimit import KeyedLimiter, RateLimited
 from .readiness import DatabaseCheck
+from .readstate import ReadState
 from .refusals import Refused
 from .rooms import RoomDirectory
 from .security import Passwords, PasswordsBusy, default_password_threads
@@ -118,6 +119,7 @@ def build(settings: Settings) -> Resources:
         rooms=rooms,
         fanout=fanout,
         presence=presence,
+        reads=ReadState(engine),
     )
     passwords = Passwords(
         settings.password_threads or default_password_threads(), settings.password_queue_limit

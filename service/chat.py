@@ -47,11 +47,13 @@ from .protocol import (
     StoredMessage,
     TypingNote,
     UserNote,
+    read_moved,
     rooms_changed,
 )
 from .protocol import joined as joined_frame
 from .protocol import presence as presence_frame
 from .protocol import typing as typing_frame
+from .readstate import Marked, ReadState
 from .refusals import Forbidden, LimitReached, NotFound, Refused
 from .rooms import DM_PREFIX, RoomDirectory, Standing
 from .settings import Settings
@@ -123,9 +125,11 @@ class Chat:
         rooms: RoomDirectory,
         fanout: Fanout,
         presence: Presence,
+        reads: ReadState,
     ) -> None:
         self.settings = settings
         self._store = store
+        self.reads = reads
         self._rooms = rooms
         self._fanout = fanout
         self._presence = presence
@@ -386,6 +390,14 @@ class Chat:
         task = asyncio.create_task(self.tell(users, frame), name="tell")
         self._telling.add(task)
         task.add_done_callback(self._telling.discard)
+
+    async def mark_read(self, room: str, user: str, seq: int) -> Marked:
+        """Move `user`'s read cursor in `room` towards `seq` (PROTOCOL.md, `read`); when it
+        moved, every connection of theirs hears a `read` frame. NotFound, Forbidden."""
+        marked = await self.reads.mark(room, user, seq)
+        if marked.moved:
+            self.tell_soon((user,), read_moved(room, marked.last_read_seq))
+        return marked
 
     async def log_appended(self, room_id: int, seq: int) -> None:
         """An event other than a message was committed at `seq` of the room's log (a

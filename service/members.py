@@ -27,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .db import reading, writing
 from .protocol import MemberEvent
 from .ratelimit import KeyedLimiter, RateLimited
+from .readstate import COUNTS
 from .refusals import Conflict, Forbidden, Invalid, NotFound
 from .validation import ROOM_RE, USERNAME_RE
 
@@ -148,16 +149,10 @@ _ACCESS = text(
     "LEFT JOIN members m ON m.room_id = r.id AND m.username = :username WHERE r.name = :name"
 )
 
-# A room as PROTOCOL.md's room form, seen by :username. `unread` is a plain count over the
-# messages primary key range above the read cursor: exact, and cheap enough until the read
-# state work keeps it (it also leaves deleted messages out once they are marked).
+# A room as PROTOCOL.md's room form, seen by :username; the counts are readstate.py's.
 _ROOM_FORM = """
     SELECT r.id, r.name, r.kind, m.role, r.last_seq, r.last_message_seq, r.created_at,
-           r.last_message_at, m.last_read_seq,
-           CASE WHEN m.username IS NULL THEN NULL ELSE (
-               SELECT count(*) FROM messages x
-               WHERE x.room_id = r.id AND x.seq > m.last_read_seq AND x.author <> m.username
-           ) END AS unread,
+           r.last_message_at, m.last_read_seq, rs.unread, rs.mentions,
            CASE WHEN r.kind = 'dm' THEN (
                SELECT p.username FROM members p
                WHERE p.room_id = r.id AND p.username <> :username
@@ -165,19 +160,25 @@ _ROOM_FORM = """
            ) END AS peer,
            coalesce(r.last_message_at, r.created_at) AS active
 """
+_COUNTED = f"LEFT JOIN LATERAL ({COUNTS}) AS rs ON true "
 _ROOM_INFO = text(
-    _ROOM_FORM + "FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.username = :username "
-    "WHERE r.name = :name"
+    _ROOM_FORM
+    + "FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.username = :username "
+    + _COUNTED
+    + "WHERE r.name = :name"
 )
 # Keyset by (activity, id). Activity moves while a client pages: a room that becomes active
 # meanwhile moves to the front and is not repeated or skipped twice over; the client re-reads
 # the list on every `rooms` frame and reconnect anyway.
 _MY_ROOMS = text(
-    _ROOM_FORM + "FROM members m JOIN rooms r ON r.id = m.room_id "
-    "WHERE m.username = :username AND (CAST(:active AS timestamptz) IS NULL "
-    "  OR coalesce(r.last_message_at, r.created_at) < :active "
-    "  OR (coalesce(r.last_message_at, r.created_at) = :active AND r.id > :after_id)) "
-    "ORDER BY active DESC, r.id LIMIT :limit"
+    _ROOM_FORM + "FROM (SELECT pm.room_id FROM members pm JOIN rooms pr ON pr.id = pm.room_id "
+    "  WHERE pm.username = :username AND (CAST(:active AS timestamptz) IS NULL "
+    "    OR coalesce(pr.last_message_at, pr.created_at) < :active "
+    "    OR (coalesce(pr.last_message_at, pr.created_at) = :active AND pr.id > :after_id)) "
+    "  ORDER BY coalesce(pr.last_message_at, pr.created_at) DESC, pr.id LIMIT :limit"
+    ") AS page "  # the page first: the counts only for the rooms it holds
+    "JOIN members m ON m.room_id = page.room_id AND m.username = :username "
+    "JOIN rooms r ON r.id = page.room_id " + _COUNTED + "ORDER BY active DESC, r.id"
 )
 _PUBLIC_ROOMS = text(
     "SELECT r.name, r.created_at, r.last_message_at, "
@@ -203,8 +204,7 @@ def _room_form(row: Row[Any]) -> dict[str, Any]:
         "last_message_at": _iso(row.last_message_at),
         "last_read_seq": row.last_read_seq if member else None,
         "unread": row.unread if member else None,
-        # Mentions are counted by the read-state work; until then none are.
-        "mentions": 0 if member else None,
+        "mentions": row.mentions if member else None,
         "peer": row.peer,
     }
 

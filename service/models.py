@@ -63,6 +63,8 @@ class Room(Base):
     last_message_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     kind: Mapped[str] = mapped_column(Text, server_default=text("'public'"))
     last_message_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # Messages ever posted (deleted and pruned ones included): the last message's `n`.
+    message_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),
@@ -159,8 +161,13 @@ class Message(Base):
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # [{"emoji", "count"}] in order of first use; NULL when there are none.
     reactions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # Its ordinal among its room's messages (1, 2, ...), for unread counts (readstate.py);
+    # NULL only for rows written around the service (a bench's fill).
+    n: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (
+        # Deleted messages above a read cursor: the correction to an unread count.
+        Index("ix_messages_deleted", "room_id", "seq", postgresql_where=text("deleted")),
         # Idempotency: a retried send finds its original through this index.
         Index(
             "uq_messages_room_author_client_id",
@@ -188,6 +195,20 @@ class Reaction(Base):
     emoji: Mapped[str] = mapped_column(Text, primary_key=True)
     username: Mapped[str] = mapped_column(Text, primary_key=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class Mention(Base):
+    """Message `seq` of a room (not a dm) mentions member `username` in its current text
+    (sql/mentioned.sql); a delete removes the row, an edit rewrites the message's rows."""
+
+    __tablename__ = "mentions"
+
+    room_id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    username: Mapped[str] = mapped_column(Text, primary_key=True)
+
+    # Counting a user's mentions above a read cursor.
+    __table_args__ = (Index("ix_mentions_username", "username", "room_id", "seq"),)
 
 
 class WriteBatch(Base):

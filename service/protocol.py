@@ -316,6 +316,11 @@ def change_ack(room: str, seq: int, created_at: datetime | None, duplicate: bool
     )
 
 
+def read_moved(room: str, seq: int) -> str:
+    """The user's read cursor in `room` moved to `seq` (their own stream)."""
+    return _encode("read", room=room, seq=seq)
+
+
 def presence(room: str, user: str, event: str) -> str:
     return _encode("presence", room=room, user=user, event=event)
 
@@ -393,6 +398,13 @@ class React:
 
 
 @dataclass(frozen=True, slots=True)
+class Read:
+    room: str
+    seq: int
+    ref: Ref
+
+
+@dataclass(frozen=True, slots=True)
 class Typing:
     room: str
     ref: Ref
@@ -403,7 +415,7 @@ class Ping:
     ref: Ref
 
 
-Command = Join | Leave | Send | Edit | Delete | React | Typing | Ping
+Command = Join | Leave | Send | Edit | Delete | React | Read | Typing | Ping
 
 
 def _seq(data: dict[str, Any], key: str, ref: Ref, room: str) -> int:
@@ -473,6 +485,12 @@ def parse(text: str, max_body_chars: int) -> Command:
             return Join(room, since, ref)
         if kind == "leave":
             return Leave(check_room(data.get("room")), ref)
+        if kind == "read":
+            room = check_room(data.get("room"))
+            seq = data.get("seq")
+            if isinstance(seq, bool) or not isinstance(seq, int) or not 0 <= seq < MAX_SEQ:
+                raise ProtocolError("bad_request", "seq must be an integer >= 0", ref, room=room)
+            return Read(room, seq, ref)
         if kind == "typing":
             return Typing(check_room(data.get("room")), ref)
         if kind == "ping":

@@ -43,6 +43,7 @@ from .protocol import (
     Ping,
     ProtocolError,
     React,
+    Read,
     Ref,
     Typing,
 )
@@ -50,7 +51,7 @@ from .protocol import (
     Send as SendCommand,
 )
 from .ratelimit import RateLimited, TokenBucket
-from .refusals import Forbidden
+from .refusals import Forbidden, NotFound
 from .store import Changed, ChangeDraft, Outcome, Posted
 
 if TYPE_CHECKING:
@@ -281,6 +282,8 @@ class Connection:
                 await self._join(command)
             elif isinstance(command, Leave):
                 await self._leave(command)
+            elif isinstance(command, Read):
+                await self._read(command)
             elif isinstance(command, Typing):
                 await self._typing(command)
             elif isinstance(command, Ping):
@@ -302,7 +305,7 @@ class Connection:
         wait_ms = self._rooms_bucket.take()
         if wait_ms:
             raise ProtocolError(
-                "rate_limited", "joining and leaving too fast", ref, room=room,
+                "rate_limited", "joining, leaving and reading too fast", ref, room=room,
                 retry_after_ms=wait_ms,
             )  # fmt: skip
 
@@ -338,6 +341,18 @@ class Connection:
         self._kinds.pop(command.room, None)
         await self.chat.leave(self, room_id, command.room)
         self.push_answer(protocol.left(command.room, command.ref))
+
+    async def _read(self, command: Read) -> None:
+        """Membership is enough (the room need not be joined here); the ack names the cursor
+        now in force, and `duplicate` when it did not move."""
+        room, ref = command.room, command.ref
+        self._throttle_rooms(room, ref)
+        try:
+            marked = await self.chat.mark_read(room, self.username, command.seq)
+        except (Forbidden, NotFound):
+            raise ProtocolError("forbidden", f"not a member of {room}", ref, room=room) from None
+        cursor = marked.last_read_seq
+        self.push_answer(protocol.change_ack(room, cursor, None, not marked.moved, ref))
 
     async def _send(self, command: SendCommand) -> None:
         room, ref, client_id = command.room, command.ref, command.client_id

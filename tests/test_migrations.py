@@ -34,6 +34,7 @@ TABLES = {
     "members",
     "events",
     "sessions",
+    "mentions",
 }
 INDEXES = {
     "pk_users",
@@ -45,6 +46,9 @@ INDEXES = {
     "pk_presence",
     "ix_presence_instance_id",
     "pk_write_batches",
+    "pk_mentions",
+    "ix_mentions_username",
+    "ix_messages_deleted",
 }
 CONSTRAINTS = {
     "fk_messages_room_id_rooms",
@@ -137,9 +141,15 @@ def test_upgrade_downgrade_upgrade(new_database: Callable[[], str]) -> None:
     assert "(room_id, author, client_id)" in found["uq_messages_room_author_client_id"]
     assert "client_id IS NOT NULL" in found["uq_messages_room_author_client_id"]
     assert "(room_id, seq)" in found["pk_messages"]
-    # The whole history path is range scans of the primary key: no other index on messages.
+    # The whole history path is range scans of the primary key; the only other index a new
+    # message enters is the unique one (the unread count's holds deleted messages only).
     on_messages = {name for name, sql in found.items() if " ON public.messages " in sql}
-    assert on_messages == {"pk_messages", "uq_messages_room_author_client_id"}
+    assert on_messages == {
+        "pk_messages",
+        "uq_messages_room_author_client_id",
+        "ix_messages_deleted",
+    }
+    assert found["ix_messages_deleted"].endswith("WHERE deleted")
 
     migrate.downgrade(settings, "base")
     assert tables(url) <= {"alembic_version"}

@@ -11,7 +11,13 @@
 -- room ('not_found'); makes the authors of sends to a public room members of it (`joined`
 -- says who became one; the first of a room without an owner, its owner); finds sends that
 -- repeat a committed (room, author, client_id); numbers the others after each room's last
--- seq (the head of its whole log); inserts them and advances the rooms.
+-- seq (the head of its whole log) and counts them (`n`, a message's ordinal among its
+-- room's messages, and rooms.message_count: the arithmetic behind exact unread counts, see
+-- service/readstate.py); inserts them, advances the rooms, and moves each author's read
+-- cursor to their newest message there (PROTOCOL.md, Read cursor). Records who each one
+-- mentions (the `mentions` table; not in a dm, where every message mentions the peer and
+-- the unread count is the mention count) and tells them: a `notification` frame on the
+-- users' own stream (a `user` notification, in the same payloads as the messages).
 --
 -- Changes, one by one in the order given (they are few next to messages, and each reads
 -- what the one before it wrote): checks the rules of PROTOCOL.md in its order (the actor
@@ -20,10 +26,11 @@
 -- 'not_found'; one emoji more than p_max_emoji: 'limit_reached'; a change that would
 -- change nothing: duplicate, with the target's current version as its seq), then appends
 -- the event with the room's next seq and applies it to the message's current state:
---   edit: the body, edited_at and version;
+--   edit: the body, edited_at and version, and the mentions of the new text (no new
+--     notification);
 --   delete: erases the body, every earlier version of it (the bodies of its edit events)
---     and its reactions, keeping the tombstone (seq, author, created_at, client_id,
---     reply_to, version);
+--     its reactions and its mentions, keeping the tombstone (seq, author, created_at,
+--     client_id, reply_to, version);
 --   reaction: the reactions table (who reacted) and the message's counts (in order of
 --     first use; an emoji whose count falls to 0 disappears).
 --
@@ -56,6 +63,7 @@ DECLARE
     is_ref boolean[];
     inline_part json[] := '{}';
     refs_part json[] := '{}';
+    notes text[];
     envelope constant integer := octet_length(json_build_object(
         'kind', 'messages', 'messages', '[]'::json, 'refs', '[]'::json)::text);
     size integer := envelope;
@@ -101,34 +109,64 @@ BEGIN
         LEFT JOIN members mb ON mb.room_id = g.r AND mb.username = g.a
     ), input AS (
         SELECT c.ord, c.r, c.a, c.b, c.c, c.reply FROM checked c WHERE c.code IS NULL
-    ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member);
-                   -- the first of a room without an owner (a room this post creates) its owner
-        INSERT INTO members (room_id, username, role, created_at, last_read_seq)
-        SELECT j.r, j.a, CASE WHEN j.n = 1 AND NOT EXISTS (
-                   SELECT 1 FROM members o WHERE o.room_id = j.r AND o.role = 'owner')
-               THEN 'owner' ELSE 'member' END, stamp, j.head
-        FROM (SELECT c.r, c.a, min(c.head) AS head,
-                     row_number() OVER (PARTITION BY c.r ORDER BY min(c.ord)) AS n
-              FROM checked c WHERE c.code IS NULL AND c.joins GROUP BY c.r, c.a) AS j
-        ON CONFLICT DO NOTHING
     ), earlier AS (  -- sends that repeat a committed (room, author, client_id)
         SELECT i.ord, m.seq, m.created_at, m.body
         FROM input i
         JOIN messages m ON m.room_id = i.r AND m.author = i.a AND m.client_id = i.c
         WHERE m.client_id IS NOT NULL
     ), fresh AS (
-        SELECT i.ord, i.r, i.a, i.b, i.c, i.reply,
-               rm.last_seq + row_number() OVER (PARTITION BY i.r ORDER BY i.ord) AS seq
+        SELECT i.ord, i.r, i.a, i.b, i.c, i.reply, rm.kind, rm.name,
+               rm.last_seq + row_number() OVER (PARTITION BY i.r ORDER BY i.ord) AS seq,
+               rm.message_count + row_number() OVER (PARTITION BY i.r ORDER BY i.ord) AS n
         FROM input i
         JOIN rooms rm ON rm.id = i.r
         WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = i.ord)
+    ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member);
+                   -- the first of a room without an owner (a room this post creates) its owner
+        INSERT INTO members (room_id, username, role, created_at, last_read_seq)
+        SELECT j.r, j.a, CASE WHEN j.n = 1 AND NOT EXISTS (
+                   SELECT 1 FROM members o WHERE o.room_id = j.r AND o.role = 'owner')
+               THEN 'owner' ELSE 'member' END, stamp,
+               -- their newest message here is read (the `seen` update cannot see this row)
+               coalesce((SELECT max(f.seq) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.head)
+        FROM (SELECT c.r, c.a, min(c.head) AS head,
+                     row_number() OVER (PARTITION BY c.r ORDER BY min(c.ord)) AS n
+              FROM checked c WHERE c.code IS NULL AND c.joins GROUP BY c.r, c.a) AS j
+        ON CONFLICT DO NOTHING
     ), ins AS (
-        INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reply_to)
-        SELECT f.r, f.seq, f.a, f.b, f.c, stamp, f.reply FROM fresh f
+        INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reply_to, n)
+        SELECT f.r, f.seq, f.a, f.b, f.c, stamp, f.reply, f.n FROM fresh f
     ), adv AS (
-        UPDATE rooms SET last_seq = top.seq, last_message_seq = top.seq, last_message_at = stamp
-        FROM (SELECT f.r, max(f.seq) AS seq FROM fresh f GROUP BY f.r) AS top
+        UPDATE rooms SET last_seq = top.seq, last_message_seq = top.seq, last_message_at = stamp,
+                         message_count = top.n
+        FROM (SELECT f.r, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r) AS top
         WHERE rooms.id = top.r
+    ), seen AS (  -- posting moves the author's read cursor to their newest message
+        UPDATE members SET last_read_seq = top.seq
+        FROM (SELECT f.r, f.a, max(f.seq) AS seq FROM fresh f GROUP BY f.r, f.a) AS top
+        WHERE members.room_id = top.r AND members.username = top.a
+              AND members.last_read_seq < top.seq
+    ), named AS (  -- who each new message mentions: members named by @name, the dm's peer
+        SELECT f.ord, f.r, f.seq, f.kind, x.username
+        FROM fresh f
+        CROSS JOIN LATERAL chat_mentioned(f.r, f.kind, f.a, f.b) AS x (username)
+        WHERE f.kind = 'dm' OR strpos(f.b, '@') > 0  -- most messages name nobody
+    ), noted_mentions AS (
+        INSERT INTO mentions (room_id, seq, username)
+        SELECT nm.r, nm.seq, nm.username FROM named nm WHERE nm.kind <> 'dm'
+    ), told AS (  -- a `notification` for each of them (up to 100 users a notification; the
+                  -- excerpt is the first 140 characters, PROTOCOL.md)
+        SELECT min(t.ord) AS ord, json_build_object(
+                   'kind', 'user', 'users', json_agg(t.username ORDER BY t.username),
+                   'frame', json_build_object(
+                       'type', 'notification', 'room', min(f.name), 'seq', t.seq,
+                       'author', min(f.a), 'excerpt', left(min(f.b), 140))) AS note
+        FROM (SELECT nm.ord, nm.r, nm.seq, nm.username,
+                     (row_number() OVER (PARTITION BY nm.ord ORDER BY nm.username) - 1) / 100
+                         AS chunk
+              FROM named nm) AS t
+        JOIN fresh f ON f.ord = t.ord
+        GROUP BY t.ord, t.seq, t.chunk
     ), noted AS (  -- each new message as its notification entry: inline, or a ref if large
         SELECT f.ord, octet_length(j.entry::text) > p_inline_max AS is_ref,
                CASE WHEN octet_length(j.entry::text) > p_inline_max
@@ -148,8 +186,9 @@ BEGIN
            array_agg(octet_length(n.entry::text) ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
            array_agg(n.is_ref ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
            array_agg(c.code IS NULL AND c.joins ORDER BY c.ord),
-           array_agg(c.code ORDER BY c.ord)
-    INTO seqs, created, repeated, stored_bodies, entries, sizes, is_ref, joined, codes
+           array_agg(c.code ORDER BY c.ord),
+           (SELECT coalesce(array_agg(t.note::text ORDER BY t.ord), '{}') FROM told t)
+    INTO seqs, created, repeated, stored_bodies, entries, sizes, is_ref, joined, codes, notes
     FROM checked c
     LEFT JOIN earlier e ON e.ord = c.ord
     LEFT JOIN fresh f ON f.ord = c.ord
@@ -248,6 +287,12 @@ BEGIN
             VALUES (v_room, v_seq, 'edit', v_actor, v_target, p_c_bodies[k], stamp);
             UPDATE messages SET body = p_c_bodies[k], edited_at = stamp, version = v_seq
             WHERE room_id = v_room AND seq = v_target;
+            IF v_room_kind <> 'dm' THEN  -- mentions follow the current text
+                DELETE FROM mentions WHERE room_id = v_room AND seq = v_target;
+                INSERT INTO mentions (room_id, seq, username)
+                SELECT v_room, v_target, x.username
+                FROM chat_mentioned(v_room, v_room_kind, v_actor, p_c_bodies[k]) AS x (username);
+            END IF;
             v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'edit',
                 'target', v_target, 'author', v_actor, 'body', p_c_bodies[k], 'edited_at', stamp);
         ELSIF v_kind = 'delete' THEN
@@ -259,6 +304,7 @@ BEGIN
             UPDATE events SET body = ''
             WHERE room_id = v_room AND target = v_target AND kind = 'edit';
             DELETE FROM reactions WHERE room_id = v_room AND seq = v_target;
+            DELETE FROM mentions WHERE room_id = v_room AND seq = v_target;
             v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'delete',
                 'target', v_target, 'by', v_actor);
         ELSE
@@ -316,7 +362,8 @@ BEGIN
     VALUES (p_batch, seqs || c_seqs, repeated || array_fill(false, ARRAY[cardinality(c_seqs)]),
             codes || c_codes, stamp);
 
-    -- Pack the new events, in order, into as few payloads as fit under p_payload_max.
+    -- Pack the new events, in order, into as few payloads as fit under p_payload_max; the
+    -- notifications follow them.
     payloads := '{}';
     FOR k IN 1 .. coalesce(array_length(entries, 1), 0) LOOP
         IF size > envelope AND size + sizes[k] + 1 > p_payload_max THEN
@@ -337,6 +384,8 @@ BEGIN
         payloads := payloads || json_build_object('kind', 'messages',
             'messages', array_to_json(inline_part), 'refs', array_to_json(refs_part))::text;
     END IF;
+
+    payloads := payloads || notes;
 
     SELECT coalesce(array_agg(encode(sha256(p_key_outer || sha256(
                p_key_inner || convert_to(x.p, 'UTF8'))), 'hex') || '.' || x.p ORDER BY x.n), '{}')

@@ -1,0 +1,519 @@
+"""Read state: exact unread and mention counts, cheaply.
+
+- rooms.message_count and messages.n (a message's ordinal in its room): the messages above a
+  read cursor are message_count minus the ordinal of the last message at or below it, one
+  primary-key probe (service/readstate.py explains the count);
+- ix_messages_deleted: the deleted messages above a cursor, the count's correction;
+- mentions: who each message of a room (not a dm) mentions in its current text, written by
+  chat_mentioned() (service/sql/mentioned.sql) when it is posted or edited;
+- chat_post_messages() numbers messages, moves each author's read cursor to their newest
+  message, records mentions and sends `notification` frames (service/sql/post_messages.sql).
+
+Existing rows are brought along: messages numbered, rooms counted, each member's cursor
+moved to their newest message, and the mentions of the current texts recorded.
+
+Revision ID: 0007
+Revises: 0006
+Create Date: 2026-12-06
+"""
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import op
+
+revision: str = "0007"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# Frozen copies of service/sql/mentioned.sql and service/sql/post_messages.sql.
+FROZEN_SQL = {
+    "mentioned.sql": r"""-- chat_mentioned(): whom a message by p_author in room p_room (of kind p_kind) mentions, by
+-- PROTOCOL.md's rule: in a dm, the other member; elsewhere each `@name` that follows the
+-- start of the body or a character that cannot be in a username, where name is the longest
+-- run of username characters, lower-cased, and a member of the room, or else, with its
+-- trailing `.` and `-` dropped ("thanks @bob."), a member. Never the author.
+--
+-- This file is the source; each migration that (re)defines the function embeds a frozen
+-- copy of it, and tests/test_sql_sources.py fails when the newest copy and this file differ.
+CREATE OR REPLACE FUNCTION chat_mentioned(
+    p_room bigint, p_kind text, p_author text, p_body text
+) RETURNS SETOF text LANGUAGE sql STABLE AS $fn$
+    SELECT p.username FROM members p
+    WHERE p_kind = 'dm' AND p.room_id = p_room AND p.username <> p_author
+    UNION
+    SELECT coalesce(whole.username, short.username)
+    FROM (SELECT DISTINCT lower((x.m)[2]) AS name
+          FROM regexp_matches(p_body, '(^|[^A-Za-z0-9_.-])@([A-Za-z0-9_.-]+)', 'g') AS x (m)
+          WHERE p_kind <> 'dm') AS t
+    LEFT JOIN members whole ON whole.room_id = p_room AND whole.username = t.name
+    LEFT JOIN members short ON short.room_id = p_room AND short.username = rtrim(t.name, '.-')
+    WHERE coalesce(whole.username, short.username) <> p_author
+$fn$;
+""",
+    "post_messages.sql": r"""-- chat_post_messages(): a batch of the room log's events (new messages, and edits, deletes
+-- and reactions of earlier ones) stored, numbered and announced in one statement, one
+-- implicit transaction and one round trip (the writer calls it in autocommit).
+--
+-- Locks the rooms involved (in id order, so writers on other instances queue instead of
+-- deadlocking), then:
+--
+-- Messages, set-based: refuses sends whose author may not post there (checked here, in the
+-- transaction that gives the message its seq: a member removed or banned a moment before
+-- the commit stores nothing; code 'forbidden') or whose reply_to names no message of the
+-- room ('not_found'); makes the authors of sends to a public room members of it (`joined`
+-- says who became one; the first of a room without an owner, its owner); finds sends that
+-- repeat a committed (room, author, client_id); numbers the others after each room's last
+-- seq (the head of its whole log) and counts them (`n`, a message's ordinal among its
+-- room's messages, and rooms.message_count: the arithmetic behind exact unread counts, see
+-- service/readstate.py); inserts them, advances the rooms, and moves each author's read
+-- cursor to their newest message there (PROTOCOL.md, Read cursor). Records who each one
+-- mentions (the `mentions` table; not in a dm, where every message mentions the peer and
+-- the unread count is the mention count) and tells them: a `notification` frame on the
+-- users' own stream (a `user` notification, in the same payloads as the messages).
+--
+-- Changes, one by one in the order given (they are few next to messages, and each reads
+-- what the one before it wrote): checks the rules of PROTOCOL.md in its order (the actor
+-- may act in the room: 'forbidden'; the target is a message of the room: 'not_found'; the
+-- actor may edit or delete it: 'forbidden'; an edit or reaction of a deleted message:
+-- 'not_found'; one emoji more than p_max_emoji: 'limit_reached'; a change that would
+-- change nothing: duplicate, with the target's current version as its seq), then appends
+-- the event with the room's next seq and applies it to the message's current state:
+--   edit: the body, edited_at and version, and the mentions of the new text (no new
+--     notification);
+--   delete: erases the body, every earlier version of it (the bodies of its edit events)
+--     its reactions and its mentions, keeping the tombstone (seq, author, created_at,
+--     client_id, reply_to, version);
+--   reaction: the reactions table (who reacted) and the message's counts (in order of
+--     first use; an emoji whose count falls to 0 disappears).
+--
+-- Every new event is packed into `messages` notifications (service/protocol.py defines the
+-- keys; an entry without a `kind` is a message; the writer passes the size limits), each
+-- signed with HMAC-SHA256 from the padded keys the writer passes (service/protocol.py,
+-- FanoutKey). The batch's outcome (seqs, duplicates, refusal codes: messages first, then
+-- changes) is recorded under p_batch in write_batches, in the same transaction: a writer
+-- that loses the reply reads it back to learn whether, and as what, the batch committed.
+-- With p_channel set, the notifications are sent with pg_notify in this transaction, so
+-- they exist if and only if the events commit; with p_channel NULL (another fan-out
+-- backend) they are returned for the caller to publish after the commit.
+--
+-- This file is the source; each migration that (re)defines the function embeds a frozen
+-- copy of it, and tests/test_sql_sources.py fails when the newest copy and this file differ.
+CREATE OR REPLACE FUNCTION chat_post_messages(
+    p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
+    p_reply_tos bigint[],
+    p_c_rooms bigint[], p_c_actors text[], p_c_kinds text[], p_c_targets bigint[],
+    p_c_bodies text[], p_c_emojis text[], p_c_ops text[], p_max_emoji integer,
+    p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
+    p_key_inner bytea, p_key_outer bytea,
+    OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
+    OUT stored_bodies text[], OUT payloads text[], OUT joined boolean[], OUT codes text[],
+    OUT c_seqs bigint[], OUT c_codes text[], OUT c_counts integer[], OUT stamp timestamptz
+) LANGUAGE plpgsql AS $fn$
+DECLARE
+    entries json[];
+    sizes integer[];
+    is_ref boolean[];
+    inline_part json[] := '{}';
+    refs_part json[] := '{}';
+    notes text[];
+    envelope constant integer := octet_length(json_build_object(
+        'kind', 'messages', 'messages', '[]'::json, 'refs', '[]'::json)::text);
+    size integer := envelope;
+    -- the changes' loop
+    heads jsonb;
+    v_room bigint;
+    v_actor text;
+    v_target bigint;
+    v_kind text;
+    v_emoji text;
+    v_op text;
+    v_room_kind text;
+    v_role text;
+    v_admin boolean;
+    v_banned boolean;
+    v_msg record;
+    v_found boolean;
+    v_author_role text;
+    v_seq bigint;
+    v_count integer;
+    v_code text;
+    v_entry json;
+BEGIN
+    PERFORM 1 FROM rooms WHERE id = ANY (p_rooms || p_c_rooms) ORDER BY id FOR UPDATE;
+    -- Read under the locks, so created_at follows seq order within a room.
+    stamp := clock_timestamp();
+
+    WITH given AS (
+        SELECT t.ord, t.r, t.a, t.b, t.c, t.reply
+        FROM unnest(p_rooms, p_authors, p_bodies, p_client_ids, p_reply_tos) WITH ORDINALITY
+            AS t (r, a, b, c, reply, ord)
+    ), checked AS (  -- who may post: a member not banned, or anyone not banned in a public room
+        SELECT g.*, rm.last_seq AS head, rm.kind = 'public' AND mb.username IS NULL AS joins,
+               CASE WHEN u.banned_at IS NOT NULL
+                         OR (mb.username IS NULL AND rm.kind <> 'public') THEN 'forbidden'
+                    WHEN g.reply IS NOT NULL AND NOT EXISTS (
+                         SELECT 1 FROM messages rt WHERE rt.room_id = g.r AND rt.seq = g.reply)
+                         THEN 'not_found'
+               END AS code
+        FROM given g
+        JOIN rooms rm ON rm.id = g.r
+        LEFT JOIN users u ON u.username = g.a
+        LEFT JOIN members mb ON mb.room_id = g.r AND mb.username = g.a
+    ), input AS (
+        SELECT c.ord, c.r, c.a, c.b, c.c, c.reply FROM checked c WHERE c.code IS NULL
+    ), earlier AS (  -- sends that repeat a committed (room, author, client_id)
+        SELECT i.ord, m.seq, m.created_at, m.body
+        FROM input i
+        JOIN messages m ON m.room_id = i.r AND m.author = i.a AND m.client_id = i.c
+        WHERE m.client_id IS NOT NULL
+    ), fresh AS (
+        SELECT i.ord, i.r, i.a, i.b, i.c, i.reply, rm.kind, rm.name,
+               rm.last_seq + row_number() OVER (PARTITION BY i.r ORDER BY i.ord) AS seq,
+               rm.message_count + row_number() OVER (PARTITION BY i.r ORDER BY i.ord) AS n
+        FROM input i
+        JOIN rooms rm ON rm.id = i.r
+        WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = i.ord)
+    ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member);
+                   -- the first of a room without an owner (a room this post creates) its owner
+        INSERT INTO members (room_id, username, role, created_at, last_read_seq)
+        SELECT j.r, j.a, CASE WHEN j.n = 1 AND NOT EXISTS (
+                   SELECT 1 FROM members o WHERE o.room_id = j.r AND o.role = 'owner')
+               THEN 'owner' ELSE 'member' END, stamp,
+               -- their newest message here is read (the `seen` update cannot see this row)
+               coalesce((SELECT max(f.seq) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.head)
+        FROM (SELECT c.r, c.a, min(c.head) AS head,
+                     row_number() OVER (PARTITION BY c.r ORDER BY min(c.ord)) AS n
+              FROM checked c WHERE c.code IS NULL AND c.joins GROUP BY c.r, c.a) AS j
+        ON CONFLICT DO NOTHING
+    ), ins AS (
+        INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reply_to, n)
+        SELECT f.r, f.seq, f.a, f.b, f.c, stamp, f.reply, f.n FROM fresh f
+    ), adv AS (
+        UPDATE rooms SET last_seq = top.seq, last_message_seq = top.seq, last_message_at = stamp,
+                         message_count = top.n
+        FROM (SELECT f.r, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r) AS top
+        WHERE rooms.id = top.r
+    ), seen AS (  -- posting moves the author's read cursor to their newest message
+        UPDATE members SET last_read_seq = top.seq
+        FROM (SELECT f.r, f.a, max(f.seq) AS seq FROM fresh f GROUP BY f.r, f.a) AS top
+        WHERE members.room_id = top.r AND members.username = top.a
+              AND members.last_read_seq < top.seq
+    ), named AS (  -- who each new message mentions: members named by @name, the dm's peer
+        SELECT f.ord, f.r, f.seq, f.kind, x.username
+        FROM fresh f
+        CROSS JOIN LATERAL chat_mentioned(f.r, f.kind, f.a, f.b) AS x (username)
+        WHERE f.kind = 'dm' OR strpos(f.b, '@') > 0  -- most messages name nobody
+    ), noted_mentions AS (
+        INSERT INTO mentions (room_id, seq, username)
+        SELECT nm.r, nm.seq, nm.username FROM named nm WHERE nm.kind <> 'dm'
+    ), told AS (  -- a `notification` for each of them (up to 100 users a notification; the
+                  -- excerpt is the first 140 characters, PROTOCOL.md)
+        SELECT min(t.ord) AS ord, json_build_object(
+                   'kind', 'user', 'users', json_agg(t.username ORDER BY t.username),
+                   'frame', json_build_object(
+                       'type', 'notification', 'room', min(f.name), 'seq', t.seq,
+                       'author', min(f.a), 'excerpt', left(min(f.b), 140))) AS note
+        FROM (SELECT nm.ord, nm.r, nm.seq, nm.username,
+                     (row_number() OVER (PARTITION BY nm.ord ORDER BY nm.username) - 1) / 100
+                         AS chunk
+              FROM named nm) AS t
+        JOIN fresh f ON f.ord = t.ord
+        GROUP BY t.ord, t.seq, t.chunk
+    ), noted AS (  -- each new message as its notification entry: inline, or a ref if large
+        SELECT f.ord, octet_length(j.entry::text) > p_inline_max AS is_ref,
+               CASE WHEN octet_length(j.entry::text) > p_inline_max
+                    THEN json_build_object('room_id', f.r, 'seq', f.seq)
+                    ELSE j.entry END AS entry
+        FROM fresh f
+        CROSS JOIN LATERAL (SELECT json_build_object(
+            'room_id', f.r, 'seq', f.seq, 'author', f.a, 'body', f.b,
+            'client_id', f.c, 'created_at', stamp, 'reply_to', f.reply) AS entry) AS j
+    )
+    SELECT array_agg(CASE WHEN c.code IS NOT NULL THEN 0 ELSE coalesce(e.seq, f.seq) END
+                     ORDER BY c.ord),
+           array_agg(coalesce(e.created_at, stamp) ORDER BY c.ord),
+           array_agg(e.ord IS NOT NULL ORDER BY c.ord),
+           array_agg(e.body ORDER BY c.ord),
+           array_agg(n.entry ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(octet_length(n.entry::text) ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(n.is_ref ORDER BY c.ord) FILTER (WHERE n.ord IS NOT NULL),
+           array_agg(c.code IS NULL AND c.joins ORDER BY c.ord),
+           array_agg(c.code ORDER BY c.ord),
+           (SELECT coalesce(array_agg(t.note::text ORDER BY t.ord), '{}') FROM told t)
+    INTO seqs, created, repeated, stored_bodies, entries, sizes, is_ref, joined, codes, notes
+    FROM checked c
+    LEFT JOIN earlier e ON e.ord = c.ord
+    LEFT JOIN fresh f ON f.ord = c.ord
+    LEFT JOIN noted n ON n.ord = c.ord;
+    seqs := coalesce(seqs, '{}');
+    created := coalesce(created, '{}');
+    repeated := coalesce(repeated, '{}');
+    stored_bodies := coalesce(stored_bodies, '{}');
+    entries := coalesce(entries, '{}');
+    sizes := coalesce(sizes, '{}');
+    is_ref := coalesce(is_ref, '{}');
+    joined := coalesce(joined, '{}');
+    codes := coalesce(codes, '{}');
+
+    -- The changes, in order. Each room's head is kept here and written once at the end: a
+    -- storm of reactions to one message updates its room's row once per batch, not once
+    -- per reaction.
+    c_seqs := '{}';
+    c_codes := '{}';
+    c_counts := '{}';
+    SELECT coalesce(jsonb_object_agg(id::text, last_seq), '{}') INTO heads
+    FROM rooms WHERE id = ANY (p_c_rooms);
+    FOR k IN 1 .. coalesce(array_length(p_c_rooms, 1), 0) LOOP
+        v_room := p_c_rooms[k];
+        v_actor := p_c_actors[k];
+        v_target := p_c_targets[k];
+        v_kind := p_c_kinds[k];
+        v_emoji := p_c_emojis[k];
+        v_op := p_c_ops[k];
+        v_code := NULL;
+        v_seq := 0;
+        v_count := NULL;
+        SELECT rm.kind, mb.role, coalesce(u.admin, false), u.banned_at IS NOT NULL
+        INTO v_room_kind, v_role, v_admin, v_banned
+        FROM rooms rm
+        LEFT JOIN members mb ON mb.room_id = rm.id AND mb.username = v_actor
+        LEFT JOIN users u ON u.username = v_actor
+        WHERE rm.id = v_room;
+        SELECT mm.author, mm.body, mm.deleted, mm.reactions,
+               CASE WHEN mm.version = 0 THEN mm.seq ELSE mm.version END AS version
+        INTO v_msg FROM messages mm WHERE mm.room_id = v_room AND mm.seq = v_target;
+        v_found := FOUND;
+        IF v_banned OR (v_role IS NULL AND v_room_kind <> 'public') THEN
+            v_code := 'forbidden';
+        ELSIF NOT v_found THEN
+            v_code := 'not_found';
+        ELSIF v_kind = 'edit' AND v_msg.author <> v_actor THEN
+            v_code := 'forbidden';
+        ELSIF v_kind = 'delete' AND v_msg.author <> v_actor AND coalesce(v_role, '') <> 'owner'
+              AND NOT (v_admin AND v_role IS NOT NULL) THEN
+            SELECT o.role INTO v_author_role
+            FROM members o WHERE o.room_id = v_room AND o.username = v_msg.author;
+            IF NOT (v_role = 'moderator' AND coalesce(v_author_role, '') <> 'owner') THEN
+                v_code := 'forbidden';
+            END IF;
+        END IF;
+        IF v_code IS NULL AND v_kind <> 'delete' AND v_msg.deleted THEN
+            v_code := 'not_found';
+        END IF;
+        IF v_code IS NULL AND v_kind = 'reaction' AND v_op = 'add'
+           AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]'))
+                           AS x WHERE x ->> 'emoji' = v_emoji)
+           AND jsonb_array_length(coalesce(v_msg.reactions, '[]')) >= p_max_emoji THEN
+            v_code := 'limit_reached';
+        END IF;
+        IF v_code IS NOT NULL THEN
+            c_seqs := c_seqs || 0::bigint;
+            c_codes := c_codes || v_code;
+            c_counts := c_counts || NULL::integer;
+            CONTINUE;
+        END IF;
+        -- What would change nothing is acknowledged as a duplicate, with the current version.
+        IF (v_kind = 'edit' AND v_msg.body = p_c_bodies[k])
+           OR (v_kind = 'delete' AND v_msg.deleted)
+           OR (v_kind = 'reaction' AND v_op = 'add' AND EXISTS (SELECT 1 FROM reactions x
+               WHERE x.room_id = v_room AND x.seq = v_target AND x.emoji = v_emoji
+                     AND x.username = v_actor))
+           OR (v_kind = 'reaction' AND v_op = 'remove' AND NOT EXISTS (SELECT 1 FROM reactions x
+               WHERE x.room_id = v_room AND x.seq = v_target AND x.emoji = v_emoji
+                     AND x.username = v_actor))
+        THEN
+            c_seqs := c_seqs || v_msg.version;
+            c_codes := c_codes || 'duplicate'::text;
+            c_counts := c_counts || NULL::integer;
+            CONTINUE;
+        END IF;
+        IF v_role IS NULL THEN  -- acting in a public room makes the actor a member
+            INSERT INTO members (room_id, username, role, created_at, last_read_seq)
+            VALUES (v_room, v_actor, 'member', stamp, (heads ->> v_room::text)::bigint)
+            ON CONFLICT DO NOTHING;
+        END IF;
+        v_seq := (heads ->> v_room::text)::bigint + 1;
+        heads := jsonb_set(heads, ARRAY[v_room::text], to_jsonb(v_seq));
+        IF v_kind = 'edit' THEN
+            INSERT INTO events (room_id, seq, kind, actor, target, body, created_at)
+            VALUES (v_room, v_seq, 'edit', v_actor, v_target, p_c_bodies[k], stamp);
+            UPDATE messages SET body = p_c_bodies[k], edited_at = stamp, version = v_seq
+            WHERE room_id = v_room AND seq = v_target;
+            IF v_room_kind <> 'dm' THEN  -- mentions follow the current text
+                DELETE FROM mentions WHERE room_id = v_room AND seq = v_target;
+                INSERT INTO mentions (room_id, seq, username)
+                SELECT v_room, v_target, x.username
+                FROM chat_mentioned(v_room, v_room_kind, v_actor, p_c_bodies[k]) AS x (username);
+            END IF;
+            v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'edit',
+                'target', v_target, 'author', v_actor, 'body', p_c_bodies[k], 'edited_at', stamp);
+        ELSIF v_kind = 'delete' THEN
+            INSERT INTO events (room_id, seq, kind, actor, target, created_at)
+            VALUES (v_room, v_seq, 'delete', v_actor, v_target, stamp);
+            UPDATE messages SET body = '', deleted = true, reactions = NULL, version = v_seq
+            WHERE room_id = v_room AND seq = v_target;
+            -- Every earlier version of the text goes with it.
+            UPDATE events SET body = ''
+            WHERE room_id = v_room AND target = v_target AND kind = 'edit';
+            DELETE FROM reactions WHERE room_id = v_room AND seq = v_target;
+            DELETE FROM mentions WHERE room_id = v_room AND seq = v_target;
+            v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'delete',
+                'target', v_target, 'by', v_actor);
+        ELSE
+            IF v_op = 'add' THEN
+                INSERT INTO reactions (room_id, seq, emoji, username, created_at)
+                VALUES (v_room, v_target, v_emoji, v_actor, stamp);
+            ELSE
+                DELETE FROM reactions
+                WHERE room_id = v_room AND seq = v_target AND emoji = v_emoji
+                      AND username = v_actor;
+            END IF;
+            SELECT coalesce((SELECT (x ->> 'count')::integer
+                             FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]')) AS x
+                             WHERE x ->> 'emoji' = v_emoji), 0)
+                   + CASE WHEN v_op = 'add' THEN 1 ELSE -1 END
+            INTO v_count;
+            UPDATE messages SET version = v_seq, reactions = (
+                SELECT CASE WHEN count(*) = 0 THEN NULL
+                            ELSE jsonb_agg(x.e ORDER BY x.i) END
+                FROM (SELECT CASE WHEN o.e ->> 'emoji' = v_emoji
+                                  THEN jsonb_build_object('emoji', v_emoji, 'count', v_count)
+                                  ELSE o.e END AS e, o.i
+                      FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]'))
+                           WITH ORDINALITY AS o (e, i)
+                      UNION ALL
+                      SELECT jsonb_build_object('emoji', v_emoji, 'count', v_count),
+                             1000000000::bigint
+                      WHERE v_count > 0 AND NOT EXISTS (
+                          SELECT 1 FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]')) AS y
+                          WHERE y ->> 'emoji' = v_emoji)) AS x
+                WHERE (x.e ->> 'count')::integer > 0)
+            WHERE room_id = v_room AND seq = v_target;
+            INSERT INTO events (room_id, seq, kind, actor, target, emoji, op, count, created_at)
+            VALUES (v_room, v_seq, 'reaction', v_actor, v_target, v_emoji, v_op, v_count, stamp);
+            v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'reaction',
+                'target', v_target, 'user', v_actor, 'emoji', v_emoji, 'op', v_op,
+                'count', v_count);
+        END IF;
+        c_seqs := c_seqs || v_seq;
+        c_codes := c_codes || NULL::text;
+        c_counts := c_counts || v_count;
+        IF octet_length(v_entry::text) > p_inline_max THEN
+            v_entry := json_build_object('room_id', v_room, 'seq', v_seq);
+            is_ref := is_ref || true;
+        ELSE
+            is_ref := is_ref || false;
+        END IF;
+        entries := entries || v_entry;
+        sizes := sizes || octet_length(v_entry::text);
+    END LOOP;
+    UPDATE rooms SET last_seq = (heads ->> id::text)::bigint
+    WHERE id = ANY (p_c_rooms) AND last_seq < (heads ->> id::text)::bigint;
+
+    INSERT INTO write_batches (id, seqs, repeated, codes, created_at)
+    VALUES (p_batch, seqs || c_seqs, repeated || array_fill(false, ARRAY[cardinality(c_seqs)]),
+            codes || c_codes, stamp);
+
+    -- Pack the new events, in order, into as few payloads as fit under p_payload_max; the
+    -- notifications follow them.
+    payloads := '{}';
+    FOR k IN 1 .. coalesce(array_length(entries, 1), 0) LOOP
+        IF size > envelope AND size + sizes[k] + 1 > p_payload_max THEN
+            payloads := payloads || json_build_object('kind', 'messages',
+                'messages', array_to_json(inline_part), 'refs', array_to_json(refs_part))::text;
+            inline_part := '{}';
+            refs_part := '{}';
+            size := envelope;
+        END IF;
+        IF is_ref[k] THEN
+            refs_part := refs_part || entries[k];
+        ELSE
+            inline_part := inline_part || entries[k];
+        END IF;
+        size := size + sizes[k] + 1;
+    END LOOP;
+    IF size > envelope THEN
+        payloads := payloads || json_build_object('kind', 'messages',
+            'messages', array_to_json(inline_part), 'refs', array_to_json(refs_part))::text;
+    END IF;
+
+    payloads := payloads || notes;
+
+    SELECT coalesce(array_agg(encode(sha256(p_key_outer || sha256(
+               p_key_inner || convert_to(x.p, 'UTF8'))), 'hex') || '.' || x.p ORDER BY x.n), '{}')
+    INTO payloads FROM unnest(payloads) WITH ORDINALITY AS x (p, n);
+
+    IF p_channel IS NOT NULL THEN
+        PERFORM pg_notify(p_channel, x.p) FROM unnest(payloads) AS x (p);
+        payloads := '{}';
+    END IF;
+END
+$fn$;
+""",
+}
+
+
+def upgrade() -> None:
+    op.add_column(
+        "rooms",
+        sa.Column("message_count", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+    )
+    op.add_column("messages", sa.Column("n", sa.BigInteger(), nullable=True))
+    op.create_index(
+        "ix_messages_deleted", "messages", ["room_id", "seq"], postgresql_where=sa.text("deleted")
+    )
+    op.create_table(
+        "mentions",
+        sa.Column("room_id", sa.BigInteger(), nullable=False),
+        sa.Column("seq", sa.BigInteger(), nullable=False),
+        sa.Column("username", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("room_id", "seq", "username", name="pk_mentions"),
+    )
+    op.create_index("ix_mentions_username", "mentions", ["username", "room_id", "seq"])
+    op.execute(
+        "UPDATE messages SET n = o.n FROM (SELECT room_id, seq, row_number() OVER "
+        "(PARTITION BY room_id ORDER BY seq) AS n FROM messages) AS o "
+        "WHERE messages.room_id = o.room_id AND messages.seq = o.seq"
+    )
+    op.execute(
+        "UPDATE rooms SET message_count = c.n FROM (SELECT room_id, max(n) AS n FROM messages "
+        "GROUP BY room_id) AS c WHERE rooms.id = c.room_id"
+    )
+    op.execute(
+        "UPDATE members SET last_read_seq = own.seq FROM (SELECT room_id, author, max(seq) AS seq "
+        "FROM messages GROUP BY room_id, author) AS own "
+        "WHERE members.room_id = own.room_id AND members.username = own.author "
+        "AND members.last_read_seq < own.seq"
+    )
+    op.execute(FROZEN_SQL["mentioned.sql"])
+    op.execute(
+        "INSERT INTO mentions (room_id, seq, username) "
+        "SELECT m.room_id, m.seq, x.username FROM messages m JOIN rooms r ON r.id = m.room_id "
+        "CROSS JOIN LATERAL chat_mentioned(m.room_id, r.kind, m.author, m.body) AS x (username) "
+        "WHERE r.kind <> 'dm' AND NOT m.deleted AND strpos(m.body, '@') > 0"
+    )
+    op.execute(FROZEN_SQL["post_messages.sql"])
+
+
+def _sibling(name: str) -> Any:
+    """An earlier revision's module (revision files are not importable by name)."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def downgrade() -> None:
+    op.execute(_sibling("0006_room_log").FROZEN_SQL["post_messages.sql"])
+    op.execute("DROP FUNCTION IF EXISTS chat_mentioned(bigint, text, text, text)")
+    op.drop_index("ix_mentions_username", table_name="mentions")
+    op.drop_table("mentions")
+    op.drop_index("ix_messages_deleted", table_name="messages")
+    op.drop_column("messages", "n")
+    op.drop_column("rooms", "message_count")
