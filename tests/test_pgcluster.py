@@ -258,6 +258,21 @@ def system_postgres_hidden(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setattr(pgcluster, "PG_LIB_ROOT", empty)
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_binaries_out_of_the_server_users_reach_are_reported(tmp_path: Path) -> None:
+    """As root, binaries the server's user cannot run (a virtualenv with the wheel under a
+    0700 home) fail with a message saying so, before anything is made."""
+    bindir = tmp_path / "private" / "bin"
+    bindir.mkdir(parents=True)
+    (tmp_path / "private").chmod(0o700)
+    postgres = bindir / "postgres"
+    postgres.write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 18.6'\n")
+    postgres.chmod(0o755)
+    with pytest.raises(RuntimeError, match="traversable") as excinfo:
+        pgcluster.server_version(bindir)
+    assert f"{postgres} does not run as user" in str(excinfo.value)
+
+
 def test_find_bindir_without_postgres_says_what_to_do(
     system_postgres_hidden: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
