@@ -38,7 +38,7 @@ pytestmark = pytest.mark.timeout(600)
 MAX_FRAME_BYTES = 8192
 MAX_CHARS = 200
 EXAMPLES = 200
-TYPES = ["join", "leave", "send", "edit", "delete", "react", "typing", "ping"]
+TYPES = ["join", "leave", "send", "edit", "delete", "react", "read", "typing", "ping"]
 # Commands answered after a commit: the answer may come after the sentinel's pong.
 COMMITTED = {"send", "edit", "delete", "react"}
 # Direct answers: exactly one per client frame (none for a valid `typing`).

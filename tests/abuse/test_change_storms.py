@@ -155,3 +155,60 @@ async def test_a_reaction_storm_on_one_message(
     # Each event carries the count after it: 1, 2, ..., 240 in log order.
     assert [r["count"] for r in counted] == list(range(1, STORM_USERS + 1))
     print(f"\nreaction storm: {STORM_USERS} reactions answered in {elapsed:.2f}s on two instances")
+
+
+async def test_a_read_flood_is_held_to_the_rooms_bucket(
+    hostile_instances: Callable[..., Awaitable[list[Instance]]],
+    database_url: str,
+    secret_key: str,
+    pg: asyncpg.Connection,
+) -> None:
+    """`read` shares the bucket of `join` and `leave`: past its burst every read answers
+    `rate_limited` and writes nothing; the cursor ends at the highest seq accepted (capped at
+    the head) and never moved back on the way."""
+    (instance,) = await hostile_instances(
+        1, CHAT_RATE_LIMIT_PER_SECOND=RATE, CHAT_RATE_LIMIT_BURST=BURST
+    )
+    flooder, poster = await make_users(database_url, secret_key, 2, "rf")
+    room = unique("rflood-")
+    async with (
+        ws_connect(instance.url, flooder.token) as ws,
+        ws_connect(instance.url, poster.token) as posting,
+    ):
+        await ws.join(room)  # the cursor starts at 0, the head
+        await posting.join(room)
+        for i in range(5):
+            await posting.send(type="send", room=room, body=f"m{i}")
+        await ws.messages_until(room, 5)
+        started = time.monotonic()
+        for i in range(COMMANDS):
+            await ws.send(type="read", room=room, seq=(i * 7) % 9, ref=i)
+        acked: list[tuple[int, int, bool]] = []  # (asked, cursor, duplicate)
+        limited = 0
+        async with asyncio.timeout(60):
+            while len(acked) + limited < COMMANDS:
+                frame = await ws.recv()
+                if frame.get("ref") is None or frame["type"] not in ("ack", "error"):
+                    continue
+                if frame["type"] == "error":
+                    assert frame["code"] == "rate_limited", frame
+                    limited += 1
+                else:
+                    acked.append(((frame["ref"] * 7) % 9, frame["seq"], frame["duplicate"]))
+        elapsed = time.monotonic() - started
+    burst = max(BURST, 100)  # the rooms bucket's burst covers CHAT_MAX_ROOMS_PER_CONNECTION
+    assert limited > 0 and len(acked) <= burst + RATE * (elapsed + 1), (len(acked), limited)
+    cursors = [cursor for _, cursor, _ in acked]
+    assert cursors == sorted(cursors), "a cursor moved back"
+    assert max(cursors) == 5 == max(min(asked, 5) for asked, _, _ in acked)
+    # `duplicate` exactly when the cursor did not move.
+    assert [dup for _, _, dup in acked] == [
+        cursor == before for cursor, before in zip(cursors, [0, *cursors], strict=False)
+    ]
+    stored = await pg.fetchval(
+        "SELECT last_read_seq FROM members m JOIN rooms r ON r.id = m.room_id "
+        "WHERE r.name = $1 AND m.username = $2",
+        room,
+        flooder.name,
+    )
+    assert stored == 5
