@@ -32,6 +32,7 @@ from rich.console import Console
 from . import (
     baselines,
     peer_env,
+    readstate,
     report,
     scenarios,
     socketio_peer,
@@ -64,6 +65,7 @@ SCENARIOS = (
     "baseline-b",
     "fanout",
     "history",
+    "read-state",
 )
 # Measured only when peers are on (or named with --only).
 PEER_SCENARIOS = ("synapse", "socketio")
@@ -321,6 +323,8 @@ async def _measure(
             results.synapse = peer.results(synapse_ingests, synapse_latency, pages)
     if "history" in wanted:
         await history(list(bench.profile.history_sizes))
+    if "read-state" in wanted:
+        results.read_state = await readstate.read_state(bench)
     # Last: it starts and stops six instances of its own, and the first ingest run after it
     # was 1,350-2,300 msg/s instead of ~10,000 (PostgreSQL or the client settling; the two
     # main instances took no part in it).

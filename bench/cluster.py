@@ -228,12 +228,13 @@ async def create_rooms(conn: asyncpg.Connection, names: list[str]) -> dict[str, 
 # of who reacted, so that history pages read what a v2 room holds: a page's `me` is looked
 # up for the messages that have reactions.
 _LOAD = """
-INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reactions)
+INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reactions, n)
 SELECT $1, g, 'bench_' || lpad((g % $4)::text, 5, '0'),
        'history ' || g || ' lorem ipsum dolor sit amet, consectetur adipiscing elit',
        NULL, $5::timestamptz + g * interval '1 millisecond',
        CASE WHEN g % 10 = 0
-            THEN '[{"emoji": "👍", "count": 2}, {"emoji": "🎉", "count": 1}]'::jsonb END
+            THEN '[{"emoji": "👍", "count": 2}, {"emoji": "🎉", "count": 1}]'::jsonb END,
+       g - $6::bigint
 FROM generate_series($2::bigint, $3::bigint) AS g
 """
 _LOAD_REACTIONS = """
@@ -246,7 +247,8 @@ WHERE g % 10 = 0
 """
 _ADVANCE = """
 UPDATE rooms SET last_seq = $2::bigint, last_message_seq = $2::bigint,
-       last_message_at = $3::timestamptz + $2::bigint * interval '1 millisecond'
+       last_message_at = $3::timestamptz + $2::bigint * interval '1 millisecond',
+       message_count = $2::bigint - $4::bigint
 WHERE id = $1
 """
 
@@ -261,8 +263,11 @@ async def bulk_load(
     on_chunk: Callable[[int], None] | None = None,
 ) -> None:
     """Append `count` messages to a room, generated in SQL, `chunk` rows per transaction, and
-    advance the room's last_seq. The room must have no writer meanwhile."""
-    last = int(await conn.fetchval("SELECT last_seq FROM rooms WHERE id = $1", room_id))
+    advance the room's last_seq and message count (each message's `n` is its ordinal, as
+    the writer numbers them). The room must have no writer meanwhile."""
+    row = await conn.fetchrow("SELECT last_seq, message_count FROM rooms WHERE id = $1", room_id)
+    last = int(row["last_seq"])
+    offset = last - int(row["message_count"])  # seq - n: the room's events so far
     base = await conn.fetchval("SELECT now() - interval '400 days'")
     # Superusers skip the per-row foreign key triggers: the generated authors and room exist.
     with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
@@ -273,9 +278,9 @@ async def bulk_load(
             size = min(chunk, count - done)
             first, upto = last + done + 1, last + done + size
             async with conn.transaction():
-                await conn.execute(_LOAD, room_id, first, upto, authors, base)
+                await conn.execute(_LOAD, room_id, first, upto, authors, base, offset)
                 await conn.execute(_LOAD_REACTIONS, room_id, first, upto, authors, base)
-                await conn.execute(_ADVANCE, room_id, upto, base)
+                await conn.execute(_ADVANCE, room_id, upto, base, offset)
             done += size
             if on_chunk is not None:
                 on_chunk(size)

@@ -44,6 +44,13 @@ class Profile:
     # history
     history_sizes: tuple[int, ...] = (1_000_000,)
     history_requests: int = 2000  # a p99 of 500 samples is the 5th worst: too noisy
+    # read state: a user in `unread_rooms` rooms of `unread_messages` unread each; a send
+    # to a room of `crowd_members`; `read_state_samples` sends and cursor writes
+    unread_rooms: int = 200
+    unread_messages: int = 10_000
+    unread_requests: int = 1000
+    crowd_members: int = 5000
+    read_state_samples: int = 500
     # the peers (python -m bench --peers; on by default, off with --smoke)
     peers: bool = True
     # Synapse: senders (one send in flight each) over rooms. 64 gave it the most here: 32
@@ -103,6 +110,11 @@ SMOKE = Profile(
     transport_seconds=1.0,
     history_sizes=(10_000,),
     history_requests=50,
+    unread_rooms=10,
+    unread_messages=1000,
+    unread_requests=30,
+    crowd_members=200,
+    read_state_samples=30,
     peers=False,
     synapse_senders=8,
     synapse_rooms=2,

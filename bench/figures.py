@@ -250,6 +250,24 @@ class SocketIoResults:
 
 
 @dataclass
+class ReadStateResults:
+    """The room list of a user in `rooms` rooms, each with `unread_per_room` unread; sends
+    to a room of `crowd_members` and to a room of two; the read cursor's write."""
+
+    rooms: int
+    unread_per_room: int
+    mentions_per_room: int
+    room_list_ms: Percentiles
+    naive_count_ms: float  # the same unread counts by COUNT(*), in SQL alone (median of 3)
+    round_trip_ms: Percentiles  # SELECT 1, the same run
+    crowd_members: int
+    send_crowd_ms: Percentiles  # send to ack
+    send_pair_ms: Percentiles
+    read_ms: Percentiles  # read to ack, the cursor moving each time
+    ping_ms: Percentiles  # ping to pong on the same socket
+
+
+@dataclass
 class Results:
     ingest: Throughput | None = None
     ingest_mixed: Throughput | None = None
@@ -261,6 +279,7 @@ class Results:
     memory: list[Memory] = field(default_factory=list)
     transports: list[Transport] = field(default_factory=list)
     history: dict[str, History] = field(default_factory=dict)  # by size label, e.g. "1M"
+    read_state: ReadStateResults | None = None
     # the chat at the load the latency comparison with Synapse uses
     latency_peer_load: Fanout | None = None
     synapse: SynapseResults | None = None

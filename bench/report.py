@@ -13,13 +13,22 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .figures import Fanout, Percentiles, Results, Throughput, Transport, size_label
+from .figures import (
+    Fanout,
+    Percentiles,
+    ReadStateResults,
+    Results,
+    Throughput,
+    Transport,
+    size_label,
+)
 
 TARGET_INGEST_RATIO = 3.0
 TARGET_FANOUT_P99_MS = 25.0
 TARGET_JOIN_MS = 10.0
 TARGET_IDLE_KIB = 40.0
 TARGET_HISTORY_MS = 5.0
+TARGET_ROOM_LIST_MS = 10.0  # issue #15: 200 rooms, each with more than 10,000 unread
 # Against the peers (issue #18): ingest at least 50x a tuned Synapse's; send-to-receipt p99
 # at the load Synapse sustains at most a tenth of its; deliveries per server CPU-second at
 # least python-socketio + Redis's, while persisting everything.
@@ -141,8 +150,60 @@ def rows(results: Results) -> list[Row]:
         out.append(
             _under(f"history page at {label} rows, p99", h.latency_ms.p99, "ms", TARGET_HISTORY_MS)
         )
+    if results.read_state is not None:
+        out.extend(read_state_rows(results.read_state))
     out.extend(peer_rows(results))
     return out
+
+
+def read_state_rows(rs: ReadStateResults) -> list[Row]:
+    lists, rtt = rs.room_list_ms, rs.round_trip_ms.p50
+    what = f"room list: {rs.rooms} rooms x {rs.unread_per_room:,} unread"
+    crowd = f"send to ack, {rs.crowd_members:,}-member room"
+    return [
+        Row(f"{what}, p50", lists.p50, "ms", rtt, "PG round trip p50", _ratio(lists.p50, rtt)),
+        _under(f"{what}, p99", lists.p99, "ms", TARGET_ROOM_LIST_MS),
+        Row(
+            "the same unread counts by COUNT(*), SQL alone",
+            rs.naive_count_ms,
+            "ms",
+            lists.p50,
+            "room list p50",
+            _ratio(rs.naive_count_ms, lists.p50),
+        ),
+        Row(
+            f"{crowd}, p50",
+            rs.send_crowd_ms.p50,
+            "ms",
+            rs.send_pair_ms.p50,
+            "2-member room p50",
+            _ratio(rs.send_crowd_ms.p50, rs.send_pair_ms.p50),
+        ),
+        Row(
+            f"{crowd}, p99",
+            rs.send_crowd_ms.p99,
+            "ms",
+            rs.send_pair_ms.p99,
+            "2-member room p99",
+            _ratio(rs.send_crowd_ms.p99, rs.send_pair_ms.p99),
+        ),
+        Row(
+            "read cursor write (read to ack), p50",
+            rs.read_ms.p50,
+            "ms",
+            rs.ping_ms.p50,
+            "ping p50, same socket",
+            _ratio(rs.read_ms.p50, rs.ping_ms.p50),
+        ),
+        Row(
+            "read cursor write (read to ack), p99",
+            rs.read_ms.p99,
+            "ms",
+            rs.ping_ms.p99,
+            "ping p99, same socket",
+            _ratio(rs.read_ms.p99, rs.ping_ms.p99),
+        ),
+    ]
 
 
 def _versus(
@@ -321,6 +382,17 @@ def figures(results: Results) -> dict[str, float]:
     for label, h in results.history.items():
         out[f"history_{label.lower()}_p50_ms"] = h.latency_ms.p50
         out[f"history_{label.lower()}_p99_ms"] = h.latency_ms.p99
+    rs = results.read_state
+    if rs is not None:
+        out["room_list_p50_ms"] = rs.room_list_ms.p50
+        out["room_list_p99_ms"] = rs.room_list_ms.p99
+        out["room_list_naive_count_ms"] = rs.naive_count_ms
+        out["pg_round_trip_p50_ms"] = rs.round_trip_ms.p50
+        out["send_crowd_p50_ms"] = rs.send_crowd_ms.p50
+        out["send_pair_p50_ms"] = rs.send_pair_ms.p50
+        out["read_cursor_p50_ms"] = rs.read_ms.p50
+        out["read_cursor_p99_ms"] = rs.read_ms.p99
+        out["ping_p50_ms"] = rs.ping_ms.p50
     if results.fanout is not None and results.fanout.deliveries_per_cpu_second:
         out["fanout_deliveries_per_cpu_s"] = results.fanout.deliveries_per_cpu_second
     ours = results.latency_peer_load

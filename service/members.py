@@ -124,8 +124,9 @@ _OWNERS = text("SELECT count(*) FROM members WHERE room_id = :room_id AND role =
 _COUNT = text("SELECT count(*) FROM members WHERE room_id = :room_id")
 _HEAD = text("SELECT last_seq FROM rooms WHERE id = :room_id")
 _INSERT_MEMBER = text(
-    "INSERT INTO members (room_id, username, role, last_read_seq) "
-    "VALUES (:room_id, :username, :role, :last_read_seq)"
+    "INSERT INTO members (room_id, username, role, last_read_seq, last_read_n) "
+    "SELECT :room_id, :username, :role, :last_read_seq, message_count FROM rooms "
+    "WHERE id = :room_id"  # at the head, under the room's lock: every message is read
 )
 _SET_ROLE = text(
     "UPDATE members SET role = :role WHERE room_id = :room_id AND username = :username"

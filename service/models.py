@@ -65,6 +65,8 @@ class Room(Base):
     last_message_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # Messages ever posted (deleted and pruned ones included): the last message's `n`.
     message_count: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The highest `n` a prune removed: messages at or below it are gone for every count.
+    pruned_n: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         CheckConstraint("last_seq >= 0", name="last_seq_nonnegative"),
@@ -86,6 +88,9 @@ class Member(Base):
     role: Mapped[str] = mapped_column(Text, server_default=text("'member'"))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_read_seq: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The messages at or below the cursor (the `n` of the last of them): unread counts are
+    # arithmetic on it (readstate.py).
+    last_read_n: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_members_username", "username", "room_id"),

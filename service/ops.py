@@ -224,9 +224,21 @@ _COUNT = text(
     " AND seq BETWEEN :first AND :last)"
     " + (SELECT count(*) FROM events WHERE room_id = :room_id AND seq BETWEEN :first AND :last)"
 )
+# The room's row first, as the writer locks it (then an edit of a message being pruned
+# waits for the prune instead of deadlocking with it).
+_LOCK_ROOM = text("SELECT 1 FROM rooms WHERE id = :room_id FOR UPDATE")
+# The unread counts leave out what a prune removed (readstate.py): the room keeps the
+# highest ordinal removed.
 _DELETE_MESSAGES = text(
-    "DELETE FROM messages WHERE room_id = :room_id AND seq >= :lo AND seq < :hi "
-    "AND created_at < :cutoff"
+    "WITH gone AS (DELETE FROM messages WHERE room_id = :room_id AND seq >= :lo AND seq < :hi "
+    "AND created_at < :cutoff RETURNING n), "
+    "counted AS (UPDATE rooms SET pruned_n = (SELECT max(n) FROM gone) "
+    "WHERE id = :room_id AND pruned_n < (SELECT max(n) FROM gone)) "
+    "SELECT count(*) FROM gone"
+)
+_DELETE_MENTIONS = text(
+    "DELETE FROM mentions mt WHERE mt.room_id = :room_id AND mt.seq >= :lo AND mt.seq < :hi "
+    "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.room_id = mt.room_id AND m.seq = mt.seq)"
 )
 _DELETE_EVENTS = text(
     "DELETE FROM events WHERE room_id = :room_id AND seq >= :lo AND seq < :hi "
@@ -332,9 +344,11 @@ async def prune(
             hi = min(lo + batch, target.last_seq + 1)
             params = {"room_id": target.room_id, "lo": lo, "hi": hi, "cutoff": plan.cutoff}
             async with writing(engine) as conn:
-                count = (await conn.execute(_DELETE_MESSAGES, params)).rowcount
+                await conn.execute(_LOCK_ROOM, params)
+                count = int((await conn.execute(_DELETE_MESSAGES, params)).scalar_one())
                 count += (await conn.execute(_DELETE_EVENTS, params)).rowcount
                 await conn.execute(_DELETE_REACTIONS, params)
+                await conn.execute(_DELETE_MENTIONS, params)
             done += count
             on_progress(count)
         async with writing(engine) as conn:

@@ -10,11 +10,15 @@ Counting the rows above the cursor would cost a room with 10,000 unread messages
 index entries, and a user in 200 such rooms two million. Instead each message carries its
 ordinal `n` among its room's messages (1, 2, 3, ...; deleted and pruned ones keep theirs)
 and the room carries `message_count`, the last ordinal given; both are written by the batch
-writer under the room's lock (sql/post_messages.sql). Then:
+writer under the room's lock (sql/post_messages.sql). The membership keeps, next to its
+cursor, `last_read_n`: how many of the room's messages are at or below the cursor (the `n`
+of the last of them), found with one probe of the primary key when the cursor moves, not
+when it is counted. Then:
 
-- messages above the cursor = message_count - (n of the first message above it) + 1: one
-  probe of the primary key (room_id, seq), or 0 when there is none. Pruning removes the
-  oldest messages only, so the ones above a cursor are never a broken run;
+- messages above the cursor = message_count - last_read_n: arithmetic on two rows already
+  read. A prune removes the oldest messages and records the highest `n` it removed
+  (rooms.pruned_n): what it removed above an old cursor no longer counts either, so the
+  subtrahend is greatest(last_read_n, pruned_n);
 - minus the deleted ones above the cursor, counted in a partial index that holds deleted
   messages only (a correction as small as what was deleted);
 - messages by `u` above the cursor: none, because posting moves the author's cursor to the
@@ -49,10 +53,7 @@ COUNTS = """
                SELECT count(*) FROM mentions mt
                WHERE mt.username = m.username AND mt.room_id = r.id AND mt.seq > m.last_read_seq
            ) END AS mentions
-    FROM (SELECT r.message_count - coalesce((
-                     SELECT x.n - 1 FROM messages x
-                     WHERE x.room_id = r.id AND x.seq > m.last_read_seq
-                     ORDER BY x.seq LIMIT 1), r.message_count)
+    FROM (SELECT r.message_count - greatest(m.last_read_n, r.pruned_n)
                  - (SELECT count(*) FROM messages d
                     WHERE d.room_id = r.id AND d.seq > m.last_read_seq AND d.deleted) AS unread
           ) AS u
@@ -64,11 +65,13 @@ COUNTS = """
 # concurrent reads never move a cursor back.
 _MARK = text(
     "WITH cur AS ("
-    "  SELECT r.id, m.last_read_seq, least(:seq, r.last_seq) AS target"
+    "  SELECT r.id, r.message_count, m.last_read_seq, least(:seq, r.last_seq) AS target"
     "  FROM rooms r JOIN members m ON m.room_id = r.id AND m.username = :username"
     "  WHERE r.name = :room"
     "), moved AS ("
-    "  UPDATE members SET last_read_seq = cur.target FROM cur"
+    "  UPDATE members SET last_read_seq = cur.target, last_read_n = coalesce(("
+    "    SELECT x.n - 1 FROM messages x WHERE x.room_id = cur.id AND x.seq > cur.target"
+    "    ORDER BY x.seq LIMIT 1), cur.message_count) FROM cur"
     "  WHERE members.room_id = cur.id AND members.username = :username"
     "    AND members.last_read_seq < cur.target"
     "  RETURNING members.last_read_seq"

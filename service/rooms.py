@@ -23,10 +23,10 @@ _KIND = text("SELECT kind FROM rooms WHERE id = :room_id")
 # insert, hence the coalesce with what the insert returned.
 _STANDING = text(
     "WITH enrol AS ("
-    " INSERT INTO members (room_id, username, role, last_read_seq)"
+    " INSERT INTO members (room_id, username, role, last_read_seq, last_read_n)"
     " SELECT r.id, :user, CASE WHEN EXISTS (SELECT 1 FROM members o"
     " WHERE o.room_id = r.id AND o.role = 'owner') THEN 'member' ELSE 'owner' END,"
-    " r.last_seq FROM rooms r"
+    " r.last_seq, r.message_count FROM rooms r"
     " WHERE r.id = :room_id AND r.kind = 'public' AND :enrol"
     " ON CONFLICT DO NOTHING RETURNING role, last_read_seq)"
     " SELECT r.kind, r.last_message_seq, coalesce(m.role, e.role) AS role,"

@@ -33,6 +33,15 @@ EXPECTED = {
     "idle_kib_per_socket_plain",
     "history_10k_p50_ms",
     "history_10k_p99_ms",
+    "room_list_p50_ms",
+    "room_list_p99_ms",
+    "room_list_naive_count_ms",
+    "pg_round_trip_p50_ms",
+    "send_crowd_p50_ms",
+    "send_pair_p50_ms",
+    "read_cursor_p50_ms",
+    "read_cursor_p99_ms",
+    "ping_p50_ms",
 }
 # Every WebSocket implementation and event loop the service can run on (bench/scenarios.py).
 TRANSPORTS = [

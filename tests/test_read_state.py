@@ -23,6 +23,7 @@ from service.readstate import COUNTS
 from service.settings import Settings
 from tests.faults.harness import make_users
 from tests.support import Instance, User, unique
+from tests.test_ops import chat
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -466,3 +467,40 @@ def test_a_message_writes_no_row_per_member(world: World) -> None:
     changed = {u for u in after if before.get(u) != after[u]}
     assert changed == {a.name}
     assert len(after) == 2001
+
+
+def test_counts_after_a_prune(world: World) -> None:
+    """A prune under an old cursor: what it removed no longer counts (unread nor mentions),
+    what is left is counted exactly, and new messages count on from there."""
+    a, b, _ = world.users
+    with httpx.Client(base_url=world.instance.url, timeout=30) as http:
+        room = unique("pruned-")
+        http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=a.headers)
+        assert http.put(f"/api/rooms/{room}/members/me", headers=b.headers).status_code == 200
+        ((room_id,),) = world.sql("SELECT id FROM rooms WHERE name = $1", room)
+        _post_batch(world, room_id, a.name, [f"old {i} @{b.name}" for i in range(30)])
+        _post_batch(world, room_id, a.name, [f"new {i}" for i in range(10)])
+        r = http.delete(f"/api/rooms/{room}/messages/35", headers=a.headers)
+        assert r.status_code == 200
+        # The first 30 messages become 60 days old (their order in time kept).
+        world.sql(
+            "UPDATE messages SET created_at = now() - interval '60 days' + seq * interval '1 s' "
+            "WHERE room_id = $1 AND seq <= 30",
+            room_id,
+        )
+        info = http.get(f"/api/rooms/{room}", headers=b.headers).json()
+        assert (info["unread"], info["mentions"]) == (39, 30)
+        pruned = chat(
+            ["prune", "--older-than", "30d", "--room", room, "--batch", "7"], world.database
+        )
+        assert pruned.returncode == 0, pruned.stderr
+        info = http.get(f"/api/rooms/{room}", headers=b.headers).json()
+        assert (info["last_read_seq"], info["unread"], info["mentions"]) == (0, 9, 0)
+        r = http.post(f"/api/rooms/{room}/messages", json={"body": f"@{b.name}"}, headers=a.headers)
+        assert r.status_code == 201
+        info = http.get(f"/api/rooms/{room}", headers=b.headers).json()
+        assert (info["unread"], info["mentions"]) == (10, 1)
+        (brute,) = world.sql(
+            "SELECT count(*) AS n FROM messages WHERE room_id = $1 AND NOT deleted", room_id
+        )
+        assert brute["n"] == 10

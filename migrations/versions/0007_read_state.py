@@ -1,8 +1,8 @@
 """Read state: exact unread and mention counts, cheaply.
 
-- rooms.message_count and messages.n (a message's ordinal in its room): the messages above a
-  read cursor are message_count minus the ordinal of the last message at or below it, one
-  primary-key probe (service/readstate.py explains the count);
+- rooms.message_count and messages.n (a message's ordinal in its room), members.last_read_n
+  (the ordinal at the read cursor) and rooms.pruned_n (the highest ordinal a prune removed):
+  the messages above a cursor are arithmetic (service/readstate.py explains the count);
 - ix_messages_deleted: the deleted messages above a cursor, the count's correction;
 - mentions: who each message of a room (not a dm) mentions in its current text, written by
   chat_mentioned() (service/sql/mentioned.sql) when it is posted or edited;
@@ -153,7 +153,8 @@ BEGIN
         FROM unnest(p_rooms, p_authors, p_bodies, p_client_ids, p_reply_tos) WITH ORDINALITY
             AS t (r, a, b, c, reply, ord)
     ), checked AS (  -- who may post: a member not banned, or anyone not banned in a public room
-        SELECT g.*, rm.last_seq AS head, rm.kind = 'public' AND mb.username IS NULL AS joins,
+        SELECT g.*, rm.last_seq AS head, rm.message_count AS count,
+               rm.kind = 'public' AND mb.username IS NULL AS joins,
                CASE WHEN u.banned_at IS NOT NULL
                          OR (mb.username IS NULL AND rm.kind <> 'public') THEN 'forbidden'
                     WHEN g.reply IS NOT NULL AND NOT EXISTS (
@@ -180,13 +181,14 @@ BEGIN
         WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = i.ord)
     ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member);
                    -- the first of a room without an owner (a room this post creates) its owner
-        INSERT INTO members (room_id, username, role, created_at, last_read_seq)
+        INSERT INTO members (room_id, username, role, created_at, last_read_seq, last_read_n)
         SELECT j.r, j.a, CASE WHEN j.n = 1 AND NOT EXISTS (
                    SELECT 1 FROM members o WHERE o.room_id = j.r AND o.role = 'owner')
                THEN 'owner' ELSE 'member' END, stamp,
                -- their newest message here is read (the `seen` update cannot see this row)
-               coalesce((SELECT max(f.seq) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.head)
-        FROM (SELECT c.r, c.a, min(c.head) AS head,
+               coalesce((SELECT max(f.seq) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.head),
+               coalesce((SELECT max(f.n) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.count)
+        FROM (SELECT c.r, c.a, min(c.head) AS head, min(c.count) AS count,
                      row_number() OVER (PARTITION BY c.r ORDER BY min(c.ord)) AS n
               FROM checked c WHERE c.code IS NULL AND c.joins GROUP BY c.r, c.a) AS j
         ON CONFLICT DO NOTHING
@@ -199,8 +201,9 @@ BEGIN
         FROM (SELECT f.r, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r) AS top
         WHERE rooms.id = top.r
     ), seen AS (  -- posting moves the author's read cursor to their newest message
-        UPDATE members SET last_read_seq = top.seq
-        FROM (SELECT f.r, f.a, max(f.seq) AS seq FROM fresh f GROUP BY f.r, f.a) AS top
+        UPDATE members SET last_read_seq = top.seq, last_read_n = top.n
+        FROM (SELECT f.r, f.a, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r, f.a)
+             AS top
         WHERE members.room_id = top.r AND members.username = top.a
               AND members.last_read_seq < top.seq
     ), named AS (  -- who each new message mentions: members named by @name, the dm's peer
@@ -333,8 +336,10 @@ BEGIN
             CONTINUE;
         END IF;
         IF v_role IS NULL THEN  -- acting in a public room makes the actor a member
-            INSERT INTO members (room_id, username, role, created_at, last_read_seq)
-            VALUES (v_room, v_actor, 'member', stamp, (heads ->> v_room::text)::bigint)
+            INSERT INTO members (room_id, username, role, created_at, last_read_seq, last_read_n)
+            SELECT v_room, v_actor, 'member', stamp, (heads ->> v_room::text)::bigint,
+                   rm.message_count
+            FROM rooms rm WHERE rm.id = v_room
             ON CONFLICT DO NOTHING;
         END IF;
         v_seq := (heads ->> v_room::text)::bigint + 1;
@@ -463,6 +468,13 @@ def upgrade() -> None:
         "rooms",
         sa.Column("message_count", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
     )
+    op.add_column(
+        "rooms", sa.Column("pruned_n", sa.BigInteger(), server_default=sa.text("0"), nullable=False)
+    )
+    op.add_column(
+        "members",
+        sa.Column("last_read_n", sa.BigInteger(), server_default=sa.text("0"), nullable=False),
+    )
     op.add_column("messages", sa.Column("n", sa.BigInteger(), nullable=True))
     op.create_index(
         "ix_messages_deleted", "messages", ["room_id", "seq"], postgresql_where=sa.text("deleted")
@@ -490,6 +502,16 @@ def upgrade() -> None:
         "WHERE members.room_id = own.room_id AND members.username = own.author "
         "AND members.last_read_seq < own.seq"
     )
+    op.execute(
+        "UPDATE members SET last_read_n = coalesce((SELECT x.n - 1 FROM messages x "
+        "WHERE x.room_id = members.room_id AND x.seq > members.last_read_seq "
+        "ORDER BY x.seq LIMIT 1), (SELECT r.message_count FROM rooms r "
+        "WHERE r.id = members.room_id))"
+    )
+    op.execute(
+        "UPDATE rooms SET pruned_n = f.n - 1 FROM (SELECT DISTINCT ON (room_id) room_id, n "
+        "FROM messages ORDER BY room_id, seq) AS f WHERE rooms.id = f.room_id AND f.n > 1"
+    )
     op.execute(FROZEN_SQL["mentioned.sql"])
     op.execute(
         "INSERT INTO mentions (room_id, seq, username) "
@@ -516,4 +538,6 @@ def downgrade() -> None:
     op.drop_table("mentions")
     op.drop_index("ix_messages_deleted", table_name="messages")
     op.drop_column("messages", "n")
+    op.drop_column("members", "last_read_n")
+    op.drop_column("rooms", "pruned_n")
     op.drop_column("rooms", "message_count")

@@ -96,7 +96,8 @@ BEGIN
         FROM unnest(p_rooms, p_authors, p_bodies, p_client_ids, p_reply_tos) WITH ORDINALITY
             AS t (r, a, b, c, reply, ord)
     ), checked AS (  -- who may post: a member not banned, or anyone not banned in a public room
-        SELECT g.*, rm.last_seq AS head, rm.kind = 'public' AND mb.username IS NULL AS joins,
+        SELECT g.*, rm.last_seq AS head, rm.message_count AS count,
+               rm.kind = 'public' AND mb.username IS NULL AS joins,
                CASE WHEN u.banned_at IS NOT NULL
                          OR (mb.username IS NULL AND rm.kind <> 'public') THEN 'forbidden'
                     WHEN g.reply IS NOT NULL AND NOT EXISTS (
@@ -123,13 +124,14 @@ BEGIN
         WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = i.ord)
     ), enrol AS (  -- posting to a public room makes the author a member (PROTOCOL.md, Member);
                    -- the first of a room without an owner (a room this post creates) its owner
-        INSERT INTO members (room_id, username, role, created_at, last_read_seq)
+        INSERT INTO members (room_id, username, role, created_at, last_read_seq, last_read_n)
         SELECT j.r, j.a, CASE WHEN j.n = 1 AND NOT EXISTS (
                    SELECT 1 FROM members o WHERE o.room_id = j.r AND o.role = 'owner')
                THEN 'owner' ELSE 'member' END, stamp,
                -- their newest message here is read (the `seen` update cannot see this row)
-               coalesce((SELECT max(f.seq) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.head)
-        FROM (SELECT c.r, c.a, min(c.head) AS head,
+               coalesce((SELECT max(f.seq) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.head),
+               coalesce((SELECT max(f.n) FROM fresh f WHERE f.r = j.r AND f.a = j.a), j.count)
+        FROM (SELECT c.r, c.a, min(c.head) AS head, min(c.count) AS count,
                      row_number() OVER (PARTITION BY c.r ORDER BY min(c.ord)) AS n
               FROM checked c WHERE c.code IS NULL AND c.joins GROUP BY c.r, c.a) AS j
         ON CONFLICT DO NOTHING
@@ -142,8 +144,9 @@ BEGIN
         FROM (SELECT f.r, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r) AS top
         WHERE rooms.id = top.r
     ), seen AS (  -- posting moves the author's read cursor to their newest message
-        UPDATE members SET last_read_seq = top.seq
-        FROM (SELECT f.r, f.a, max(f.seq) AS seq FROM fresh f GROUP BY f.r, f.a) AS top
+        UPDATE members SET last_read_seq = top.seq, last_read_n = top.n
+        FROM (SELECT f.r, f.a, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r, f.a)
+             AS top
         WHERE members.room_id = top.r AND members.username = top.a
               AND members.last_read_seq < top.seq
     ), named AS (  -- who each new message mentions: members named by @name, the dm's peer
@@ -276,8 +279,10 @@ BEGIN
             CONTINUE;
         END IF;
         IF v_role IS NULL THEN  -- acting in a public room makes the actor a member
-            INSERT INTO members (room_id, username, role, created_at, last_read_seq)
-            VALUES (v_room, v_actor, 'member', stamp, (heads ->> v_room::text)::bigint)
+            INSERT INTO members (room_id, username, role, created_at, last_read_seq, last_read_n)
+            SELECT v_room, v_actor, 'member', stamp, (heads ->> v_room::text)::bigint,
+                   rm.message_count
+            FROM rooms rm WHERE rm.id = v_room
             ON CONFLICT DO NOTHING;
         END IF;
         v_seq := (heads ->> v_room::text)::bigint + 1;
