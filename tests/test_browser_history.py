@@ -1,0 +1,206 @@
+"""The browser page over long histories: a 20,000-message room scrolled from its newest
+message to its first and back with a bounded DOM; a private room's member lines read back
+from its log while scrolling; and the README's screenshot of the v2 features. Real `chat
+serve` processes and a real Chromium, as in test_browser.py, whose fixtures and helpers these
+are. Every wait is bounded (Playwright's expect and actions time out after WAIT_MS, loops
+have a deadline). With UPDATE_README_SCREENSHOT=1, the v2 room is copied to docs/ for the
+README once its test has passed.
+"""
+
+# The fixtures of test_browser.py are imported by name, which is how pytest finds them; the
+# tests then take them as arguments, which ruff reads as redefinitions.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import httpx
+from playwright.async_api import expect
+
+from tests.support import PROJECT, Instance, new_user, unique
+from tests.test_browser import (  # noqa: F401 (found by name)
+    WAIT_MS,
+    Tab,
+    Tabs,
+    browser,
+    expect_confirmed,
+    http,
+    open_in_room,
+    server,
+    tabs,
+)
+from tests.test_browser_log import post
+
+WINDOW = 500  # room-view.js: rows of messages and member events kept in the DOM at most
+TOTAL = 20_000
+README_SHOT_V2 = PROJECT / "docs" / "screenshot-v2.png"
+
+# What the page shows, read in one go: the seqs of its message rows in DOM order, its member
+# lines' seqs, the number of elements in the document, and whether it shows the room's start.
+VIEW_STATE = """() => {
+    const list = document.querySelector('[data-testid="messages"]');
+    const seqs = (id) => [...list.querySelectorAll(`[data-testid="${id}"]`)]
+        .map((r) => Number(r.dataset.seq));
+    return {
+        seqs: seqs('message'),
+        lines: seqs('system-line'),
+        elements: document.getElementsByTagName('*').length,
+        start: list.querySelector('[data-testid="history-start"]') !== null,
+    };
+}"""
+
+# One step of scrolling, in the page (one round trip): to the top (or the bottom), then wait
+# until no page is loading and an older message is first (a newer one last), or the room's
+# start shows; the view's state then, or null after `wait` ms.
+STEP = f"""async ([to, wait]) => {{
+    const viewState = {VIEW_STATE};
+    const scroller = document.querySelector('[data-testid="messages"]');
+    const ends = () => {{
+        const rows = scroller.querySelectorAll('[data-testid="message"]');
+        return [Number(rows[0]?.dataset.seq), Number(rows[rows.length - 1]?.dataset.seq)];
+    }};
+    const [first, last] = ends();
+    scroller.scrollTop = to === 'top' ? 0 : scroller.scrollHeight;
+    const started = performance.now();
+    while (performance.now() - started < wait) {{
+        await new Promise((resolve) => setTimeout(resolve, 5));
+        if (scroller.querySelector('.history-loading')) continue;
+        const [a, b] = ends();
+        const start = scroller.querySelector('[data-testid="history-start"]') !== null;
+        if (to === 'top' ? a < first || start : b > last) return viewState();
+    }}
+    return null;
+}}"""
+
+
+async def view_state(tab: Tab) -> dict[str, Any]:
+    state: dict[str, Any] = await tab.page.evaluate(VIEW_STATE)
+    return state
+
+
+async def fill_room(pg: asyncpg.Connection, room: str, authors: list[str], total: int) -> None:
+    """A public room with messages 1..total, straight into the tables (as the writer stores
+    them: seqs gapless, created_at ascending), authors taking turns three messages each."""
+    async with pg.transaction():
+        room_id = await pg.fetchval(
+            "INSERT INTO rooms (name, last_seq, last_message_seq, last_message_at) "
+            "VALUES ($1, $2::bigint, $2::bigint, now()) RETURNING id",
+            room,
+            total,
+        )
+        await pg.execute(
+            "INSERT INTO messages (room_id, seq, author, body, created_at) "
+            "SELECT $1, g, ($2::text[])[1 + (g / 3) % cardinality($2::text[])], "
+            "'message ' || g, now() - make_interval(secs => ($3 - g) * 2) "
+            "FROM generate_series(1, $3) AS g",
+            room_id,
+            authors,
+            total,
+        )
+
+
+def check_window(state: dict[str, Any]) -> list[int]:
+    """The rows are one run of consecutive seqs, ascending, within the bound."""
+    seqs: list[int] = state["seqs"]
+    assert 0 < len(seqs) <= WINDOW, f"{len(seqs)} message rows in the DOM"
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (
+        f"not one ascending run: {seqs[:3]}..{seqs[-3:]}, {len(seqs)} rows"
+    )
+    return seqs
+
+
+async def heap_bytes(tab: Tab) -> int:
+    """V8's used heap after a full garbage collection."""
+    cdp = await tab.context.new_cdp_session(tab.page)
+    try:
+        await cdp.send("HeapProfiler.collectGarbage")
+        usage = await cdp.send("Runtime.getHeapUsage")
+    finally:
+        await cdp.detach()
+    return int(usage["usedSize"])
+
+
+# --------------------------------------------------------------------------------------- tests
+
+
+async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient, pg: asyncpg.Connection
+) -> None:
+    """From the newest message of a 20,000-message room to its first and back: at every step
+    the DOM holds one ascending run of at most WINDOW messages; each message appears once on
+    the way up and once on the way down, in order; the document and the JS heap stay flat; a
+    message posted while the page is far back shows on the way down, and one posted at the
+    bottom arrives live."""
+    alice, bob = await new_user(http), await new_user(http)
+    room = unique("long-")
+    await fill_room(pg, room, [alice.name, bob.name], TOTAL)
+
+    tab = await open_in_room(tabs, server, alice.name, room)
+    await expect(tab.rows.last).to_have_attribute("data-seq", str(TOTAL))
+    scroller = tab.by("messages")
+
+    async def step(to: str) -> dict[str, Any]:
+        """Scroll to the top or the bottom, wait until the page has loaded what that asks for,
+        and check the window."""
+        state: dict[str, Any] | None = await tab.page.evaluate(STEP, [to, WAIT_MS])
+        assert state is not None, f"scrolled to the {to}: nothing loaded in {WAIT_MS} ms"
+        check_window(state)
+        return state
+
+    # Up: each step brings older messages on top and drops the newest beyond the bound.
+    shown_up = check_window(await view_state(tab))[::-1]
+    elements: list[int] = []  # of the document, after each step
+    full: list[int] = []  # elements and heap when the window is first full
+    async with asyncio.timeout(120):
+        while True:
+            state = await step("top")
+            older = [s for s in reversed(state["seqs"]) if s < shown_up[-1]]
+            shown_up.extend(older)
+            elements.append(state["elements"])
+            if not full and len(state["seqs"]) == WINDOW:
+                full = [state["elements"], await heap_bytes(tab)]
+            if state["start"] and state["seqs"][0] == 1:
+                break
+            assert older, f"a step up brought nothing older than {shown_up[-1]}"
+    assert shown_up == list(range(TOTAL, 0, -1)), "the way up skipped or repeated messages"
+    await scroller.evaluate("(el) => { el.scrollTop = 0; }")
+    await expect(tab.by("history-start")).to_be_in_viewport()
+    heap = [await heap_bytes(tab)]
+
+    # Posted while the page is far back: it raises the "new messages" pill, stays out of the
+    # DOM, and shows on the way down.
+    while_away = await post(http, bob, room, "posted while you were far back")
+    assert while_away["seq"] == TOTAL + 1
+    await expect(tab.by("new-messages")).to_be_visible()
+    await expect(tab.row_with("posted while you were far back")).to_have_count(0)
+
+    # Down: newer messages below, the oldest dropped, until the newest (the tail) is back.
+    shown_down = check_window(await view_state(tab))
+    async with asyncio.timeout(120):
+        while shown_down[-1] < TOTAL + 1:
+            state = await step("bottom")
+            newer = [s for s in state["seqs"] if s > shown_down[-1]]
+            assert newer, f"a step down brought nothing newer than {shown_down[-1]}"
+            shown_down.extend(newer)
+            elements.append(state["elements"])
+    assert shown_down == list(range(1, TOTAL + 2)), "the way down skipped or repeated messages"
+    await expect(tab.by("history-newer-retry")).to_have_count(0)
+    heap.append(await heap_bytes(tab))
+
+    # At the bottom again, a new message arrives live, and the window stays bounded.
+    await scroller.evaluate("(el) => { el.scrollTop = el.scrollHeight; }")
+    live = await post(http, bob, room, "live at the bottom")
+    assert await expect_confirmed(tab.row_with("live at the bottom")) == live["seq"]
+    await expect(tab.rows.last).to_have_attribute("data-seq", str(live["seq"]))
+    await expect(tab.row_with("live at the bottom")).to_be_in_viewport()
+    check_window(await view_state(tab))
+
+    # Flat: the document never grew past a quarter over its first full window, and the heap
+    # after 40,000 rows shown is within a small margin of the heap with the first 500.
+    assert full, "the window never filled"
+    assert max(elements) <= full[0] * 1.25, (full, max(elements))
+    assert max(heap) <= full[1] * 1.5 + 4_000_000, (full, heap)
+    tab.watch.assert_clean()
