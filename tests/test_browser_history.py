@@ -20,7 +20,7 @@ import asyncpg
 import httpx
 from playwright.async_api import expect
 
-from tests.support import PROJECT, Instance, new_user, unique
+from tests.support import PROJECT, Instance, User, new_user, unique
 from tests.test_browser import (  # noqa: F401 (found by name)
     WAIT_MS,
     Tab,
@@ -33,6 +33,7 @@ from tests.test_browser import (  # noqa: F401 (found by name)
     tabs,
 )
 from tests.test_browser_log import post
+from tests.test_browser_v2 import system_line
 
 WINDOW = 500  # room-view.js: rows of messages and member events kept in the DOM at most
 TOTAL = 20_000
@@ -203,4 +204,83 @@ async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
     assert full, "the window never filled"
     assert max(elements) <= full[0] * 1.25, (full, max(elements))
     assert max(heap) <= full[1] * 1.5 + 4_000_000, (full, heap)
+    tab.watch.assert_clean()
+
+
+async def test_member_lines_are_read_back_while_scrolling(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """A private room whose member events lie far back among its messages: opened afresh
+    (its join replays messages only), the page shows the member lines among the newest
+    messages, then the older ones as it scrolls up to the start, each once at its seq; after
+    the window dropped them on the way up, they are back in place on the way down."""
+    alice, bob, carol = await new_user(http), await new_user(http), await new_user(http)
+    room = unique("priv-")
+    r = await http.post("/api/rooms", json={"name": room, "kind": "private"}, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    limit = asyncio.Semaphore(16)
+
+    async def member(method: str, user: User, role: str | None = None) -> None:
+        path = f"/api/rooms/{room}/members/{user.name}"
+        body = {"role": role} if role else {}
+        answer = await http.request(method, path, json=body, headers=alice.headers)
+        assert answer.status_code in (200, 204), answer.text
+
+    async def messages(n: int, label: str) -> None:
+        async def one(i: int) -> None:
+            async with limit:
+                await post(http, (alice, bob)[i % 2], room, f"{label} {i}")
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+
+    lines = {
+        1: f"{alice.name} added {bob.name}",
+        262: f"{alice.name} added {carol.name}",
+        523: f"{bob.name} is now a moderator",
+        524: f"{alice.name} removed {carol.name}",
+    }
+    async with asyncio.timeout(90):
+        await member("PUT", bob)
+        await messages(260, "early")
+        await member("PUT", carol)
+        await messages(260, "middle")
+        await member("PUT", bob, "moderator")
+        await member("DELETE", carol)
+        await messages(30, "late")
+    log = await http.get(f"/api/rooms/{room}/events?after=0&limit=1000", headers=bob.headers)
+    members = {e["seq"]: e["event"] for e in log.json()["events"] if e["type"] == "member"}
+    assert members == {1: "added", 262: "added", 523: "role", 524: "removed"}
+    last = 554
+
+    tab = await open_in_room(tabs, server, bob.name, room)
+    await expect(tab.rows.last).to_have_attribute("data-seq", str(last))
+
+    async def expect_lines(state: dict[str, Any]) -> None:
+        """The member lines between the first and last message shown (and before the first,
+        at the start), each once, at its seq among the messages."""
+        low = 0 if state["start"] else state["seqs"][0]
+        high = state["seqs"][-1]
+        wanted = {seq: text for seq, text in lines.items() if low < seq < high}
+        for text in wanted.values():
+            await expect(system_line(tab, text)).to_have_count(1)
+        order: list[int] = await tab.by("messages").evaluate(
+            "(el) => [...el.querySelectorAll('li[data-seq]')].map((r) => Number(r.dataset.seq))"
+        )
+        assert order == sorted(set(order)), "rows out of seq order, or repeated"
+        shown = (await view_state(tab))["lines"]
+        assert shown == sorted(wanted), (shown, sorted(wanted))
+
+    state = await view_state(tab)
+    await expect_lines(state)  # the role and the removal, among the newest 50
+    async with asyncio.timeout(60):
+        while not state["start"]:
+            state = await tab.page.evaluate(STEP, ["top", WAIT_MS])
+            assert state is not None, "scrolling up loaded nothing"
+            await expect_lines(state)
+        while state["seqs"][-1] < last:
+            state = await tab.page.evaluate(STEP, ["bottom", WAIT_MS])
+            assert state is not None, "scrolling down loaded nothing"
+            await expect_lines(state)
+    assert (await view_state(tab))["lines"] == [262, 523, 524]  # the window dropped seq 1
+    await tab.shot("member-lines.png")
     tab.watch.assert_clean()
