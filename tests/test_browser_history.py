@@ -14,6 +14,8 @@ README once its test has passed.
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 from typing import Any
 
 import asyncpg
@@ -30,9 +32,10 @@ from tests.test_browser import (  # noqa: F401 (found by name)
     http,
     open_in_room,
     server,
+    short,
     tabs,
 )
-from tests.test_browser_log import post
+from tests.test_browser_log import post, react, reaction, row_of
 from tests.test_browser_v2 import system_line
 
 WINDOW = 500  # room-view.js: rows of messages and member events kept in the DOM at most
@@ -122,6 +125,11 @@ async def heap_bytes(tab: Tab) -> int:
     finally:
         await cdp.detach()
     return int(usage["usedSize"])
+
+
+async def private_room(http: httpx.AsyncClient, owner: User, room: str) -> None:
+    r = await http.post("/api/rooms", json={"name": room, "kind": "private"}, headers=owner.headers)
+    assert r.status_code == 201, r.text
 
 
 # --------------------------------------------------------------------------------------- tests
@@ -216,8 +224,7 @@ async def test_member_lines_are_read_back_while_scrolling(
     the window dropped them on the way up, they are back in place on the way down."""
     alice, bob, carol = await new_user(http), await new_user(http), await new_user(http)
     room = unique("priv-")
-    r = await http.post("/api/rooms", json={"name": room, "kind": "private"}, headers=alice.headers)
-    assert r.status_code == 201, r.text
+    await private_room(http, alice, room)
     limit = asyncio.Semaphore(16)
 
     async def member(method: str, user: User, role: str | None = None) -> None:
@@ -284,3 +291,49 @@ async def test_member_lines_are_read_back_while_scrolling(
     assert (await view_state(tab))["lines"] == [262, 523, 524]  # the window dropped seq 1
     await tab.shot("member-lines.png")
     tab.watch.assert_clean()
+
+
+async def test_private_room_with_the_room_log_for_the_readme(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """The README's picture of v2: a private room with a member line, a reply, an edited
+    message and reactions (the viewer's own highlighted), both members online."""
+    alice, bob = await new_user(http, short("alice_")), await new_user(http, short("bob_"))
+    room = short("release-")
+    await private_room(http, alice, room)
+    r = await http.put(f"/api/rooms/{room}/members/{bob.name}", json={}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    news = await post(http, alice, room, "Release 2.4 is out: https://example.com/2.4")
+    await post(http, bob, room, "Congrats! The reconnect fix alone was worth it.", news["seq"])
+    typo = await post(http, alice, room, "Thnaks all. Notes for 2.5 go in the planning doc.")
+    r = await http.patch(
+        f"/api/rooms/{room}/messages/{typo['seq']}",
+        json={"body": "Thanks all. Notes for 2.5 go in the planning doc."},
+        headers=alice.headers,
+    )
+    assert r.status_code == 200, r.text
+    question = await post(http, bob, room, "Shall I tag the docs site too?")
+    for user, seq, emoji in (
+        (bob, news["seq"], "🎉"),
+        (alice, news["seq"], "🎉"),
+        (bob, news["seq"], "🚀"),
+        (alice, question["seq"], "👍"),
+    ):
+        await react(http, user, room, seq, emoji)
+
+    await open_in_room(tabs, server, bob.name, room)
+    tab = await open_in_room(tabs, server, alice.name, room)
+    await expect(tab.by("online-user")).to_have_count(2)
+    await expect(system_line(tab, f"{alice.name} added {bob.name}")).to_have_count(1)
+    await expect(reaction(tab, news["seq"], "🎉")).to_have_attribute("data-count", "2")
+    await expect(reaction(tab, news["seq"], "🎉")).to_have_attribute("aria-pressed", "true")
+    await expect(reaction(tab, news["seq"], "🚀")).to_have_attribute("aria-pressed", "false")
+    await expect(row_of(tab, typo["seq"]).get_by_test_id("message-edited")).to_be_visible()
+    quote = row_of(tab, news["seq"] + 1).get_by_test_id("reply-quote")
+    await expect(quote).to_contain_text("Release 2.4 is out")
+    await expect(tab.by("room-kind")).to_have_attribute("data-kind", "private")
+    await tab.page.mouse.move(1200, 400)  # over the online list: no message is hovered
+    shot = await tab.shot("readme-v2.png")
+    tab.watch.assert_clean()
+    if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
+        shutil.copyfile(shot, README_SHOT_V2)
