@@ -35,7 +35,7 @@ from tests.test_browser import (  # noqa: F401 (found by name)
     short,
     tabs,
 )
-from tests.test_browser_log import post, react, reaction, row_of
+from tests.test_browser_log import edit, post, react, reaction, row_of
 from tests.test_browser_v2 import system_line
 
 WINDOW = 500  # room-view.js: rows of messages and member events kept in the DOM at most
@@ -306,12 +306,7 @@ async def test_private_room_with_the_room_log_for_the_readme(
     news = await post(http, alice, room, "Release 2.4 is out: https://example.com/2.4")
     await post(http, bob, room, "Congrats! The reconnect fix alone was worth it.", news["seq"])
     typo = await post(http, alice, room, "Thnaks all. Notes for 2.5 go in the planning doc.")
-    r = await http.patch(
-        f"/api/rooms/{room}/messages/{typo['seq']}",
-        json={"body": "Thanks all. Notes for 2.5 go in the planning doc."},
-        headers=alice.headers,
-    )
-    assert r.status_code == 200, r.text
+    await edit(http, alice, room, typo["seq"], "Thanks all. Notes for 2.5 go in the planning doc.")
     question = await post(http, bob, room, "Shall I tag the docs site too?")
     for user, seq, emoji in (
         (bob, news["seq"], "🎉"),
