@@ -31,6 +31,7 @@ from tests.test_browser import (  # noqa: F401 (found by name)
     expect_confirmed,
     http,
     open_in_room,
+    send_from_page,
     server,
     short,
     tabs,
@@ -212,6 +213,50 @@ async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
     assert full, "the window never filled"
     assert max(elements) <= full[0] * 1.25, (full, max(elements))
     assert max(heap) <= full[1] * 1.5 + 4_000_000, (full, heap)
+    tab.watch.assert_clean()
+
+
+async def scroll_up_past_the_window(tab: Tab, newest: int) -> dict[str, Any]:
+    """Scroll up until the page has dropped its newest messages; returns the view's state."""
+    async with asyncio.timeout(30):
+        while True:
+            state: dict[str, Any] | None = await tab.page.evaluate(STEP, ["top", WAIT_MS])
+            assert state is not None, "scrolling up loaded nothing"
+            check_window(state)
+            if state["seqs"][-1] < newest:
+                return state
+
+
+async def test_the_pill_and_a_send_from_far_back_go_to_the_newest(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient, pg: asyncpg.Connection
+) -> None:
+    """Far back in a long room (its newest messages dropped), a new message raises the pill;
+    the pill shows the newest messages with it; a message sent from far back is shown, and
+    confirmed, among the newest too."""
+    alice, bob = await new_user(http), await new_user(http)
+    room = unique("back-")
+    total = 1_500
+    await fill_room(pg, room, [alice.name, bob.name], total)
+    tab = await open_in_room(tabs, server, alice.name, room)
+    await expect(tab.rows.last).to_have_attribute("data-seq", str(total))
+
+    await scroll_up_past_the_window(tab, total)
+    news = await post(http, bob, room, "news while you read the archive")
+    await expect(tab.by("new-messages")).to_be_visible()
+    await expect(tab.row_with("news while you read the archive")).to_have_count(0)
+    await tab.by("new-messages").click()
+    await expect(tab.rows.last).to_have_attribute("data-seq", str(news["seq"]))
+    await expect(tab.row_with("news while you read the archive")).to_be_in_viewport()
+    await expect(tab.by("new-messages")).to_be_hidden()
+    check_window(await view_state(tab))
+
+    await scroll_up_past_the_window(tab, news["seq"])
+    mine = await expect_confirmed(await send_from_page(tab, "sent from far back"))
+    assert mine == news["seq"] + 1
+    await expect(tab.rows.last).to_have_attribute("data-seq", str(mine))
+    await expect(tab.row_with("sent from far back")).to_be_in_viewport()
+    seqs = check_window(await view_state(tab))
+    assert seqs[-2:] == [news["seq"], mine]
     tab.watch.assert_clean()
 
 

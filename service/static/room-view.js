@@ -69,7 +69,8 @@ export class RoomView {
   #loadError = '';
   /** Bumped when the view is rebuilt, so a history request from before is ignored. */
   #generation = 0;
-  /** Quoted messages that are not loaded: seq → copy (kept by the version rule too). */
+  /** Quoted messages that are not loaded: seq → copy (kept by the version rule too), the
+   * latest WINDOW of them; a quote whose copy was forgotten fetches it again. */
   #originals = new Map();
   #originalRequests = new Set();
   /** target → [edit/delete/reaction events] for messages not loaded yet */
@@ -684,6 +685,8 @@ export class RoomView {
         entry.msg = applyEvent(entry.msg, event, this.me) ?? entry.msg;
       }
     }
+    // Loaded now; once the window drops it, a quote of it fetches it again.
+    this.#originalRequests.delete(seq);
     const fetched = this.#originals.get(seq);
     if (fetched) {
       this.#originals.delete(seq);
@@ -724,6 +727,11 @@ export class RoomView {
         }
         this.#early.delete(seq);
         this.#originals.set(seq, copy);
+        if (this.#originals.size > WINDOW) {
+          const [oldest] = this.#originals.keys();
+          this.#originals.delete(oldest);
+          this.#originalRequests.delete(oldest);
+        }
         this.#refreshQuotes(seq);
       }, () => {}); // the quote keeps saying "an earlier message"
     }
