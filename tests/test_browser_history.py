@@ -37,7 +37,7 @@ from tests.test_browser import (  # noqa: F401 (found by name)
     tabs,
 )
 from tests.test_browser_log import edit, post, react, reaction, row_of
-from tests.test_browser_v2 import system_line
+from tests.test_browser_v2 import audit, axe_source, system_line  # noqa: F401
 
 WINDOW = 500  # room-view.js: rows of messages and member events kept in the DOM at most
 TOTAL = 20_000
@@ -228,9 +228,14 @@ async def scroll_up_past_the_window(tab: Tab, newest: int) -> dict[str, Any]:
 
 
 async def test_the_pill_and_a_send_from_far_back_go_to_the_newest(
-    tabs: Tabs, server: Instance, http: httpx.AsyncClient, pg: asyncpg.Connection
+    tabs: Tabs,
+    server: Instance,
+    http: httpx.AsyncClient,
+    pg: asyncpg.Connection,
+    axe_source: str,
 ) -> None:
-    """Far back in a long room (its newest messages dropped), a new message raises the pill;
+    """Far back in a long room (its newest messages dropped; axe finds nothing serious
+    there), a new message raises the pill;
     the pill shows the newest messages with it; a message sent from far back is shown, and
     confirmed, among the newest too."""
     alice, bob = await new_user(http), await new_user(http)
@@ -241,6 +246,7 @@ async def test_the_pill_and_a_send_from_far_back_go_to_the_newest(
     await expect(tab.rows.last).to_have_attribute("data-seq", str(total))
 
     await scroll_up_past_the_window(tab, total)
+    await audit(tab, axe_source, "room-far-back")
     news = await post(http, bob, room, "news while you read the archive")
     await expect(tab.by("new-messages")).to_be_visible()
     await expect(tab.row_with("news while you read the archive")).to_have_count(0)
