@@ -336,6 +336,16 @@ async def join_by_name(tab: Tab, room: str) -> None:
     await expect_in_room(tab, room)
 
 
+async def open_in_room(tabs: Tabs, server: Instance, name: str, room: str) -> Tab:
+    """A new tab, logged in as `name`, with `room` open (by its URL) and joined."""
+    tab = await tabs.open(server)
+    await tab.goto()
+    await log_in(tab, name)
+    await tab.goto(f"/#/room/{room}")
+    await expect_in_room(tab, room, name)
+    return tab
+
+
 async def expect_in_room(tab: Tab, room: str, me: str | None = None) -> None:
     """The room is shown, in the URL, and joined (the page lists its own user online)."""
     await expect(tab.by("room-title")).to_have_text(room)
@@ -487,16 +497,12 @@ async def test_scrollback_500(tabs: Tabs, server: Instance, http: httpx.AsyncCli
         stored = await asyncio.gather(*(seed(i) for i in range(total)))
     assert sorted(stored) == list(range(1, total + 1))
 
-    tab = await tabs.open(server)
-    await tab.goto()
-    await log_in(tab, user.name)
-    await tab.goto(f"/#/room/{room}")
-    await expect_in_room(tab, room, user.name)
+    tab = await open_in_room(tabs, server, user.name, room)
     await expect(tab.rows.last).to_have_attribute("data-seq", str(total))
 
     start = tab.by("history-start")
     scroller = tab.by("messages")
-    for _ in range(40):  # 9 pages of 50 are needed; the bound only stops a runaway
+    for _ in range(40):  # 3 pages of 200 are needed; the bound only stops a runaway
         if await start.count():
             break
         before = await tab.rows.count()

@@ -54,6 +54,13 @@ async def post(
     return message
 
 
+async def edit(http: httpx.AsyncClient, user: User, room: str, seq: int, body: str) -> None:
+    r = await http.patch(
+        f"/api/rooms/{room}/messages/{seq}", json={"body": body}, headers=user.headers
+    )
+    assert r.status_code == 200, r.text
+
+
 async def react(http: httpx.AsyncClient, user: User, room: str, seq: int, emoji: str) -> None:
     path = f"/api/rooms/{room}/messages/{seq}/reactions/{quote(emoji, safe='')}"
     r = await http.put(path, headers=user.headers)
@@ -345,12 +352,7 @@ async def test_offline_page_shows_what_it_missed_after_resuming(
 
     await bob.context.set_offline(True)
     await expect(bob.by("conn-status")).to_have_attribute("data-state", "offline")
-    edit = await http.patch(
-        f"/api/rooms/{room}/messages/{seqs[0]}",
-        json={"body": "note 0, edited"},
-        headers=alice_user.headers,
-    )
-    assert edit.status_code == 200, edit.text
+    await edit(http, alice_user, room, seqs[0], "note 0, edited")
     gone = await http.delete(f"/api/rooms/{room}/messages/{seqs[1]}", headers=alice_user.headers)
     assert gone.status_code == 200, gone.text
     await react(http, alice_user, room, seqs[2], "🎉")
@@ -382,12 +384,7 @@ async def test_room_with_reactions_reply_edit_and_tombstone_passes_axe(
     first = await post(http, alice_user, room, "Release 2.4 is out: https://example.com/2.4")
     await post(http, bob_user, room, "Congrats!", reply_to=first["seq"])
     typo = await post(http, alice_user, room, "Thnaks all")
-    r = await http.patch(
-        f"/api/rooms/{room}/messages/{typo['seq']}",
-        json={"body": "Thanks all"},
-        headers=alice_user.headers,
-    )
-    assert r.status_code == 200, r.text
+    await edit(http, alice_user, room, typo["seq"], "Thanks all")
     doomed = await post(http, bob_user, room, "(wrong window)")
     r = await http.delete(f"/api/rooms/{room}/messages/{doomed['seq']}", headers=bob_user.headers)
     assert r.status_code == 200, r.text

@@ -184,5 +184,11 @@ export function fetchHistory(room, { before, after, around, limit = 50 } = {}) {
   return request('GET', `${roomPath(room)}/messages?${query}`);
 }
 
+/** The room's log (v2), every kind of event: {room, events: [frames, ascending seq], has_more}. */
+export function fetchEvents(room, { after = 0, limit = 100 } = {}) {
+  const query = new URLSearchParams({ after: String(after), limit: String(limit) });
+  return request('GET', `${roomPath(room)}/events?${query}`);
+}
+
 /** {room, users}. */
 export const fetchOnline = (room) => request('GET', `${roomPath(room)}/online`);

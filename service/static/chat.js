@@ -125,7 +125,9 @@ export class ChatSession {
     }, signal);
     this.pane = new MessagePane(dom.messages, dom.newPill, {
       onNearTop: (view) => view.loadOlder(),
+      onNearBottom: (view) => view.loadNewer(),
       onAtBottom: (view) => this.#markRead(view),
+      onLatest: (view) => view.toLatest(),
     }, signal);
   }
 
@@ -461,6 +463,7 @@ export class ChatSession {
     if (view) {
       if (view.joinedOnce && this.pane.atBottom()) this.#markRead(view);
       this.pane.maybeLoadOlder(view);
+      this.pane.maybeLoadNewer(view);
       this.closePanels();
       if (!NARROW.matches) this.composer.focus(); // on phones, don't pop the keyboard up
     }
@@ -485,7 +488,8 @@ export class ChatSession {
   }
 
   #markRead(view) {
-    if (document.hidden || view !== this.current) return;
+    // At the bottom of what is loaded is not at the newest while the newest are not loaded.
+    if (document.hidden || view !== this.current || view.hasNewer) return;
     this.rooms.markRead(view.name, view.maxSeq);
     this.#renderTitle();
   }
@@ -497,6 +501,7 @@ export class ChatSession {
     if (!view) return;
     const clientId = newClientId();
     const replyTo = view.replyTo;
+    view.toLatest(); // a reader far back sees their message arrive among the newest
     view.addPending(body, clientId, replyTo); // shown at once, dimmed, until the ack or the echo
     view.draft = '';
     this.socket.send(view.name, body, clientId, replyTo);
@@ -571,6 +576,9 @@ export class ChatSession {
         break;
       case 'load-older':
         view.retryHistory();
+        break;
+      case 'load-newer':
+        view.loadNewer();
         break;
       case 'load-gap':
         view.loadGap();

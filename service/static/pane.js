@@ -4,6 +4,7 @@
 //  - a reader at the bottom stays at the bottom as messages arrive;
 //  - a reader scrolled up is never moved: new messages raise a "new messages ↓" pill instead;
 //  - older pages prepended above keep the visible messages exactly where they were;
+//  - near either end of what a room has loaded, the room is asked for the next page;
 //  - each room remembers where its reader was when they switch away and back.
 
 const BOTTOM_SLACK_PX = 48;
@@ -25,7 +26,9 @@ export class MessagePane {
   /**
    * @param {HTMLElement} scroller the overflow:auto element
    * @param {HTMLElement} pill the "new messages" button
-   * @param {{onNearTop(view): void, onAtBottom(view): void}} hooks
+   * @param {{onNearTop(view): void, onNearBottom(view): void, onAtBottom(view): void,
+   *   onLatest(view): void}} hooks (onLatest: the pill was clicked while the newest messages
+   *   are not loaded)
    * @param {AbortSignal} signal removes the listeners when the session ends
    */
   constructor(scroller, pill, hooks, signal) {
@@ -33,7 +36,10 @@ export class MessagePane {
     this.#pill = pill;
     this.#hooks = hooks;
     scroller.addEventListener('scroll', () => this.#onScroll(), { passive: true, signal });
-    pill.addEventListener('click', () => this.scrollToBottom(), { signal });
+    pill.addEventListener('click', () => {
+      if (this.current?.hasNewer) hooks.onLatest(this.current);
+      else this.scrollToBottom();
+    }, { signal });
   }
 
   show(view) {
@@ -138,6 +144,23 @@ export class MessagePane {
     if (this.#scroller.scrollTop < NEAR_TOP_PX) this.#hooks.onNearTop(view);
   }
 
+  /** Ask for newer messages while the reader is near the bottom of a room whose newest
+   * messages are not loaded (it dropped them to stay bounded). */
+  maybeLoadNewer(view) {
+    if (view !== this.current || !view.hasNewer) return;
+    const s = this.#scroller;
+    if (s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_TOP_PX) this.#hooks.onNearBottom(view);
+  }
+
+  /** Which end of `view`'s messages lies farther from what the reader sees ('newest' or
+   * 'oldest'): the one to drop when it holds too many. */
+  farSide(view) {
+    if (view !== this.current) return view.savedScroll == null ? 'oldest' : 'newest';
+    if (this.#stick) return 'oldest'; // rows were just appended under a reader at the bottom
+    const s = this.#scroller;
+    return s.scrollTop + s.clientHeight / 2 < s.scrollHeight / 2 ? 'newest' : 'oldest';
+  }
+
   #settle() {
     this.#frame = 0;
     const stick = this.#stick;
@@ -161,6 +184,7 @@ export class MessagePane {
       this.#hooks.onAtBottom(view);
     }
     this.maybeLoadOlder(view);
+    this.maybeLoadNewer(view);
   }
 
   #updatePill() {

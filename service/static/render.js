@@ -282,18 +282,30 @@ export function regroup(row) {
   }
 }
 
+/** A spinner or a retry at one end of the loaded history, or null. `side`: 'earlier' or
+ * 'later'; the retry button's action is load-older or load-newer. */
+function historyStatus(side, { loading, error }) {
+  if (loading) {
+    return h('div', { class: 'history-loading', role: 'status' },
+      h('span', { class: 'spinner', 'aria-hidden': 'true' }), `Loading ${side} messages…`);
+  }
+  if (error) {
+    const older = side === 'earlier';
+    return h('div', { class: 'history-error', role: 'alert' },
+      `Couldn't load ${side} messages: ${error}`, ' ',
+      h('button', {
+        type: 'button', class: 'link-btn', 'data-action': older ? 'load-older' : 'load-newer',
+        'data-testid': older ? 'history-retry' : 'history-newer-retry',
+      }, 'Try again'));
+  }
+  return null;
+}
+
 /** What sits above the oldest loaded message: a spinner, a retry, or the start of the room
  * (`room` as the page names it: "#general", "your conversation with bob"). */
 export function historyTop(room, { loading, error, hasMore }) {
-  if (loading) {
-    return h('div', { class: 'history-loading', role: 'status' },
-      h('span', { class: 'spinner', 'aria-hidden': 'true' }), 'Loading earlier messages…');
-  }
-  if (error) {
-    return h('div', { class: 'history-error', role: 'alert' },
-      `Couldn't load earlier messages: ${error}`, ' ',
-      h('button', { type: 'button', class: 'link-btn', 'data-action': 'load-older', 'data-testid': 'history-retry' }, 'Try again'));
-  }
+  const status = historyStatus('earlier', { loading, error });
+  if (status) return status;
   if (hasMore === false) {
     return h('div', { class: 'history-start', 'data-testid': 'history-start' },
       h('span', { class: 'history-start-icon', 'aria-hidden': 'true' }, '#'),
@@ -302,6 +314,10 @@ export function historyTop(room, { loading, error, hasMore }) {
   }
   return null;
 }
+
+/** What sits below the newest loaded message while later ones are not loaded (the view
+ * dropped them to stay bounded): a spinner or a retry, or null. */
+export const historyBottom = (state) => historyStatus('later', state);
 
 // ---------------------------------------------------------------------------------------------
 // Room list

@@ -6,20 +6,29 @@
 //  - confirmed rows, and the system lines of `member` events (private rooms), are in ascending
 //    seq order; pending/failed rows follow them at the end;
 //  - the loaded messages form one contiguous run of seqs, so "the lowest seq shown" is always
-//    the right `before` for the next page of history; except after a jump to a reply's
-//    original far back (`around`): then one gap row separates that older run from the newer
-//    one until the messages in between are loaded;
+//    the right `before` for the next page of history (and "the highest" the right `after`);
+//    except after a jump to a reply's original far back (`around`): then one gap row separates
+//    that older run from the newer one until the messages in between are loaded;
+//  - at most WINDOW rows of messages and member events are in the DOM: past it, the end
+//    farther from the reader is dropped, and loaded again (REST history) when the reader
+//    comes back to it. While the newest are dropped (`hasNewer`), live messages wait in a
+//    bounded tail instead of the DOM;
+//  - a private room's member lines between loaded messages are read back from its log
+//    (member-lines.js), since history pages carry messages only.
 //  - every local copy of a message obeys the `version` rule (message-state.js): message
 //    frames, REST pages and edit/delete/reaction events may come in any order.
 
 import { fetchHistory } from './api.js';
+import { memberEvents } from './member-lines.js';
 import { excerpt, fillQuote, fillRow } from './message-parts.js';
 import { applyEvent, newer, normalize } from './message-state.js';
 import {
-  confirmRow, h, historyTop, messageRow, regroup, setRowState, systemRow,
+  confirmRow, h, historyBottom, historyTop, messageRow, regroup, setRowState, systemRow,
 } from './render.js';
 
-const PAGE_SIZE = 50;
+const PAGE_SIZE = 200;
+/** Rows of messages and member events kept in the DOM at most (pending sends come on top). */
+const WINDOW = 500;
 const GAP_PAGE_SIZE = 200;
 const TYPING_SHOWN_MS = 4_000;
 /** Events about messages not loaded (yet) are kept for this many targets, in case a page of
@@ -40,6 +49,8 @@ export class RoomView {
   joinSeq = 0;
   /** Older messages exist on the server: null = not known yet (before the first `joined`). */
   hasMore = null;
+  /** Newer messages than the loaded ones exist: the newest were dropped to keep the window. */
+  hasNewer = false;
   joinedOnce = false;
   online = new Set();
   /** user → timer that forgets they were typing */
@@ -58,7 +69,8 @@ export class RoomView {
   #loadError = '';
   /** Bumped when the view is rebuilt, so a history request from before is ignored. */
   #generation = 0;
-  /** Quoted messages that are not loaded: seq → copy (kept by the version rule too). */
+  /** Quoted messages that are not loaded: seq → copy (kept by the version rule too), the
+   * latest WINDOW of them; a quote whose copy was forgotten fetches it again. */
   #originals = new Map();
   #originalRequests = new Set();
   /** target → [edit/delete/reaction events] for messages not loaded yet */
@@ -68,6 +80,10 @@ export class RoomView {
   #gapLoading = false;
   #gapObserver = null;
   #highlightTimer = 0;
+  #loadingNewer = false;
+  #newerError = '';
+  /** Live messages that came while `hasNewer`: seq → copy, the newest WINDOW of them. */
+  #tail = new Map();
 
   /**
    * @param {string} name
@@ -82,7 +98,8 @@ export class RoomView {
     this.label = `#${name}`;
     this.top = h('div', { class: 'history-top' });
     this.list = h('ol', { class: 'msg-list', 'aria-label': `Messages in #${name}` });
-    this.el = h('div', { class: 'room-view' }, this.top, this.list);
+    this.bottom = h('div', { class: 'history-bottom' });
+    this.el = h('div', { class: 'room-view' }, this.top, this.list, this.bottom);
   }
 
   // ---------------------------------------------------------------------------- server events
@@ -102,6 +119,8 @@ export class RoomView {
     if (this.hasMore === null) {
       this.hasMore = this.#lowestSeq() > 1;
       this.#renderTop();
+      // A join without `since` replays messages only: the member lines among them are read.
+      this.#backfill(this.#lowestSeq() - 1, this.joinSeq + 1, { above: true });
     }
     this.pane.maybeLoadOlder(this);
   }
@@ -119,6 +138,11 @@ export class RoomView {
       return false;
     }
     if (this.#inGap(msg.seq)) return false; // the gap's loading brings it in its current state
+    if (this.#beyondWindow(msg.seq)) {
+      this.#keepInTail(msg);
+      this.pane.beforeAppend(this, { notify: live });
+      return false;
+    }
 
     // Our own message coming back: it replaces its pending row instead of adding a line.
     const mine = msg.author === this.me;
@@ -133,6 +157,7 @@ export class RoomView {
       row = messageRow(msg, { me: this.me });
     }
     this.#store(newer(null, msg), row);
+    this.#trim();
     return true;
   }
 
@@ -195,12 +220,18 @@ export class RoomView {
    * messages: they leave minSeq (the next history page's `before`) alone. */
   addEvent(frame) {
     if (!Number.isInteger(frame.seq) || this.messages.has(frame.seq)) return false;
-    this.pane.beforeAppend(this, { notify: this.joinedOnce });
-    const row = systemRow(frame);
-    this.messages.set(frame.seq, { msg: frame, row, system: true });
     this.maxSeq = Math.max(this.maxSeq, frame.seq);
-    this.#place(row, frame.seq);
+    // Beyond the loaded window, the read-back on the way down brings it.
+    if (this.#beyondWindow(frame.seq)) return false;
+    this.pane.beforeAppend(this, { notify: this.joinedOnce });
+    this.#placeEvent(frame, systemRow(frame));
+    this.#trim();
     return true;
+  }
+
+  #placeEvent(frame, row) {
+    this.messages.set(frame.seq, { msg: frame, row, system: true });
+    this.#place(row, frame.seq);
   }
 
   /** An `ack` for one of our sends (it may come before or after the `message` frame). */
@@ -208,17 +239,21 @@ export class RoomView {
     const pending = this.pending.get(ack.client_id);
     if (!pending) return;
     this.pending.delete(ack.client_id);
-    if (this.messages.has(ack.seq) || (this.hasMore === true && ack.seq < this.#lowestSeq())) {
-      // Already shown, or a duplicate of an old message outside the loaded window.
-      this.#removeRow(pending.row);
-      return;
-    }
     const msg = normalize({
       room: this.name, seq: ack.seq, author: this.me, body: pending.body,
       created_at: ack.created_at, client_id: ack.client_id, reply_to: pending.replyTo,
     });
+    if (this.#beyondWindow(ack.seq)) this.#keepInTail(msg);
+    if (this.messages.has(ack.seq) || this.#beyondWindow(ack.seq)
+      || (this.hasMore === true && ack.seq < this.#lowestSeq())) {
+      // Already shown, or outside the loaded window (a duplicate of an old message, or one
+      // the reader scrolled far away from).
+      this.#removeRow(pending.row);
+      return;
+    }
     confirmRow(pending.row, msg);
     this.#store(msg, pending.row);
+    this.#trim();
   }
 
   // ------------------------------------------------------------------------- our own sends
@@ -289,21 +324,15 @@ export class RoomView {
 
   async loadOlder() {
     if (this.#loading || this.hasMore !== true) return;
-    const generation = this.#generation;
     const before = this.#lowestSeq();
     this.#loading = true;
     this.#loadError = '';
     this.pane.preserve(this, () => this.#renderTop()); // the spinner must not push the text down
-    this.el.setAttribute('aria-busy', 'true'); // don't read a page of history out loud
-    let page = null;
-    try {
-      page = await fetchHistory(this.name, { before, limit: PAGE_SIZE });
-    } catch (err) {
-      if (generation === this.#generation) this.#loadError = err.message || 'unknown error';
-    }
-    if (generation !== this.#generation) return;
+    this.#markBusy(); // don't read a page of history out loud
+    const page = await this.#page({ before }, (error) => { this.#loadError = error; });
+    if (page === undefined) return;
     this.#loading = false;
-    this.el.removeAttribute('aria-busy');
+    this.#markBusy();
 
     if (page) {
       const older = this.#fresh(page.messages, (seq) => seq < before);
@@ -314,10 +343,66 @@ export class RoomView {
         this.hasMore = Boolean(page.has_more) && older.length > 0 && this.#lowestSeq() > 1;
         this.#renderTop();
       });
+      this.#trim();
+      this.#backfill(this.hasMore === false ? 0 : older[0]?.seq ?? before, before, { above: true });
       this.pane.maybeLoadOlder(this);
     } else {
       this.pane.preserve(this, () => this.#renderTop());
     }
+  }
+
+  /** The next page below the loaded messages, while the newest are not loaded (`hasNewer`);
+   * the last one brings the tail of live messages back and the view follows the room again. */
+  async loadNewer() {
+    if (this.#loadingNewer || !this.hasNewer) return;
+    const after = this.#edgeMessage(true) ?? this.joinSeq;
+    this.#loadingNewer = true;
+    this.#newerError = '';
+    this.#renderBottom();
+    this.#markBusy();
+    const page = await this.#page({ after }, (error) => { this.#newerError = error; });
+    if (page === undefined) return;
+    this.#loadingNewer = false;
+    this.#markBusy();
+    if (!page) {
+      this.#renderBottom();
+      return;
+    }
+    const newer = this.#fresh(page.messages, (seq) => seq > after);
+    // As in loadOlder: a page that brought nothing new ends the paging.
+    const caughtUp = page.has_more !== true || newer.length === 0;
+    if (caughtUp) {
+      const last = newer.at(-1)?.seq ?? after;
+      for (const msg of this.#tail.values()) if (msg.seq > last) newer.push(msg);
+      this.#tail.clear();
+      this.hasNewer = false;
+    }
+    for (const msg of newer) this.#store(msg, messageRow(msg, { me: this.me }), { quotes: false });
+    this.#refreshQuotes(...newer.map((m) => m.seq));
+    this.#renderBottom();
+    this.#trim();
+    this.#backfill(after, caughtUp ? Infinity : newer.at(-1).seq, { above: false });
+    this.pane.maybeLoadNewer(this);
+  }
+
+  /** A page of history at one end: the page, null when it failed (`fail` is told why), or
+   * undefined when the view was rebuilt meanwhile (the answer is stale). */
+  async #page(query, fail) {
+    const generation = this.#generation;
+    try {
+      const page = await fetchHistory(this.name, { ...query, limit: PAGE_SIZE });
+      return generation === this.#generation ? page : undefined;
+    } catch (err) {
+      if (generation !== this.#generation) return undefined;
+      fail(err.message || 'unknown error');
+      return null;
+    }
+  }
+
+  /** Show the newest messages again (the reader jumps there, or sends while far back). */
+  toLatest() {
+    if (!this.hasNewer) return;
+    this.#rebuild(Math.max(this.maxSeq, this.joinSeq));
   }
 
   // ------------------------------------------------------------------------ jump to a message
@@ -362,6 +447,8 @@ export class RoomView {
       this.hasMore = page.has_more_before === true && this.#lowestSeq() > 1;
       this.#renderTop();
     });
+    this.#trim('newest'); // the reader is about to be taken to the page just loaded
+    this.#backfill(older[0].seq, reachesLoaded ? lowest : older.at(-1).seq + 1, { above: true });
     return this.rowOf(seq);
   }
 
@@ -432,8 +519,9 @@ export class RoomView {
       for (const entry of entries) {
         this.messages.set(entry.msg.seq, entry);
         regroup(entry.row);
-        this.#adopt(entry);
+        this.#adopt(entry, { quotes: false });
       }
+      this.#refreshQuotes(...inside.map((m) => m.seq));
       if (closes) {
         const next = gap.row.nextElementSibling;
         this.#closeGap();
@@ -443,8 +531,11 @@ export class RoomView {
         regroup(gap.row);
       }
     };
-    if (this.pane.isAbove(this, gap.row)) this.pane.preserve(this, mutate);
+    const above = this.pane.isAbove(this, gap.row);
+    if (above) this.pane.preserve(this, mutate);
     else mutate();
+    this.#trim();
+    if (inside.length > 0) this.#backfill(inside[0].seq, closes ? gap.high : inside.at(-1).seq + 1, { above });
     if (this.#gap === gap) {
       // Observing again reports whether the gap is still in sight: then the next page loads.
       this.#gapObserver?.unobserve(gap.row);
@@ -458,19 +549,134 @@ export class RoomView {
     return Math.min(this.minSeq, this.joinSeq + 1);
   }
 
-  /** Record a confirmed message and put its row in seq order. */
-  #store(msg, row) {
+  /** The seq of the first (or, `fromEnd`, the last) loaded message, or null. */
+  #edgeMessage(fromEnd) {
+    const step = fromEnd ? 'previousElementSibling' : 'nextElementSibling';
+    for (let node = fromEnd ? this.list.lastElementChild : this.list.firstElementChild; node;
+      node = node[step]) {
+      if (node.dataset.seq && !node.dataset.system) return Number(node.dataset.seq);
+    }
+    return null;
+  }
+
+  /** Whether `seq` lies past the newest loaded message while the newest are not loaded. */
+  #beyondWindow(seq) {
+    return this.hasNewer && seq > (this.#edgeMessage(true) ?? 0);
+  }
+
+  #keepInTail(msg) {
+    this.maxSeq = Math.max(this.maxSeq, msg.seq);
+    const known = this.#tail.get(msg.seq);
+    const copy = newer(known ?? null, msg);
+    if (copy) this.#tail.set(msg.seq, copy);
+    // The oldest ones are the first the pages on the way down bring again.
+    if (this.#tail.size > WINDOW) this.#tail.delete(Math.min(...this.#tail.keys()));
+  }
+
+  /**
+   * Keep at most WINDOW rows: drop the end farther from the reader (`side`: 'newest' or
+   * 'oldest'), which pages of history bring back when the reader returns to it. Rows below
+   * the reader go without moving them; rows above go under `preserve`.
+   */
+  #trim(side = this.pane.farSide(this)) {
+    const excess = this.messages.size - WINDOW;
+    if (excess <= 0) return;
+    if (side === 'newest') this.#drop(excess, true);
+    else this.pane.preserve(this, () => this.#drop(excess, false));
+  }
+
+  #drop(count, newest) {
+    const step = newest ? 'previousElementSibling' : 'nextElementSibling';
+    let left = count;
+    let node = newest ? this.list.lastElementChild : this.list.firstElementChild;
+    while (node && left > 0) {
+      const next = node[step];
+      const seq = Number(node.dataset.seq);
+      if (node.dataset.seq && this.messages.get(seq)?.row === node) {
+        node.remove();
+        this.messages.delete(seq);
+        left -= 1;
+      }
+      node = next;
+    }
+    const gap = this.#gap;
+    if (newest) {
+      // A gap below which nothing is left is now simply the end of what is loaded.
+      if (gap && (this.#edgeMessage(true) ?? 0) < gap.high) this.#closeGap();
+      this.hasNewer = true;
+      regroup(this.pending.values().next().value?.row);
+      this.#renderBottom();
+    } else {
+      if (gap && this.list.firstElementChild === gap.row) this.#closeGap();
+      this.minSeq = this.#edgeMessage(false) ?? Infinity;
+      this.hasMore = true;
+      regroup(this.list.firstElementChild);
+      this.#renderTop();
+    }
+  }
+
+  /**
+   * Show the `member` events with `after` < seq < `before` of a private room (history pages
+   * carry messages only), where they fall inside the loaded window. `above`: the range lies
+   * above the reader, whose view must not move.
+   */
+  async #backfill(after, before, { above }) {
+    if (this.kind !== 'private' || !(before > after + 1)) return;
+    const generation = this.#generation;
+    let events;
+    try {
+      events = await memberEvents(this.name, Math.max(after, 0), before);
+    } catch {
+      return; // the messages are there; their member lines are missing until a reload
+    }
+    if (generation !== this.#generation) return;
+    // An event below the lowest loaded message belongs there only once nothing is older.
+    const low = this.hasMore === false ? 0 : this.#edgeMessage(false) ?? Infinity;
+    const high = this.hasNewer ? this.#edgeMessage(true) ?? 0 : Infinity;
+    const fresh = events.filter((e) => e.seq > low && e.seq < high
+      && !this.messages.has(e.seq) && !this.#inGap(e.seq));
+    if (fresh.length === 0) return;
+    const mutate = () => {
+      for (const frame of fresh) {
+        const row = systemRow(frame);
+        this.#placeEvent(frame, row);
+        // No time of its own: it sits under the day of the message before it.
+        const ts = row.previousElementSibling?.dataset.ts ?? row.nextElementSibling?.dataset.ts;
+        if (ts) row.dataset.ts = ts;
+        regroup(row);
+        regroup(row.nextElementSibling);
+      }
+    };
+    if (above) this.pane.preserve(this, mutate);
+    else mutate();
+    this.#trim();
+  }
+
+  #markBusy() {
+    if (this.#loading || this.#loadingNewer) this.el.setAttribute('aria-busy', 'true');
+    else this.el.removeAttribute('aria-busy');
+  }
+
+  #renderBottom() {
+    const content = this.hasNewer || this.#loadingNewer
+      ? historyBottom({ loading: this.#loadingNewer, error: this.#newerError }) : null;
+    this.bottom.replaceChildren(...(content ? [content] : []));
+  }
+
+  /** Record a confirmed message and put its row in seq order. `quotes: false`: the caller
+   * refreshes the quotes of a whole batch at once. */
+  #store(msg, row, { quotes = true } = {}) {
     const entry = { msg, row };
     this.messages.set(msg.seq, entry);
     this.minSeq = Math.min(this.minSeq, msg.seq);
     this.maxSeq = Math.max(this.maxSeq, msg.seq);
     this.#place(row, msg.seq);
-    this.#adopt(entry);
+    this.#adopt(entry, { quotes });
   }
 
-  /** A message just loaded: apply the events that came before it, show it, and refresh the
-   * quotes of its replies. */
-  #adopt(entry) {
+  /** A message just loaded: apply the events that came before it, show it, and (unless
+   * `quotes` is false) refresh the quotes of its replies. */
+  #adopt(entry, { quotes = true } = {}) {
     const seq = entry.msg.seq;
     const early = this.#early.get(seq);
     if (early) {
@@ -479,13 +685,15 @@ export class RoomView {
         entry.msg = applyEvent(entry.msg, event, this.me) ?? entry.msg;
       }
     }
+    // Loaded now; once the window drops it, a quote of it fetches it again.
+    this.#originalRequests.delete(seq);
     const fetched = this.#originals.get(seq);
     if (fetched) {
       this.#originals.delete(seq);
       if (fetched.version > entry.msg.version) entry.msg = fetched;
     }
     this.#render(entry);
-    this.#refreshQuotes(seq);
+    if (quotes) this.#refreshQuotes(seq);
   }
 
   /** A newer copy (or null: nothing to do) of a loaded message. */
@@ -519,18 +727,26 @@ export class RoomView {
         }
         this.#early.delete(seq);
         this.#originals.set(seq, copy);
+        if (this.#originals.size > WINDOW) {
+          const [oldest] = this.#originals.keys();
+          this.#originals.delete(oldest);
+          this.#originalRequests.delete(oldest);
+        }
         this.#refreshQuotes(seq);
       }, () => {}); // the quote keeps saying "an earlier message"
     }
     return null;
   }
 
-  #refreshQuotes(seq) {
-    const original = this.message(seq);
-    for (const quote of this.list.querySelectorAll(`.msg-quote[data-target="${seq}"]`)) {
-      fillQuote(quote, original);
+  /** Show the current state of messages `seqs` in the quotes of their replies (one pass
+   * over the quotes, however many seqs: a page of history comes as one batch). */
+  #refreshQuotes(...seqs) {
+    const changed = new Set(seqs);
+    for (const quote of this.list.querySelectorAll('.msg-quote[data-target]')) {
+      const seq = Number(quote.dataset.target);
+      if (changed.has(seq)) fillQuote(quote, this.message(seq));
     }
-    if (this.replyTo === seq) this.onQuoteChange(this);
+    if (changed.has(this.replyTo)) this.onQuoteChange(this);
   }
 
   /** The messages of a REST page worth adding (ascending, not shown yet, `keep(seq)`),
@@ -582,9 +798,10 @@ export class RoomView {
     for (const entry of entries) {
       this.messages.set(entry.msg.seq, entry);
       regroup(entry.row);
-      this.#adopt(entry);
+      this.#adopt(entry, { quotes: false });
     }
     regroup(oldFirst);
+    this.#refreshQuotes(...msgs.map((m) => m.seq));
   }
 
   #removeRow(row) {
@@ -598,6 +815,11 @@ export class RoomView {
     this.#generation += 1;
     this.#loading = false;
     this.#loadError = '';
+    this.#loadingNewer = false;
+    this.#newerError = '';
+    this.hasNewer = false;
+    this.#tail.clear();
+    this.#renderBottom();
     this.el.removeAttribute('aria-busy');
     for (const { row } of this.messages.values()) row.remove();
     for (const { row } of this.pending.values()) regroup(row);
