@@ -29,6 +29,7 @@ from typing import Literal, Protocol
 import orjson
 
 from . import metrics
+from .activity import Activity
 from .db import Unavailable
 from .fanout import Fanout
 from .hubs import Hubs, Joined, Removed
@@ -146,6 +147,7 @@ class Chat:
         self._tasks: list[asyncio.Task[None]] = []
         # User-stream frames being published (tell_soon): not waited for by whoever caused them.
         self._telling: set[asyncio.Task[None]] = set()
+        self._activity = Activity(reads.engine, self._tell_here)
 
     # -- connections ---------------------------------------------------------------------
 
@@ -165,7 +167,10 @@ class Chat:
     def attach(self, member: Member) -> None:
         """A new connection: it hears its user's own stream from now on."""
         self.connections.add(member)
-        self._by_user.setdefault(member.username, set()).add(member)
+        mine = self._by_user.setdefault(member.username, set())
+        if not mine:
+            self._activity.connected(member.username)
+        mine.add(member)
 
     def detach(self, member: Member) -> None:
         self.connections.discard(member)
@@ -174,6 +179,7 @@ class Chat:
             mine.discard(member)
             if not mine:
                 del self._by_user[member.username]
+                self._activity.disconnected(member.username)
 
     @property
     def writer_depth(self) -> int:
@@ -410,9 +416,17 @@ class Chat:
         except Exception as error:
             log.warning("a log notification was not published: %s", error)
 
+    def _tell_here(self, user: str, frame: str) -> None:
+        """`frame` to this instance's connections of `user`."""
+        for member in list(self._by_user.get(user, ())):
+            member.push_live(frame)
+
     def _heard_user_note(self, note: UserNote) -> None:
         ended: str | None = None
+        rooms_changed = orjson.loads(note.frame).get("type") == "rooms"
         for user in note.users:
+            if rooms_changed and user in self._by_user:
+                self._activity.watch_soon(user)  # the rooms watched for activity
             for member in list(self._by_user.get(user, ())):
                 if ended is None:
                     ended = _public_room_left(note.frame)
@@ -473,10 +487,12 @@ class Chat:
         """A notification from any instance (this one included)."""
         if isinstance(note, MessagesNote):
             for m in note.messages:
+                self._activity.heard(m.room_id)
                 hub = self._hubs.get(m.room_id)
                 if hub is not None:  # else nobody here is in that room
                     hub.offer(m.stored(hub.room))
             for room_id, seq in note.refs:
+                self._activity.heard(room_id)
                 self._hubs.committed(room_id, seq)
         elif isinstance(note, PresenceNote):
             self._presence.heard(note)  # _presence_changed, if it changes what members know
@@ -520,6 +536,7 @@ class Chat:
         self._writer.start()
         self._fanout.start(on_note=self._on_note, on_recovered=self._recovered)
         self._tasks.append(asyncio.create_task(self._resync_loop(), name="resync"))
+        self._tasks.append(asyncio.create_task(self._activity.run(), name="activity"))
         if not await self._fanout.wait_healthy(10):
             log.warning("fan-out listener not healthy yet; /readyz says 503 until it is")
 
@@ -550,6 +567,7 @@ class Chat:
         for task in [*self._tasks, *self._telling]:
             task.cancel()
         await asyncio.gather(*self._tasks, *self._telling, return_exceptions=True)
+        await self._activity.stop()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(5):
                 while self.connections:

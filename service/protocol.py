@@ -316,6 +316,17 @@ def change_ack(room: str, seq: int, created_at: datetime | None, duplicate: bool
     )
 
 
+def activity(room: str, last_seq: int, last_message_seq: int, last_message_at: datetime) -> str:
+    """A room of the user's has new messages (their own stream)."""
+    return _encode(
+        "activity",
+        room=room,
+        last_seq=last_seq,
+        last_message_seq=last_message_seq,
+        last_message_at=_timestamp(last_message_at),
+    )
+
+
 def read_moved(room: str, seq: int) -> str:
     """The user's read cursor in `room` moved to `seq` (their own stream)."""
     return _encode("read", room=room, seq=seq)

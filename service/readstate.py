@@ -106,13 +106,13 @@ class Counts:
 
 class ReadState:
     def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
+        self.engine = engine
 
     async def mark(self, room: str, user: str, seq: int) -> Marked:
         """Move `user`'s cursor in `room` to `seq` (capped at the room's last seq; never
         back). NotFound for an unknown room, Forbidden when the user is not a member. One
         statement, in autocommit: its own transaction, and no BEGIN or COMMIT round trip."""
-        async with reading(self._engine) as conn:
+        async with reading(self.engine) as conn:
             row = (
                 await conn.execute(_MARK, {"room": room, "username": user, "seq": seq})
             ).one_or_none()
@@ -127,7 +127,7 @@ class ReadState:
 
     async def counts(self, room_id: int, user: str) -> Counts:
         """`user`'s cursor and counts in a room they are a member of."""
-        async with reading(self._engine) as conn:
+        async with reading(self.engine) as conn:
             row = (
                 await conn.execute(_COUNTS_OF, {"room_id": room_id, "username": user})
             ).one_or_none()

@@ -5,6 +5,7 @@ or the author."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from tests.support import Instance, WsClient, quiet, users, ws_connect
@@ -129,3 +130,64 @@ async def test_every_dm_message_notifies_the_peer(instances: tuple[Instance, Ins
         assert (frame["room"], frame["seq"], frame["excerpt"]) == (dm, r.json()["seq"], "psst")
     r = await rest(b, other, "GET", f"/api/rooms/{dm}")
     assert (r.json()["unread"], r.json()["mentions"]) == (1, 1)
+
+
+def activities(frames: list[dict[str, Any]], room: str) -> list[dict[str, Any]]:
+    return [f for f in frames if f["type"] == "activity" and f["room"] == room]
+
+
+async def test_activity_reaches_unjoined_connections_once_a_second(
+    instances: tuple[Instance, Instance],
+) -> None:
+    """New messages in a room of the user's: `activity` on every connection of theirs,
+    joined to the room or not, at most once a second, naming the room's last message; an
+    edit is no new message; a non-member and a removed member hear nothing of the room."""
+    a, b = instances
+    poster, watcher, stranger = await users(a, 3)
+    room = await private_room(a, poster, watcher)
+    async with (
+        ws_connect(b.url, watcher.token, stream=True) as watcher_b,
+        ws_connect(a.url, watcher.token, stream=True) as watcher_a,
+        ws_connect(b.url, stranger.token, stream=True) as stranger_ws,
+    ):
+        await asyncio.sleep(0.5)  # the instances read the watcher's rooms
+        seqs = []
+        for i in range(8):
+            r = await rest(a, poster, "POST", f"/api/rooms/{room}/messages", json={"body": f"m{i}"})
+            seqs.append(r.json()["seq"])
+            await asyncio.sleep(0.1)
+        for ws in (watcher_a, watcher_b):
+            got = activities(await quiet(ws, 2.5), room)
+            # 8 messages over ~0.8 s: one or two frames a second, the last naming the last.
+            assert 1 <= len(got) <= 3, got
+            last = got[-1]
+            assert (last["last_seq"], last["last_message_seq"]) == (seqs[-1], seqs[-1])
+            assert set(last) == {"type", "room", "last_seq", "last_message_seq", "last_message_at"}
+        # An edit is no new message.
+        r = await rest(a, poster, "PATCH", f"/api/rooms/{room}/messages/{seqs[0]}",
+                       json={"body": "edited"})  # fmt: skip
+        assert r.status_code == 200
+        assert activities(await quiet(watcher_b, 1.5), room) == []
+        # Removed: nothing more of the room.
+        r = await rest(a, poster, "DELETE", f"/api/rooms/{room}/members/{watcher.name}")
+        assert r.status_code == 204
+        await asyncio.sleep(0.3)
+        await rest(a, poster, "POST", f"/api/rooms/{room}/messages", json={"body": "after"})
+        for ws in (watcher_a, watcher_b):
+            assert activities(await quiet(ws, 1.5), room) == []
+        assert [f for f in await quiet(stranger_ws, 0.1) if room in str(f)] == []
+
+
+async def test_activity_follows_a_room_added_after_connecting(
+    instances: tuple[Instance, Instance],
+) -> None:
+    a, b = instances
+    poster, watcher = await users(a, 2)
+    async with ws_connect(b.url, watcher.token, stream=True) as ws:
+        await asyncio.sleep(0.3)
+        room = await private_room(a, poster, watcher)  # a `rooms` frame: watched from then on
+        await next_of(ws, "rooms")
+        await asyncio.sleep(0.5)
+        r = await rest(a, poster, "POST", f"/api/rooms/{room}/messages", json={"body": "hi"})
+        frame = await next_of(ws, "activity", timeout=5)
+        assert (frame["room"], frame["last_message_seq"]) == (room, r.json()["seq"])
