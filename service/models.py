@@ -21,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -159,8 +159,11 @@ class Message(Base):
     version: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
     # [{"emoji", "count"}] in order of first use; NULL when there are none.
     reactions: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    # The current body's words for search (service/search.py); NULL once deleted.
+    search: Mapped[str | None] = mapped_column(TSVECTOR)
 
     __table_args__ = (
+        Index("ix_messages_search", "search", postgresql_using="gin"),
         # Idempotency: a retried send finds its original through this index.
         Index(
             "uq_messages_room_author_client_id",

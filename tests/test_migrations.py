@@ -137,9 +137,11 @@ def test_upgrade_downgrade_upgrade(new_database: Callable[[], str]) -> None:
     assert "(room_id, author, client_id)" in found["uq_messages_room_author_client_id"]
     assert "client_id IS NOT NULL" in found["uq_messages_room_author_client_id"]
     assert "(room_id, seq)" in found["pk_messages"]
-    # The whole history path is range scans of the primary key: no other index on messages.
+    # The whole history path is range scans of the primary key: no other index on messages
+    # but search's GIN index of the lexemes.
     on_messages = {name for name, sql in found.items() if " ON public.messages " in sql}
-    assert on_messages == {"pk_messages", "uq_messages_room_author_client_id"}
+    assert on_messages == {"pk_messages", "uq_messages_room_author_client_id", "ix_messages_search"}
+    assert "USING gin (search)" in found["ix_messages_search"]
 
     migrate.downgrade(settings, "base")
     assert tables(url) <= {"alembic_version"}

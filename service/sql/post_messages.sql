@@ -11,7 +11,8 @@
 -- room ('not_found'); makes the authors of sends to a public room members of it (`joined`
 -- says who became one; the first of a room without an owner, its owner); finds sends that
 -- repeat a committed (room, author, client_id); numbers the others after each room's last
--- seq (the head of its whole log); inserts them and advances the rooms.
+-- seq (the head of its whole log); inserts them, with their search lexemes (p_searches: the
+-- tsvector literals service/search.py makes), and advances the rooms.
 --
 -- Changes, one by one in the order given (they are few next to messages, and each reads
 -- what the one before it wrote): checks the rules of PROTOCOL.md in its order (the actor
@@ -20,9 +21,9 @@
 -- 'not_found'; one emoji more than p_max_emoji: 'limit_reached'; a change that would
 -- change nothing: duplicate, with the target's current version as its seq), then appends
 -- the event with the room's next seq and applies it to the message's current state:
---   edit: the body, edited_at and version;
---   delete: erases the body, every earlier version of it (the bodies of its edit events)
---     and its reactions, keeping the tombstone (seq, author, created_at, client_id,
+--   edit: the body, its search lexemes (p_c_searches), edited_at and version;
+--   delete: erases the body, its search lexemes, every earlier version of it (the bodies of
+--     its edit events) and its reactions, keeping the tombstone (seq, author, created_at, client_id,
 --     reply_to, version);
 --   reaction: the reactions table (who reacted) and the message's counts (in order of
 --     first use; an emoji whose count falls to 0 disappears).
@@ -42,8 +43,10 @@
 CREATE OR REPLACE FUNCTION chat_post_messages(
     p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
     p_reply_tos bigint[],
+    p_searches text[],
     p_c_rooms bigint[], p_c_actors text[], p_c_kinds text[], p_c_targets bigint[],
     p_c_bodies text[], p_c_emojis text[], p_c_ops text[], p_max_emoji integer,
+    p_c_searches text[],
     p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
     p_key_inner bytea, p_key_outer bytea,
     OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
@@ -123,8 +126,8 @@ BEGIN
         JOIN rooms rm ON rm.id = i.r
         WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.ord = i.ord)
     ), ins AS (
-        INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reply_to)
-        SELECT f.r, f.seq, f.a, f.b, f.c, stamp, f.reply FROM fresh f
+        INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reply_to, search)
+        SELECT f.r, f.seq, f.a, f.b, f.c, stamp, f.reply, p_searches[f.ord]::tsvector FROM fresh f
     ), adv AS (
         UPDATE rooms SET last_seq = top.seq, last_message_seq = top.seq, last_message_at = stamp
         FROM (SELECT f.r, max(f.seq) AS seq FROM fresh f GROUP BY f.r) AS top
@@ -246,14 +249,16 @@ BEGIN
         IF v_kind = 'edit' THEN
             INSERT INTO events (room_id, seq, kind, actor, target, body, created_at)
             VALUES (v_room, v_seq, 'edit', v_actor, v_target, p_c_bodies[k], stamp);
-            UPDATE messages SET body = p_c_bodies[k], edited_at = stamp, version = v_seq
+            UPDATE messages SET body = p_c_bodies[k], edited_at = stamp, version = v_seq,
+                search = p_c_searches[k]::tsvector
             WHERE room_id = v_room AND seq = v_target;
             v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'edit',
                 'target', v_target, 'author', v_actor, 'body', p_c_bodies[k], 'edited_at', stamp);
         ELSIF v_kind = 'delete' THEN
             INSERT INTO events (room_id, seq, kind, actor, target, created_at)
             VALUES (v_room, v_seq, 'delete', v_actor, v_target, stamp);
-            UPDATE messages SET body = '', deleted = true, reactions = NULL, version = v_seq
+            UPDATE messages SET body = '', deleted = true, reactions = NULL, version = v_seq,
+                search = NULL
             WHERE room_id = v_room AND seq = v_target;
             -- Every earlier version of the text goes with it.
             UPDATE events SET body = ''
