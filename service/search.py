@@ -2,14 +2,20 @@
 the messages matching a query (service/search_text.py makes its `tsquery`) in the rooms a
 user may read, newest first, a page at a time.
 
-One GIN index over `messages.search` finds the matches; the caller's rooms (read again on
-every page, so a removed member stops finding a room at once) are a condition of the same
-statement, which the planner serves from the primary key; the page is the newest `limit` by
-(created_at, room_id, seq), a keyset that the opaque cursor carries.
+The caller's rooms are read again on every page, so a removed member stops finding a room
+at once. A page is the newest `limit` by (created_at, room_id, seq), a keyset the opaque
+cursor carries, found one of two ways, chosen by the planner's estimate of the matches:
+
+- words of few messages: every match in the rooms, through the GIN index of the lexemes
+  (ANDed with the primary key's ranges of the rooms), then the newest;
+- words of many messages (more than a tenth of the rooms' messages): each room's primary key
+  walked back from its newest message, stopping at `limit` matches, then the newest of
+  those; fetching and sorting every match would cost more.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,14 +42,32 @@ _SETTINGS = text(
     "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
     " set_config('statement_timeout', :timeout, true)"
 )
-# Checked on every page: the rooms the caller is a member of now.
-_MY_ROOMS = text("SELECT room_id FROM members WHERE username = :user")
-_FIND = text(
-    f"SELECT m.room_id, r.name, {_COLUMNS} FROM messages m JOIN rooms r ON r.id = m.room_id"
-    " WHERE m.room_id = ANY(CAST(:rooms AS bigint[])) AND m.search @@ CAST(:q AS tsquery)"
-    " AND (m.created_at, m.room_id, m.seq) < (:at, :room_id, :seq)"
-    " ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT :limit"
+# Checked on every page: the rooms the caller is a member of now, and how long their logs
+# are (an upper bound of their messages).
+_MY_ROOMS = text(
+    "SELECT r.id, r.name, r.last_seq FROM members m JOIN rooms r ON r.id = m.room_id"
+    " WHERE m.username = :user"
 )
+_ONE_ROOM = text("SELECT id, name, last_seq FROM rooms WHERE id = :room_id")
+_MATCHES = "m.room_id = ANY(CAST(:rooms AS bigint[])) AND m.search @@ CAST(:q AS tsquery)"
+_AFTER = "(m.created_at, m.room_id, m.seq) < (:at, :room_id, :seq)"
+_ORDER = "ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT :limit"
+# How many of the rooms' messages the planner expects to match.
+_ESTIMATE = text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM messages m WHERE {_MATCHES}")
+# Every match, then the newest: for words of few messages, found through the GIN index.
+_FIND = text(f"SELECT m.room_id, {_COLUMNS} FROM messages m WHERE {_MATCHES} AND {_AFTER} {_ORDER}")
+# Each room's newest matches (walking its primary key back from the newest message, so it
+# stops after `limit`), then the newest of them: for words of many messages, which would
+# cost fetching and sorting every match. Within a room, created_at follows seq.
+_FIND_EACH = text(
+    f"SELECT m.room_id, {_COLUMNS} FROM unnest(CAST(:rooms AS bigint[])) AS r (id)"
+    f" CROSS JOIN LATERAL (SELECT m.room_id, {_COLUMNS} FROM messages m WHERE m.room_id = r.id"
+    f" AND m.search @@ CAST(:q AS tsquery) AND {_AFTER} ORDER BY m.seq DESC LIMIT :limit) AS m"
+    f" {_ORDER}"
+)
+# Past this share of the rooms' messages matching, walking each room back is cheaper than
+# fetching every match (bench/search.py measures both kinds of word).
+_COMMON = 0.1
 _FIRST = (datetime.max.replace(tzinfo=UTC), 0, 0)
 
 
@@ -84,15 +108,20 @@ class Search:
         async with writing(self._engine) as conn:
             await conn.execute(_SETTINGS, {"timeout": self._timeout})
             if room_id is None:
-                rooms = list((await conn.execute(_MY_ROOMS, {"user": user})).scalars())
+                heads = (await conn.execute(_MY_ROOMS, {"user": user})).all()
             else:
-                rooms = [room_id]
+                heads = (await conn.execute(_ONE_ROOM, {"room_id": room_id})).all()
+            rooms = [r.id for r in heads]
             params = {
                 "rooms": rooms, "q": query, "at": at, "room_id": after_room, "seq": after_seq,
                 "limit": limit + 1,
             }  # fmt: skip
-            rows = (await conn.execute(_FIND, params)).all() if rooms else []
-            messages = await _addressed(conn, user, rows[:limit])
+            rows: Sequence[Any] = []
+            if rooms:
+                common = await _estimate(conn, params) > _COMMON * sum(r.last_seq for r in heads)
+                rows = (await conn.execute(_FIND_EACH if common else _FIND, params)).all()
+            names = {r.id: r.name for r in heads}
+            messages = await _addressed(conn, user, names, rows[:limit])
         next_cursor = None
         if len(rows) > limit:
             last = rows[limit - 1]
@@ -102,11 +131,20 @@ class Search:
         return Results(messages, next_cursor)
 
 
-async def _addressed(conn: AsyncConnection, user: str, rows: Sequence[Any]) -> list[StoredMessage]:
+async def _estimate(conn: AsyncConnection, params: dict[str, Any]) -> float:
+    """The planner's estimate of the messages that match in the rooms."""
+    raw = (await conn.execute(_ESTIMATE, params)).scalar_one()
+    plan = json.loads(raw) if isinstance(raw, str) else raw
+    return float(plan[0]["Plan"]["Plan Rows"])
+
+
+async def _addressed(
+    conn: AsyncConnection, user: str, names: dict[int, str], rows: Sequence[Any]
+) -> list[StoredMessage]:
     """The rows as messages addressed to `user` (with `me`), in their order."""
     by_room: dict[int, list[StoredMessage]] = {}
     for row in rows:
-        by_room.setdefault(row.room_id, []).append(_message(row.name, row[2:]))
+        by_room.setdefault(row.room_id, []).append(_message(names[row.room_id], row[1:]))
     mine = {}
     for room_id, messages in by_room.items():
         for m in await _with_mine(conn, room_id, user, messages):

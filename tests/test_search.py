@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 from service import migrate
-from service.search import _FIND, _FIRST
+from service.search import _FIND, _FIND_EACH, _FIRST
 from service.search_text import parse_query, search_vector
 from service.settings import Settings
 from tests.support import User, new_user, unique
@@ -219,16 +219,18 @@ async def test_edit_and_delete(
 async def test_plan_uses_the_indexes(
     client: httpx.AsyncClient, alice: User, pg: asyncpg.Connection
 ) -> None:
-    """Among five rooms of 20,000 messages each, the statement behind a search finds a rare
-    word through the GIN index and a word of every message of a room through the primary
-    key, newest first; never by reading the whole messages table."""
+    """Among five rooms of 20,000 messages each (a word in all, one of its own in each), the
+    statement behind a search finds a rare word through the GIN index and a word of every
+    message through each room's primary key, newest first; never by reading the whole
+    messages table. The same answers through the API, whichever way they were found."""
     rooms = [await create(client, alice, "public") for _ in range(5)]
     tag, common = unique("t"), unique("c")
     ids = [await pg.fetchval("SELECT id FROM rooms WHERE name = $1", r) for r in rooms]
     for room_id in ids:
         await pg.execute(
             "INSERT INTO messages (room_id, seq, author, body, search)"
-            " SELECT $1, g, $2, $3, CAST($4 AS tsvector) FROM generate_series(1, 20000) AS g",
+            " SELECT $1, g, $2, $3 || ' w' || g, CAST($4 || ' w' || g || ':3' AS tsvector)"
+            " FROM generate_series(1, 20000) AS g",
             room_id,
             alice.name,
             f"{common} filler",
@@ -246,6 +248,22 @@ async def test_plan_uses_the_indexes(
         plan = "\n".join(r[0] for r in await pg.fetch(f"EXPLAIN {sql}", *args))
         assert "Seq Scan on messages" not in plan, plan
         assert index in plan, plan
+    each = re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", _FIND_EACH.text)
+    plan = "\n".join(
+        r[0] for r in await pg.fetch(f"EXPLAIN {each}", ids, parse_query(common), *_FIRST, 4)
+    )
+    assert "Seq Scan on messages" not in plan and "Index Scan Backward using pk_messages" in plan, (
+        plan
+    )
+
+    # Through the API: the common word is every message of the five rooms (each room walked
+    # back), the rare one a single message (the GIN index); the same order and paging.
+    newest = [(rooms[0], 20001)] + [(rooms[4], seq) for seq in range(20000, 19995, -1)]
+    first = await search(client, alice, common, limit=3)
+    second = await search(client, alice, common, limit=3, cursor=first["next_cursor"])
+    found = [(m["room"], m["seq"]) for m in first["results"] + second["results"]]
+    assert found == newest
+    assert [m["seq"] for m in (await search(client, alice, tag))["results"]] == [20001]
 
 
 async def test_upgrade_fills_earlier_messages(own_database: str) -> None:
