@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import json
 import random
+import re
 import string
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import aiohttp
 import asyncpg
 import orjson
 
-from service.search import _FIND, _FIRST
+from service.search import _ESTIMATE, _FIND_EACH, _FIRST, chosen
 from service.search_text import parse_query, search_vector
 
 from .cluster import create_rooms
@@ -188,17 +189,25 @@ async def search(bench: Any, rows: int) -> SearchFigures:
                         step.advance()
                 latencies[kind] = Percentiles.of(times)
         plans, sql_ms = {}, {}
-        names = ["rooms", "q", "at", "room_id", "seq", "limit"]
-        sql = _FIND.text
-        for i, name in enumerate(names, 1):
-            sql = sql.replace(f":{name}", f"${i}")
+        logs = await conn.fetchval(
+            "SELECT sum(last_seq) FROM rooms WHERE id = ANY($1::bigint[])", mine
+        )
         for kind, words in queries.items():
-            args = (mine, parse_query(words[-1]), *_FIRST, 21)
+            # The statement the service would choose, with its estimate.
+            query = parse_query(words[-1])
+            raw = await conn.fetchval(_positional(_ESTIMATE.text), mine, query)
+            estimate = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]["Plan Rows"]
+            statement = chosen(float(estimate), int(logs))
+            sql = _positional(statement.text)
+            args = (mine, query, *_FIRST, 21)
+            walk = "off" if statement is _FIND_EACH else "on"  # as the service sets it
+            await conn.execute(f"SET enable_bitmapscan = {walk}")
             raw = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
             plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
             sql_ms[kind] = round(float(plan["Execution Time"]), 3)
             text = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
-            plans[kind] = [f"q={words[-1]!r}"] + [r[0] for r in text]
+            await conn.execute("RESET enable_bitmapscan")
+            plans[kind] = [f"q={words[-1]!r} (estimate {estimate} rows)"] + [r[0] for r in text]
     finally:
         await conn.close()
         step.done()
@@ -214,6 +223,12 @@ async def search(bench: Any, rows: int) -> SearchFigures:
         plans=plans,
         sql_ms=sql_ms,
     )
+
+
+def _positional(sql: str) -> str:
+    """service/search.py's statements with asyncpg's placeholders."""
+    names = ["rooms", "q", "at", "room_id", "seq", "limit"]
+    return re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", sql)
 
 
 async def ingest_without_index(bench: Any, ingest: Callable[[Any], Any]) -> Throughput:
