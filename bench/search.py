@@ -18,10 +18,8 @@ import random
 import re
 import string
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
-import aiohttp
 import asyncpg
 import orjson
 
@@ -30,6 +28,7 @@ from service.search_text import parse_query, search_vector
 
 from .cluster import create_rooms
 from .figures import Percentiles, SearchFigures, Throughput, size_label
+from .scenarios import Bench, http_sessions
 
 VOCABULARY = 20_000
 POOL = 50_000
@@ -140,7 +139,7 @@ def _queries(
     }
 
 
-async def search(bench: Any, rows: int) -> SearchFigures:
+async def search(bench: Bench, rows: int) -> SearchFigures:
     """Load, then time the three kinds of query through the REST API, and EXPLAIN each."""
     label = size_label(rows)
     rng = random.Random(rows)
@@ -164,17 +163,7 @@ async def search(bench: Any, rows: int) -> SearchFigures:
         latencies: dict[str, Percentiles] = {}
         headers = {"Authorization": f"Bearer {bench.tokens[0]}"}
         async with contextlib.AsyncExitStack() as stack:
-            http = [
-                await stack.enter_async_context(
-                    aiohttp.ClientSession(
-                        base_url=s.url,
-                        headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=30),
-                        connector=aiohttp.TCPConnector(limit=1),
-                    )
-                )
-                for s in bench.instances
-            ]
+            http = await http_sessions(stack, bench, headers)
             for kind, words in queries.items():
                 times = []
                 for i, q in enumerate(words):
@@ -231,7 +220,9 @@ def _positional(sql: str) -> str:
     return re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", sql)
 
 
-async def ingest_without_index(bench: Any, ingest: Callable[[Any], Any]) -> Throughput:
+async def ingest_without_index(
+    bench: Bench, ingest: Callable[[Bench], Awaitable[Throughput]]
+) -> Throughput:
     """`ingest` with the search index dropped (the lexemes are still computed and stored),
     then the index built again."""
     conn = await asyncpg.connect(bench.db.url, command_timeout=3600)
