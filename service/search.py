@@ -26,7 +26,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import writing
 from .members import _cursor_time, _decode_cursor, _encode_cursor
-from .protocol import StoredMessage
+from .protocol import MAX_SEQ, StoredMessage
+from .refusals import Invalid
 from .search_text import parse_query
 from .store import _message, _with_mine
 
@@ -82,6 +83,8 @@ def _position(cursor: str | None) -> tuple[datetime, int, int]:
     if cursor is None:
         return _FIRST
     stamp, room_id, seq = _decode_cursor(cursor, "search", (str, int, int))
+    if not (0 <= room_id <= MAX_SEQ and 0 <= seq <= MAX_SEQ):  # bigints, both
+        raise Invalid("cursor is not one this list gave")
     return _cursor_time(stamp), room_id, seq
 
 

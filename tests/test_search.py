@@ -138,6 +138,12 @@ async def test_paging_newest_first(client: httpx.AsyncClient, alice: User) -> No
         {"q": "hello", "cursor": "not-a-cursor"},
         {"q": "hello", "cursor": "WyJtaW5lIiwiMjAyNi0wMS0wMSIsMV0"},  # another list's cursor
         {"q": "hello", "cursor": "WyJzZWFyY2giLCJ4IiwxLDJd"},  # ["search","x",1,2]
+        # ["search", "2026-01-01T00:00:00+00:00", 1, 10**20]: past a bigint
+        {
+            "q": "hello",
+            "cursor": "WyJzZWFyY2giLCAiMjAyNi0wMS0wMVQwMDowMDowMCswMDowMCIsIDEsIDEw"
+            "MDAwMDAwMDAwMDAwMDAwMDAwMF0",
+        },
         {"q": "hello", "room": "Not A Room"},
     ],
 )
