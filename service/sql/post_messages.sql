@@ -13,7 +13,8 @@
 -- repeat a committed (room, author, client_id); numbers the others after each room's last
 -- seq (the head of its whole log) and counts them (`n`, a message's ordinal among its
 -- room's messages, and rooms.message_count: the arithmetic behind exact unread counts, see
--- service/readstate.py); inserts them, advances the rooms, and moves each author's read
+-- service/readstate.py); inserts them, with their search lexemes (p_searches: the tsvector
+-- literals service/search.py makes), advances the rooms, and moves each author's read
 -- cursor to their newest message there (PROTOCOL.md, Read cursor). Records who each one
 -- mentions (the `mentions` table; not in a dm, where every message mentions the peer and
 -- the unread count is the mention count) and tells them: a `notification` frame on the
@@ -28,11 +29,11 @@
 -- p_max_emoji: 'limit_reached'; a change that would change nothing: duplicate, with the
 -- target's current version as its seq), then appends
 -- the event with the room's next seq and applies it to the message's current state:
---   edit: the body, edited_at and version, and the mentions of the new text (no new
---     notification);
---   delete: erases the body, every earlier version of it (the bodies of its edit events)
---     its reactions and its mentions, keeping the tombstone (seq, author, created_at,
---     client_id, reply_to, version);
+--   edit: the body, its search lexemes (p_c_searches), edited_at and version, and the
+--     mentions of the new text (no new notification);
+--   delete: erases the body, its search lexemes, every earlier version of it (the bodies of
+--     its edit events), its reactions and its mentions, keeping the tombstone (seq, author,
+--     created_at, client_id, reply_to, version);
 --   reaction: the reactions table (who reacted) and the message's counts (in order of
 --     first use; an emoji whose count falls to 0 disappears).
 --
@@ -51,8 +52,10 @@
 CREATE OR REPLACE FUNCTION chat_post_messages(
     p_rooms bigint[], p_authors text[], p_bodies text[], p_client_ids text[],
     p_reply_tos bigint[],
+    p_searches text[],
     p_c_rooms bigint[], p_c_actors text[], p_c_kinds text[], p_c_targets bigint[],
     p_c_bodies text[], p_c_emojis text[], p_c_ops text[], p_max_emoji integer,
+    p_c_searches text[],
     p_channel text, p_payload_max integer, p_inline_max integer, p_batch uuid,
     p_key_inner bytea, p_key_outer bytea,
     OUT seqs bigint[], OUT created timestamptz[], OUT repeated boolean[],
@@ -147,8 +150,10 @@ BEGIN
               FROM checked c WHERE c.code IS NULL AND c.joins GROUP BY c.r, c.a) AS j
         ON CONFLICT DO NOTHING
     ), ins AS (
-        INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reply_to, n)
-        SELECT f.r, f.seq, f.a, f.b, f.c, stamp, f.reply, f.n FROM fresh f
+        INSERT INTO messages (room_id, seq, author, body, client_id, created_at, reply_to, n,
+                              search)
+        SELECT f.r, f.seq, f.a, f.b, f.c, stamp, f.reply, f.n, p_searches[f.ord]::tsvector
+        FROM fresh f
     ), adv AS (
         UPDATE rooms SET last_seq = top.seq, last_message_seq = top.seq, last_message_at = stamp,
                          message_count = top.n
@@ -314,7 +319,7 @@ BEGIN
             INSERT INTO events (room_id, seq, kind, actor, target, body, created_at)
             VALUES (v_room, v_seq, 'edit', v_actor, v_target, p_c_bodies[k], stamp);
             UPDATE messages SET body = p_c_bodies[k], edited_at = stamp, version = v_seq,
-                                reactions = v_reactions
+                                reactions = v_reactions, search = p_c_searches[k]::tsvector
             WHERE room_id = v_room AND seq = v_target;
             pending := pending - v_key;
             -- Mentions follow the current text (a text without `@` names nobody).
@@ -331,7 +336,8 @@ BEGIN
         ELSIF v_kind = 'delete' THEN
             INSERT INTO events (room_id, seq, kind, actor, target, created_at)
             VALUES (v_room, v_seq, 'delete', v_actor, v_target, stamp);
-            UPDATE messages SET body = '', deleted = true, reactions = NULL, version = v_seq
+            UPDATE messages SET body = '', deleted = true, reactions = NULL, version = v_seq,
+                search = NULL
             WHERE room_id = v_room AND seq = v_target;
             pending := pending - v_key;
             -- Every earlier version of the text goes with it.
