@@ -12,6 +12,7 @@ primary keys, so its cost does not grow with the size of the tables. Outages sur
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Sequence
@@ -424,6 +425,33 @@ def _refusal(code: str | None) -> Refusal | None:
     return None
 
 
+# Folding text for search is pure Python: a batch of long non-ASCII bodies (CJK text is a
+# pair lexeme per character) is folded in a thread, so the event loop keeps serving sockets
+# meanwhile (the GIL is handed back every few milliseconds) instead of stalling for the
+# whole batch.
+_FOLD_IN_THREAD_CHARS = 20_000
+
+
+async def _search_vectors(
+    messages: list[Draft], changes: list[ChangeDraft]
+) -> tuple[list[str], list[str | None]]:
+    """The search lexemes of the new messages' and the edits' bodies."""
+    bodies = [d.body for d in messages]
+    c_bodies = [d.body for d in changes]
+
+    def fold() -> tuple[list[str], list[str | None]]:
+        return (
+            [search_vector(b) for b in bodies],
+            [search_vector(b) if b is not None else None for b in c_bodies],
+        )
+
+    heavy = sum(len(b) for b in bodies if not b.isascii())
+    heavy += sum(len(b) for b in c_bodies if b is not None and not b.isascii())
+    if heavy > _FOLD_IN_THREAD_CHARS:
+        return await asyncio.to_thread(fold)
+    return fold()
+
+
 class PostgresStore:
     """`key` signs the notifications `store` builds; a store that only reads needs none."""
 
@@ -440,13 +468,14 @@ class PostgresStore:
         unique, owner = unique_drafts(drafts)
         messages = [d for d in unique if isinstance(d, Draft)]
         changes = [d for d in unique if isinstance(d, ChangeDraft)]
+        searches, c_searches = await _search_vectors(messages, changes)
         params = {
             "rooms": [d.room_id for d in messages],
             "authors": [d.author for d in messages],
             "bodies": [d.body for d in messages],
             "cids": [d.client_id for d in messages],
             "replies": [d.reply_to for d in messages],
-            "searches": [search_vector(d.body) for d in messages],
+            "searches": searches,
             "c_rooms": [d.room_id for d in changes],
             "c_actors": [d.actor for d in changes],
             "c_kinds": [d.kind for d in changes],
@@ -454,7 +483,7 @@ class PostgresStore:
             "c_bodies": [d.body for d in changes],
             "c_emojis": [d.emoji for d in changes],
             "c_ops": [d.op for d in changes],
-            "c_searches": [search_vector(d.body) if d.body is not None else None for d in changes],
+            "c_searches": c_searches,
             "max_emoji": self._max_emoji,
             "channel": channel,
             "payload_max": NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,

@@ -11,7 +11,13 @@ import pytest
 
 from service.marks import MARKS, UNICODE_VERSION
 from service.refusals import Invalid
-from service.search_text import MAX_QUERY_WORDS, parse_query, search_vector, words
+from service.search_text import (
+    MAX_QUERY_WORDS,
+    PAIRED_CHARS,
+    parse_query,
+    search_vector,
+    words,
+)
 
 
 def test_marks_are_unicodes() -> None:
@@ -52,6 +58,14 @@ def test_vector_bounds() -> None:
     assert many.count(",") == 255  # a lexeme keeps at most 256 positions
     long = search_vector("y" * 500)
     assert long == f"'{'y' * 100}':1"
+    # The pairs of the first PAIRED_CHARS characters of spaceless text, over its words.
+    han = "".join(chr(0x4E00 + i) for i in range(3000))
+    pairs = [
+        lexeme for lexeme in search_vector(f"{han[:600]} {han[600:]}").split() if "~" in lexeme
+    ]
+    assert len(pairs) == 599 + (PAIRED_CHARS - 600 - 1)
+    assert f"'~{han[998:1000]}'" in {p.split(":")[0] for p in pairs}
+    assert f"'~{han[999:1001]}'" not in {p.split(":")[0] for p in pairs}
 
 
 @pytest.mark.parametrize(
