@@ -240,7 +240,7 @@ export class ChatSession {
       const v = view(m.room);
       if (!v) return;
       v.clearTyping(m.author);
-      // The first join's replay is recent history, not news: no pill, no unread bump.
+      // The first join's replay is recent history, not news: no pill.
       v.addMessage(m, { live: v.joinedOnce });
       this.rooms.activity(m.room, m.seq, m.created_at);
     });
