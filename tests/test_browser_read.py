@@ -13,12 +13,13 @@ Every wait is bounded (Playwright's expect and actions time out after WAIT_MS).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import time
 from typing import Any
 
 import httpx
-from playwright.async_api import Locator, expect
+from playwright.async_api import Locator, WebSocket, expect
 
 from tests.support import Instance, User, new_user
 from tests.test_browser import (  # noqa: F401 (found by name)
@@ -26,6 +27,7 @@ from tests.test_browser import (  # noqa: F401 (found by name)
     Tab,
     Tabs,
     browser,
+    expect_confirmed,
     http,
     open_in_room,
     send_from_page,
@@ -75,6 +77,22 @@ async def expect_badges(tab: Tab, room: str, unread: int, mentions: int) -> None
             await expect(shown).to_be_visible()
         else:
             await expect(shown).to_be_hidden()
+
+
+def record_reads(tab: Tab) -> list[dict[str, Any]]:
+    """Every `read` command the page writes to its sockets, from now on."""
+    reads: list[dict[str, Any]] = []
+
+    def on_socket(ws: WebSocket) -> None:
+        def on_frame(payload: str | bytes) -> None:
+            frame = json.loads(payload)
+            if frame.get("type") == "read":
+                reads.append(frame)
+
+        ws.on("framesent", on_frame)
+
+    tab.page.on("websocket", on_socket)
+    return reads
 
 
 async def expect_counts(
@@ -170,7 +188,9 @@ async def test_the_new_line_moves_to_the_cursor_when_coming_back(
     room, other = short("team-"), short("other-")
     await post(http, alice, other, "Elsewhere")
     await post(http, bob, room, "Seen before")
-    tab = await open_in_room(tabs, server, alice.name, room)
+    tab = await tabs.open(server)
+    reads = record_reads(tab)
+    await open_in_room(tabs, server, alice.name, room, tab=tab)
     await expect(tab.by("new-line")).to_have_count(0)  # joining made her a member: all read
     await expect(tab.row_with("Seen before")).to_have_count(1)
 
@@ -187,6 +207,17 @@ async def test_the_new_line_moves_to_the_cursor_when_coming_back(
 
     await send_from_page(tab, "Thanks, caught up")
     await expect(tab.by("new-line")).to_have_count(0)
+    await expect_confirmed(tab.row_with("Thanks, caught up"))
+    await post(http, bob, room, "Welcome back")
+    await expect(tab.row_with("Welcome back")).to_have_count(1)
+    await expect_counts(http, alice, room, 0, 0)
+    # Each `read` the page sent moved the cursor: none repeats or trails one before it, and
+    # none was sent for her own message (posting moved the cursor already).
+    seqs = [r["seq"] for r in reads if r["room"] == room]
+    assert seqs == sorted(set(seqs)), reads
+    own = await expect_confirmed(tab.row_with("Thanks, caught up"))
+    assert own not in seqs, reads
+    assert len(seqs) == 2, reads  # back in the room, and after "Welcome back"
     tab.watch.assert_clean()
 
 

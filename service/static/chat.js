@@ -243,6 +243,7 @@ export class ChatSession {
       // The first join's replay is recent history, not news: no pill.
       v.addMessage(m, { live: v.joinedOnce });
       this.rooms.activity(m.room, m.seq, m.created_at);
+      this.#ownMessage(m.room, m.seq, m.author);
     });
     for (const type of ['edit', 'delete', 'reaction']) {
       on(s, type, ({ detail: f }) => view(f.room)?.applyChange(f));
@@ -315,6 +316,7 @@ export class ChatSession {
       }
       view(f.room)?.confirm(f);
       this.rooms.activity(f.room, f.seq, f.created_at);
+      this.#ownMessage(f.room, f.seq, this.me);
     });
     on(s, 'sendfailed', ({ detail: f }) => view(f.room)?.fail(f.client_id, describeError(f.code, f.detail)));
     on(s, 'error', ({ detail: f }) => {
@@ -418,6 +420,12 @@ export class ChatSession {
       if (info?.role != null && this.rooms.has(room)) this.rooms.merge([info]);
     } while (this.#recounting.get(room));
     this.#recounting.delete(room);
+  }
+
+  /** Posting moves the author's cursor to their message (PROTOCOL.md, Read cursor), without
+   * a `read` frame: the page moves it too, so it sends no `read` that would not move it. */
+  #ownMessage(room, seq, author) {
+    if (author === this.me && Number.isInteger(seq) && this.rooms.read(room, seq)) this.#recount(room);
   }
 
   /** This tab left `room` for good (DELETE .../members/me answered). */
@@ -544,7 +552,8 @@ export class ChatSession {
 
   /** The newest messages of `view` are in view: move the cursor (when the page is seen). */
   #markRead(view) {
-    if (view === this.current) this.cursor.seen(view);
+    // Before its `joined`, a room's cursor is not known yet: its replay is no reason to move it.
+    if (view === this.current && view.joinedOnce) this.cursor.seen(view);
   }
 
   /** Draw the "New messages" line at the cursor in force, when there is news after it; with

@@ -56,6 +56,8 @@ export class ReadCursor {
     this.#timer = 0;
     const due = this.#due;
     this.#due = null;
-    if (due && this.#socket.read(due.room, due.seq)) this.#sent.set(due.room, due.seq);
+    // The cursor may have moved meanwhile (a `joined`, another tab, our own message).
+    if (!due || !(due.seq > (this.#rooms.get(due.room)?.last_read_seq ?? -1))) return;
+    if (this.#socket.read(due.room, due.seq)) this.#sent.set(due.room, due.seq);
   }
 }
