@@ -232,6 +232,9 @@ async def test_a_mention_while_hidden_shows_a_notification(
     r = await http.put(f"/api/rooms/{room}/members/{bob.name}", json={}, headers=alice.headers)
     assert r.status_code == 200, r.text
     await post(http, alice, room, "On call this week: me")
+    r = await http.post("/api/dms", json={"username": alice.name}, headers=bob.headers)
+    assert r.status_code == 201, r.text
+    dm = r.json()["name"]
 
     tab = await tabs.open(server)
     await tab.context.grant_permissions(["notifications"], origin=server.url)
@@ -243,15 +246,18 @@ async def test_a_mention_while_hidden_shows_a_notification(
     await post(http, bob, room, "Deploy finished")
     await post(http, bob, room, f"@{alice.name} the disk alert fired again")
     await expect_badges(tab, room, 2, 1)  # hidden: the open room counts, and is not read
+    await post(http, bob, dm, "Are you around?")  # every dm message is a mention
+    await expect_badges(tab, dm, 0, 1)  # a dm's one badge
     notes = await tab.page.evaluate("() => window.__notes")
     assert notes == [
-        {"title": f"{bob.name} in #{room}", "body": f"@{alice.name} the disk alert fired again"}
+        {"title": f"{bob.name} in #{room}", "body": f"@{alice.name} the disk alert fired again"},
+        {"title": bob.name, "body": "Are you around?"},
     ], notes
 
     await toggle.click()
     await expect(toggle).to_have_attribute("aria-pressed", "false")
     await post(http, bob, room, f"@{alice.name} never mind, fixed")
     await expect_badges(tab, room, 3, 2)
-    assert len(await tab.page.evaluate("() => window.__notes")) == 1
+    assert len(await tab.page.evaluate("() => window.__notes")) == 2
     await expect_counts(http, alice, room, 3, 2)
     tab.watch.assert_clean()

@@ -269,9 +269,11 @@ export class ChatSession {
       if (this.rooms.heard(f)) this.#recount(f.room);
     });
     on(s, 'notification', ({ detail: f }) => {
-      if (!this.rooms.has(f.room)) return;
+      if (typeof f.room !== 'string') return;
+      // A new dm's first message may come before its `rooms` frame is answered: only the
+      // server's word is needed (`dm-` names are dms'), which names no room for a dm.
+      this.notifier.notify(f, f.room.startsWith('dm-') ? null : `#${f.room}`);
       this.#recount(f.room);
-      this.notifier.notify(f, this.#label(f.room));
     });
     on(s, 'left', ({ detail: f }) => {
       if (f.reason !== 'removed' || typeof f.room !== 'string') return;

@@ -28,10 +28,11 @@ export class Notifier {
     this.#render();
   }
 
-  /** A `notification` frame: {room, seq, author, excerpt}; `label` names the room. */
+  /** A `notification` frame: {room, seq, author, excerpt}; `label` names the room ("#ops"),
+   * null for a dm. */
   notify({ room, seq, author, excerpt }, label) {
     if (!this.#on() || !document.hidden) return;
-    const note = new Notification(`${author} in ${label}`, {
+    const note = new Notification(label ? `${author} in ${label}` : author, {
       body: typeof excerpt === 'string' ? excerpt : '', tag: `${room}:${seq}`,
     });
     note.addEventListener('click', () => {
