@@ -336,9 +336,12 @@ async def join_by_name(tab: Tab, room: str) -> None:
     await expect_in_room(tab, room)
 
 
-async def open_in_room(tabs: Tabs, server: Instance, name: str, room: str) -> Tab:
-    """A new tab, logged in as `name`, with `room` open (by its URL) and joined."""
-    tab = await tabs.open(server)
+async def open_in_room(
+    tabs: Tabs, server: Instance, name: str, room: str, *, tab: Tab | None = None
+) -> Tab:
+    """A new tab (or `tab`, opened and prepared by the caller), logged in as `name`, with
+    `room` open (by its URL) and joined."""
+    tab = tab or await tabs.open(server)
     await tab.goto()
     await log_in(tab, name)
     await tab.goto(f"/#/room/{room}")

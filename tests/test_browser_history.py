@@ -348,7 +348,8 @@ async def test_private_room_with_the_room_log_for_the_readme(
     tabs: Tabs, server: Instance, http: httpx.AsyncClient
 ) -> None:
     """The README's picture of v2: a private room with a member line, a reply, an edited
-    message and reactions (the viewer's own highlighted), both members online."""
+    message and reactions (the viewer's own highlighted), both members online; the "New
+    messages" line above a message that mentions the viewer; another room's badges."""
     alice, bob = await new_user(http, short("alice_")), await new_user(http, short("bob_"))
     room = short("release-")
     await private_room(http, alice, room)
@@ -358,7 +359,11 @@ async def test_private_room_with_the_room_log_for_the_readme(
     await post(http, bob, room, "Congrats! The reconnect fix alone was worth it.", news["seq"])
     typo = await post(http, alice, room, "Thnaks all. Notes for 2.5 go in the planning doc.")
     await edit(http, alice, room, typo["seq"], "Thanks all. Notes for 2.5 go in the planning doc.")
-    question = await post(http, bob, room, "Shall I tag the docs site too?")
+    other = short("design-")
+    await post(http, alice, other, "Mock-ups for the settings page are up.")
+    await post(http, bob, other, "Looks good. One question on the dark theme.")
+    await post(http, bob, other, f"@{alice.name} can we go over it after lunch?")
+    question = await post(http, bob, room, f"@{alice.name} shall I tag the docs site too?")
     for user, seq, emoji in (
         (bob, news["seq"], "🎉"),
         (alice, news["seq"], "🎉"),
@@ -378,6 +383,11 @@ async def test_private_room_with_the_room_log_for_the_readme(
     quote = row_of(tab, news["seq"] + 1).get_by_test_id("reply-quote")
     await expect(quote).to_contain_text("Release 2.4 is out")
     await expect(tab.by("room-kind")).to_have_attribute("data-kind", "private")
+    await expect(row_of(tab, question["seq"]).get_by_test_id("new-line")).to_have_count(1)
+    await expect(row_of(tab, question["seq"]).get_by_test_id("mention")).to_have_count(1)
+    other_item = tab.page.locator(f"[data-testid='room-item'][data-room='{other}']")
+    await expect(other_item.get_by_test_id("room-unread")).to_have_attribute("data-count", "2")
+    await expect(other_item.get_by_test_id("room-mentions")).to_have_attribute("data-count", "1")
     await tab.page.mouse.move(1200, 400)  # over the online list: no message is hovered
     shot = await tab.shot("readme-v2.png")
     tab.watch.assert_clean()

@@ -38,6 +38,7 @@ const dom = {
   newDmOpen: $('new-dm-open'),
   browseOpen: $('browse-open'),
   sessionsOpen: $('sessions-open'),
+  notifyToggle: $('notify-toggle'),
   membersOpen: $('members-open'),
   roomKind: $('room-kind'),
   roomNotice: $('room-notice'),

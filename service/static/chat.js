@@ -12,7 +12,9 @@ import { MessageActions } from './message-actions.js';
 import { TOMBSTONE_TEXT, excerpt } from './message-parts.js';
 import { NewDmDialog } from './new-dm.js';
 import { NewRoomDialog } from './new-room.js';
+import { Notifier } from './notifier.js';
 import { MessagePane } from './pane.js';
+import { ReadCursor, attentive } from './read-cursor.js';
 import {
   KIND_TEXT, avatarClass, h, kindIcon, onlineItem, roomLabel, typingText,
 } from './render.js';
@@ -48,6 +50,8 @@ const limitText = () => {
 };
 const DONE_TEXT = { edit: 'Message edited.', delete: 'Message deleted.' };
 
+const isRead = (ref) => typeof ref === 'string' && ref.startsWith('read:');
+
 export const describeError = (code, detail) =>
   ERROR_TEXT[code] ?? (typeof detail === 'string' && detail ? detail : 'Something went wrong.');
 
@@ -71,6 +75,8 @@ export class ChatSession {
   admin = false;
   /** Our edits, deletes and reactions awaiting their ack: ref → {room, type, target, op} */
   #commands = new Map();
+  /** Rooms whose counts are being read again: room → whether to read them once more after. */
+  #recounting = new Map();
 
   /**
    * @param {string} me
@@ -87,7 +93,9 @@ export class ChatSession {
     const { signal } = this.#abort;
     this.rooms = new RoomList(
       { rooms: dom.roomList, dms: dom.dmList }, { rooms: dom.roomEmpty, dms: dom.dmEmpty },
-      me, (room) => this.navigate(room), signal);
+      (room) => this.navigate(room), () => this.#renderTitle(), signal);
+    this.cursor = new ReadCursor(this.socket, this.rooms);
+    this.notifier = new Notifier(dom.notifyToggle, me, (room) => this.navigate(room), signal);
     const opened = (room) => {
       this.rooms.merge([room]);
       this.navigate(room.name);
@@ -171,9 +179,17 @@ export class ChatSession {
       this.composer.focus();
     });
     on(d.reconnect, 'click', () => this.socket.reconnectNow());
-    on(document, 'visibilitychange', () => {
-      if (!document.hidden && this.current && this.pane.atBottom()) this.#markRead(this.current);
-    });
+    // Coming back to the page: what came meanwhile is marked, then read if in view.
+    const attention = () => {
+      const back = attentive();
+      if (back && this.current) this.#markNew(this.current, { keep: true });
+      this.rooms.setAttentive(back);
+      if (back && this.current && this.pane.atBottom()) this.#markRead(this.current);
+    };
+    on(document, 'visibilitychange', attention);
+    on(window, 'focus', attention);
+    on(window, 'blur', attention);
+    this.rooms.setAttentive(attentive());
 
     // Activity of rooms this tab has not joined only reaches us through the REST list.
     this.#timers.push(setInterval(() => this.#refreshRooms(), ROOMS_REFRESH_MS));
@@ -185,6 +201,7 @@ export class ChatSession {
 
   destroy() {
     this.#abort.abort();
+    this.cursor.dispose();
     this.#timers.forEach(clearInterval);
     clearTimeout(this.#toastTimer);
     this.socket.stop();
@@ -223,14 +240,10 @@ export class ChatSession {
       const v = view(m.room);
       if (!v) return;
       v.clearTyping(m.author);
-      // The first join's replay is recent history, not news: no pill, no unread bump.
+      // The first join's replay is recent history, not news: no pill.
       v.addMessage(m, { live: v.joinedOnce });
       this.rooms.activity(m.room, m.seq, m.created_at);
-      // Your own words (maybe from another tab) never count as unread.
-      if (m.author === this.me && (this.rooms.readSeq(m.room) ?? -1) >= m.seq - 1) {
-        this.rooms.markRead(m.room, m.seq);
-      }
-      this.#renderTitle();
+      this.#ownMessage(m.room, m.seq, m.author);
     });
     for (const type of ['edit', 'delete', 'reaction']) {
       on(s, type, ({ detail: f }) => view(f.room)?.applyChange(f));
@@ -248,6 +261,20 @@ export class ChatSession {
       if (this.members.room === f.room) this.members.refresh();
     });
     on(s, 'rooms', ({ detail: f }) => this.#onRoomsFrame(f));
+    // The user's stream: their cursor moved (in some tab), a room has new messages, a mention.
+    on(s, 'read', ({ detail: f }) => {
+      if (this.rooms.read(f.room, f.seq)) this.#recount(f.room);
+    });
+    on(s, 'activity', ({ detail: f }) => {
+      if (this.rooms.heard(f)) this.#recount(f.room);
+    });
+    on(s, 'notification', ({ detail: f }) => {
+      if (typeof f.room !== 'string') return;
+      // A new dm's first message may come before its `rooms` frame is answered: only the
+      // server's word is needed (`dm-` names are dms'), which names no room for a dm.
+      this.notifier.notify(f, f.room.startsWith('dm-') ? null : `#${f.room}`);
+      this.#recount(f.room);
+    });
     on(s, 'left', ({ detail: f }) => {
       if (f.reason !== 'removed' || typeof f.room !== 'string') return;
       if (this.#leaving.delete(f.room)) return; // this tab's own leave: already handled
@@ -256,7 +283,9 @@ export class ChatSession {
     on(s, 'joined', ({ detail: f }) => {
       const v = view(f.room);
       if (!v) return;
+      const first = !v.joinedOnce;
       v.onJoined(f);
+      if (first && v.newLine.shown) this.#announceNew(v);
       this.rooms.joined(f.room, f);
       this.rooms.activity(f.room, f.last_seq, null);
       if (v === this.current) {
@@ -279,6 +308,7 @@ export class ChatSession {
       if (f.user !== this.me) view(f.room)?.setTyping(f.user);
     });
     on(s, 'ack', ({ detail: f }) => {
+      if (isRead(f.ref)) return; // the `read` frame that follows tells every tab
       const command = this.#commands.get(f.ref);
       if (command) {
         this.#commands.delete(f.ref);
@@ -288,6 +318,7 @@ export class ChatSession {
       }
       view(f.room)?.confirm(f);
       this.rooms.activity(f.room, f.seq, f.created_at);
+      this.#ownMessage(f.room, f.seq, this.me);
     });
     on(s, 'sendfailed', ({ detail: f }) => view(f.room)?.fail(f.client_id, describeError(f.code, f.detail)));
     on(s, 'error', ({ detail: f }) => {
@@ -298,6 +329,10 @@ export class ChatSession {
         const text = f.code === 'limit_reached' ? limitText()
           : COMMAND_ERROR_TEXT[command.type]?.[f.code] ?? describeError(f.code, f.detail);
         this.#toast(text);
+        return;
+      }
+      if (isRead(f.ref)) {
+        this.cursor.forget(); // sent again at the next sight of the newest messages
         return;
       }
       if (f.code === 'rate_limited') return; // a typing frame too many: harmless
@@ -368,6 +403,33 @@ export class ChatSession {
     if (this.members.room === room) this.members.refresh();
   }
 
+  /** Read a room's counts again (GET /api/rooms/{room}), one request at a time per room: a
+   * call while one is on its way asks for one more after it. */
+  async #recount(room) {
+    if (this.#recounting.has(room)) {
+      this.#recounting.set(room, true);
+      return;
+    }
+    do {
+      this.#recounting.set(room, false);
+      let info = null;
+      try {
+        info = await api.roomInfo(room);
+      } catch {
+        // lost (the `rooms` frame says so) or unreachable (the periodic refresh tries again)
+      }
+      if (this.#abort.signal.aborted) return;
+      if (info?.role != null && this.rooms.has(room)) this.rooms.merge([info]);
+    } while (this.#recounting.get(room));
+    this.#recounting.delete(room);
+  }
+
+  /** Posting moves the author's cursor to their message (PROTOCOL.md, Read cursor), without
+   * a `read` frame: the page moves it too, so it sends no `read` that would not move it. */
+  #ownMessage(room, seq, author) {
+    if (author === this.me && Number.isInteger(seq) && this.rooms.read(room, seq)) this.#recount(room);
+  }
+
   /** This tab left `room` for good (DELETE .../members/me answered). */
   #left(room) {
     this.#leaving.add(room);
@@ -432,6 +494,7 @@ export class ChatSession {
 
   #open(name) {
     const d = this.#dom;
+    const previous = this.current;
     if (this.current) this.current.draft = this.composer.value;
     this.actions.closePopup(false);
     let view = name ? this.views.get(name) : null;
@@ -454,6 +517,8 @@ export class ChatSession {
     this.rooms.setActive(name);
     d.chat.classList.toggle('no-room', !view);
     if (view) d.roomNotice.hidden = true;
+    // Back in a room opened before: the line moves to the cursor as it is now.
+    if (view?.joinedOnce && view !== previous) this.#markNew(view, { keep: false });
     this.composer.setRoom(name, view?.draft ?? '');
     this.#renderReply();
     this.#renderHeading();
@@ -487,11 +552,30 @@ export class ChatSession {
     this.navigate(name);
   }
 
+  /** The newest messages of `view` are in view: move the cursor (when the page is seen). */
   #markRead(view) {
-    // At the bottom of what is loaded is not at the newest while the newest are not loaded.
-    if (document.hidden || view !== this.current || view.hasNewer) return;
-    this.rooms.markRead(view.name, view.maxSeq);
-    this.#renderTitle();
+    // Before its `joined`, a room's cursor is not known yet: its replay is no reason to move it.
+    if (view === this.current && view.joinedOnce) this.cursor.seen(view);
+  }
+
+  /** Draw the "New messages" line at the cursor in force, when there is news after it; with
+   * nothing new, `keep` leaves an earlier line where it is. */
+  #markNew(view, { keep }) {
+    const info = this.rooms.get(view.name);
+    if (Number.isInteger(info?.last_read_seq) && info.unread > 0) {
+      const moved = view.newLine.from !== info.last_read_seq;
+      view.newLine.set(info.last_read_seq);
+      if (moved && view.newLine.shown) this.#announceNew(view);
+    } else if (!keep) {
+      view.newLine.clear();
+    }
+  }
+
+  #announceNew(view) {
+    const unread = this.rooms.get(view.name)?.unread;
+    announce(unread > 0
+      ? `${unread} new ${unread === 1 ? 'message' : 'messages'} in ${this.#label(view.name)}, after the line “New messages”.`
+      : `New messages in ${this.#label(view.name)}, after the line “New messages”.`);
   }
 
   // ----------------------------------------------------------------------------------- sends
@@ -503,6 +587,7 @@ export class ChatSession {
     const replyTo = view.replyTo;
     view.toLatest(); // a reader far back sees their message arrive among the newest
     view.addPending(body, clientId, replyTo); // shown at once, dimmed, until the ack or the echo
+    view.newLine.clear(); // answering: caught up
     view.draft = '';
     this.socket.send(view.name, body, clientId, replyTo);
     if (replyTo != null) this.#cancelReply();
@@ -618,7 +703,10 @@ export class ChatSession {
 
   #renderState(state) {
     const d = this.#dom;
-    if (state === 'connected') this.#everConnected = true;
+    if (state === 'connected') {
+      this.#everConnected = true;
+      this.cursor.forget(); // a `read` written to the lost connection may never have arrived
+    }
     d.conn.dataset.state = state;
     if (state === 'connected') this.#refreshRooms();
     d.conn.textContent = state === 'reconnecting' && !this.#everConnected ? 'Connecting…' : STATE_TEXT[state];

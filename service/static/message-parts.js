@@ -4,6 +4,7 @@
 // changes; reaction buttons are updated in place, so the one a keyboard user just pressed
 // keeps the focus.
 
+import { mentions } from './mentions.js';
 import { formatDateTime, h, icon, richText } from './render.js';
 
 /** The quick row of the reaction picker. */
@@ -121,12 +122,14 @@ function tools(msg) {
  * Show `msg` (the local copy, in its current state) in `row`.
  * @param {HTMLElement} row built by messageRow
  * @param {object} msg {seq, author, body, reply_to, edited_at, deleted, reactions, version}
- * @param {{original(seq: number): object|null, confirmed: boolean}} ctx
+ * @param {{original(seq: number): object|null, confirmed: boolean, me: string}} ctx
  */
-export function fillRow(row, msg, { original, confirmed }) {
+export function fillRow(row, msg, { original, confirmed, me }) {
   row.dataset.version = String(msg.version ?? msg.seq ?? '');
   row.dataset.deleted = String(msg.deleted === true);
   row.dataset.edited = String(msg.edited_at != null && !msg.deleted);
+  // A message of someone else that names you stands out (PROTOCOL.md's mention rule).
+  row.classList.toggle('is-mention', msg.author !== me && !msg.deleted && mentions(msg.body, me));
   if (msg.reply_to != null) row.dataset.replyTo = String(msg.reply_to);
 
   const slot = row.querySelector('.msg-quote-slot');
@@ -139,7 +142,7 @@ export function fillRow(row, msg, { original, confirmed }) {
     body.replaceChildren(TOMBSTONE_TEXT);
     body.classList.add('is-tombstone');
   } else if (body.dataset.shown !== msg.body) {
-    body.replaceChildren(richText(msg.body ?? ''));
+    body.replaceChildren(richText(msg.body ?? '', me));
     body.classList.remove('is-tombstone');
   }
   body.dataset.shown = msg.deleted ? '' : msg.body ?? '';

@@ -6,6 +6,8 @@
 // from classes in style.css.
 
 /** Consecutive messages by one author closer than this share one header. */
+import { mentionRanges } from './mentions.js';
+
 const GROUP_WINDOW_MS = 5 * 60 * 1000;
 const AVATAR_COLOURS = 8;
 
@@ -144,10 +146,11 @@ export function typingText(users) {
 const URL_RE = /\bhttps?:\/\/[^\s<>"']+/gi;
 
 /**
- * The body as text nodes, with http(s) URLs turned into links. Links are built from parsed
- * URLs, so nothing but http: and https: can ever become an href.
+ * The body as text nodes, with http(s) URLs turned into links and mentions of `me` (PROTOCOL's
+ * rule, mentions.js) marked. Links are built from parsed URLs, so nothing but http: and https:
+ * can ever become an href.
  */
-export function richText(body) {
+export function richText(body, me = null) {
   const frag = document.createDocumentFragment();
   let last = 0;
   for (const match of body.matchAll(URL_RE)) {
@@ -165,12 +168,23 @@ export function richText(body) {
       continue;
     }
     if (href.protocol !== 'http:' && href.protocol !== 'https:') continue;
-    frag.append(body.slice(last, match.index));
+    appendText(frag, body.slice(last, match.index), me);
     frag.append(h('a', { href: href.href, target: '_blank', rel: 'noopener noreferrer nofollow' }, url));
     last = match.index + url.length;
   }
-  frag.append(body.slice(last));
+  appendText(frag, body.slice(last), me);
   return frag;
+}
+
+/** Plain text, with each mention of `me` in a <mark>. */
+function appendText(frag, text, me) {
+  let last = 0;
+  for (const [start, end] of mentionRanges(text, me)) {
+    frag.append(text.slice(last, start),
+      h('mark', { class: 'mention', 'data-testid': 'mention' }, text.slice(start, end)));
+    last = end;
+  }
+  frag.append(text.slice(last));
 }
 
 /** One message row. `msg.seq` is null for a pending (not yet acknowledged) message. Its v2
@@ -193,7 +207,7 @@ export function messageRow(msg, { state = 'confirmed', me = null } = {}) {
         h('span', { class: 'msg-author' }, msg.author), timeEl(date, 'msg-time')),
       h('div', { class: 'msg-quote-slot' }),
       h('div', { class: 'msg-text' },
-        h('span', { class: 'msg-body', 'data-testid': 'message-body' }, richText(msg.body)),
+        h('span', { class: 'msg-body', 'data-testid': 'message-body' }, richText(msg.body, me)),
         h('span', { class: 'msg-edited', 'data-testid': 'message-edited', hidden: true })),
       h('div', { class: 'msg-reactions', role: 'group', 'aria-label': 'Reactions', hidden: true }),
       h('div', { class: 'msg-status' })),
@@ -265,8 +279,9 @@ export function regroup(row) {
   const ts = Number(row.dataset.ts);
   const prevTs = prev ? Number(prev.dataset.ts) : NaN;
   const newDay = !prev || dayKey(ts) !== dayKey(prevTs);
-  // A system line never joins a group, and breaks the one it sits in.
-  const continues = !newDay && !row.dataset.system && !prev.dataset.system
+  // A system line never joins a group, and breaks the one it sits in; so does the line
+  // that marks where the new messages begin.
+  const continues = !newDay && !row.dataset.system && !prev.dataset.system && !row.dataset.newLine
     && prev.dataset.author === row.dataset.author
     && Math.abs(ts - prevTs) < GROUP_WINDOW_MS;
   row.classList.toggle('is-cont', continues);
@@ -323,18 +338,34 @@ export const historyBottom = (state) => historyStatus('later', state);
 // Room list
 
 export function roomItem(name) {
+  const badge = (testid, className) => h('span', { class: className, 'data-testid': testid, hidden: true },
+    h('span', { 'aria-hidden': 'true' }), h('span', { class: 'visually-hidden' }));
   return h('li', { class: 'room' },
     h('button', { type: 'button', class: 'room-item', 'data-testid': 'room-item', 'data-room': name },
       h('span', { class: 'room-kind' }, kindIcon('public')),
       h('span', { class: 'room-name' }, name),
-      h('span', { class: 'room-badge', hidden: true }),
+      badge('room-unread', 'room-badge'),
+      badge('room-mentions', 'room-badge is-mention'),
       h('time', { class: 'room-time' })));
 }
 
+/** A count badge of a room item: `shown` on screen ("@2", "99+"), `words` for screen readers
+ * (", 2 unread messages"; the badge's own text is hidden from them). */
+function setBadge(badge, count, shown, words) {
+  badge.hidden = !(count > 0);
+  badge.dataset.count = String(count > 0 ? count : 0);
+  badge.firstElementChild.textContent = shown;
+  badge.lastElementChild.textContent = words;
+}
+
+const plural = (n, one, many) => `${n} ${n === 1 ? one : many}`;
+const capped = (n) => (n > 99 ? '99+' : String(n));
+
 /** Refresh an item built by roomItem() in place (cheaper than rebuilding, keeps focus). */
-export function updateRoomItem(li, { name, kind, peer, active, unread, activity, now }) {
+export function updateRoomItem(li, {
+  name, kind, peer, active, unread, mentions, activity, now,
+}) {
   const button = li.firstElementChild;
-  const badge = button.querySelector('.room-badge');
   const time = button.querySelector('.room-time');
   const kindEl = button.querySelector('.room-kind');
   const shownKind = kind ?? 'public';
@@ -350,9 +381,13 @@ export function updateRoomItem(li, { name, kind, peer, active, unread, activity,
   if (active) button.setAttribute('aria-current', 'page');
   else button.removeAttribute('aria-current');
   button.dataset.unread = String(unread > 0);
-  badge.hidden = !(unread > 0);
-  badge.textContent = unread > 99 ? '99+' : String(unread);
-  badge.setAttribute('aria-label', `${unread} unread`);
+  // Every message of a dm mentions its reader: there the one badge is the mention badge.
+  const dm = kind === 'dm';
+  setBadge(button.querySelector('[data-testid="room-mentions"]'), dm ? unread : mentions,
+    dm ? capped(unread) : `@${capped(mentions)}`,
+    `, ${dm ? plural(unread, 'unread message', 'unread messages') : plural(mentions, 'mention', 'mentions')}`);
+  setBadge(button.querySelector('[data-testid="room-unread"]'), dm ? 0 : unread, capped(unread),
+    `, ${plural(unread, 'unread message', 'unread messages')}`);
   if (activity) {
     time.dateTime = activity.toISOString();
     time.title = `Last activity ${fmtFull.format(activity)}`;

@@ -1,23 +1,27 @@
 // The sidebar's room lists: the user's rooms from GET /api/rooms, kept current by the user's
 // own stream (`rooms` frames: the page re-reads GET /api/rooms/{room}) and by what the
-// socket reports live, ordered by latest activity, with unread counts. Rooms (public and
-// private) and direct messages are two lists; a dm shows the other person's name.
+// socket reports live, ordered by latest activity, with unread and mention badges. Rooms
+// (public and private) and direct messages are two lists; a dm shows the other person's name.
 //
-// "Read up to seq N" is kept per user in localStorage, so unread counts survive a reload and
-// show for rooms that are not even joined in this tab (their last_seq comes from the REST
-// list). A room never opened in this browser has no read mark and shows no count, rather than
-// flagging its whole history as unread.
+// The counts are the server's (`unread`, `mentions`, `last_read_seq` of GET /api/rooms and
+// GET /api/rooms/{room}), exact when read. A `read` frame moves the cursor at once (and
+// clears the counts when it reaches the newest message known); anything else is read again
+// from the server. Answers may come back in any order: one is taken only if neither its
+// cursor nor its log head is behind what the list holds (both only move forward).
 
 import { roomItem, updateRoomItem } from './render.js';
 
 export class RoomList {
-  /** name → {name, kind, role, peer, last_seq, created_at, last_message_at} */
+  /** name → {name, kind, role, peer, last_seq, last_message_seq, created_at, last_message_at,
+   * last_read_seq, unread, mentions, counted (the last_seq the counts are as of)} */
   #rooms = new Map();
   /** name → <li> */
   #items = new Map();
-  #read;
-  #readKey;
   #active = null;
+  /** Whether the reader is looking at the active room (page visible and focused): its counts
+   * are not news then (the cursor is about to move). */
+  #attentive = true;
+  #onChange;
   #lists;
   #empties;
   #queued = false;
@@ -25,12 +29,12 @@ export class RoomList {
   /**
    * @param {{rooms: HTMLElement, dms: HTMLElement}} lists the two <ul>s
    * @param {{rooms: HTMLElement, dms: HTMLElement}} empties what each shows when empty
+   * @param {() => void} onChange after each render (the title follows the counts)
    */
-  constructor(lists, empties, me, onSelect, signal) {
+  constructor(lists, empties, onSelect, onChange, signal) {
     this.#lists = lists;
     this.#empties = empties;
-    this.#readKey = `chat.read.${me}`;
-    this.#read = loadJson(this.#readKey);
+    this.#onChange = onChange;
     for (const list of Object.values(lists)) {
       list.addEventListener('click', (event) => {
         const button = event.target.closest('[data-testid="room-item"]');
@@ -55,10 +59,21 @@ export class RoomList {
       if (typeof room?.name !== 'string') continue;
       const known = this.#rooms.get(room.name);
       if (!known) {
-        this.#rooms.set(room.name, { ...room, last_seq: room.last_seq ?? 0 });
+        this.#rooms.set(room.name, {
+          ...room, last_seq: room.last_seq ?? 0, last_message_seq: room.last_message_seq ?? 0,
+          counted: hasCounts(room) ? room.last_seq ?? 0 : -1,
+        });
         continue;
       }
+      if (hasCounts(room) && room.last_read_seq >= (known.last_read_seq ?? -1)
+        && (room.last_seq ?? 0) >= known.counted) {
+        known.last_read_seq = room.last_read_seq;
+        known.unread = room.unread;
+        known.mentions = room.mentions ?? 0;
+        known.counted = room.last_seq ?? 0;
+      }
       known.last_seq = Math.max(known.last_seq, room.last_seq ?? 0);
+      known.last_message_seq = Math.max(known.last_message_seq ?? 0, room.last_message_seq ?? 0);
       known.created_at ??= room.created_at;
       if ('kind' in room) known.kind = room.kind;
       if ('role' in room) known.role = room.role;
@@ -90,27 +105,59 @@ export class RoomList {
   ensure(name) {
     if (this.#rooms.has(name)) return;
     this.#rooms.set(name, {
-      name, last_seq: 0, created_at: new Date().toISOString(), last_message_at: null,
+      name, last_seq: 0, last_message_seq: 0, counted: -1,
+      created_at: new Date().toISOString(), last_message_at: null,
     });
     this.render();
   }
 
-  /** What a `joined` frame says of the room (v2: its kind and the user's role). */
-  joined(name, { kind, role }) {
+  /** What a `joined` frame says of the room (v2: its kind, the user's role and cursor). */
+  joined(name, { kind, role, last_read_seq: read, last_message_seq: lastMessage }) {
     const room = this.#rooms.get(name);
     if (!room) return;
     if (kind) room.kind = kind;
     if (role !== undefined) room.role = role;
+    if (Number.isInteger(lastMessage)) room.last_message_seq = Math.max(room.last_message_seq, lastMessage);
+    if (Number.isInteger(read)) this.read(name, read);
     this.render();
   }
 
-  /** A message (or a joined's last_seq, with `at` null) seen on the socket. */
+  /** A message (`at`: its time), or another event (`at` null), seen on the socket. */
   activity(name, seq, at) {
     this.ensure(name);
     const room = this.#rooms.get(name);
     room.last_seq = Math.max(room.last_seq, seq ?? 0);
+    if (at) room.last_message_seq = Math.max(room.last_message_seq, seq ?? 0);
     if (at && ms(at) > ms(room.last_message_at)) room.last_message_at = at;
     this.render();
+  }
+
+  /**
+   * An `activity` frame (the user's stream): the room has new messages. True when its counts
+   * must be read again (something after the cursor).
+   */
+  heard({ room: name, last_seq: seq, last_message_seq: lastMessage, last_message_at: at }) {
+    const room = this.#rooms.get(name);
+    if (!room) return false;
+    this.activity(name, seq, null);
+    room.last_message_seq = Math.max(room.last_message_seq, lastMessage ?? 0);
+    if (ms(at) > ms(room.last_message_at)) room.last_message_at = at;
+    return room.last_message_seq > (room.last_read_seq ?? -1);
+  }
+
+  /**
+   * The read cursor moved to `seq` (a `read` frame from any tab, or a `joined`). True when
+   * the counts must be read again: messages are known after the new cursor.
+   */
+  read(name, seq) {
+    const room = this.#rooms.get(name);
+    if (!room || !(seq > (room.last_read_seq ?? -1))) return false;
+    room.last_read_seq = seq;
+    this.render();
+    if (seq < room.last_message_seq) return true;
+    room.unread = 0;
+    room.mentions = 0;
+    return false;
   }
 
   setActive(name) {
@@ -118,21 +165,17 @@ export class RoomList {
     this.render();
   }
 
-  readSeq(name) {
-    return this.#read[name];
-  }
-
-  markRead(name, seq) {
-    if (!(seq > (this.#read[name] ?? -1))) return;
-    this.#read[name] = seq;
-    saveJson(this.#readKey, this.#read);
+  /** Whether the reader is looking at the page (visible and focused). */
+  setAttentive(attentive) {
+    if (attentive === this.#attentive) return;
+    this.#attentive = attentive;
     this.render();
   }
 
-  /** Sum of unread counts, for the tab title. */
+  /** Sum of unread counts shown, for the tab title. */
   totalUnread() {
     let total = 0;
-    for (const room of this.#rooms.values()) total += this.#unread(room);
+    for (const room of this.#rooms.values()) total += this.#shown(room).unread;
     return total;
   }
 
@@ -146,10 +189,10 @@ export class RoomList {
     });
   }
 
-  #unread(room) {
-    const read = this.#read[room.name];
-    if (read == null || room.name === this.#active) return 0;
-    return Math.max(0, room.last_seq - read);
+  /** The counts a room shows: none for the room being read, none before the server said. */
+  #shown(room) {
+    if (room.name === this.#active && this.#attentive) return { unread: 0, mentions: 0 };
+    return { unread: room.unread ?? 0, mentions: room.mentions ?? 0 };
   }
 
   #renderNow() {
@@ -172,7 +215,7 @@ export class RoomList {
         kind: room.kind,
         peer: room.peer,
         active: room.name === this.#active,
-        unread: this.#unread(room),
+        ...this.#shown(room),
         activity: at ? new Date(at) : null,
         now,
       });
@@ -188,8 +231,12 @@ export class RoomList {
     }
     this.#empties.rooms.hidden = counts.rooms > 0;
     this.#empties.dms.hidden = counts.dms > 0;
+    this.#onChange();
   }
 }
+
+/** Whether a room of GET /api/rooms carries the user's counts (null: not a member). */
+const hasCounts = (room) => Number.isInteger(room.last_read_seq) && Number.isInteger(room.unread);
 
 function ms(iso) {
   const t = iso ? Date.parse(iso) : NaN;
@@ -197,20 +244,3 @@ function ms(iso) {
 }
 
 const activityMs = (room) => ms(room.last_message_at) || ms(room.created_at);
-
-function loadJson(key) {
-  try {
-    const value = JSON.parse(localStorage.getItem(key) ?? '{}');
-    return value && typeof value === 'object' ? value : {};
-  } catch {
-    return {}; // storage disabled or corrupt: unread marks simply start afresh
-  }
-}
-
-function saveJson(key, value) {
-  try {
-    localStorage.setItem(key, JSON.stringify(value));
-  } catch {
-    // quota or privacy mode: unread marks then last for this page only
-  }
-}

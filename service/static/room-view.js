@@ -22,6 +22,7 @@ import { fetchHistory } from './api.js';
 import { memberEvents } from './member-lines.js';
 import { excerpt, fillQuote, fillRow } from './message-parts.js';
 import { applyEvent, newer, normalize } from './message-state.js';
+import { NewLine } from './new-line.js';
 import {
   confirmRow, h, historyBottom, historyTop, messageRow, regroup, setRowState, systemRow,
 } from './render.js';
@@ -100,11 +101,14 @@ export class RoomView {
     this.list = h('ol', { class: 'msg-list', 'aria-label': `Messages in #${name}` });
     this.bottom = h('div', { class: 'history-bottom' });
     this.el = h('div', { class: 'room-view' }, this.top, this.list, this.bottom);
+    this.newLine = new NewLine(this);
   }
 
   // ---------------------------------------------------------------------------- server events
 
-  onJoined({ last_seq: lastSeq, truncated, online, resumed, reset, kind, role }) {
+  onJoined({
+    last_seq: lastSeq, truncated, online, resumed, reset, kind, role, last_read_seq: lastRead,
+  }) {
     this.online = new Set(online ?? []);
     if (kind) this.kind = kind;
     if (role !== undefined) this.role = role;
@@ -121,6 +125,9 @@ export class RoomView {
       this.#renderTop();
       // A join without `since` replays messages only: the member lines among them are read.
       this.#backfill(this.#lowestSeq() - 1, this.joinSeq + 1, { above: true });
+      // The room opens: what came after the cursor is new (v2; null for a public room's
+      // first join, which makes the user a member with the cursor at the head).
+      if (Number.isInteger(lastRead)) this.newLine.set(lastRead);
     }
     this.pane.maybeLoadOlder(this);
   }
@@ -263,7 +270,7 @@ export class RoomView {
       seq: null, author: this.me, body, created_at: null, client_id: clientId, reply_to: replyTo,
     });
     const row = messageRow(msg, { state: 'pending', me: this.me });
-    fillRow(row, msg, { original: (s) => this.#original(s), confirmed: false });
+    fillRow(row, msg, { original: (s) => this.#original(s), confirmed: false, me: this.me });
     this.pane.beforeAppend(this, { force: true });
     this.list.append(row);
     regroup(row);
@@ -580,9 +587,10 @@ export class RoomView {
    */
   #trim(side = this.pane.farSide(this)) {
     const excess = this.messages.size - WINDOW;
-    if (excess <= 0) return;
-    if (side === 'newest') this.#drop(excess, true);
-    else this.pane.preserve(this, () => this.#drop(excess, false));
+    if (excess > 0 && side === 'newest') this.#drop(excess, true);
+    else if (excess > 0) this.pane.preserve(this, () => this.#drop(excess, false));
+    // Every change of the loaded rows ends here: the row of the first unread one may be new.
+    this.newLine.place();
   }
 
   #drop(count, newest) {
@@ -707,7 +715,7 @@ export class RoomView {
   #render(entry) {
     const { row, msg } = entry;
     if (msg.deleted) row.querySelector('.msg-editor')?.dispatchEvent(new Event('cancel-edit'));
-    fillRow(row, msg, { original: (s) => this.#original(s), confirmed: true });
+    fillRow(row, msg, { original: (s) => this.#original(s), confirmed: true, me: this.me });
   }
 
   /** What a quote shows of message `seq`; unknown ones are fetched once (`around`). */

@@ -8,7 +8,8 @@
 //    (the server stores a (room, author, client_id) once, so resending is always safe).
 //
 // It knows nothing about the DOM; it reports through events whose `detail` is the frame:
-// message, edit, delete, reaction, member (v2), rooms (v2, the user's own stream), joined
+// message, edit, delete, reaction, member (v2), rooms, read, activity, notification (v2, the
+// user's own stream), joined
 // (+resumed, reset), left,
 // ack, presence, typing, pong, error (frames that no pending send claimed), plus state
 // {state}, sendfailed {room, client_id, code, detail}, unauthorized (close 1008) and
@@ -126,6 +127,13 @@ export class ChatSocket extends EventTarget {
     this.#commands += 1;
     const ref = `${frame.type}:${this.#commands}`;
     return this.#raw({ ...frame, ref }) ? ref : null;
+  }
+
+  /** Move the read cursor (v2); needs membership, not a join. False when it could not be
+   * written (not connected). Its `ack` or `error` carries a ref starting `read:`. */
+  read(room, seq) {
+    this.#commands += 1;
+    return this.#raw({ type: 'read', room, seq, ref: `read:${this.#commands}` });
   }
 
   typing(room) {
