@@ -31,9 +31,11 @@ from rich.console import Console
 
 from . import (
     baselines,
+    largeroom,
     peer_env,
     readstate,
     report,
+    resync,
     scenarios,
     socketio_peer,
     synapse,
@@ -66,6 +68,8 @@ SCENARIOS = (
     "fanout",
     "history",
     "read-state",
+    "large-room",
+    "resume-converged",
 )
 # Measured only when peers are on (or named with --only).
 PEER_SCENARIOS = ("synapse", "socketio")
@@ -325,6 +329,10 @@ async def _measure(
         await history(list(bench.profile.history_sizes))
     if "read-state" in wanted:
         results.read_state = await readstate.read_state(bench)
+    if "large-room" in wanted:
+        results.large_room = await largeroom.measure(bench, with_socketio="socketio" in wanted)
+    if "resume-converged" in wanted:
+        results.resyncs = await resync.resyncs(bench)
     # Last: it starts and stops six instances of its own, and the first ingest run after it
     # was 1,350-2,300 msg/s instead of ~10,000 (PostgreSQL or the client settling; the two
     # main instances took no part in it).
