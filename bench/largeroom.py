@@ -5,6 +5,7 @@ same machinery) and, with the peers on, python-socketio + Redis in the same larg
 from __future__ import annotations
 
 import contextlib
+import time
 from dataclasses import dataclass, replace
 
 from . import socketio_peer
@@ -19,6 +20,10 @@ class LargeRoom:
 
     ours: Fanout
     socketio: Fanout | None = None
+    # the whole scenario, wall clock: the receivers' joins (each announced to every member
+    # already there: presence frames grow with the square of the room), the wait until the
+    # instances are quiet again, then warm-up, sends and drain
+    seconds: float = 0.0
 
 
 def _shape(p: Profile) -> Profile:
@@ -36,11 +41,13 @@ async def large_room(bench: Bench, sio: socketio_peer.SocketIoRun | None = None)
     """scenarios.fanout with one room of many receivers (sockets on both instances, the
     sender on instance a; cross-instance latency is the half on instance b), then the same
     on socket.io when it runs."""
+    began = time.perf_counter()
     ours = await fanout(replace(bench, profile=_shape(bench.profile)))
+    seconds = round(time.perf_counter() - began, 1)
     theirs = None
     if sio is not None:
         theirs = await socketio_peer.fanout(replace(sio, profile=_shape(sio.profile)))
-    return LargeRoom(ours, theirs)
+    return LargeRoom(ours, theirs, seconds)
 
 
 async def measure(bench: Bench, *, with_socketio: bool) -> LargeRoom:

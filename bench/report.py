@@ -586,6 +586,8 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
             runs.append((t.label, t.cpu))
     if results.fanout is not None and results.fanout.cpu:
         runs.append(("fan-out", results.fanout.cpu))
+    if results.large_room is not None and results.large_room.ours.cpu:
+        runs.append(("large room", results.large_room.ours.cpu))
     for label, h in results.history.items():
         if h.cpu:
             runs.append((f"history {label}", h.cpu))
@@ -788,6 +790,11 @@ def v2_notes(results: Results) -> list[str]:
                 f"{f.server_cores:.2f} cores, {f.cpu_us_per_delivery} µs per delivery; "
                 f"missing {f.missing}" + (f"; closed {f.closed}" if f.closed else "")
             )
+        out.append(
+            f"- large room, the chat: the whole scenario took {lr.seconds:g} s (the receivers' "
+            "joins, each announced to every member already in the room, and the wait until "
+            "the instances were quiet again, before warm-up, sends and drain)"
+        )
     for r in results.resyncs:
         kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(r.kinds.items()))
         out.append(
@@ -796,8 +803,9 @@ def v2_notes(results: Results) -> list[str]:
             f"from 4 members on both instances; {r.clients} reconnects with `since`, each "
             f"converged to a fresh REST load ({r.messages:,} messages, {r.rest_pages} pages of "
             f"200), every field of every message compared ({r.fields_compared:,} per check): "
-            f"reconnect to converged p50/p95/p99/max {_q(r.converged_ms)} ms, REST load "
-            f"{_q(r.rest_ms)} ms"
+            f"reconnect to converged p50/p95/p99/max {_q(r.converged_ms)} ms (of which "
+            f"handshake p50 {r.handshake_ms.p50} ms, join to `joined` with the replay p50 "
+            f"{r.joined_ms.p50} ms), REST load {_q(r.rest_ms)} ms"
             + (
                 f"; the join replayed the newest {r.resume_limit:,} (truncated) and "
                 f"{r.events_pages} /events pages the gap before them"
