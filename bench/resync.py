@@ -71,6 +71,8 @@ class Resync:
     truncated: bool  # the replay was cut at the limit: the gap came from /events
     events_pages: int  # /events pages per resume
     converged_ms: Percentiles  # socket open to the copy applied (every frame, every page)
+    handshake_ms: Percentiles  # of which: TCP connect and WebSocket upgrade
+    joined_ms: Percentiles  # of which: join sent to `joined` (the replay received)
     rest_ms: Percentiles  # the whole room over GET /messages, every page
     rest_pages: int
     fields_compared: int  # per check: messages x fields (reactions as whole lists)
@@ -296,6 +298,8 @@ async def _make_events(
 class _Resumed:
     state: State
     ms: float
+    handshake_ms: float
+    joined_ms: float
     truncated: bool
     pages: int
     kinds: Counter[str]
@@ -313,6 +317,7 @@ async def _resume(
     pages = 0
     began = time.perf_counter()
     ws = await clients.open_socket(clients.chat_url(base, bench.tokens[user]))
+    opened = time.perf_counter()
     try:
         await clients.send_json(ws, type="join", room=room, since=since)
         replay: list[Message] = []
@@ -326,6 +331,7 @@ async def _resume(
                     raise RuntimeError(f"resume: join refused: {frame}")
                 if frame.get("room") == room and kind in ("message", "edit", "delete", "reaction"):
                     replay.append(frame)
+        joined = time.perf_counter()
         truncated = bool(frame["truncated"])
         if truncated and replay:
             first = int(replay[0]["seq"])
@@ -349,7 +355,8 @@ async def _resume(
         elapsed = (time.perf_counter() - began) * 1000
     finally:
         await ws.close()
-    return _Resumed(state, elapsed, truncated, pages, kinds)
+    handshake, joining = (opened - began) * 1000, (joined - opened) * 1000
+    return _Resumed(state, elapsed, handshake, joining, truncated, pages, kinds)
 
 
 async def _join_once(bench: Bench, user: int, room: str) -> None:
@@ -391,6 +398,8 @@ async def resync(bench: Bench, missed: int) -> Resync:
 
     step.update(description=f"resume {missed:,}: resumes", completed=0, total=p.resync_clients)
     converged: list[float] = []
+    handshakes: list[float] = []
+    joins: list[float] = []
     rest: list[float] = []
     first: _Resumed | None = None
     fresh: State = {}
@@ -412,6 +421,8 @@ async def resync(bench: Bench, missed: int) -> Resync:
         if sum(resumed.kinds.values()) != missed:
             raise RuntimeError(f"resume {missed}: {sum(resumed.kinds.values())} events applied")
         converged.append(resumed.ms)
+        handshakes.append(resumed.handshake_ms)
+        joins.append(resumed.joined_ms)
         step.advance()
     step.done()
     assert first is not None
@@ -425,6 +436,8 @@ async def resync(bench: Bench, missed: int) -> Resync:
         truncated=first.truncated,
         events_pages=first.pages,
         converged_ms=Percentiles.of(converged),
+        handshake_ms=Percentiles.of(handshakes),
+        joined_ms=Percentiles.of(joins),
         rest_ms=Percentiles.of(rest),
         rest_pages=rest_pages,
         fields_compared=len(fresh) * len(FIELDS),
