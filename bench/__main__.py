@@ -37,6 +37,7 @@ from . import (
     report,
     resync,
     scenarios,
+    search,
     socketio_peer,
     synapse,
     synapse_server,
@@ -68,6 +69,8 @@ SCENARIOS = (
     "fanout",
     "history",
     "read-state",
+    "search",
+    "ingest-unindexed",
     "large-room",
     "resume-converged",
 )
@@ -274,6 +277,11 @@ async def _measure(
         for rows in sizes:
             results.history[size_label(rows)] = await scenarios.history(bench, rows)
 
+    unindexed: list[Throughput] = []
+
+    async def ingest_unindexed() -> None:
+        unindexed.append(await search.ingest_without_index(bench, scenarios.ingest))
+
     # The chat at the load Synapse is measured at, with the same topology.
     async def latency_peer_load() -> Fanout:
         p = bench.profile
@@ -301,11 +309,13 @@ async def _measure(
             await step("ingest", ingest)
             await step("ingest-mixed", ingest_mixed)
             await step("baseline-a", baseline_a)
+            await step("ingest-unindexed", ingest_unindexed)
             if peer is not None:
                 synapse_ingests.append(await peer.ingest())
         results.ingest = median_run(ingests) if ingests else None
         results.ingest_mixed = median_run(mixed) if mixed else None
         results.baseline_a = median_run(raws) if raws else None
+        results.ingest_unindexed = median_run(unindexed) if unindexed else None
         await step("baseline-b", baseline_b)
         if wanted & {"fanout", "socketio"}:
             await fanouts()
@@ -325,8 +335,12 @@ async def _measure(
             await history([bench.profile.synapse_history_messages])
             pages = await peer.history()
             results.synapse = peer.results(synapse_ingests, synapse_latency, pages)
-    if "history" in wanted:
-        await history(list(bench.profile.history_sizes))
+    # Search at each size right after history at that size: the figures side by side.
+    for rows in bench.profile.history_sizes:
+        if "history" in wanted:
+            await history([rows])
+        if "search" in wanted:
+            results.search[size_label(rows)] = await search.search(bench, rows)
     if "read-state" in wanted:
         results.read_state = await readstate.read_state(bench)
     if "large-room" in wanted:

@@ -225,6 +225,23 @@ class History:
 
 
 @dataclass
+class SearchFigures:
+    """GET /api/search over `rows` messages in `rooms` rooms, for a user in `member_rooms` of
+    them (bench/search.py)."""
+
+    rows: int
+    rooms: int
+    member_rooms: int
+    member_messages: int
+    load_seconds: float
+    index_seconds: float
+    index_mb: float
+    latency_ms: dict[str, Percentiles]  # by kind of query: rare, common, cjk2
+    plans: dict[str, list[str]] = field(default_factory=dict)  # EXPLAIN ANALYZE, one per kind
+    sql_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Pages:
     """A peer's history pages: one room of `messages`, pages of 50 from random tokens."""
 
@@ -287,6 +304,8 @@ class Results:
     transports: list[Transport] = field(default_factory=list)
     history: dict[str, History] = field(default_factory=dict)  # by size label, e.g. "1M"
     read_state: ReadStateResults | None = None
+    search: dict[str, SearchFigures] = field(default_factory=dict)  # by size label
+    ingest_unindexed: Throughput | None = None  # ingest with the search index dropped
     # the chat at the load the latency comparison with Synapse uses
     latency_peer_load: Fanout | None = None
     synapse: SynapseResults | None = None

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import api, api_log, api_rooms, db, logs, metrics, ws
+from . import api, api_log, api_rooms, api_search, db, logs, metrics, ws
 from .accounts import Accounts
 from .chat import Chat
 from .fanout import Fanout
@@ -250,6 +250,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(api.router)
     app.include_router(api_rooms.router)
     app.include_router(api_log.router)
+    app.include_router(api_search.router)
 
     async def database_error(request: Request, error: Exception) -> Response:
         # An outage (db.Unavailable, or a pooled connection that died with the last one) is

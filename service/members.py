@@ -111,6 +111,17 @@ def _decode_cursor(cursor: str, kind: str, types: tuple[type, ...]) -> list[Any]
     return data[1:]
 
 
+def _cursor_time(stamp: str) -> datetime:
+    """A cursor's timestamp (ISO 8601 with an offset), else Invalid."""
+    try:
+        at = datetime.fromisoformat(stamp)
+    except ValueError:
+        raise Invalid("cursor is not one this list gave") from None
+    if at.tzinfo is None:
+        raise Invalid("cursor is not one this list gave")
+    return at
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -543,12 +554,7 @@ class Members:
         after_id = 0
         if cursor is not None:
             stamp, after_id = _decode_cursor(cursor, "mine", (str, int))
-            try:
-                active = datetime.fromisoformat(stamp)
-            except ValueError:
-                raise Invalid("cursor is not one this list gave") from None
-            if active.tzinfo is None:
-                raise Invalid("cursor is not one this list gave")
+            active = _cursor_time(stamp)
         params = {"username": user, "active": active, "after_id": after_id, "limit": limit + 1}
         async with reading(self._engine) as conn:
             rows = (await conn.execute(_MY_ROOMS, params)).all()

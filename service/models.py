@@ -21,7 +21,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING_CONVENTION = {
@@ -169,10 +169,13 @@ class Message(Base):
     # Its ordinal among its room's messages (1, 2, ...), for unread counts (readstate.py);
     # NULL only for rows written around the service (a bench's fill).
     n: Mapped[int | None] = mapped_column(BigInteger)
+    # The current body's words for search (service/search.py); NULL once deleted.
+    search: Mapped[str | None] = mapped_column(TSVECTOR)
 
     __table_args__ = (
         # Deleted messages above a read cursor: the correction to an unread count.
         Index("ix_messages_deleted", "room_id", "seq", postgresql_where=text("deleted")),
+        Index("ix_messages_search", "search", postgresql_using="gin"),
         # Idempotency: a retried send finds its original through this index.
         Index(
             "uq_messages_room_author_client_id",

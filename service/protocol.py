@@ -37,8 +37,8 @@ import orjson
 
 from .validation import InvalidInput, check_body, check_client_id, check_emoji, check_room
 
-# The version of PROTOCOL.md this service implements in full; 2 once every v2 part is built.
-PROTOCOL_VERSION = 1
+# The version of PROTOCOL.md this service implements in full.
+PROTOCOL_VERSION = 2
 # Beyond any seq a room can reach: the bound of `since`, `before` and `after`.
 MAX_SEQ = 2**62
 # A `ref` is echoed in the direct reply; longer ones are refused.

@@ -39,6 +39,7 @@ from .protocol import (
     Reactions,
     StoredMessage,
 )
+from .search_text import search_vector
 
 log = logging.getLogger(__name__)
 
@@ -239,10 +240,10 @@ _POST = text(
     "SELECT seqs, created, repeated, stored_bodies, payloads, joined, codes, c_seqs, c_codes,"
     " c_counts, stamp FROM chat_post_messages("
     "CAST(:rooms AS bigint[]), CAST(:authors AS text[]), CAST(:bodies AS text[]),"
-    " CAST(:cids AS text[]), CAST(:replies AS bigint[]),"
+    " CAST(:cids AS text[]), CAST(:replies AS bigint[]), CAST(:searches AS text[]),"
     " CAST(:c_rooms AS bigint[]), CAST(:c_actors AS text[]), CAST(:c_kinds AS text[]),"
     " CAST(:c_targets AS bigint[]), CAST(:c_bodies AS text[]), CAST(:c_emojis AS text[]),"
-    " CAST(:c_ops AS text[]), :max_emoji,"
+    " CAST(:c_ops AS text[]), :max_emoji, CAST(:c_searches AS text[]),"
     " CAST(:channel AS text), :payload_max, :inline_max,"
     " CAST(:batch AS uuid), :key_inner, :key_outer)"
 )
@@ -445,6 +446,7 @@ class PostgresStore:
             "bodies": [d.body for d in messages],
             "cids": [d.client_id for d in messages],
             "replies": [d.reply_to for d in messages],
+            "searches": [search_vector(d.body) for d in messages],
             "c_rooms": [d.room_id for d in changes],
             "c_actors": [d.actor for d in changes],
             "c_kinds": [d.kind for d in changes],
@@ -452,6 +454,7 @@ class PostgresStore:
             "c_bodies": [d.body for d in changes],
             "c_emojis": [d.emoji for d in changes],
             "c_ops": [d.op for d in changes],
+            "c_searches": [search_vector(d.body) if d.body is not None else None for d in changes],
             "max_emoji": self._max_emoji,
             "channel": channel,
             "payload_max": NOTIFY_PAYLOAD_MAX_BYTES - SIGNATURE_BYTES,

@@ -42,6 +42,7 @@ EXPECTED = {
     "read_cursor_p50_ms",
     "read_cursor_p99_ms",
     "ping_p50_ms",
+    "ingest_unindexed_msgs_per_s",
     "large_room_p50_ms",
     "large_room_p99_ms",
     "large_room_deliveries_per_s",
@@ -50,6 +51,9 @@ EXPECTED = {
     "resume_converged_200_rest_load_p50_ms",
     "resume_converged_1200_p50_ms",
     "resume_converged_1200_rest_load_p50_ms",
+}
+EXPECTED |= {
+    f"search_10k_{kind}_{q}_ms" for kind in ("rare", "common", "cjk2") for q in ("p50", "p99")
 }
 # Every WebSocket implementation and event loop the service can run on (bench/scenarios.py).
 TRANSPORTS = [
@@ -94,6 +98,9 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, value)
     assert data["machine"]["cores"] > 0 and data["postgres"]["version"]
     assert "pk_messages" in data["details"]["history"]["10k"]["node"]
+    plans = data["details"]["search"]["10k"]["plans"]
+    assert "ix_messages_search" in "\n".join(plans["rare"] + plans["cjk2"])
+    assert not any("Seq Scan on messages" in line for plan in plans.values() for line in plan)
     transports = data["details"]["transports"]
     assert [(t["ws"], t["loop"]) for t in transports] == TRANSPORTS
     assert [t["missing"] for t in transports] == [0] * len(TRANSPORTS)

@@ -141,15 +141,18 @@ def test_upgrade_downgrade_upgrade(new_database: Callable[[], str]) -> None:
     assert "(room_id, author, client_id)" in found["uq_messages_room_author_client_id"]
     assert "client_id IS NOT NULL" in found["uq_messages_room_author_client_id"]
     assert "(room_id, seq)" in found["pk_messages"]
-    # The whole history path is range scans of the primary key; the only other index a new
-    # message enters is the unique one (the unread count's holds deleted messages only).
+    # The whole history path is range scans of the primary key; the other indexes a new
+    # message enters are the unique one and search's GIN index of the lexemes (the unread
+    # count's holds deleted messages only).
     on_messages = {name for name, sql in found.items() if " ON public.messages " in sql}
     assert on_messages == {
         "pk_messages",
         "uq_messages_room_author_client_id",
         "ix_messages_deleted",
+        "ix_messages_search",
     }
     assert found["ix_messages_deleted"].endswith("WHERE deleted")
+    assert "USING gin (search)" in found["ix_messages_search"]
 
     migrate.downgrade(settings, "base")
     assert tables(url) <= {"alembic_version"}

@@ -385,7 +385,7 @@ def _post_batch(world: World, room_id: int, author: str, bodies: list[str]) -> N
     n = len(bodies)
     world.sql(
         "SELECT codes FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}', '{}',"
-        " '{}', '{}', 20, NULL, 7000, 1000, $6, '\\x00'::bytea, '\\x00'::bytea)",
+        " '{}', '{}', '{}', 20, '{}', NULL, 7000, 1000, $6, '\\x00'::bytea, '\\x00'::bytea)",
         [room_id] * n,
         [author] * n,
         bodies,

@@ -76,12 +76,14 @@ $fn$;
 -- the unread count is the mention count) and tells them: a `notification` frame on the
 -- users' own stream (a `user` notification, in the same payloads as the messages).
 --
--- Changes, one by one in the order given (they are few next to messages, and each reads
--- what the one before it wrote): checks the rules of PROTOCOL.md in its order (the actor
--- may act in the room: 'forbidden'; the target is a message of the room: 'not_found'; the
--- actor may edit or delete it: 'forbidden'; an edit or reaction of a deleted message:
--- 'not_found'; one emoji more than p_max_emoji: 'limit_reached'; a change that would
--- change nothing: duplicate, with the target's current version as its seq), then appends
+-- Changes, one by one in the order given (each reads what the one before it wrote; a
+-- reaction's new counts are kept in memory and written to its message once per batch, so a
+-- storm of reactions on one message rewrites the row once, not once per reaction): checks
+-- the rules of PROTOCOL.md in its order (the actor may act in the room: 'forbidden'; the
+-- target is a message of the room: 'not_found'; the actor may edit or delete it:
+-- 'forbidden'; an edit or reaction of a deleted message: 'not_found'; one emoji more than
+-- p_max_emoji: 'limit_reached'; a change that would change nothing: duplicate, with the
+-- target's current version as its seq), then appends
 -- the event with the room's next seq and applies it to the message's current state:
 --   edit: the body, edited_at and version, and the mentions of the new text (no new
 --     notification);
@@ -136,8 +138,17 @@ DECLARE
     v_role text;
     v_admin boolean;
     v_banned boolean;
-    v_msg record;
+    v_author text;
+    v_body text;
+    v_deleted boolean;
+    v_reactions jsonb;
+    v_version bigint;
     v_found boolean;
+    v_key text;
+    v_rows integer;
+    -- Reactions of this batch not yet written to their message ("room:seq" -> the message's
+    -- reactions and version): a storm on one message rewrites its row once per batch.
+    pending jsonb := '{}';
     v_author_role text;
     v_seq bigint;
     v_count integer;
@@ -281,37 +292,43 @@ BEGIN
         v_code := NULL;
         v_seq := 0;
         v_count := NULL;
-        SELECT rm.kind, mb.role, coalesce(u.admin, false), u.banned_at IS NOT NULL
-        INTO v_room_kind, v_role, v_admin, v_banned
+        SELECT rm.kind, mb.role, coalesce(u.admin, false), u.banned_at IS NOT NULL,
+               mm.author, mm.body, mm.deleted, mm.reactions,
+               CASE WHEN mm.version = 0 THEN mm.seq ELSE mm.version END, mm.seq IS NOT NULL
+        INTO v_room_kind, v_role, v_admin, v_banned,
+             v_author, v_body, v_deleted, v_reactions, v_version, v_found
         FROM rooms rm
         LEFT JOIN members mb ON mb.room_id = rm.id AND mb.username = v_actor
         LEFT JOIN users u ON u.username = v_actor
+        LEFT JOIN messages mm ON mm.room_id = rm.id AND mm.seq = v_target
         WHERE rm.id = v_room;
-        SELECT mm.author, mm.body, mm.deleted, mm.reactions,
-               CASE WHEN mm.version = 0 THEN mm.seq ELSE mm.version END AS version
-        INTO v_msg FROM messages mm WHERE mm.room_id = v_room AND mm.seq = v_target;
-        v_found := FOUND;
+        v_found := coalesce(v_found, false);
+        v_key := v_room || ':' || v_target;
+        IF pending ? v_key THEN
+            v_reactions := nullif(pending -> v_key -> 'reactions', 'null'::jsonb);
+            v_version := (pending -> v_key ->> 'version')::bigint;
+        END IF;
         IF v_banned OR (v_role IS NULL AND v_room_kind <> 'public') THEN
             v_code := 'forbidden';
         ELSIF NOT v_found THEN
             v_code := 'not_found';
-        ELSIF v_kind = 'edit' AND v_msg.author <> v_actor THEN
+        ELSIF v_kind = 'edit' AND v_author <> v_actor THEN
             v_code := 'forbidden';
-        ELSIF v_kind = 'delete' AND v_msg.author <> v_actor AND coalesce(v_role, '') <> 'owner'
+        ELSIF v_kind = 'delete' AND v_author <> v_actor AND coalesce(v_role, '') <> 'owner'
               AND NOT (v_admin AND v_role IS NOT NULL) THEN
             SELECT o.role INTO v_author_role
-            FROM members o WHERE o.room_id = v_room AND o.username = v_msg.author;
+            FROM members o WHERE o.room_id = v_room AND o.username = v_author;
             IF NOT (v_role = 'moderator' AND coalesce(v_author_role, '') <> 'owner') THEN
                 v_code := 'forbidden';
             END IF;
         END IF;
-        IF v_code IS NULL AND v_kind <> 'delete' AND v_msg.deleted THEN
+        IF v_code IS NULL AND v_kind <> 'delete' AND v_deleted THEN
             v_code := 'not_found';
         END IF;
         IF v_code IS NULL AND v_kind = 'reaction' AND v_op = 'add'
-           AND NOT EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]'))
-                           AS x WHERE x ->> 'emoji' = v_emoji)
-           AND jsonb_array_length(coalesce(v_msg.reactions, '[]')) >= p_max_emoji THEN
+           AND jsonb_array_length(coalesce(v_reactions, '[]')) >= p_max_emoji
+           AND NOT jsonb_path_exists(v_reactions, '$[*] ? (@.emoji == $e)',
+                                     jsonb_build_object('e', v_emoji)) THEN
             v_code := 'limit_reached';
         END IF;
         IF v_code IS NOT NULL THEN
@@ -321,16 +338,22 @@ BEGIN
             CONTINUE;
         END IF;
         -- What would change nothing is acknowledged as a duplicate, with the current version.
-        IF (v_kind = 'edit' AND v_msg.body = p_c_bodies[k])
-           OR (v_kind = 'delete' AND v_msg.deleted)
-           OR (v_kind = 'reaction' AND v_op = 'add' AND EXISTS (SELECT 1 FROM reactions x
-               WHERE x.room_id = v_room AND x.seq = v_target AND x.emoji = v_emoji
-                     AND x.username = v_actor))
-           OR (v_kind = 'reaction' AND v_op = 'remove' AND NOT EXISTS (SELECT 1 FROM reactions x
-               WHERE x.room_id = v_room AND x.seq = v_target AND x.emoji = v_emoji
-                     AND x.username = v_actor))
+        -- A reaction's row is written first: a row already there (or already gone) is one.
+        v_rows := 1;
+        IF v_kind = 'reaction' AND v_op = 'add' THEN
+            INSERT INTO reactions (room_id, seq, emoji, username, created_at)
+            VALUES (v_room, v_target, v_emoji, v_actor, stamp) ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS v_rows = ROW_COUNT;
+        ELSIF v_kind = 'reaction' THEN
+            DELETE FROM reactions
+            WHERE room_id = v_room AND seq = v_target AND emoji = v_emoji AND username = v_actor;
+            GET DIAGNOSTICS v_rows = ROW_COUNT;
+        END IF;
+        IF (v_kind = 'edit' AND v_body = p_c_bodies[k])
+           OR (v_kind = 'delete' AND v_deleted)
+           OR v_rows = 0
         THEN
-            c_seqs := c_seqs || v_msg.version;
+            c_seqs := c_seqs || v_version;
             c_codes := c_codes || 'duplicate'::text;
             c_counts := c_counts || NULL::integer;
             CONTINUE;
@@ -347,10 +370,15 @@ BEGIN
         IF v_kind = 'edit' THEN
             INSERT INTO events (room_id, seq, kind, actor, target, body, created_at)
             VALUES (v_room, v_seq, 'edit', v_actor, v_target, p_c_bodies[k], stamp);
-            UPDATE messages SET body = p_c_bodies[k], edited_at = stamp, version = v_seq
+            UPDATE messages SET body = p_c_bodies[k], edited_at = stamp, version = v_seq,
+                                reactions = v_reactions
             WHERE room_id = v_room AND seq = v_target;
-            IF v_room_kind <> 'dm' THEN  -- mentions follow the current text
+            pending := pending - v_key;
+            -- Mentions follow the current text (a text without `@` names nobody).
+            IF v_room_kind <> 'dm' AND strpos(v_body, '@') > 0 THEN
                 DELETE FROM mentions WHERE room_id = v_room AND seq = v_target;
+            END IF;
+            IF v_room_kind <> 'dm' AND strpos(p_c_bodies[k], '@') > 0 THEN
                 INSERT INTO mentions (room_id, seq, username)
                 SELECT v_room, v_target, x.username
                 FROM chat_mentioned(v_room, v_room_kind, v_actor, p_c_bodies[k]) AS x (username);
@@ -362,6 +390,7 @@ BEGIN
             VALUES (v_room, v_seq, 'delete', v_actor, v_target, stamp);
             UPDATE messages SET body = '', deleted = true, reactions = NULL, version = v_seq
             WHERE room_id = v_room AND seq = v_target;
+            pending := pending - v_key;
             -- Every earlier version of the text goes with it.
             UPDATE events SET body = ''
             WHERE room_id = v_room AND target = v_target AND kind = 'edit';
@@ -370,35 +399,27 @@ BEGIN
             v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'delete',
                 'target', v_target, 'by', v_actor);
         ELSE
-            IF v_op = 'add' THEN
-                INSERT INTO reactions (room_id, seq, emoji, username, created_at)
-                VALUES (v_room, v_target, v_emoji, v_actor, stamp);
-            ELSE
-                DELETE FROM reactions
-                WHERE room_id = v_room AND seq = v_target AND emoji = v_emoji
-                      AND username = v_actor;
-            END IF;
-            SELECT coalesce((SELECT (x ->> 'count')::integer
-                             FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]')) AS x
-                             WHERE x ->> 'emoji' = v_emoji), 0)
-                   + CASE WHEN v_op = 'add' THEN 1 ELSE -1 END
-            INTO v_count;
-            UPDATE messages SET version = v_seq, reactions = (
-                SELECT CASE WHEN count(*) = 0 THEN NULL
-                            ELSE jsonb_agg(x.e ORDER BY x.i) END
-                FROM (SELECT CASE WHEN o.e ->> 'emoji' = v_emoji
-                                  THEN jsonb_build_object('emoji', v_emoji, 'count', v_count)
-                                  ELSE o.e END AS e, o.i
-                      FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]'))
-                           WITH ORDINALITY AS o (e, i)
-                      UNION ALL
-                      SELECT jsonb_build_object('emoji', v_emoji, 'count', v_count),
-                             1000000000::bigint
-                      WHERE v_count > 0 AND NOT EXISTS (
-                          SELECT 1 FROM jsonb_array_elements(coalesce(v_msg.reactions, '[]')) AS y
-                          WHERE y ->> 'emoji' = v_emoji)) AS x
-                WHERE (x.e ->> 'count')::integer > 0)
-            WHERE room_id = v_room AND seq = v_target;
+            -- The row of who reacted is written (above); the counts, in order of first use,
+            -- are kept in `pending` until the end of the batch.
+            v_count := coalesce(jsonb_path_query_first(v_reactions,
+                                    '$[*] ? (@.emoji == $e).count',
+                                    jsonb_build_object('e', v_emoji))::integer, 0)
+                       + CASE WHEN v_op = 'add' THEN 1 ELSE -1 END;
+            SELECT CASE WHEN count(*) = 0 THEN NULL ELSE jsonb_agg(x.e ORDER BY x.i) END
+            INTO v_reactions
+            FROM (SELECT CASE WHEN o.e ->> 'emoji' = v_emoji
+                              THEN jsonb_build_object('emoji', v_emoji, 'count', v_count)
+                              ELSE o.e END AS e, o.i
+                  FROM jsonb_array_elements(coalesce(v_reactions, '[]'))
+                       WITH ORDINALITY AS o (e, i)
+                  UNION ALL
+                  SELECT jsonb_build_object('emoji', v_emoji, 'count', v_count),
+                         1000000000::bigint
+                  WHERE v_count > 0 AND NOT jsonb_path_exists(coalesce(v_reactions, '[]'),
+                      '$[*] ? (@.emoji == $e)', jsonb_build_object('e', v_emoji))) AS x
+            WHERE (x.e ->> 'count')::integer > 0;
+            pending := pending || jsonb_build_object(v_key, jsonb_build_object(
+                'r', v_room, 's', v_target, 'reactions', v_reactions, 'version', v_seq));
             INSERT INTO events (room_id, seq, kind, actor, target, emoji, op, count, created_at)
             VALUES (v_room, v_seq, 'reaction', v_actor, v_target, v_emoji, v_op, v_count, stamp);
             v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'reaction',
@@ -417,6 +438,10 @@ BEGIN
         entries := entries || v_entry;
         sizes := sizes || octet_length(v_entry::text);
     END LOOP;
+    UPDATE messages SET reactions = nullif(x.value -> 'reactions', 'null'::jsonb),
+                        version = (x.value ->> 'version')::bigint
+    FROM jsonb_each(pending) AS x
+    WHERE messages.room_id = (x.value ->> 'r')::bigint AND messages.seq = (x.value ->> 's')::bigint;
     UPDATE rooms SET last_seq = (heads ->> id::text)::bigint
     WHERE id = ANY (p_c_rooms) AND last_seq < (heads ->> id::text)::bigint;
 

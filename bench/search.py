@@ -1,0 +1,237 @@
+"""Search at scale (issue #16): `rows` messages over thousands of rooms (2,000 a room), a user
+in 50 of them, and GET /api/search through the instances: one word drawn from the vocabulary
+(most are rare), one word drawn by how often it is written (common words), and a
+two-character Chinese substring. Plus ingest with the search index dropped, to put beside
+ingest with it.
+
+Bodies are drawn from a pool made once in Python (words of a 20,000-word vocabulary at Zipf
+frequencies; one body in ten with a run of Han characters), so the stored lexemes are the
+service's own (service/search_text.py); messages are inserted in SQL, the index built after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import random
+import re
+import string
+import time
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+import orjson
+
+from service.search import _ESTIMATE, _FIND_EACH, _FIRST, chosen
+from service.search_text import parse_query, search_vector
+
+from .cluster import create_rooms
+from .figures import Percentiles, SearchFigures, Throughput, size_label
+from .scenarios import Bench, http_sessions
+
+VOCABULARY = 20_000
+POOL = 50_000
+PER_ROOM = 2_000
+MEMBER_ROOMS = 50
+REQUESTS = 300  # per kind of query
+# Common Han characters, the runs of the bodies that have some.
+HAN = (
+    "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家"
+    "学对可她里后小么心多天而能好都然没日于起还发成事只作当想看文无开手十用主行方又如前所本见"
+    "经头面公同三已老从动两长知民样现分将外但身些与高意进把法此实回二理美点月明其种声全工己话"
+)
+_INDEX = "CREATE INDEX IF NOT EXISTS ix_messages_search ON messages USING gin (search)"
+_LOAD = """
+INSERT INTO messages (room_id, seq, author, body, created_at, search)
+SELECT r.ids[g % $3 + 1], g / $3 + 1, 'bench_' || lpad((g % 50)::text, 5, '0'), p.body,
+       $4::timestamptz + g * interval '1 millisecond', CAST(p.search AS tsvector)
+FROM generate_series($1::bigint, $2::bigint) AS g
+CROSS JOIN (SELECT $5::bigint[] AS ids) AS r
+JOIN bench_search_pool p ON p.i = (g * 7919) % $6
+"""
+
+
+def _pool(
+    rng: random.Random, size: int
+) -> tuple[list[str], list[float], list[tuple[int, str, str]]]:
+    """The vocabulary, its cumulative Zipf weights, and `size` bodies (i, body, lexemes)."""
+    words = sorted(
+        {"".join(rng.choices(string.ascii_lowercase, k=rng.randint(3, 9))) for _ in range(30_000)}
+    )
+    rng.shuffle(words)
+    vocabulary = words[:VOCABULARY]
+    weights = [1 / (rank + 1) for rank in range(VOCABULARY)]
+    cumulative = list(itertools.accumulate(weights))
+    pool = []
+    for i in range(size):
+        body = " ".join(rng.choices(vocabulary, cum_weights=cumulative, k=rng.randint(6, 14)))
+        if i % 10 == 0:
+            body += " " + "".join(rng.choices(HAN, k=rng.randint(4, 12)))
+        pool.append((i, body, search_vector(body)))
+    return vocabulary, cumulative, pool
+
+
+async def _load(
+    conn: asyncpg.Connection,
+    rows: int,
+    pool: list[tuple[int, str, str]],
+    advance: Callable[[int], None],
+) -> tuple[list[int], float, float, float]:
+    """The rooms and messages; the ids of the rooms, and the seconds the load and the index
+    took, and the index's size in MB."""
+    rooms = max(rows // PER_ROOM, MEMBER_ROOMS)
+    label = size_label(rows).lower()
+    names = [f"bench-search-{label}-{i}" for i in range(rooms)]
+    by_name = await create_rooms(conn, names)
+    ids = [by_name[n] for n in names]
+    await conn.execute("DROP TABLE IF EXISTS bench_search_pool")
+    await conn.execute("CREATE TABLE bench_search_pool (i int PRIMARY KEY, body text, search text)")
+    await conn.copy_records_to_table("bench_search_pool", records=pool)
+    began = time.perf_counter()
+    base = await conn.fetchval("SELECT now() - interval '400 days'")
+    # Built after the load (as an upgrade builds it): one build is faster than rows inserts.
+    await conn.execute("DROP INDEX IF EXISTS ix_messages_search")
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await conn.execute("SET session_replication_role = replica")
+    chunk = 250_000
+    for first in range(0, rows, chunk):
+        upto = min(first + chunk, rows) - 1
+        await conn.execute(_LOAD, first, upto, rooms, base, ids, len(pool))
+        advance(upto - first + 1)
+    await conn.execute(
+        "UPDATE rooms SET last_seq = (SELECT max(seq) FROM messages WHERE room_id = rooms.id)"
+        " WHERE id = ANY($1::bigint[])",
+        ids,
+    )
+    with contextlib.suppress(asyncpg.PostgresError):
+        await conn.execute("RESET session_replication_role")
+    load_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    await conn.execute("SET maintenance_work_mem = '256MB'")
+    await conn.execute(_INDEX)
+    index_seconds = time.perf_counter() - began
+    await conn.execute("VACUUM (ANALYZE) messages")
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await conn.execute("CHECKPOINT")
+    size = await conn.fetchval("SELECT pg_relation_size('ix_messages_search')")
+    await conn.execute("DROP TABLE bench_search_pool")
+    return ids, load_seconds, index_seconds, round(size / 2**20, 1)
+
+
+def _queries(
+    rng: random.Random,
+    vocabulary: list[str],
+    cumulative: list[float],
+    pool: list[tuple[int, str, str]],
+    count: int,
+) -> dict[str, list[str]]:
+    cjk = [body.rsplit(" ", 1)[1] for i, body, _ in pool if i % 10 == 0]
+    pairs = []
+    for _ in range(count):
+        run = rng.choice(cjk)
+        at = rng.randrange(len(run) - 1)
+        pairs.append(run[at : at + 2])
+    return {
+        "rare": [rng.choice(vocabulary) for _ in range(count)],
+        "common": rng.choices(vocabulary, cum_weights=cumulative, k=count),
+        "cjk2": pairs,
+    }
+
+
+async def search(bench: Bench, rows: int) -> SearchFigures:
+    """Load, then time the three kinds of query through the REST API, and EXPLAIN each."""
+    label = size_label(rows)
+    rng = random.Random(rows)
+    vocabulary, cumulative, pool = _pool(rng, min(POOL, max(rows, 1000)))
+    step = bench.ui.step(f"search {label}: loading {rows:,} messages", rows)
+    conn = await asyncpg.connect(bench.db.url, command_timeout=3600)
+    try:
+        ids, load_seconds, index_seconds, index_mb = await _load(conn, rows, pool, step.advance)
+        mine = ids[:: len(ids) // MEMBER_ROOMS][:MEMBER_ROOMS]
+        await conn.execute(
+            "INSERT INTO members (room_id, username, role) SELECT unnest($1::bigint[]),"
+            " 'bench_00000', 'member' ON CONFLICT DO NOTHING",
+            mine,
+        )
+        member_messages = await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE room_id = ANY($1::bigint[])", mine
+        )
+        queries = _queries(rng, vocabulary, cumulative, pool, 20 + REQUESTS)
+        step.update(description=f"search {label}: {3 * REQUESTS} queries", completed=0)
+        step.update(total=3 * REQUESTS)
+        latencies: dict[str, Percentiles] = {}
+        headers = {"Authorization": f"Bearer {bench.tokens[0]}"}
+        async with contextlib.AsyncExitStack() as stack:
+            http = await http_sessions(stack, bench, headers)
+            for kind, words in queries.items():
+                times = []
+                for i, q in enumerate(words):
+                    began = time.perf_counter()
+                    async with http[i % 2].get("/api/search", params={"q": q}) as response:
+                        body = await response.read()
+                    elapsed = (time.perf_counter() - began) * 1000
+                    response.raise_for_status()
+                    orjson.loads(body)["results"]
+                    if i >= 20:  # the first 20 warm the connections up
+                        times.append(elapsed)
+                        step.advance()
+                latencies[kind] = Percentiles.of(times)
+        plans, sql_ms = {}, {}
+        logs = await conn.fetchval(
+            "SELECT sum(last_seq) FROM rooms WHERE id = ANY($1::bigint[])", mine
+        )
+        for kind, words in queries.items():
+            # The statement the service would choose, with its estimate.
+            query = parse_query(words[-1])
+            raw = await conn.fetchval(_positional(_ESTIMATE.text), mine, query)
+            estimate = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]["Plan Rows"]
+            statement = chosen(float(estimate), int(logs))
+            sql = _positional(statement.text)
+            args = (mine, query, *_FIRST, 21)
+            walk = "off" if statement is _FIND_EACH else "on"  # as the service sets it
+            await conn.execute(f"SET enable_bitmapscan = {walk}")
+            raw = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+            plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
+            sql_ms[kind] = round(float(plan["Execution Time"]), 3)
+            text = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
+            await conn.execute("RESET enable_bitmapscan")
+            plans[kind] = [f"q={words[-1]!r} (estimate {estimate} rows)"] + [r[0] for r in text]
+    finally:
+        await conn.close()
+        step.done()
+    return SearchFigures(
+        rows=rows,
+        rooms=len(ids),
+        member_rooms=len(mine),
+        member_messages=member_messages,
+        load_seconds=round(load_seconds, 1),
+        index_seconds=round(index_seconds, 1),
+        index_mb=index_mb,
+        latency_ms=latencies,
+        plans=plans,
+        sql_ms=sql_ms,
+    )
+
+
+def _positional(sql: str) -> str:
+    """service/search.py's statements with asyncpg's placeholders."""
+    names = ["rooms", "q", "at", "room_id", "seq", "limit"]
+    return re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", sql)
+
+
+async def ingest_without_index(
+    bench: Bench, ingest: Callable[[Bench], Awaitable[Throughput]]
+) -> Throughput:
+    """`ingest` with the search index dropped (the lexemes are still computed and stored),
+    then the index built again."""
+    conn = await asyncpg.connect(bench.db.url, command_timeout=3600)
+    try:
+        await conn.execute("DROP INDEX IF EXISTS ix_messages_search")
+        try:
+            result: Throughput = await ingest(bench)
+        finally:
+            await conn.execute(_INDEX)
+    finally:
+        await conn.close()
+    return result

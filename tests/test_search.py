@@ -1,0 +1,304 @@
+"""GET /api/search (PROTOCOL.md) against the real PostgreSQL: multilingual matching (prefixes,
+accents, Chinese, Japanese and Thai substrings), phrases, paging, bounds, privacy (a third
+user, a removed member), edits and deletes (the index follows them; a deleted message's
+lexemes are gone), and the plan (the indexes, never a scan of the whole messages table).
+
+Every test tags its messages with a word of its own and searches for it too, so tests that
+share the database cannot find each other's messages."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from service import migrate
+from service.search import _FIND, _FIND_EACH, _FIRST
+from service.search_text import parse_query, search_vector
+from service.settings import Settings
+from tests.support import User, new_user, unique
+from tests.test_api_rooms import create, delete_member, every, post, put_member
+
+
+async def search(
+    client: httpx.AsyncClient, user: User, q: str, expect: int = 200, **params: Any
+) -> dict[str, Any]:
+    r = await client.get("/api/search", params={"q": q, **params}, headers=user.headers)
+    assert r.status_code == expect, r.text
+    answer: dict[str, Any] = r.json()
+    return answer
+
+
+async def bodies(client: httpx.AsyncClient, user: User, q: str, **params: Any) -> list[str]:
+    return [m["body"] for m in (await search(client, user, q, **params))["results"]]
+
+
+@pytest.fixture
+async def alice(client: httpx.AsyncClient) -> User:
+    return await new_user(client)
+
+
+@pytest.mark.parametrize(
+    ("body", "query"),
+    [
+        ("qwen3.6 is out", "qwen"),
+        ("QWEN3.6 is out", "Qwen3"),
+        ("Données publiques", "donnee"),
+        ("donnees publiques", "Données"),
+        ("Straße und Café", "strasse cafe"),
+        ("我们明天在北京见面", "北京"),  # a two-character substring
+        ("我们明天在北京见面", "在北京见"),
+        ("東京タワーに行きました", "タワー"),
+        ("東京タワーに行きました", "東京タ"),  # split where the script changes: 東京 and タ
+        ("東京タワーに行きました", "行きました"),
+        ("ｶﾀｶﾅで書く", "カタカナ"),  # half-width katakana, folded
+        ("ภาษาไทยง่ายนิดเดียว", "ไทย"),
+        ("ภาษาไทยง่ายนิดเดียว", "ง่าย"),
+        ("ภาษาไทยง่ายนิดเดียว", "ษา"),
+    ],
+)
+async def test_matches(client: httpx.AsyncClient, alice: User, body: str, query: str) -> None:
+    room = await create(client, alice, "public")
+    tag = unique("t")
+    await post(client, alice, room, f"{body} {tag}")
+    await post(client, alice, room, f"something else entirely {tag}")
+    assert await bodies(client, alice, f"{tag} {query}") == [f"{body} {tag}"]
+
+
+@pytest.mark.parametrize(
+    ("body", "query"),
+    [
+        ("qwen3.6 is out", "wen"),  # a prefix, not any substring, outside spaceless scripts
+        ("我们明天在北京见面", "京北"),
+        ("我们明天在北京见面", "北京在"),
+        ("東京 京都", "東京都"),  # two words: not contiguous
+        ("東京タワー", "京タ"),  # 京 and タ, each one character: a prefix of no word
+        ("ภาษาไทย", "ไทยง"),
+        ("données", "donneesx"),
+    ],
+)
+async def test_does_not_match(
+    client: httpx.AsyncClient, alice: User, body: str, query: str
+) -> None:
+    room = await create(client, alice, "public")
+    tag = unique("t")
+    await post(client, alice, room, f"{body} {tag}")
+    assert await bodies(client, alice, f"{tag} {query}") == []
+    assert await bodies(client, alice, tag) == [f"{body} {tag}"]
+
+
+async def test_phrases(client: httpx.AsyncClient, alice: User) -> None:
+    room = await create(client, alice, "public")
+    tag = unique("t")
+    one = f"the quick brown fox {tag}"
+    other = f"brown and quick foxes {tag}"
+    for body in (one, other):
+        await post(client, alice, room, body)
+    assert await bodies(client, alice, f'{tag} "quick brown"') == [one]
+    assert await bodies(client, alice, f'{tag} "brown fo"') == [one]  # the last word a prefix
+    assert set(await bodies(client, alice, f"{tag} quick brown")) == {one, other}
+    assert await bodies(client, alice, f'{tag} "brown quick"') == []
+    # A word of one character keeps its place in a phrase.
+    third = f"take a break {tag}"
+    await post(client, alice, room, third)
+    assert await bodies(client, alice, f'{tag} "take a break"') == [third]
+    assert await bodies(client, alice, f'{tag} "take break"') == []
+
+
+async def test_paging_newest_first(client: httpx.AsyncClient, alice: User) -> None:
+    rooms = [await create(client, alice, "private") for _ in range(2)]
+    tag = unique("t")
+    posted = [await post(client, alice, rooms[i % 2], f"hit {i} {tag}") for i in range(7)]
+    found = await every(client, alice, "/api/search", "results", q=tag, limit=3)
+    assert [(m["room"], m["seq"]) for m in found] == [
+        (m["room"], m["seq"]) for m in reversed(posted)
+    ]
+    page = await search(client, alice, tag, limit=3)
+    assert len(page["results"]) == 3 and page["next_cursor"] is not None
+    last = await search(client, alice, tag, limit=7)
+    assert len(last["results"]) == 7 and last["next_cursor"] is None
+    assert set(last["results"][0]) >= {"room", "seq", "author", "body", "reactions", "version"}
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"q": ""},
+        {"q": "a"},  # one character outside the spaceless scripts: ignored
+        {"q": 'a " b'},
+        {"q": "!!! ..."},
+        {"q": "x" * 257},
+        {"q": " ".join(f"w{i}" for i in range(17))},
+        {"q": "hello", "limit": 0},
+        {"q": "hello", "limit": 101},
+        {"q": "hello", "cursor": "not-a-cursor"},
+        {"q": "hello", "cursor": "WyJtaW5lIiwiMjAyNi0wMS0wMSIsMV0"},  # another list's cursor
+        {"q": "hello", "cursor": "WyJzZWFyY2giLCJ4IiwxLDJd"},  # ["search","x",1,2]
+        # ["search", "2026-01-01T00:00:00+00:00", 1, 10**20]: past a bigint
+        {
+            "q": "hello",
+            "cursor": "WyJzZWFyY2giLCAiMjAyNi0wMS0wMVQwMDowMDowMCswMDowMCIsIDEsIDEw"
+            "MDAwMDAwMDAwMDAwMDAwMDAwMF0",
+        },
+        {"q": "hello", "room": "Not A Room"},
+    ],
+)
+async def test_refused(client: httpx.AsyncClient, alice: User, params: dict[str, Any]) -> None:
+    r = await client.get("/api/search", params=params, headers=alice.headers)
+    assert r.status_code == 422, r.text
+
+
+async def test_needs_a_session(client: httpx.AsyncClient) -> None:
+    r = await client.get("/api/search", params={"q": "hello"})
+    assert r.status_code == 401
+
+
+async def test_limit_bound(client: httpx.AsyncClient, alice: User) -> None:
+    room = await create(client, alice, "public")
+    tag = unique("t")
+    for i in range(3):
+        await post(client, alice, room, f"{tag} n{i}")
+    assert len((await search(client, alice, tag, limit=100))["results"]) == 3
+    assert len((await search(client, alice, tag))["results"]) == 3
+    assert len((await search(client, alice, tag, limit=1))["results"]) == 1
+
+
+async def test_privacy(client: httpx.AsyncClient, alice: User) -> None:
+    bob, carol = await new_user(client), await new_user(client)
+    private = await create(client, alice, "private")
+    public = await create(client, alice, "public")
+    assert (await put_member(client, alice, private, bob.name)).status_code == 200
+    tag = unique("t")
+    secret = await post(client, alice, private, f"secret plans {tag}")
+    await post(client, alice, public, f"open plans {tag}")
+
+    assert len(await bodies(client, alice, tag)) == 2
+    assert await bodies(client, bob, tag) == [f"secret plans {tag}"]
+    # A third user: neither room is theirs; the private one is not readable at all.
+    assert await bodies(client, carol, tag) == []
+    await search(client, carol, tag, expect=403, room=private)
+    await search(client, carol, tag, expect=404, room=unique("nowhere-"))
+    # room=: any readable room, a public one without being a member.
+    assert await bodies(client, carol, tag, room=public) == [f"open plans {tag}"]
+    assert await bodies(client, alice, tag, room=private) == [f"secret plans {tag}"]
+
+    # A page taken as a member, followed after removal, finds nothing more.
+    await post(client, alice, private, f"more secret plans {tag}")
+    first = await search(client, bob, tag, limit=1)
+    assert first["results"][0]["seq"] > secret["seq"] and first["next_cursor"]
+    assert (await delete_member(client, alice, private, bob.name)).status_code == 204
+    assert await bodies(client, bob, tag) == []
+    assert await bodies(client, bob, tag, cursor=first["next_cursor"]) == []
+    await search(client, bob, tag, expect=403, room=private)
+
+
+async def test_edit_and_delete(
+    client: httpx.AsyncClient, alice: User, pg: asyncpg.Connection
+) -> None:
+    room = await create(client, alice, "private")
+    tag = unique("t")
+    message = await post(client, alice, room, f"original wording {tag}")
+    seq = message["seq"]
+    path = f"/api/rooms/{room}/messages/{seq}"
+    r = await client.patch(path, json={"body": f"revised text {tag}"}, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert await bodies(client, alice, f"{tag} original") == []
+    assert await bodies(client, alice, f"{tag} revised") == [f"revised text {tag}"]
+
+    r = await client.delete(path, headers=alice.headers)
+    assert r.status_code == 200, r.text
+    assert await bodies(client, alice, tag) == []
+    assert await bodies(client, alice, f"{tag} revised") == []
+    row = await pg.fetchrow(
+        "SELECT m.body, m.search FROM messages m JOIN rooms r ON r.id = m.room_id"
+        " WHERE r.name = $1 AND m.seq = $2",
+        room,
+        seq,
+    )
+    assert row is not None and row["body"] == "" and row["search"] is None
+
+
+async def test_plan_uses_the_indexes(
+    client: httpx.AsyncClient, alice: User, pg: asyncpg.Connection
+) -> None:
+    """Among five rooms of 20,000 messages each (a word in all, one of its own in each), the
+    statement behind a search finds a rare word through the GIN index and a word of every
+    message through each room's primary key, newest first; never by reading the whole
+    messages table. The same answers through the API, whichever way they were found."""
+    rooms = [await create(client, alice, "public") for _ in range(5)]
+    tag, common = unique("t"), unique("c")
+    ids = [await pg.fetchval("SELECT id FROM rooms WHERE name = $1", r) for r in rooms]
+    for room_id in ids:
+        await pg.execute(
+            "INSERT INTO messages (room_id, seq, author, body, search)"
+            " SELECT $1, g, $2, $3 || ' w' || g, CAST($4 || ' w' || g || ':3' AS tsvector)"
+            " FROM generate_series(1, 20000) AS g",
+            room_id,
+            alice.name,
+            f"{common} filler",
+            search_vector(f"{common} filler"),
+        )
+        await pg.execute("UPDATE rooms SET last_seq = 20000 WHERE id = $1", room_id)
+    room_id = ids[0]
+    await post(client, alice, rooms[0], f"{common} {tag} 北京")
+    await pg.execute("ANALYZE messages")
+    names = ["rooms", "q", "at", "room_id", "seq", "limit"]
+    sql = re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", _FIND.text)
+    for q, index in [(tag, "ix_messages_search"), (f'"{tag} 北京"', "ix_messages_search"),
+                     (common, "pk_messages")]:  # fmt: skip
+        args = [room_id], parse_query(q), *_FIRST, 21
+        plan = "\n".join(r[0] for r in await pg.fetch(f"EXPLAIN {sql}", *args))
+        assert "Seq Scan on messages" not in plan, plan
+        assert index in plan, plan
+    each = re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", _FIND_EACH.text)
+    plan = "\n".join(
+        r[0] for r in await pg.fetch(f"EXPLAIN {each}", ids, parse_query(common), *_FIRST, 4)
+    )
+    assert "Seq Scan on messages" not in plan and "Index Scan Backward using pk_messages" in plan, (
+        plan
+    )
+
+    # Through the API: the common word is every message of the five rooms (each room walked
+    # back), the rare one a single message (the GIN index); the same order and paging.
+    newest = [(rooms[0], 20001)] + [(rooms[4], seq) for seq in range(20000, 19995, -1)]
+    first = await search(client, alice, common, limit=3)
+    second = await search(client, alice, common, limit=3, cursor=first["next_cursor"])
+    found = [(m["room"], m["seq"]) for m in first["results"] + second["results"]]
+    assert found == newest
+    assert [m["seq"] for m in (await search(client, alice, tag))["results"]] == [20001]
+
+
+async def test_upgrade_fills_earlier_messages(own_database: str) -> None:
+    """Messages stored before search existed are found after the upgrade; deleted ones keep
+    no lexemes."""
+    settings = Settings(database_url=own_database)
+    await asyncio.to_thread(migrate.downgrade, settings, "0006")
+    conn = await asyncpg.connect(own_database, timeout=10)
+    try:
+        await conn.execute("INSERT INTO users (username, password_hash) VALUES ('old', '!')")
+        room_id = await conn.fetchval("INSERT INTO rooms (name) VALUES ('old') RETURNING id")
+        await conn.execute(
+            "INSERT INTO messages (room_id, seq, author, body, deleted) VALUES"
+            " ($1, 1, 'old', 'Données d''avant 北京', false), ($1, 2, 'old', '', true)",
+            room_id,
+        )
+        await asyncio.to_thread(migrate.upgrade, settings)
+        rows = await conn.fetch(
+            "SELECT seq, search::text AS search FROM messages WHERE room_id = $1 ORDER BY seq",
+            room_id,
+        )
+        expected = await conn.fetchval(
+            "SELECT CAST($1 AS tsvector)::text", search_vector("Données d'avant 北京")
+        )
+        assert [(r["seq"], r["search"]) for r in rows] == [(1, expected), (2, None)]
+        found = await conn.fetchval(
+            "SELECT count(*) FROM messages WHERE search @@ CAST($1 AS tsquery)",
+            parse_query("donnee 北京"),
+        )
+        assert found == 1
+    finally:
+        await conn.close(timeout=5)
