@@ -229,6 +229,8 @@ async def _actor(
         n = budget.take(WINDOW)
         if n == 0:
             return
+        if budget.errors.total() > budget.target // 2 + 100:  # bounded: races refuse a few
+            raise RuntimeError(f"resume: too many commands refused: {dict(budget.errors)}")
         sent: dict[int, dict[str, Any]] = {}
         for _ in range(n):
             ref += 1
