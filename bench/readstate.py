@@ -11,7 +11,6 @@ import statistics
 import time
 from typing import Any
 
-import aiohttp
 import asyncpg
 import orjson
 from websockets.asyncio.client import ClientConnection
@@ -19,7 +18,7 @@ from websockets.asyncio.client import ClientConnection
 from . import clients
 from .cluster import bulk_load, create_rooms, username
 from .figures import Percentiles, ReadStateResults
-from .scenarios import Bench
+from .scenarios import Bench, http_sessions
 
 # Every MENTION_EVERY-th message mentions the reader, every DELETE_EVERY-th is deleted (a
 # multiple of MENTION_EVERY: a deleted mention leaves both counts).
@@ -165,17 +164,7 @@ async def _room_lists(
     times: list[float] = []
     listing: list[dict[str, Any]] = []
     async with contextlib.AsyncExitStack() as stack:
-        http = [
-            await stack.enter_async_context(
-                aiohttp.ClientSession(
-                    base_url=s.url,
-                    headers=headers,
-                    timeout=aiohttp.ClientTimeout(total=30),
-                    connector=aiohttp.TCPConnector(limit=1),
-                )
-            )
-            for s in bench.instances
-        ]
+        http = await http_sessions(stack, bench, headers)
         for i in range(20 + n):
             began = time.perf_counter()
             async with http[i % 2].get("/api/rooms?limit=1000") as response:

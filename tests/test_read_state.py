@@ -353,7 +353,8 @@ def test_the_room_list_counts_and_the_read_route(world: World) -> None:
     a, b, c = world.users
     with httpx.Client(base_url=world.instance.url, timeout=10) as http:
         room = unique("rl-")
-        assert http.post("/api/rooms", json={"name": room, "kind": "private"}, headers=a.headers)
+        r = http.post("/api/rooms", json={"name": room, "kind": "private"}, headers=a.headers)
+        assert r.status_code == 201, r.text
         assert http.put(f"/api/rooms/{room}/members/{b.name}", headers=a.headers).status_code == 200
         for body in ("one", f"two @{b.name}", "three", f"@{b.name} four"):
             r = http.post(f"/api/rooms/{room}/messages", json={"body": body}, headers=a.headers)
@@ -395,16 +396,24 @@ def _post_batch(world: World, room_id: int, author: str, bodies: list[str]) -> N
     )
 
 
+def _public_room_of_two(http: httpx.Client, world: World, prefix: str) -> tuple[str, int]:
+    """A new public room of the first user, joined by the second: its name and id."""
+    a, b, _ = world.users
+    room = unique(prefix)
+    r = http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=a.headers)
+    assert r.status_code == 201, r.text
+    assert http.put(f"/api/rooms/{room}/members/me", headers=b.headers).status_code == 200
+    ((room_id,),) = world.sql("SELECT id FROM rooms WHERE name = $1", room)
+    return room, int(room_id)
+
+
 def test_a_count_reads_a_few_pages_however_many_are_unread(world: World) -> None:
     """50,000 unread messages, some deleted and some mentioning the reader: the count is
     exact, and reading it touches a handful of pages (a count of the rows would read
     hundreds)."""
     a, b, _ = world.users
     with httpx.Client(base_url=world.instance.url, timeout=30) as http:
-        room = unique("big-")
-        http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=a.headers)
-        assert http.put(f"/api/rooms/{room}/members/me", headers=b.headers).status_code == 200
-        ((room_id,),) = world.sql("SELECT id FROM rooms WHERE name = $1", room)
+        room, room_id = _public_room_of_two(http, world, "big-")
         bodies = [f"m{i}" if i % 1000 else f"hey @{b.name} {i}" for i in range(50_000)]
         _post_batch(world, room_id, a.name, bodies)
         for seq in (2, 3, 1001, 40_000):  # a mention among the deleted
@@ -438,7 +447,8 @@ def test_a_message_writes_no_row_per_member(world: World) -> None:
     a, _, _ = world.users
     with httpx.Client(base_url=world.instance.url, timeout=30) as http:
         room = unique("crowd-")
-        http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=a.headers)
+        r = http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=a.headers)
+        assert r.status_code == 201, r.text
         ((room_id,),) = world.sql("SELECT id FROM rooms WHERE name = $1", room)
         names = [unique("crowd_") for _ in range(2000)]
         world.sql(
@@ -474,10 +484,7 @@ def test_counts_after_a_prune(world: World) -> None:
     what is left is counted exactly, and new messages count on from there."""
     a, b, _ = world.users
     with httpx.Client(base_url=world.instance.url, timeout=30) as http:
-        room = unique("pruned-")
-        http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=a.headers)
-        assert http.put(f"/api/rooms/{room}/members/me", headers=b.headers).status_code == 200
-        ((room_id,),) = world.sql("SELECT id FROM rooms WHERE name = $1", room)
+        room, room_id = _public_room_of_two(http, world, "pruned-")
         _post_batch(world, room_id, a.name, [f"old {i} @{b.name}" for i in range(30)])
         _post_batch(world, room_id, a.name, [f"new {i}" for i in range(10)])
         r = http.delete(f"/api/rooms/{room}/messages/35", headers=a.headers)

@@ -130,7 +130,7 @@ async def test_rules_and_their_errors(
     without the right; not_found for no such message, a deleted one (edit, react) or a
     reply to nothing; limit_reached at one emoji too many; bad_request for a bad emoji."""
     a, b = pair
-    owner, moderator, member, other = await users(a, 4)
+    owner, moderator, member, other, stranger = await users(a, 5)
     room = unique("rules-")
     async with (
         ws_connect(a.url, owner.token) as o,
@@ -162,6 +162,9 @@ async def test_rules_and_their_errors(
         assert (await command(mod, type="delete", room=room, target=by_owner))["code"] == (
             "forbidden"
         )
+        # Nor anyone who is no member of the (public) room, by REST, where no join is needed.
+        r = await rest(b, stranger, "DELETE", f"/api/rooms/{room}/messages/{by_member}")
+        assert r.status_code == 403, r.text
         assert (await command(mod, type="delete", room=room, target=by_member))["type"] == "ack"
         assert (await command(o, type="delete", room=room, target=by_other))["type"] == "ack"
         for frame in (

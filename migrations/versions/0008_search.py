@@ -307,7 +307,8 @@ BEGIN
               AND NOT (v_admin AND v_role IS NOT NULL) THEN
             SELECT o.role INTO v_author_role
             FROM members o WHERE o.room_id = v_room AND o.username = v_author;
-            IF NOT (v_role = 'moderator' AND coalesce(v_author_role, '') <> 'owner') THEN
+            IF NOT (coalesce(v_role, '') = 'moderator' AND coalesce(v_author_role, '') <> 'owner')
+            THEN
                 v_code := 'forbidden';
             END IF;
         END IF;
