@@ -31,9 +31,11 @@ from rich.console import Console
 
 from . import (
     baselines,
+    largeroom,
     peer_env,
     readstate,
     report,
+    resync,
     scenarios,
     search,
     socketio_peer,
@@ -69,6 +71,8 @@ SCENARIOS = (
     "read-state",
     "search",
     "ingest-unindexed",
+    "large-room",
+    "resume-converged",
 )
 # Measured only when peers are on (or named with --only).
 PEER_SCENARIOS = ("synapse", "socketio")
@@ -339,6 +343,10 @@ async def _measure(
             results.search[size_label(rows)] = await search.search(bench, rows)
     if "read-state" in wanted:
         results.read_state = await readstate.read_state(bench)
+    if "large-room" in wanted:
+        results.large_room = await largeroom.measure(bench, with_socketio="socketio" in wanted)
+    if "resume-converged" in wanted:
+        results.resyncs = await resync.resyncs(bench)
     # Last: it starts and stops six instances of its own, and the first ingest run after it
     # was 1,350-2,300 msg/s instead of ~10,000 (PostgreSQL or the client settling; the two
     # main instances took no part in it).

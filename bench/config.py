@@ -51,6 +51,16 @@ class Profile:
     unread_requests: int = 1000
     crowd_members: int = 5000
     read_state_samples: int = 500
+    # a large room (bench/largeroom.py): one room, receivers half on each instance, one
+    # paced sender (the 2,000 receivers at 10 msg/s)
+    large_room_receivers: int = 2000
+    large_room_rate: float = 10.0
+    large_room_seconds: float = 10.0
+    # resume to converged state (bench/resync.py): a room of `resync_history` events, then
+    # each count of missed events; `resync_clients` resumes (and REST loads) after each
+    resync_history: int = 500
+    resync_events: tuple[int, ...] = (1000, 10_000)
+    resync_clients: int = 10
     # the peers (python -m bench --peers; on by default, off with --smoke)
     peers: bool = True
     # Synapse: senders (one send in flight each) over rooms. 64 gave it the most here: 32
@@ -80,7 +90,8 @@ class Profile:
     def users_needed(self) -> int:
         transports = self.transport_sockets + self.transport_receivers + 1
         fanout = self.fanout_receivers + self.fanout_rooms
-        return max(self.idle_sockets, fanout, self.joins, transports) + 64
+        large = self.large_room_receivers + 1
+        return max(self.idle_sockets, fanout, self.joins, transports, large) + 64
 
 
 DEFAULT = Profile(name="default")
@@ -115,6 +126,11 @@ SMOKE = Profile(
     unread_requests=30,
     crowd_members=200,
     read_state_samples=30,
+    large_room_receivers=20,
+    large_room_seconds=1.0,
+    resync_history=50,
+    resync_events=(100, 1050),  # past CHAT_RESUME_LIMIT (1,000): the truncated path
+    resync_clients=2,
     peers=False,
     synapse_senders=8,
     synapse_rooms=2,

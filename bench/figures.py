@@ -5,6 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .largeroom import LargeRoom
+    from .resync import Resync
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -293,6 +298,8 @@ class Results:
     fanout: Fanout | None = None
     connect_replay: JoinTimes | None = None
     resume: JoinTimes | None = None
+    resyncs: list[Resync] = field(default_factory=list)  # resume to converged, by events missed
+    large_room: LargeRoom | None = None
     memory: list[Memory] = field(default_factory=list)
     transports: list[Transport] = field(default_factory=list)
     history: dict[str, History] = field(default_factory=dict)  # by size label, e.g. "1M"

@@ -42,6 +42,9 @@ _SEARCH_KINDS = {
     "common": ("a word drawn by frequency", TARGET_SEARCH_WORD_MS),
     "cjk2": ("a 2-character Chinese substring", TARGET_SEARCH_CJK_MS),
 }
+# issue #18: resume of 1,000 missed events (of every kind) under 15 ms, here to converged state
+TARGET_RESUME_EVENTS = 1000
+TARGET_RESUME_MS = 15.0
 # Against the peers (issue #18): ingest at least 50x a tuned Synapse's; send-to-receipt p99
 # at the load Synapse sustains at most a tenth of its; deliveries per server CPU-second at
 # least python-socketio + Redis's, while persisting everything.
@@ -166,6 +169,8 @@ def rows(results: Results) -> list[Row]:
     if results.read_state is not None:
         out.extend(read_state_rows(results.read_state))
     out.extend(search_rows(results))
+    out.extend(large_room_rows(results))
+    out.extend(resync_rows(results))
     out.extend(peer_rows(results))
     return out
 
@@ -255,6 +260,86 @@ def search_rows(results: Results) -> list[Row]:
                 passed=ratio >= TARGET_INGEST_RATIO,
             )
         )
+    return out
+
+
+def large_room_rows(results: Results) -> list[Row]:
+    """The large room next to the same run's fan-out (many small rooms) and, when measured,
+    socket.io's large room and Synapse at the same rate."""
+    lr = results.large_room
+    if lr is None:
+        return []
+    ours, f = lr.ours, results.fanout
+    what = f"large room ({ours.receivers:,} receivers, {ours.offered_per_second:g} msg/s)"
+    out: list[Row] = []
+    for q in ("p50", "p99"):
+        figure = getattr(ours.cross_instance_ms, q)
+        if f is not None:
+            base = getattr(f.cross_instance_ms, q)
+            label = f"fan-out {q}, {f.receivers} receivers"
+            out.append(Row(f"{what} {q}, other instance", figure, "ms", base, label,
+                           _ratio(figure, base)))  # fmt: skip
+        else:
+            out.append(Row(f"{what} {q}, other instance", figure, "ms"))
+    out.append(
+        Row(
+            f"{what} deliveries",
+            ours.deliveries_per_second,
+            "msg/s",
+            ours.expected_deliveries_per_second,
+            "expected",
+            _ratio(ours.deliveries_per_second, ours.expected_deliveries_per_second),
+        )
+    )
+    if ours.cpu_us_per_delivery:
+        base = f.cpu_us_per_delivery if f is not None else 0.0
+        out.append(
+            Row(
+                f"{what} server CPU per delivery",
+                ours.cpu_us_per_delivery,
+                "µs",
+                base or None,
+                "fan-out" if base else "",
+                _ratio(ours.cpu_us_per_delivery, base) if base else None,
+            )
+        )
+    theirs = lr.socketio
+    if theirs is not None:
+        name = "socket.io + Redis, same room"
+        out.append(
+            _versus(f"{what} p99, other instance, vs socket.io", ours.cross_instance_ms.p99,
+                    "ms", theirs.cross_instance_ms.p99, name, short="large room p99 vs socket.io")
+        )  # fmt: skip
+        out.append(
+            _versus(f"{what} deliveries per server CPU-second vs socket.io",
+                    ours.deliveries_per_cpu_second, "/cpu-s", theirs.deliveries_per_cpu_second,
+                    name, short="large room deliveries/CPU-s vs socket.io")
+        )  # fmt: skip
+    s = results.synapse
+    if s is not None and s.latency.all_ms is not None and ours.all_ms is not None:
+        out.append(
+            _versus(f"{what} p99 vs Synapse /sync at {s.latency.offered_per_second:g} msg/s "
+                    f"({s.latency.receivers} receivers)", ours.all_ms.p99, "ms",
+                    s.latency.all_ms.p99, f"Synapse {s.variant}",
+                    short="large room p99 vs Synapse at 10/s")
+        )  # fmt: skip
+    return out
+
+
+def resync_rows(results: Results) -> list[Row]:
+    """Reconnect to converged state next to loading the same room over REST."""
+    out: list[Row] = []
+    for r in results.resyncs:
+        what = f"resume {r.events:,} missed events to converged state"
+        ref = f"REST load, {r.messages:,} msgs"
+        for q in ("p50", "p99"):
+            figure, base = getattr(r.converged_ms, q), getattr(r.rest_ms, q)
+            row = Row(f"{what}, {q}", figure, "ms", base, f"{ref} {q}", _ratio(figure, base))
+            if q == "p50" and r.events == TARGET_RESUME_EVENTS:
+                row = dataclasses.replace(
+                    row, target=f"< {TARGET_RESUME_MS:g} ms", passed=figure < TARGET_RESUME_MS
+                )
+            out.append(row)
     return out
 
 
@@ -477,6 +562,36 @@ def figures(results: Results) -> dict[str, float]:
     for row in peer_rows(results):
         if row.ratio is not None:
             out[_key(row.measurement) + "_ratio"] = row.ratio
+    out.update(v2_figures(results))
+    return out
+
+
+def v2_figures(results: Results) -> dict[str, float]:
+    """The large room's and the resumes' figures, flat."""
+    out: dict[str, float] = {}
+    lr = results.large_room
+    if lr is not None:
+        for key, f in (("large_room", lr.ours), ("socketio_large_room", lr.socketio)):
+            if f is not None:
+                out[f"{key}_p50_ms"] = f.cross_instance_ms.p50
+                out[f"{key}_p99_ms"] = f.cross_instance_ms.p99
+                out[f"{key}_deliveries_per_s"] = f.deliveries_per_second
+                if f.deliveries_per_cpu_second:
+                    out[f"{key}_deliveries_per_cpu_s"] = f.deliveries_per_cpu_second
+        if results.fanout is not None and results.fanout.cross_instance_ms.p99 > 0:
+            out["large_room_p99_vs_fanout"] = round(
+                lr.ours.cross_instance_ms.p99 / results.fanout.cross_instance_ms.p99, 2
+            )
+    for r in results.resyncs:
+        key = f"resume_converged_{r.events}"
+        out[f"{key}_p50_ms"] = r.converged_ms.p50
+        out[f"{key}_p99_ms"] = r.converged_ms.p99
+        out[f"{key}_rest_load_p50_ms"] = r.rest_ms.p50
+        if r.rest_ms.p50 > 0:
+            out[f"{key}_vs_rest_load"] = round(r.converged_ms.p50 / r.rest_ms.p50, 2)
+    for row in large_room_rows(results):
+        if row.short and row.ratio is not None:
+            out[_key(row.short) + "_ratio"] = row.ratio
     return out
 
 
@@ -529,6 +644,8 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
             runs.append((t.label, t.cpu))
     if results.fanout is not None and results.fanout.cpu:
         runs.append(("fan-out", results.fanout.cpu))
+    if results.large_room is not None and results.large_room.ours.cpu:
+        runs.append(("large room", results.large_room.ours.cpu))
     for label, h in results.history.items():
         if h.cpu:
             runs.append((f"history {label}", h.cpu))
@@ -696,6 +813,7 @@ def notes(results: Results) -> list[str]:
             + (f"; errors {w.errors}" if w.errors else "")
         )
     out.extend(peer_notes(results))
+    out.extend(v2_notes(results))
     for label, h in results.history.items():
         out.append(
             f"- history {label}: {h.rows:,} rows in the room (+{h.other_rows:,} in 10 others), "
@@ -718,6 +836,51 @@ def notes(results: Results) -> list[str]:
         )
         for kind, plan in sf.plans.items():
             out.extend(f"    {kind}: {line.strip()}" for line in plan if _PLAN_NODE.search(line))
+    return out
+
+
+def v2_notes(results: Results) -> list[str]:
+    """How the large room and the resumes were run, and what they saw."""
+    out: list[str] = []
+    lr = results.large_room
+    if lr is not None:
+        for name, f in (("the chat", lr.ours), ("socket.io + Redis", lr.socketio)):
+            if f is None:
+                continue
+            out.append(
+                f"- large room, {name}: one room, {f.receivers:,} receivers (half per "
+                f"instance), one paced sender on instance a, {f.offered_per_second:g} msg/s, "
+                f"{f.seconds:g} s: {f.deliveries_per_second:,.0f} deliveries/s (expected "
+                f"{f.expected_deliveries_per_second:,.0f}); other instance p50/p95/p99/max "
+                f"{_q(f.cross_instance_ms)} ms, same instance {_q(f.same_instance_ms)} ms; send "
+                f"to ack p50/p99 {f.ack_ms.p50}/{f.ack_ms.p99} ms; servers "
+                f"{f.server_cores:.2f} cores, {f.cpu_us_per_delivery} µs per delivery; "
+                f"missing {f.missing}" + (f"; closed {f.closed}" if f.closed else "")
+            )
+        out.append(
+            f"- large room, the chat: the whole scenario took {lr.seconds:g} s (the receivers' "
+            "joins, each announced to every member already in the room, and the wait until "
+            "the instances were quiet again, before warm-up, sends and drain)"
+        )
+    for r in results.resyncs:
+        kinds = ", ".join(f"{n:,} {k}" for k, n in sorted(r.kinds.items()))
+        out.append(
+            f"- resume {r.events:,}: a room of {r.messages_before:,} messages; the client "
+            f"missed {r.events:,} events ({kinds}) made by {r.generated_per_second:,.0f} events/s "
+            f"from 4 members on both instances; {r.clients} reconnects with `since`, each "
+            f"converged to a fresh REST load ({r.messages:,} messages, {r.rest_pages} pages of "
+            f"200), every field of every message compared ({r.fields_compared:,} per check): "
+            f"reconnect to converged p50/p95/p99/max {_q(r.converged_ms)} ms (of which "
+            f"handshake p50 {r.handshake_ms.p50} ms, join to `joined` with the replay p50 "
+            f"{r.joined_ms.p50} ms), REST load {_q(r.rest_ms)} ms"
+            + (
+                f"; the join replayed the newest {r.resume_limit:,} (truncated) and "
+                f"{r.events_pages} /events pages the gap before them"
+                if r.truncated
+                else ""
+            )
+            + (f"; commands refused in races (not counted): {r.errors}" if r.errors else "")
+        )
     return out
 
 

@@ -123,6 +123,22 @@ async def measured(
     into.update(meter.stop())
 
 
+async def quiet(
+    bench: Bench, *, at_least: float = 0.5, at_most: float = 60.0, cores: float = 0.15
+) -> None:
+    """Wait at least `at_least` s, then until each instance uses under `cores` over a quarter
+    of a second (the presence events of many joins, one per member per join, have gone out),
+    at most `at_most` s."""
+    await asyncio.sleep(at_least)
+    until = time.perf_counter() + at_most
+    while time.perf_counter() < until:
+        before = [s.cpu_seconds() for s in bench.instances]
+        await asyncio.sleep(0.25)
+        used = [s.cpu_seconds() - b for s, b in zip(bench.instances, before, strict=True)]
+        if max(used) < cores * 0.25:
+            return
+
+
 # -- ingest ---------------------------------------------------------------------------------
 
 
@@ -271,7 +287,7 @@ async def fanout(bench: Bench) -> Fanout:
             ws = await bench.connect_joined(bench.instances[k % 2], first_sender_user + k, room)
             senders.append(ws)
             step.advance()
-        await asyncio.sleep(0.5)  # presence events of the joins settle
+        await quiet(bench)  # presence events of the joins settle
 
         step.update(description="fan-out: paced sends")
         tally = clients.FanoutTally()

@@ -43,6 +43,14 @@ EXPECTED = {
     "read_cursor_p99_ms",
     "ping_p50_ms",
     "ingest_unindexed_msgs_per_s",
+    "large_room_p50_ms",
+    "large_room_p99_ms",
+    "large_room_deliveries_per_s",
+    "large_room_p99_vs_fanout",
+    "resume_converged_100_p50_ms",
+    "resume_converged_100_rest_load_p50_ms",
+    "resume_converged_1050_p50_ms",
+    "resume_converged_1050_rest_load_p50_ms",
 }
 EXPECTED |= {
     f"search_10k_{kind}_{q}_ms" for kind in ("rare", "common", "cjk2") for q in ("p50", "p99")
@@ -96,6 +104,9 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     transports = data["details"]["transports"]
     assert [(t["ws"], t["loop"]) for t in transports] == TRANSPORTS
     assert [t["missing"] for t in transports] == [0] * len(TRANSPORTS)
+    assert data["details"]["large_room"]["ours"]["missing"] == 0
+    # Every resume converged (checked in the run); 1,050 missed is past the resume limit.
+    assert [r["truncated"] for r in data["details"]["resyncs"]] == [False, True]
     assert "WebSocket implementation and event loop" in result.stdout
     assert (tmp_path / "latest.png").stat().st_size > 0
     # The peers are measured only when asked for (--peers): they need venvs of their own.
