@@ -74,7 +74,7 @@ EXPECTED |= {
 }
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAT_")}
     # The suite's own server, when it has one, serves the benchmark too (its own database).
@@ -86,7 +86,7 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=240,
+        timeout=540,
         check=False,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
