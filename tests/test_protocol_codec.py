@@ -214,7 +214,7 @@ async def test_what_postgresql_builds_decodes_to_the_stored_messages(
     client_ids = ["c1", None, "c3", None, None] + [None] * 150
     row = await pg.fetchrow(
         "SELECT seqs, payloads FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}',"
-        " '{}', '{}', '{}', 20, NULL, $6, $7, $8, $9, $10)",
+        " '{}', '{}', '{}', '{}', 20, '{}', NULL, $6, $7, $8, $9, $10)",
         [room_id] * len(bodies),
         [author] * len(bodies),
         bodies,

@@ -32,8 +32,8 @@ from tests.support import unique
 KEY = FanoutKey.from_secret("the write-path tests' own secret")
 _POST = (
     "SELECT seqs, created, repeated, stored_bodies, payloads, codes"
-    " FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}', '{}', '{}', '{}', 20,"
-    " $6, $7, $8, $9, $10, $11)"
+    " FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}', '{}', '{}', '{}',"
+    " '{}', 20, '{}', $6, $7, $8, $9, $10, $11)"
 )
 
 

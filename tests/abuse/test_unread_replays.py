@@ -43,7 +43,7 @@ async def _seed(database_url: str, author: str) -> list[str]:
             room_id = await conn.fetchval("INSERT INTO rooms (name) VALUES ($1) RETURNING id", name)
             await conn.execute(
                 "SELECT seqs FROM chat_post_messages($1, $2, $3, $4, $5, '{}', '{}', '{}', '{}',"
-                " '{}', '{}', '{}', 20, NULL, $6, $7, $8, $9, $10)",
+                " '{}', '{}', '{}', '{}', 20, '{}', NULL, $6, $7, $8, $9, $10)",
                 [room_id] * MESSAGES,
                 [author] * MESSAGES,
                 [f"{i:05d}" + "x" * (BODY_CHARS - 5) for i in range(MESSAGES)],
