@@ -149,6 +149,14 @@ export function publicRooms(q, cursor = null, limit = 50) {
   return request('GET', `/api/rooms/public?${query}`);
 }
 
+/** Messages matching `q` in the caller's rooms, newest first (v2): {results: [messages, each
+ * with "room"], next_cursor}; 422 for a query with no word to search for. */
+export function search(q, cursor = null, limit = 20) {
+  const query = new URLSearchParams({ q, limit: String(limit) });
+  if (cursor) query.set('cursor', cursor);
+  return request('GET', `/api/search?${query}`);
+}
+
 /** {room, members: [{username, role}], next_cursor}, by name. */
 export function members(room, cursor = null, limit = 200) {
   const query = new URLSearchParams({ limit: String(limit) });

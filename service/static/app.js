@@ -37,6 +37,7 @@ const dom = {
   newRoomOpen: $('new-room-open'),
   newDmOpen: $('new-dm-open'),
   browseOpen: $('browse-open'),
+  searchOpen: $('search-open'),
   sessionsOpen: $('sessions-open'),
   notifyToggle: $('notify-toggle'),
   membersOpen: $('members-open'),

@@ -1,5 +1,5 @@
 // One signed-in session: the socket, the room views, routing, the composer, the room lists,
-// the online/typing panels and the dialogs (new room, dm, public rooms, members, sessions). Created after login, destroyed on logout or when the session expires, so nothing of
+// the online/typing panels and the dialogs (new room, dm, public rooms, search, members, sessions). Created after login, destroyed on logout or when the session expires, so nothing of
 // one user's state can leak into the next login in the same tab.
 
 import * as api from './api.js';
@@ -20,6 +20,7 @@ import {
 } from './render.js';
 import { RoomList } from './room-list.js';
 import { RoomView } from './room-view.js';
+import { SearchDialog } from './search-view.js';
 import { SessionsDialog } from './sessions-view.js';
 import { ChatSocket } from './socket.js';
 
@@ -77,6 +78,8 @@ export class ChatSession {
   #commands = new Map();
   /** Rooms whose counts are being read again: room → whether to read them once more after. */
   #recounting = new Map();
+  /** A search result to show once its room is open and joined: {room, seq}. */
+  #pendingJump = null;
 
   /**
    * @param {string} me
@@ -114,6 +117,10 @@ export class ChatSession {
     this.browse = new BrowseDialog({
       onOpen: (room) => this.navigate(room),
       isMine: (room) => this.rooms.has(room),
+    }, signal);
+    this.search = new SearchDialog({
+      onOpen: (room, seq) => this.#openAt(room, seq),
+      info: (room) => this.rooms.get(room),
     }, signal);
     this.members = new MembersDialog({
       me,
@@ -153,6 +160,15 @@ export class ChatSession {
     on(d.newRoomOpen, 'click', () => this.newRoom.open());
     on(d.newDmOpen, 'click', () => this.newDm.open());
     on(d.browseOpen, 'click', () => this.browse.open());
+    on(d.searchOpen, 'click', () => this.search.open());
+    on(document, 'keydown', (e) => {
+      if ((e.ctrlKey || e.metaKey) && !e.altKey && !e.shiftKey && e.key.toLowerCase() === 'k'
+          && !document.querySelector('dialog[open]')) {
+        e.preventDefault();
+        d.searchOpen.focus(); // where the focus goes back when the view closes
+        this.search.open();
+      }
+    });
     on(d.sessionsOpen, 'click', () => this.sessions.open());
     on(d.membersOpen, 'click', () => {
       if (this.current) this.members.open(this.current.name, this.rooms.get(this.current.name));
@@ -209,6 +225,7 @@ export class ChatSession {
     for (const dialog of [this.newRoom, this.newDm, this.browse, this.members, this.sessions]) {
       dialog.close();
     }
+    this.search.forget(); // its results are this user's
     for (const view of this.views.values()) view.dispose();
     this.pane.show(null);
     const d = this.#dom;
@@ -292,6 +309,7 @@ export class ChatSession {
         this.#renderHeading();
         this.#renderOnline();
         if (this.pane.atBottom()) this.#markRead(v);
+        this.#takeJump();
       }
     });
     on(s, 'presence', ({ detail: f }) => {
@@ -532,6 +550,22 @@ export class ChatSession {
       this.closePanels();
       if (!NARROW.matches) this.composer.focus(); // on phones, don't pop the keyboard up
     }
+    if (this.#pendingJump?.room !== name) this.#pendingJump = null;
+    this.#takeJump();
+  }
+
+  /** A search result: open its room at message `seq` (once the room is joined). */
+  #openAt(room, seq) {
+    this.#pendingJump = { room, seq };
+    this.navigate(room);
+  }
+
+  #takeJump() {
+    const view = this.current;
+    if (!view || !view.joinedOnce || this.#pendingJump?.room !== view.name) return;
+    const { seq } = this.#pendingJump;
+    this.#pendingJump = null;
+    this.#jump(view, seq, { hold: true });
   }
 
   #joinFromInput() {
@@ -691,9 +725,9 @@ export class ChatSession {
     }
   }
 
-  async #jump(view, seq) {
+  async #jump(view, seq, { hold = false } = {}) {
     if (!Number.isInteger(seq)) return;
-    const shown = await view.jumpTo(seq);
+    const shown = await view.jumpTo(seq, { hold });
     if (view !== this.current) return;
     if (shown) announce(`Showing the message by ${view.message(seq)?.author ?? 'its author'}.`);
     else this.#toast('That message is no longer available.');

@@ -418,13 +418,15 @@ export class RoomView {
    * Show message `seq` (a reply's original): scrolled to, highlighted and focused. One that is
    * older than what is loaded comes with the page `around` it; the messages between that
    * page and the loaded ones are a gap row, loaded when it is reached. False when the
-   * message does not exist (any more).
+   * message does not exist (any more). With `hold` (a search result) it stays marked.
    */
-  async jumpTo(seq) {
+  async jumpTo(seq, { hold = false } = {}) {
     let row = this.rowOf(seq);
     if (!row && (seq < this.#lowestSeq() || this.#inGap(seq))) row = await this.#loadAround(seq);
     if (!row) return false;
     this.pane.reveal(this, row);
+    for (const found of this.list.querySelectorAll('.is-found')) found.classList.remove('is-found');
+    if (hold) row.classList.add('is-found'); // a search result stays marked
     row.classList.add('is-target');
     row.tabIndex = -1;
     row.focus({ preventScroll: true });

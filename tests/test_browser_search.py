@@ -1,0 +1,204 @@
+"""The browser page's search (v2, `GET /api/search`): the view, the matches highlighted as the
+server matches them (any case or accent, the start of a word, a substring of Chinese or
+Japanese), "More results", the 422 of a query with no word, a result opening its room at a
+message far back in its history, and a third user who finds nothing of a private room. Real
+`chat serve` processes and a real Chromium, as in test_browser.py, whose fixtures and
+helpers these are. Every wait is bounded (Playwright's expect and actions time out after
+WAIT_MS). axe-core audits the results view (no serious or critical violation).
+"""
+
+# The fixtures of test_browser.py are imported by name, which is how pytest finds them; the
+# tests then take them as arguments, which ruff reads as redefinitions.
+# ruff: noqa: F811
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import httpx
+from playwright.async_api import Locator, expect
+
+from tests.support import Instance, User, new_user, unique
+from tests.test_browser import (  # noqa: F401 (found by name)
+    Tab,
+    Tabs,
+    browser,
+    expect_in_room,
+    http,
+    log_in,
+    open_in_room,
+    server,
+    short,
+    tabs,
+)
+from tests.test_browser_history import private_room
+from tests.test_browser_log import post, row_of
+from tests.test_browser_v2 import audit, axe_source, expect_never_seen  # noqa: F401
+
+FILLERS = 300
+PAGING = 25  # more than the page's 20 results a page
+
+
+async def add_member(http: httpx.AsyncClient, owner: User, room: str, user: User) -> None:
+    r = await http.put(f"/api/rooms/{room}/members/{user.name}", json={}, headers=owner.headers)
+    assert r.status_code in (200, 201), r.text
+
+
+async def post_many(http: httpx.AsyncClient, user: User, room: str, bodies: list[str]) -> None:
+    """Post `bodies` (in any order among themselves), 20 at a time."""
+    for start in range(0, len(bodies), 20):
+        await asyncio.gather(*(post(http, user, room, b) for b in bodies[start : start + 20]))
+
+
+async def search_for(tab: Tab, q: str) -> Locator:
+    """Type `q` in the open search view; returns its results once the answer is shown."""
+    await tab.by("search-q").fill(q)
+    await expect(tab.by("search-status")).to_have_attribute("data-query", q)
+    return tab.by("search-list").get_by_test_id("search-result")
+
+
+def matches(results: Locator) -> Locator:
+    return results.get_by_test_id("search-match")
+
+
+async def test_search_highlights_pages_and_opens_a_result_far_back(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient, axe_source: str
+) -> None:
+    """Bob, by keyboard: "donnee" finds Alice's "Données" (the match marked), "都大" a
+    substring of "京都大学", "a" is refused with the server's reason, "paging" shows 20 and
+    "More results" the other 5; Enter on the "Données" result, 326 messages back in a room
+    not yet open, opens the room at it: loaded around it, in view, focused and marked."""
+    alice, bob = await new_user(http, short("alice_")), await new_user(http, short("bob_"))
+    room = unique("found-")
+    await private_room(http, alice, room)
+    await add_member(http, alice, room, bob)
+    before = await post(http, alice, room, "Here is the plan")
+    old = await post(http, alice, room, "Les Données du projet sont prêtes")
+    await post_many(http, alice, room, [f"filler {i}" for i in range(FILLERS)])
+    await post(http, alice, room, "明日は京都大学に行きます")
+    for i in range(PAGING):  # one after another: the results come newest first
+        await post(http, alice, room, f"paging note {i}")
+
+    tab = await tabs.open(server)
+    await tab.goto()
+    await log_in(tab, bob.name)
+    await expect(tab.by("room-list").locator(f"[data-room='{room}']")).to_have_count(1)
+    await tab.page.keyboard.press("Control+k")
+    await expect(tab.by("search-dialog")).to_be_visible()
+    await expect(tab.by("search-q")).to_be_focused()
+    await expect(tab.by("search-q")).to_have_accessible_name("Words to find in your rooms")
+
+    # Case and accents folded, a prefix: the match is marked, in the text as written.
+    results = await search_for(tab, "donnee")
+    await expect(results).to_have_count(1)
+    await expect(results.get_by_test_id("search-room")).to_have_text(f"Private room {room}")
+    await expect(results.get_by_test_id("search-author")).to_have_text(alice.name)
+    await expect(results.get_by_test_id("search-body")).to_have_text(
+        "Les Données du projet sont prêtes"
+    )
+    await expect(matches(results)).to_have_text(["Donnée"])
+    await expect(tab.by("search-status")).to_have_text("1 message found.")
+    await tab.shot("search-results.png")
+    await audit(tab, axe_source, "search-results")
+
+    # A substring of a run of Han characters.
+    results = await search_for(tab, "都大")
+    await expect(results.get_by_test_id("search-body")).to_have_text(["明日は京都大学に行きます"])
+    await expect(matches(results)).to_have_text(["都大"])
+
+    # A query with no word left: the server's 422, said in the view.
+    await search_for(tab, "a")
+    await expect(tab.by("search-error")).to_contain_text("no word to search for")
+    await expect(tab.by("search-q")).to_have_attribute("aria-invalid", "true")
+    await expect(tab.by("search-list").get_by_test_id("search-result")).to_have_count(0)
+
+    # Paging: the newest 20, then "More results" (next_cursor) the 5 older, focused.
+    results = await search_for(tab, "paging")
+    await expect(tab.by("search-error")).to_be_hidden()
+    await expect(results).to_have_count(20)
+    await expect(results.first.get_by_test_id("search-body")).to_have_text(
+        f"paging note {PAGING - 1}"
+    )
+    await expect(tab.by("search-status")).to_have_text("20 messages found (more below).")
+    await tab.by("search-more").click()
+    await expect(results).to_have_count(PAGING)
+    await expect(tab.by("search-more")).to_be_hidden()
+    await expect(tab.by("search-status")).to_have_text(f"{PAGING} messages found.")
+    await expect(results.nth(20).get_by_test_id("search-result-open")).to_be_focused()
+    bodies = await results.get_by_test_id("search-body").all_inner_texts()
+    assert bodies == [f"paging note {i}" for i in reversed(range(PAGING))]
+    await expect(matches(results)).to_have_text(["paging"] * PAGING)
+
+    # Enter on the result, far back in a room this page has not opened yet.
+    results = await search_for(tab, "donnee")
+    await expect(results).to_have_count(1)
+    await tab.page.keyboard.press("Tab")
+    await expect(results.get_by_test_id("search-result-open")).to_be_focused()
+    await tab.page.keyboard.press("Enter")
+    await expect(tab.by("search-dialog")).to_be_hidden()
+    await expect_in_room(tab, room, bob.name)
+    target = row_of(tab, old["seq"])
+    await expect(target).to_be_in_viewport()
+    await expect(target).to_be_focused()
+    await expect(target).to_have_class(re.compile(r"\bis-found\b"))
+    await expect(target.get_by_test_id("message-body")).to_have_text(
+        "Les Données du projet sont prêtes"
+    )
+    # Its context: the page around it, and the gap up to the newest messages.
+    seqs = await tab.seqs()
+    assert before["seq"] in seqs and old["seq"] + 1 in seqs
+    await expect(tab.by("history-gap")).to_have_count(1)
+    await tab.shot("search-opened.png")
+
+    # Logging out forgets the search: the next user of the tab sees none of it.
+    await tab.by("logout").click()
+    await log_in(tab, alice.name)
+    await tab.by("search-open").click()
+    await expect(tab.by("search-q")).to_have_value("")
+    await expect(tab.by("search-list").get_by_test_id("search-result")).to_have_count(0)
+    await expect(tab.by("search-status")).to_have_text("")
+    tab.watch.assert_clean(allow=(re.compile(r"status of 422 .*/api/search\?q=a&"),))
+
+
+async def test_a_third_user_finds_nothing_of_a_private_room(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """The same word in a private room of Alice and Bob and in a public room Carol is in:
+    Bob finds both, Carol only the public one, and the private room appears nowhere in her
+    page."""
+    alice, bob = await new_user(http, short("alice_")), await new_user(http, short("bob_"))
+    carol = await new_user(http, short("carol_"))
+    secret, public = unique("hidden-"), unique("open-")
+    await private_room(http, alice, secret)
+    await add_member(http, alice, secret, bob)
+    r = await http.post(
+        "/api/rooms", json={"name": public, "kind": "public"}, headers=alice.headers
+    )
+    assert r.status_code == 201, r.text
+    await post(http, alice, secret, "Données secrètes")
+    await post(http, alice, public, "Données publiques")
+
+    carol_tab = await open_in_room(tabs, server, carol.name, public)
+    bob_tab = await open_in_room(tabs, server, bob.name, public)
+    for tab in (carol_tab, bob_tab):
+        await tab.by("search-open").click()
+        await expect(tab.by("search-q")).to_be_focused()
+    bob_results = await search_for(bob_tab, "DONNEES")
+    await expect(bob_results.get_by_test_id("search-body")).to_have_text(
+        ["Données publiques", "Données secrètes"]
+    )
+    carol_results = await search_for(carol_tab, "DONNEES")
+    await expect(carol_results.get_by_test_id("search-body")).to_have_text(["Données publiques"])
+    await expect(carol_results.get_by_test_id("search-room")).to_have_text(
+        [f"Public room {public}"]
+    )
+    await expect(matches(carol_results)).to_have_text(["Données"])
+    await expect_never_seen(carol_tab, secret)
+    await search_for(carol_tab, "secretes")
+    await expect(carol_tab.by("search-status")).to_have_text(
+        "No message in your rooms matches “secretes”."
+    )
+    await expect_never_seen(carol_tab, secret)
+    carol_tab.watch.assert_clean()
+    bob_tab.watch.assert_clean()
