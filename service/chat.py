@@ -104,16 +104,6 @@ def refusal(code: Refusal, room: str) -> Refused:
     return LimitReached("too many different emoji on that message")
 
 
-def _public_room_left(frame: str) -> str:
-    """The room a `rooms` frame says the user left or was removed from, else ""."""
-    if '"removed"' not in frame:
-        return ""
-    data = orjson.loads(frame)
-    if data.get("type") == "rooms" and data.get("event") == "removed":
-        return str(data.get("room", ""))
-    return ""
-
-
 class Chat:
     """One instance's domain. Build it with its collaborators; `start()` and `stop()` run
     its background work."""
@@ -422,16 +412,18 @@ class Chat:
             member.push_live(frame)
 
     def _heard_user_note(self, note: UserNote) -> None:
-        ended: str | None = None
-        rooms_changed = orjson.loads(note.frame).get("type") == "rooms"
-        for user in note.users:
-            if rooms_changed and user in self._by_user:
+        local = [user for user in note.users if user in self._by_user]
+        if not local:  # every instance hears every note: most address nobody here
+            return
+        data = orjson.loads(note.frame)  # once, for every connection it goes to
+        rooms_frame = data.get("type") == "rooms"
+        # Leaving a public room writes no event to cut at: the stream does it.
+        ended = str(data.get("room", "")) if rooms_frame and data.get("event") == "removed" else ""
+        for user in local:
+            if rooms_frame:
                 self._activity.watch_soon(user)  # the rooms watched for activity
-            for member in list(self._by_user.get(user, ())):
-                if ended is None:
-                    ended = _public_room_left(note.frame)
+            for member in list(self._by_user[user]):
                 if ended and member.joined_kind(ended) == "public":
-                    # Leaving a public room writes no event to cut at: the stream does it.
                     member.removed(ended)
                 member.push_live(note.frame)
 
