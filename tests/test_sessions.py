@@ -51,14 +51,15 @@ async def status_of(base_url: str, token: str, path: str = "/api/me") -> int:
         return (await http.get(path, headers={"Authorization": f"Bearer {token}"})).status_code
 
 
-async def close_code(ws: WsClient, timeout: float) -> int | None:
-    """The code the server closes `ws` with, waiting at most `timeout`; frames before it are
-    skipped."""
+async def close_code(ws: WsClient, timeout: float) -> tuple[int | None, float]:
+    """The code the server closes `ws` with and the moment (time.monotonic()) the close
+    arrived, waiting at most `timeout`; frames before it are skipped. The moment is taken
+    here, so a test's later requests do not count against the server's 2 s."""
     try:
         while True:
             await ws.recv(timeout)
     except ConnectionClosed as closed:
-        return closed.rcvd.code if closed.rcvd is not None else None
+        return (closed.rcvd.code if closed.rcvd is not None else None), time.monotonic()
 
 
 async def refused_at_handshake(base_url: str, token: str) -> bool:
@@ -104,8 +105,9 @@ async def test_logout_on_one_instance_closes_the_socket_on_the_other(
         assert "max-age=0" in r.headers.get("set-cookie", "").lower()
         assert await status_of(b.url, user.token) == 401
         assert await status_of(a.url, user.token) == 401
-        assert await closing == 1008
-        assert time.monotonic() - started < WITHIN
+        code, closed_at = await closing
+        assert code == 1008
+        assert closed_at - started < WITHIN
         assert await refused_at_handshake(b.url, user.token)
         # The other session is untouched.
         await kept.send(type="ping", ref=1)
@@ -137,8 +139,9 @@ async def test_logout_everywhere_ends_every_session(pair: tuple[Instance, Instan
         for token in (user.token, second.token):
             assert await status_of(a.url, token) == 401
             assert await status_of(b.url, token) == 401
-        assert list(await codes) == [1008, 1008]
-        assert time.monotonic() - started < WITHIN
+        closes = await codes
+        assert [code for code, _ in closes] == [1008, 1008]
+        assert max(at for _, at in closes) - started < WITHIN
         await theirs.send(type="ping")
         assert (await theirs.recv())["type"] == "pong"
     # A fresh login works.
@@ -260,8 +263,9 @@ async def test_a_ban_ends_every_session_and_login_until_unbanned(
             assert r.status_code == 204
             assert await status_of(a.url, victim.token) == 401
             assert await status_of(a.url, second.token) == 401
-            assert list(await codes) == [1008, 1008]
-            assert time.monotonic() - started < WITHIN
+            closes = await codes
+            assert [code for code, _ in closes] == [1008, 1008]
+            assert max(at for _, at in closes) - started < WITHIN
             form = {"username": victim.name, "password": PASSWORD}
             assert (await http.post("/api/token", data=form)).status_code == 403
             wrong = {"username": victim.name, "password": PASSWORD + "!"}
@@ -319,9 +323,9 @@ async def test_the_ban_command_closes_sockets_on_every_instance(
         assert result.returncode == 0, result.stderr
         assert "1 session(s) ended" in result.stdout
         started = time.monotonic()
-        codes = await asyncio.gather(close_code(on_a, WITHIN + 1), close_code(on_b, WITHIN + 1))
-        assert list(codes) == [1008, 1008]
-        assert time.monotonic() - started < WITHIN
+        closes = await asyncio.gather(close_code(on_a, WITHIN + 1), close_code(on_b, WITHIN + 1))
+        assert [code for code, _ in closes] == [1008, 1008]
+        assert max(at for _, at in closes) - started < WITHIN
     result = await asyncio.to_thread(chat, ["user", "unban", user.name], database_url)
     assert result.returncode == 0, result.stderr
 
