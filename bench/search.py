@@ -7,6 +7,10 @@ ingest with it.
 Bodies are drawn from a pool made once in Python (words of a 20,000-word vocabulary at Zipf
 frequencies; one body in ten with a run of Han characters), so the stored lexemes are the
 service's own (service/search_text.py); messages are inserted in SQL, the index built after.
+Message g of the load is room g mod rooms, with the body a multiplicative hash of g picks:
+every room gets 2,000 different bodies, so a word is spread over the rooms as in real
+traffic (a linear pick gave each room 10 bodies repeated 200 times, which made a common word
+absent from most rooms and walking those rooms read their whole history).
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ SELECT r.ids[g % $3 + 1], g / $3 + 1, 'bench_' || lpad((g % 50)::text, 5, '0'), 
        $4::timestamptz + g * interval '1 millisecond', CAST(p.search AS tsvector)
 FROM generate_series($1::bigint, $2::bigint) AS g
 CROSS JOIN (SELECT $5::bigint[] AS ids) AS r
-JOIN bench_search_pool p ON p.i = (g * 7919) % $6
+JOIN bench_search_pool p ON p.i = ((g * 2654435761) % 4294967296) % $6
 """
 
 

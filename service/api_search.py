@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from .api import MembersDep, MessageOut, _errors
 from .api_rooms import Cursor
 from .auth import CurrentUser
-from .search import MAX_LIMIT, Search
+from .search import MAX_LIMIT, Search, SearchGate
 from .search_text import MAX_QUERY_CHARS
 from .validation import ROOM_PATTERN
 
@@ -23,7 +23,7 @@ class SearchOut(BaseModel):
     next_cursor: str | None
 
 
-@router.get("/search", response_model=SearchOut, responses=_errors(401, 403, 404, 503))
+@router.get("/search", response_model=SearchOut, responses=_errors(401, 403, 404, 429, 503))
 async def search(
     request: Request,
     user: CurrentUser,
@@ -35,11 +35,14 @@ async def search(
 ) -> Response:
     """Messages matching `q` in the caller's rooms (or in `room` alone, if the caller may
     read it), newest first; 422 for a query with no word to search for or a cursor this did
-    not give."""
-    room_id = None if room is None else (await members.access(room, user)).room_id
-    found = await Search(request.app.state.engine).find(
-        user, q, room_id=room_id, cursor=cursor, limit=limit
-    )
+    not give; 429 past the user's search bucket; 503 when the instance's searches are all
+    busy for `search_wait_seconds`."""
+    gate: SearchGate = request.app.state.search_gate
+    async with gate.admit(user):
+        room_id = None if room is None else (await members.access(room, user)).room_id
+        found = await Search(request.app.state.engine).find(
+            user, q, room_id=room_id, cursor=cursor, limit=limit
+        )
     results = [m.to_wire() for m in found.messages]
     body = orjson.dumps({"results": results, "next_cursor": found.next_cursor})
     return Response(body, media_type="application/json")

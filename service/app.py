@@ -34,6 +34,7 @@ from .readiness import DatabaseCheck
 from .readstate import ReadState
 from .refusals import Refused
 from .rooms import RoomDirectory
+from .search import SearchesBusy, SearchGate
 from .security import Passwords, PasswordsBusy, default_password_threads
 from .sessions import Sessions
 from .settings import Settings
@@ -210,6 +211,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         chat = resources.chat
         app.state.chat, app.state.accounts = chat, resources.accounts
         app.state.rest_writes = resources.rest_writes
+        app.state.search_gate = SearchGate(
+            settings.search_rate_per_second,
+            settings.search_rate_burst,
+            settings.max_concurrent_searches,
+            settings.search_wait_seconds,
+        )
         app.state.members = resources.members
         app.state.sessions = resources.sessions
         app.state.engine = engine = resources.engine
@@ -284,7 +291,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": "1"},
         )
 
+    async def searches_busy(request: Request, error: Exception) -> Response:
+        return JSONResponse(
+            {"detail": "too many searches in progress; try again shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
+
     app.add_exception_handler(RateLimited, rate_limited)
+    app.add_exception_handler(SearchesBusy, searches_busy)
     app.add_exception_handler(PasswordsBusy, passwords_busy)
     app.add_exception_handler(Refused, api_rooms.refused)
 

@@ -15,8 +15,10 @@ cursor carries, found one of two ways, chosen by the planner's estimate of the m
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -27,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from .db import writing
 from .members import _cursor_time, _decode_cursor, _encode_cursor
 from .protocol import MAX_SEQ, StoredMessage
+from .ratelimit import KeyedLimiter, RateLimited
 from .refusals import Invalid
 from .search_text import parse_query
 from .store import _message, _with_mine
@@ -38,10 +41,16 @@ _COLUMNS = (
     " m.version, m.reactions"
 )
 # Custom plans: the best plan depends on how common the words are, which a generic plan of
-# a prepared statement cannot know. The timeout bounds what one request can cost.
+# a prepared statement cannot know. The timeout bounds what one request can cost. Memory for
+# the bitmaps of the GIN path: at the default 4 MB, the bitmap of a word in a few percent of
+# 10M messages turns lossy and the heap scan rechecks every row of a million pages (0.62 s
+# against 0.33 s exact, bench/search.py's words at 10M); a search holds one of at most
+# `max_concurrent_searches` connections (SearchGate), so this is bounded per instance. JIT
+# compilation costs more than the walk it would speed up (17 ms of a 360 ms walk).
 _SETTINGS = text(
     "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
-    " set_config('statement_timeout', :timeout, true)"
+    " set_config('statement_timeout', :timeout, true),"
+    " set_config('work_mem', '64MB', true), set_config('jit', 'off', true)"
 )
 # Checked on every page: the rooms the caller is a member of now, and how long their logs
 # are (an upper bound of their messages).
@@ -71,6 +80,37 @@ _WALK = text("SELECT set_config('enable_bitmapscan', 'off', true)")
 # fetching every match (bench/search.py measures both kinds of word).
 _COMMON = 0.05
 _FIRST = (datetime.max.replace(tzinfo=UTC), 0, 0)
+
+
+class SearchesBusy(Exception):
+    """As many searches run on this instance as may, and none finished in time: nothing was
+    done; try again shortly (503)."""
+
+
+class SearchGate:
+    """What searching may cost: each user's bucket (past it, RateLimited: 429), and at most
+    `concurrent` searches at once on this instance (each holds a pooled connection for up to
+    the statement timeout); the others wait up to `wait_seconds`, then SearchesBusy."""
+
+    def __init__(self, rate: float, burst: int, concurrent: int, wait_seconds: float) -> None:
+        self._limiter = KeyedLimiter(rate, burst)
+        self._slots = asyncio.Semaphore(concurrent)
+        self._wait = wait_seconds
+
+    @asynccontextmanager
+    async def admit(self, user: str) -> AsyncIterator[None]:
+        wait_ms = self._limiter.take(user)
+        if wait_ms:
+            raise RateLimited(wait_ms, "searching too fast; try again later")
+        try:
+            async with asyncio.timeout(self._wait):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise SearchesBusy from None
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 @dataclass(frozen=True, slots=True)

@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     max_rooms_per_connection: int = Field(default=100, ge=1)
     rate_limit_per_second: float = Field(default=20, ge=0)
     rate_limit_burst: int = Field(default=40, ge=1)
+    # GET /api/search: each user's bucket of searches (429 past it; 0 turns it off), and how
+    # many run at once on an instance (the rest wait up to search_wait_seconds, then 503), so
+    # that searches never hold more than that many of the pool's connections.
+    search_rate_per_second: float = Field(default=5, ge=0)
+    search_rate_burst: int = Field(default=20, ge=1)
+    max_concurrent_searches: int = Field(default=4, ge=1)
+    search_wait_seconds: float = Field(default=5.0, gt=0)
     # Distinct emoji reacting to one message (v2 reactions); GET /api/config announces it.
     max_emoji_per_message: int = Field(default=20, ge=1)
     max_frame_bytes: int = Field(default=65536, ge=1024)

@@ -9,7 +9,11 @@ share the database cannot find each other's messages."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -17,10 +21,11 @@ import httpx
 import pytest
 
 from service import migrate
+from service.app import create_app
 from service.search import _FIND, _FIND_EACH, _FIRST
 from service.search_text import parse_query, search_vector
 from service.settings import Settings
-from tests.support import User, new_user, unique
+from tests.support import User, app_client, new_user, unique
 from tests.test_api_rooms import create, delete_member, every, post, put_member
 
 
@@ -222,13 +227,27 @@ async def test_edit_and_delete(
     assert row is not None and row["body"] == "" and row["search"] is None
 
 
-async def test_plan_uses_the_indexes(
-    client: httpx.AsyncClient, alice: User, pg: asyncpg.Connection
-) -> None:
+async def test_plan_uses_the_indexes(settings: Settings, own_database: str) -> None:
     """Among five rooms of 20,000 messages each (a word in all, one of its own in each), the
     statement behind a search finds a rare word through the GIN index and a word of every
     message through each room's primary key, newest first; never by reading the whole
-    messages table. The same answers through the API, whichever way they were found."""
+    messages table. The same answers through the API, whichever way they were found. In a
+    database of its own: the plans follow the table's statistics, which other tests' rows
+    would move."""
+    async with (
+        bounded_app(settings, database_url=own_database) as application,
+        app_client(application) as client,
+    ):
+        pg = await asyncpg.connect(own_database, timeout=10)
+        try:
+            await _plans_and_answers(client, await new_user(client), pg)
+        finally:
+            await pg.close(timeout=5)
+
+
+async def _plans_and_answers(
+    client: httpx.AsyncClient, alice: User, pg: asyncpg.Connection
+) -> None:
     rooms = [await create(client, alice, "public") for _ in range(5)]
     tag, common = unique("t"), unique("c")
     ids = [await pg.fetchval("SELECT id FROM rooms WHERE name = $1", r) for r in rooms]
@@ -270,6 +289,62 @@ async def test_plan_uses_the_indexes(
     found = [(m["room"], m["seq"]) for m in first["results"] + second["results"]]
     assert found == newest
     assert [m["seq"] for m in (await search(client, alice, tag))["results"]] == [20001]
+
+
+@contextlib.asynccontextmanager
+async def bounded_app(settings: Settings, **bounds: Any) -> AsyncIterator[Any]:
+    """An app of its own with other search bounds, lifespan running."""
+    application = create_app(settings.model_copy(update=bounds))
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+async def test_a_search_flood_is_held_to_the_users_bucket(settings: Settings) -> None:
+    """One user's searches past their bucket answer 429 with Retry-After and run nothing;
+    another user searches at once."""
+    rate, burst, tries = 5, 10, 40
+    async with (
+        bounded_app(settings, search_rate_per_second=rate, search_rate_burst=burst) as application,
+        app_client(application) as http,
+    ):
+        flooder, other = await new_user(http), await new_user(http)
+        codes: Counter[int] = Counter()
+        retry_after = []
+        started = time.monotonic()
+        for _ in range(tries):
+            r = await http.get("/api/search", params={"q": "flood"}, headers=flooder.headers)
+            codes[r.status_code] += 1
+            if r.status_code == 429:
+                retry_after.append(int(r.headers["retry-after"]))
+        elapsed = time.monotonic() - started
+        r = await http.get("/api/search", params={"q": "flood"}, headers=other.headers)
+        assert r.status_code == 200, r.text
+    assert set(codes) == {200, 429}, codes
+    assert burst <= codes[200] <= burst + rate * elapsed + 1, (codes, elapsed)
+    assert len(retry_after) == codes[429] and min(retry_after) >= 1
+
+
+async def test_searches_past_the_instances_cap_wait_then_503(settings: Settings) -> None:
+    """With every search slot taken, a search waits for one: it runs when a slot frees in
+    time, and answers 503 with Retry-After when none does."""
+    async with (
+        bounded_app(settings, max_concurrent_searches=1, search_wait_seconds=0.5) as application,
+        app_client(application) as http,
+    ):
+        user = await new_user(http)
+        gate = application.state.search_gate
+        async with gate.admit("someone else"):
+            r = await http.get("/api/search", params={"q": "busy"}, headers=user.headers)
+            assert r.status_code == 503, r.text
+            assert r.headers["retry-after"] == "1"
+        async with gate.admit("someone else"):
+            waiting = asyncio.create_task(
+                http.get("/api/search", params={"q": "busy"}, headers=user.headers)
+            )
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+        r = await asyncio.wait_for(waiting, 10)
+        assert r.status_code == 200, r.text
 
 
 async def test_upgrade_fills_earlier_messages(own_database: str) -> None:
