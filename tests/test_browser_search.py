@@ -1,6 +1,6 @@
 """The browser page's search (v2, `GET /api/search`): the view, the matches highlighted as the
 server matches them (any case or accent, the start of a word, a substring of Chinese or
-Japanese), "More results", the 422 of a query with no
+Japanese, a quoted phrase as consecutive words), "More results", the 422 of a query with no
 word, a result opening its room at a message far back in its history, or newer than what a
 reader scrolled far back holds, and a third user who finds nothing of a private room. Real
 `chat serve` processes and a real Chromium, as in test_browser.py, whose fixtures and
@@ -24,13 +24,14 @@ import httpx
 from playwright.async_api import Locator, expect
 
 from service.search_text import search_vector
-from tests.support import Instance, User, new_user, unique
+from tests.support import PROJECT, Instance, User, new_user, unique
 from tests.test_browser import (  # noqa: F401 (found by name)
     WAIT_MS,
     Tab,
     Tabs,
     browser,
     expect_in_room,
+    for_readme,
     http,
     log_in,
     open_in_room,
@@ -49,6 +50,7 @@ from tests.test_browser_history import (
 from tests.test_browser_log import post, row_of
 from tests.test_browser_v2 import audit, axe_source, expect_never_seen  # noqa: F401
 
+README_SHOT_SEARCH = PROJECT / "docs" / "screenshot-search.png"
 FILLERS = 300
 PAGING = 25  # more than the page's 20 results a page
 
@@ -172,6 +174,66 @@ async def test_search_highlights_pages_and_opens_a_result_far_back(
     await expect(tab.by("search-list").get_by_test_id("search-result")).to_have_count(0)
     await expect(tab.by("search-status")).to_have_text("")
     tab.watch.assert_clean(allow=(re.compile(r"status of 422 .*/api/search\?q=a&"),))
+
+
+async def test_a_quoted_phrase_is_marked_as_consecutive_words(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """A quoted phrase is marked where its words follow one another, as one mark from its
+    first word to its last (with the server's folding: case, accents, word starts, across
+    scripts written without spaces), not where its words stand apart; a word outside the
+    quotes is marked alone; an ignored one-character word keeps its place. The results of
+    "release notes" are the README's picture of search."""
+    alice, bob = await new_user(http, short("alice_")), await new_user(http, short("bob_"))
+    room, design = short("release-"), short("design-")
+    await private_room(http, alice, room)
+    await add_member(http, alice, room, bob)
+    for user, where, body in (
+        (alice, room, "Release notes for 2.4 are in the planning doc."),
+        (bob, design, "Dark theme mock-ups are up; notes from the review below."),
+        (bob, room, "Notes about the release: the upgrade guide is next."),
+        (bob, design, "Release notes draft for the theme switcher, ready for review."),
+        (alice, design, "Les données prêtes pour la démo de vendredi"),
+        (bob, design, "東京タワーの夜景 for the landing page"),
+        (alice, room, "We plan a trip, and plan one trip more"),
+        (alice, room, "Tagged 2.5. The release notes say what changed in the release."),
+    ):
+        await post(http, user, where, body)
+
+    tab = await open_in_room(tabs, server, bob.name, room)
+    await tab.by("search-open").click()
+    # Where both words stand apart the phrase does not match (the server's rule), and where
+    # it matches only the consecutive words are marked, not "release" or "notes" elsewhere.
+    results = await search_for(tab, '"release notes"')
+    await expect(results.get_by_test_id("search-body")).to_have_text(
+        [
+            "Tagged 2.5. The release notes say what changed in the release.",
+            "Release notes draft for the theme switcher, ready for review.",
+            "Release notes for 2.4 are in the planning doc.",
+        ]
+    )
+    await expect(matches(results)).to_have_text(["release notes", "Release notes", "Release notes"])
+    await expect(tab.by("search-status")).to_have_text("3 messages found.")
+    await tab.page.mouse.move(1200, 780)  # no result hovered
+    shot = await tab.shot("search-phrase.png")
+
+    # A phrase and a word: each marked, the word alone.
+    results = await search_for(tab, '"release notes" plan')
+    await expect(results.get_by_test_id("search-body")).to_have_text(
+        ["Release notes for 2.4 are in the planning doc."]
+    )
+    await expect(matches(results)).to_have_text(["Release notes", "plan"])
+    # Case, accents and word starts, as for words alone.
+    results = await search_for(tab, '"DONNEES pret"')
+    await expect(matches(results)).to_have_text(["données prêt"])
+    # Across scripts written without spaces: the Han word, then the start of the Katakana one.
+    results = await search_for(tab, '"東京 タワ"')
+    await expect(matches(results)).to_have_text(["東京タワ"])
+    # "a" is ignored but holds its place: any one word between "plan" and "trip".
+    results = await search_for(tab, '"plan a trip"')
+    await expect(matches(results)).to_have_text(["plan a trip", "plan one trip"])
+    tab.watch.assert_clean()
+    for_readme(shot, README_SHOT_SEARCH)
 
 
 async def test_a_third_user_finds_nothing_of_a_private_room(
