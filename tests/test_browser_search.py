@@ -21,7 +21,7 @@ from typing import Any
 
 import asyncpg
 import httpx
-from playwright.async_api import Locator, expect
+from playwright.async_api import Locator, Route, expect
 
 from service.search_text import search_vector
 from tests.support import PROJECT, Instance, User, new_user, unique
@@ -234,6 +234,43 @@ async def test_a_quoted_phrase_is_marked_as_consecutive_words(
     await expect(matches(results)).to_have_text(["plan a trip", "plan one trip"])
     tab.watch.assert_clean()
     for_readme(shot, README_SHOT_SEARCH)
+
+
+async def test_the_page_bounds_a_query_by_the_servers_config(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """The longest query comes from GET /api/config (here answered with a bound of 20): one
+    character more is refused under the field, in code points, without asking the server;
+    the bound itself is searched."""
+    bound = 20
+    bob = await new_user(http, short("bob_"))
+    tab = await tabs.open(server)
+
+    async def shrink(route: Route) -> None:
+        response = await route.fetch()
+        config = await response.json()
+        assert config["max_search_chars"] > bound
+        await route.fulfill(response=response, json={**config, "max_search_chars": bound})
+
+    await tab.page.route("**/api/config", shrink)
+    asked: list[str] = []
+    tab.page.on("request", lambda r: asked.append(r.url) if "/api/search?" in r.url else None)
+    await tab.goto()
+    await log_in(tab, bob.name)
+    await tab.by("search-open").click()
+
+    too_long = "é" * (bound + 1)  # two bytes each in UTF-8: the bound counts characters
+    await search_for(tab, too_long)
+    await expect(tab.by("search-error")).to_have_text(f"A search has at most {bound} characters.")
+    await expect(tab.by("search-q")).to_have_attribute("aria-invalid", "true")
+    await search_for(tab, too_long[:bound])
+    await expect(tab.by("search-error")).to_be_hidden()
+    await expect(tab.by("search-q")).not_to_have_attribute("aria-invalid", "true")
+    await expect(tab.by("search-status")).to_have_text(
+        f"No message in your rooms matches “{too_long[:bound]}”."
+    )
+    assert [httpx.URL(url).params["q"] for url in asked] == [too_long[:bound]]
+    tab.watch.assert_clean()
 
 
 async def test_a_third_user_finds_nothing_of_a_private_room(

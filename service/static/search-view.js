@@ -3,6 +3,7 @@
 // message (loaded `around` it when it is far back), highlighted.
 
 import * as api from './api.js';
+import * as config from './config.js';
 import { PagedSearch } from './paged-search.js';
 import {
   KIND_TEXT, formatDateTime, h, kindIcon, parseDate, relativeTime, roomLabel,
@@ -143,6 +144,11 @@ export class SearchDialog extends PagedSearch {
 
   refuse(q) {
     return q ? '' : 'Type words to find in the messages of your rooms.';
+  }
+
+  invalid(q) {
+    const max = config.maxSearchChars();
+    return max != null && [...q].length > max ? `A search has at most ${max} characters.` : '';
   }
 
   async fetch(q, cursor) {
