@@ -20,6 +20,7 @@ from .members import Members
 from .protocol import MAX_SEQ, PROTOCOL_VERSION
 from .ratelimit import KeyedLimiter, RateLimited
 from .refusals import Forbidden, NotFound
+from .search_text import MAX_QUERY_CHARS
 from .security import issue_token
 from .sessions import Sessions
 from .settings import Settings
@@ -380,6 +381,9 @@ class ConfigOut(BaseModel):
     rate_limit_per_second: float
     rate_limit_burst: int
     max_emoji_per_message: int
+    # Not in PROTOCOL.md's list: an addition (README, API) so that the page checks a search's
+    # length with the server's own bound.
+    max_search_chars: int
     room_pattern: str = Field(examples=[ROOM_PATTERN])
     username_pattern: str = Field(examples=[USERNAME_PATTERN])
 
@@ -399,6 +403,7 @@ async def config(chat: ChatDep) -> ConfigOut:
         rate_limit_per_second=s.rate_limit_per_second,
         rate_limit_burst=s.rate_limit_burst,
         max_emoji_per_message=s.max_emoji_per_message,
+        max_search_chars=MAX_QUERY_CHARS,
         room_pattern=ROOM_PATTERN,
         username_pattern=USERNAME_PATTERN,
     )

@@ -3,7 +3,8 @@
 Every wait is bounded (Playwright's expect with a timeout, or an explicit deadline). Each test
 makes its own users and rooms on the shared test database. Screenshots of the main states go
 to test-artifacts/screenshots/ (git-ignored); with UPDATE_README_SCREENSHOT=1 the two-user room
-in light mode is also copied to docs/screenshot.png for the README, once its test has passed.
+in light mode is also copied to docs/screenshot.png for the README, once its test has passed
+(for_readme, which the other browser tests' README screenshots use too).
 """
 
 from __future__ import annotations
@@ -319,6 +320,14 @@ def short(prefix: str) -> str:
     return unique(prefix)[: len(prefix) + 6]
 
 
+def for_readme(shot: Path, target: Path) -> None:
+    """With UPDATE_README_SCREENSHOT=1, `shot` becomes the README's `target` (docs/); call it
+    at the end of its test, once everything it shows has been checked."""
+    if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(shot, target)
+
+
 async def log_in(tab: Tab, name: str, *, register: bool = False) -> None:
     """Through the page's own form: "Create account" when `register`, else "Log in"."""
     await expect(tab.by("login-username")).to_be_visible()
@@ -454,9 +463,7 @@ async def test_two_users_chat_live(tabs: Tabs, server: Instance, http: httpx.Asy
     shot = await alice.shot("room-light.png")
     alice.watch.assert_clean()
     bob.watch.assert_clean()
-    if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
-        README_SHOT.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, README_SHOT)
+    for_readme(shot, README_SHOT)
 
 
 async def test_reload_restores_room_and_history(

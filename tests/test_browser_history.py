@@ -14,8 +14,6 @@ README once its test has passed.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 from typing import Any
 
 import asyncpg
@@ -29,6 +27,7 @@ from tests.test_browser import (  # noqa: F401 (found by name)
     Tabs,
     browser,
     expect_confirmed,
+    for_readme,
     http,
     open_in_room,
     send_from_page,
@@ -391,5 +390,4 @@ async def test_private_room_with_the_room_log_for_the_readme(
     await tab.page.mouse.move(1200, 400)  # over the online list: no message is hovered
     shot = await tab.shot("readme-v2.png")
     tab.watch.assert_clean()
-    if os.environ.get("UPDATE_README_SCREENSHOT") == "1":
-        shutil.copyfile(shot, README_SHOT_V2)
+    for_readme(shot, README_SHOT_V2)

@@ -3,7 +3,8 @@ rooms list, leaving a room, sessions; real `chat serve` processes, a real Chromi
 Playwright, several users in several browser contexts.
 
 The fixtures and helpers are test_browser.py's. Every wait is bounded (Playwright's expect and
-actions time out after WAIT_MS). Screenshots of each view go to test-artifacts/screenshots/;
+actions time out after WAIT_MS). Screenshots of each view go to test-artifacts/screenshots/
+(with UPDATE_README_SCREENSHOT=1 the sessions view also to docs/, for the README);
 axe-core (pinned in tests/axe/package-lock.json, installed with `npm ci` on first use) audits
 the login, room, members, dm, public rooms and sessions views in the same Chromium: no
 violation of impact serious or critical is allowed.
@@ -33,6 +34,7 @@ from tests.test_browser import (  # noqa: F401 (fixtures are found by name)
     browser,
     expect_confirmed,
     expect_in_room,
+    for_readme,
     http,
     log_in,
     send_from_page,
@@ -44,6 +46,7 @@ from tests.test_browser import (  # noqa: F401 (fixtures are found by name)
 AXE_DIR = PROJECT / "tests" / "axe"
 AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
 AXE_REPORTS = PROJECT / "test-artifacts" / "axe"
+README_SHOT_SESSIONS = PROJECT / "docs" / "screenshot-sessions.png"
 BLOCKING = ("serious", "critical")
 
 # Chromium logs every refused fetch as a console error. These are the refusals a test causes
@@ -495,7 +498,7 @@ async def test_sessions_view_and_logout_everywhere(
     await expect(current).to_have_count(1)
     await expect(current).to_have_attribute("data-current", "true")
     await expect(current).to_contain_text("Chrome on Linux")
-    await here.shot("sessions.png")
+    shot = await here.shot("sessions.png")
     await audit(here, axe_source, "sessions")
 
     # End the other session: the other browser is sent to the login view.
@@ -525,6 +528,7 @@ async def test_sessions_view_and_logout_everywhere(
     there.watch.logged_out_probe_done()
     here.watch.assert_clean(allow=(ENDED,))
     there.watch.assert_clean(allow=(ENDED,))
+    for_readme(shot, README_SHOT_SESSIONS)
 
 
 async def test_phone_layout_of_the_new_views(

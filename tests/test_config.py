@@ -1,5 +1,6 @@
 """GET /api/config: every field of the contract, from the app's own settings, with name
-patterns that accept and refuse exactly what the server's validation does."""
+patterns that accept and refuse exactly what the server's validation does; and the one field
+this server adds (README, API), the search bound that `GET /api/search` enforces."""
 
 from __future__ import annotations
 
@@ -13,12 +14,14 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.protocol import PROTOCOL_VERSION
+from service.search_text import MAX_QUERY_CHARS
 from service.settings import Settings
 from service.validation import check_room, normalize_username
 from tests.support import ROOM_NAMES, USERNAMES, accepts, app_client, new_user
 
 INT_FIELDS = {
     "protocol",
+    "max_search_chars",
     "max_message_chars",
     "max_frame_bytes",
     "replay_limit",
@@ -27,14 +30,17 @@ INT_FIELDS = {
     "rate_limit_burst",
     "max_emoji_per_message",
 }
-FIELDS = INT_FIELDS | {"rate_limit_per_second", "room_pattern", "username_pattern"}
-LIMITS = FIELDS - {"protocol", "room_pattern", "username_pattern"}
+# Added to the contract's fields (README, API): clients that know only those ignore it.
+ADDED = {"max_search_chars"}
+FIELDS = INT_FIELDS | ADDED | {"rate_limit_per_second", "room_pattern", "username_pattern"}
+LIMITS = FIELDS - ADDED - {"protocol", "room_pattern", "username_pattern"}
 
 
 async def test_config_has_every_field_and_needs_no_authentication(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    """Exactly the contract's fields, typed, from the app's settings; no token, no cookie."""
+    """Exactly the contract's fields and the added one, typed, from the app's settings; no
+    token, no cookie."""
     r = await client.get("/api/config")
     assert r.status_code == 200, r.text
     config = r.json()
@@ -57,6 +63,16 @@ async def test_config_is_documented_as_public(client: httpx.AsyncClient) -> None
     model = spec["components"]["schemas"][ref.rsplit("/", 1)[1]]
     assert set(model["properties"]) == FIELDS
     assert set(model["required"]) == FIELDS
+
+
+async def test_max_search_chars_is_the_bound_search_enforces(client: httpx.AsyncClient) -> None:
+    """A query of `max_search_chars` characters is searched; one more is refused (422)."""
+    bound = (await client.get("/api/config")).json()["max_search_chars"]
+    assert bound == MAX_QUERY_CHARS
+    user = await new_user(client)
+    for length, status in ((bound, 200), (bound + 1, 422)):
+        r = await client.get("/api/search", params={"q": "é" * length}, headers=user.headers)
+        assert r.status_code == status, (length, r.text)
 
 
 @pytest.fixture

@@ -13,8 +13,8 @@ import * as api from './api.js';
 const RETRY_BASE_MS = 1_000;
 const RETRY_MAX_MS = 30_000;
 
-/** @type {{maxMessageChars: number, roomPattern: string, roomRe: RegExp,
- *   usernamePattern: string, usernameRe: RegExp}|null} */
+/** @type {{maxMessageChars: number, maxEmoji: number|null, maxSearchChars: number|null,
+ *   roomPattern: string, roomRe: RegExp, usernamePattern: string, usernameRe: RegExp}|null} */
 let current = null;
 let attempt = null; // the fetch under way, if any
 let failures = 0;
@@ -61,6 +61,8 @@ function parse(raw) {
       maxMessageChars: limit,
       // v2; an older server's config has none (the server judges alone then).
       maxEmoji: Number.isInteger(raw.max_emoji_per_message) ? raw.max_emoji_per_message : null,
+      // An addition of this server (README, API); others have none (the server judges alone).
+      maxSearchChars: Number.isInteger(raw.max_search_chars) ? raw.max_search_chars : null,
       roomPattern: room,
       roomRe: new RegExp(room),
       usernamePattern: username,
@@ -73,6 +75,9 @@ function parse(raw) {
 
 /** The most distinct emoji on one message (v2); null while unknown. */
 export const maxEmoji = () => current?.maxEmoji ?? null;
+
+/** The longest search query the server accepts, in code points; null while unknown. */
+export const maxSearchChars = () => current?.maxSearchChars ?? null;
 
 /** The longest body the server accepts, in code points; null while unknown. */
 export const maxMessageChars = () => current?.maxMessageChars ?? null;

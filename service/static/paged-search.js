@@ -12,7 +12,7 @@ export class PagedSearch {
   /**
    * The elements are `${prefix}-dialog`, `-form`, `-q`, `-list`, `-status`, `-more` and
    * `-error`. Subclasses give query(), refuse(q), fetch(q, cursor), failed(err),
-   * summary(shown, q, more) and pick(button).
+   * summary(shown, q, more) and pick(button), and may give invalid(q).
    * @param {string} prefix
    * @param {number} delay ms of quiet typing before searching
    * @param {AbortSignal} signal
@@ -40,6 +40,11 @@ export class PagedSearch {
       this.modal.close();
       this.pick(button);
     }, { signal });
+  }
+
+  /** Why the server would refuse `q` (said under the field, as its 422 is), or ''. */
+  invalid() {
+    return '';
   }
 
   close() {
@@ -79,6 +84,11 @@ export class PagedSearch {
       this.status.textContent = refused;
       return;
     }
+    const invalid = this.invalid(q);
+    if (invalid) {
+      this.#fail(q, fresh, invalid, true);
+      return;
+    }
     this.list.setAttribute('aria-busy', 'true');
     this.more.disabled = true;
     let page;
@@ -86,16 +96,21 @@ export class PagedSearch {
       page = await this.fetch(q, fresh ? null : this.#cursor);
     } catch (err) {
       if (asked !== this.#asked) return;
-      this.#show(q, [], fresh, fresh ? null : this.#cursor);
-      if (fresh) this.status.textContent = '';
-      if (err.status === 422) this.q.setAttribute('aria-invalid', 'true');
-      setError(this.error, this.failed(err));
+      this.#fail(q, fresh, this.failed(err), err.status === 422);
       return;
     }
     if (asked !== this.#asked) return;
     this.#show(q, page.items, fresh, page.cursor);
     this.status.textContent = this.summary(this.list.childElementCount, q, this.#cursor != null);
     if (!fresh) page.items[0]?.querySelector('button')?.focus();
+  }
+
+  /** No answer to `q`: `message` said under the field (`invalid`: about what was typed). */
+  #fail(q, fresh, message, invalid) {
+    this.#show(q, [], fresh, fresh ? null : this.#cursor);
+    if (fresh) this.status.textContent = '';
+    if (invalid) this.q.setAttribute('aria-invalid', 'true');
+    setError(this.error, message);
   }
 
   /** The list answers `q` (for tests and tools: `data-query` on the status line). */

@@ -379,9 +379,7 @@ export class RoomView {
     // As in loadOlder: a page that brought nothing new ends the paging.
     const caughtUp = page.has_more !== true || newer.length === 0;
     if (caughtUp) {
-      const last = newer.at(-1)?.seq ?? after;
-      for (const msg of this.#tail.values()) if (msg.seq > last) newer.push(msg);
-      this.#tail.clear();
+      this.#takeTail(newer, newer.at(-1)?.seq ?? after);
       this.hasNewer = false;
     }
     for (const msg of newer) this.#store(msg, messageRow(msg, { me: this.me }), { quotes: false });
@@ -417,12 +415,14 @@ export class RoomView {
   /**
    * Show message `seq` (a reply's original): scrolled to, highlighted and focused. One that is
    * older than what is loaded comes with the page `around` it; the messages between that
-   * page and the loaded ones are a gap row, loaded when it is reached. False when the
+   * page and the loaded ones are a gap row, loaded when it is reached. One newer than what
+   * is loaded (the reader scrolled far back) moves the window around it. False when the
    * message does not exist (any more). With `hold` (a search result) it stays marked.
    */
   async jumpTo(seq, { hold = false } = {}) {
     let row = this.rowOf(seq);
     if (!row && (seq < this.#lowestSeq() || this.#inGap(seq))) row = await this.#loadAround(seq);
+    else if (!row && this.#beyondWindow(seq)) row = await this.#moveAround(seq);
     if (!row) return false;
     this.pane.reveal(this, row);
     for (const found of this.list.querySelectorAll('.is-found')) found.classList.remove('is-found');
@@ -437,14 +437,8 @@ export class RoomView {
 
   async #loadAround(seq) {
     if (this.#gap) this.#dropOlderRun();
-    const generation = this.#generation;
-    let page;
-    try {
-      page = await fetchHistory(this.name, { around: seq, limit: PAGE_SIZE });
-    } catch {
-      return null;
-    }
-    if (generation !== this.#generation) return null;
+    const page = await this.#pageAround(seq);
+    if (!page) return null;
     const lowest = this.#lowestSeq();
     const older = this.#fresh(page.messages, (s) => s < lowest);
     if (older.length === 0) return this.rowOf(seq);
@@ -459,6 +453,44 @@ export class RoomView {
     this.#trim('newest'); // the reader is about to be taken to the page just loaded
     this.#backfill(older[0].seq, reachesLoaded ? lowest : older.at(-1).seq + 1, { above: true });
     return this.rowOf(seq);
+  }
+
+  /**
+   * Message `seq` lies past the newest loaded message, whose newer neighbours were dropped:
+   * the page `around` it replaces what is loaded, too far from it to keep (a gap below would
+   * hold the newest messages out of the DOM for good). Pages load above and below it as the
+   * reader scrolls, and live messages keep waiting in the tail until the newest are loaded.
+   */
+  async #moveAround(seq) {
+    const page = await this.#pageAround(seq);
+    if (!page) return null;
+    const found = (page.messages ?? []).filter((m) => Number.isInteger(m.seq))
+      .map((m) => newer(null, m)).sort((a, b) => a.seq - b.seq);
+    if (!found.some((m) => m.seq === seq)) return null;
+    this.#clear();
+    this.hasMore = page.has_more_before === true && found[0].seq > 1;
+    this.hasNewer = page.has_more_after === true;
+    const last = found.at(-1).seq;
+    if (!this.hasNewer) this.#takeTail(found, last);
+    for (const msg of found) this.#store(msg, messageRow(msg, { me: this.me }), { quotes: false });
+    this.#refreshQuotes(...found.map((m) => m.seq));
+    this.#renderTop();
+    this.#renderBottom();
+    this.#trim('newest'); // the reader is about to be taken to the message
+    this.#backfill(this.hasMore ? found[0].seq : 0, this.hasNewer ? last : Infinity, { above: false });
+    return this.rowOf(seq);
+  }
+
+  /** The page of history `around` message `seq`; null when it failed, or when the view was
+   * rebuilt meanwhile (the answer is stale). */
+  async #pageAround(seq) {
+    const generation = this.#generation;
+    try {
+      const page = await fetchHistory(this.name, { around: seq, limit: PAGE_SIZE });
+      return generation === this.#generation ? page : null;
+    } catch {
+      return null;
+    }
   }
 
   /** The messages with seqs in (low, high) are missing between two loaded runs. */
@@ -571,6 +603,13 @@ export class RoomView {
   /** Whether `seq` lies past the newest loaded message while the newest are not loaded. */
   #beyondWindow(seq) {
     return this.hasNewer && seq > (this.#edgeMessage(true) ?? 0);
+  }
+
+  /** The newest are loaded again: `msgs`, which end at seq `last`, take the live messages
+   * that waited in the tail after it. */
+  #takeTail(msgs, last) {
+    for (const msg of this.#tail.values()) if (msg.seq > last) msgs.push(msg);
+    this.#tail.clear();
   }
 
   #keepInTail(msg) {
@@ -820,24 +859,30 @@ export class RoomView {
     regroup(next);
   }
 
-  /** Drop every confirmed message (pending ones stay) and page history in again. */
-  #rebuild(lastSeq) {
+  /** Drop every confirmed message (pending ones stay) and every page of history under way
+   * for them (their answers are ignored). */
+  #clear() {
     this.#generation += 1;
     this.#loading = false;
     this.#loadError = '';
     this.#loadingNewer = false;
     this.#newerError = '';
-    this.hasNewer = false;
-    this.#tail.clear();
-    this.#renderBottom();
     this.el.removeAttribute('aria-busy');
     for (const { row } of this.messages.values()) row.remove();
     for (const { row } of this.pending.values()) regroup(row);
     this.messages.clear();
     this.#closeGap();
+    this.minSeq = Infinity;
+  }
+
+  /** Drop every confirmed message (pending ones stay) and page history in again. */
+  #rebuild(lastSeq) {
+    this.#clear();
+    this.hasNewer = false;
+    this.#tail.clear();
+    this.#renderBottom();
     this.#originals.clear();
     this.#originalRequests.clear();
-    this.minSeq = Infinity;
     this.maxSeq = 0;
     this.joinSeq = lastSeq ?? 0;
     this.joinedOnce = true;

@@ -3,6 +3,7 @@
 // message (loaded `around` it when it is far back), highlighted.
 
 import * as api from './api.js';
+import * as config from './config.js';
 import { PagedSearch } from './paged-search.js';
 import {
   KIND_TEXT, formatDateTime, h, kindIcon, parseDate, relativeTime, roomLabel,
@@ -30,18 +31,38 @@ const IS_SPACELESS = new RegExp(`^[${SPACELESS}]`, 'u');
 export const fold = (text) => text.normalize('NFKD').replace(ACCENTS, '').normalize('NFC').toLowerCase()
   .replaceAll('ß', 'ss'); // as casefold() does
 
-/** The words of a query, folded; words of one character outside the spaceless scripts are
- * ignored, as the server ignores them. */
-export function queryWords(q) {
-  return (fold(q).match(WORD) ?? []).filter((w) => [...w].length > 1 || IS_SPACELESS.test(w));
+const kept = (word) => [...word].length > 1 || IS_SPACELESS.test(word);
+
+/**
+ * The terms of a query as the server reads them (service/search_text.py, parse_query), each
+ * a list of folded words: a word alone, or a quoted phrase (a quote left open runs to the
+ * end). Words of one character outside the spaceless scripts are ignored, as the server
+ * ignores them; inside a phrase they keep their place, as null (any word).
+ */
+export function queryTerms(q) {
+  const terms = [];
+  q.split('"').forEach((part, i) => {
+    const found = fold(part).match(WORD) ?? [];
+    if (i % 2 && found.length > 1) {
+      const phrase = found.map((w) => (kept(w) ? w : null));
+      while (phrase.length > 0 && phrase[0] === null) phrase.shift();
+      while (phrase.length > 0 && phrase.at(-1) === null) phrase.pop();
+      if (phrase.length > 0) terms.push(phrase);
+    } else {
+      for (const w of found) if (kept(w)) terms.push([w]);
+    }
+  });
+  return terms;
 }
 
 /**
- * Where `words` match in `text`, as [start, end) ranges of `text` (merged, ascending): a word
- * of a spaceless script of two or more characters wherever it occurs, any other word as the
- * prefix of a word of the text; case- and accent-insensitive.
+ * Where `terms` (queryTerms) match in `text`, as [start, end) ranges of `text` (merged,
+ * ascending); case- and accent-insensitive. A word alone of a spaceless script of two or more
+ * characters matches wherever it occurs, any other word as the prefix of a word of the text;
+ * a phrase where its words begin consecutive words of the text, marked as one range from
+ * the start of its first word to the end of its last.
  */
-export function matchRanges(text, words) {
+export function matchRanges(text, terms) {
   // The folded text, and for each of its code units the span of the original code point.
   let folded = '';
   const from = [];
@@ -62,8 +83,15 @@ export function matchRanges(text, words) {
     spans.push([from[s], end]);
   };
   const bodyWords = [...folded.matchAll(WORD)];
-  for (const word of words) {
-    if (IS_SPACELESS.test(word) && [...word].length > 1) {
+  for (const term of terms) {
+    const [word] = term;
+    if (term.length > 1) {
+      for (let i = 0; i + term.length <= bodyWords.length; i += 1) {
+        if (term.every((w, j) => w === null || bodyWords[i + j][0].startsWith(w))) {
+          add(bodyWords[i].index, bodyWords[i + term.length - 1].index + term.at(-1).length);
+        }
+      }
+    } else if (IS_SPACELESS.test(word) && [...word].length > 1) {
       for (let i = folded.indexOf(word); i >= 0; i = folded.indexOf(word, i + 1)) {
         add(i, i + word.length);
       }
@@ -118,11 +146,16 @@ export class SearchDialog extends PagedSearch {
     return q ? '' : 'Type words to find in the messages of your rooms.';
   }
 
+  invalid(q) {
+    const max = config.maxSearchChars();
+    return max != null && [...q].length > max ? `A search has at most ${max} characters.` : '';
+  }
+
   async fetch(q, cursor) {
     const page = await api.search(q, cursor, PAGE);
-    const words = queryWords(q);
+    const terms = queryTerms(q);
     return {
-      items: (page?.results ?? []).map((msg) => this.#item(msg, words)),
+      items: (page?.results ?? []).map((msg) => this.#item(msg, terms)),
       cursor: page?.next_cursor ?? null,
     };
   }
@@ -141,7 +174,7 @@ export class SearchDialog extends PagedSearch {
     this.hooks.onOpen(button.dataset.room, Number(button.dataset.seq));
   }
 
-  #item(msg, words) {
+  #item(msg, terms) {
     const info = this.hooks.info(msg.room);
     const kind = info?.kind ?? 'public';
     const date = parseDate(msg.created_at);
@@ -159,6 +192,6 @@ export class SearchDialog extends PagedSearch {
         h('time', { class: 'search-time', datetime: date.toISOString(), title: formatDateTime(msg.created_at) },
           relativeTime(date))),
       h('span', { class: 'search-body', 'data-testid': 'search-body' },
-        ...highlighted(msg.body ?? '', matchRanges(msg.body ?? '', words)))));
+        ...highlighted(msg.body ?? '', matchRanges(msg.body ?? '', terms)))));
   }
 }
