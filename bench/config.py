@@ -95,7 +95,7 @@ class Profile:
 
 
 DEFAULT = Profile(name="default")
-FULL = replace(DEFAULT, name="full", history_sizes=(1_000_000, 10_000_000), budget_seconds=2100)
+FULL = replace(DEFAULT, name="full", history_sizes=(1_000_000, 10_000_000), budget_seconds=5400)
 SMOKE = Profile(
     name="smoke",
     ingest_senders=8,
