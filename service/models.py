@@ -91,6 +91,8 @@ class Member(Base):
     # The messages at or below the cursor (the `n` of the last of them): unread counts are
     # arithmetic on it (readstate.py).
     last_read_n: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    # The mentions of the member above the cursor (readstate.py keeps it).
+    unread_mentions: Mapped[int] = mapped_column(Integer, server_default=text("0"))
 
     __table_args__ = (
         Index("ix_members_username", "username", "room_id"),

@@ -236,9 +236,16 @@ _DELETE_MESSAGES = text(
     "WHERE id = :room_id AND pruned_n < (SELECT max(n) FROM gone)) "
     "SELECT count(*) FROM gone"
 )
+# The mentions of the removed messages, and the unread mention counts that held them
+# (readstate.py): those above the member's cursor.
 _DELETE_MENTIONS = text(
-    "DELETE FROM mentions mt WHERE mt.room_id = :room_id AND mt.seq >= :lo AND mt.seq < :hi "
-    "AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.room_id = mt.room_id AND m.seq = mt.seq)"
+    "WITH gone AS (DELETE FROM mentions mt WHERE mt.room_id = :room_id AND mt.seq >= :lo "
+    "AND mt.seq < :hi AND NOT EXISTS (SELECT 1 FROM messages m WHERE m.room_id = mt.room_id "
+    "AND m.seq = mt.seq) RETURNING mt.username, mt.seq) "
+    "UPDATE members SET unread_mentions = members.unread_mentions - ("
+    "SELECT count(*) FROM gone g WHERE g.username = members.username "
+    "AND g.seq > members.last_read_seq) "
+    "WHERE members.room_id = :room_id AND members.username IN (SELECT username FROM gone)"
 )
 _DELETE_EVENTS = text(
     "DELETE FROM events WHERE room_id = :room_id AND seq >= :lo AND seq < :hi "

@@ -27,12 +27,26 @@ when it is counted. Then:
 
 Mentions are rows of `mentions` (room, seq, user), written when a message is posted or
 edited (sql/mentioned.sql has the rule), removed when it is deleted or edited away, never
-for the author: the count is an index range above the cursor, as long as the user's unread
-mentions. In a dm every message mentions the other member, so there the unread count is the
-mention count and no rows are kept.
+for the author. The membership keeps their count above its cursor, `unread_mentions`,
+so the room list reads it instead of counting rows (counting a user's 80 unread mentions in
+each of 200 rooms took more of the list's time than everything else together):
 
-A message to a room of thousands of members therefore writes no per-member row; setting a
-cursor is one small update of the membership's row.
+- the writer adds one for each mention it stores above the member's cursor and takes one
+  away for each it removes there (an edit's, a delete's), in the transaction that changes
+  the rows; posting moves the author's cursor and takes away the mentions it passes
+  (sql/post_messages.sql); a prune takes away what it removes above a cursor (ops.py);
+- moving the cursor recounts it: the rows above the new cursor, a range as long as the
+  mentions still unread (sql/mark_read.sql, which also says why the count cannot miss a
+  mention a writer stores meanwhile);
+- a membership starts with none: it starts at the room's head (or at the member's own
+  newest message), and rows are only written for members.
+
+In a dm every message mentions the other member, so there the unread count is the mention
+count and no rows are kept.
+
+A message to a room of thousands of members therefore writes no per-member row, only the
+rows of the members it mentions; setting a cursor is one small update of the membership's
+row.
 """
 
 from __future__ import annotations
@@ -49,10 +63,8 @@ from .refusals import Forbidden, NotFound
 # subquery: `LEFT JOIN LATERAL (COUNTS) AS rs ON true` gives rs.unread and rs.mentions (NULL
 # when m is NULL: not a member).
 COUNTS = """
-    SELECT u.unread, CASE WHEN r.kind = 'dm' THEN u.unread ELSE (
-               SELECT count(*) FROM mentions mt
-               WHERE mt.username = m.username AND mt.room_id = r.id AND mt.seq > m.last_read_seq
-           ) END AS mentions
+    SELECT u.unread, CASE WHEN r.kind = 'dm' THEN u.unread ELSE m.unread_mentions END
+               AS mentions
     FROM (SELECT r.message_count - greatest(m.last_read_n, r.pruned_n)
                  - (SELECT count(*) FROM messages d
                     WHERE d.room_id = r.id AND d.seq > m.last_read_seq AND d.deleted) AS unread
@@ -60,25 +72,9 @@ COUNTS = """
     WHERE m.username IS NOT NULL
 """
 
-# max(current, min(seq, the room's last seq)) in one statement; `moved` is NULL when the
-# cursor stayed (already there or beyond). The update re-reads the row it changes, so two
-# concurrent reads never move a cursor back.
-_MARK = text(
-    "WITH cur AS ("
-    "  SELECT r.id, r.message_count, m.last_read_seq, least(:seq, r.last_seq) AS target"
-    "  FROM rooms r JOIN members m ON m.room_id = r.id AND m.username = :username"
-    "  WHERE r.name = :room"
-    "), moved AS ("
-    "  UPDATE members SET last_read_seq = cur.target, last_read_n = coalesce(("
-    "    SELECT x.n - 1 FROM messages x WHERE x.room_id = cur.id AND x.seq > cur.target"
-    "    ORDER BY x.seq LIMIT 1), cur.message_count) FROM cur"
-    "  WHERE members.room_id = cur.id AND members.username = :username"
-    "    AND members.last_read_seq < cur.target"
-    "  RETURNING members.last_read_seq"
-    ") "
-    "SELECT cur.id, cur.last_read_seq AS before, (SELECT last_read_seq FROM moved) AS moved "
-    "FROM cur"
-)
+# max(current, min(seq, the room's last seq)), with the counts the cursor keeps; `moved` is
+# NULL when the cursor stayed (already there or beyond). One round trip (sql/mark_read.sql).
+_MARK = text("SELECT room_id AS id, before, moved FROM chat_mark_read(:room, :username, :seq)")
 _ROOM_KIND = text("SELECT kind FROM rooms WHERE name = :room")
 _COUNTS_OF = text(
     "SELECT m.last_read_seq, rs.unread, rs.mentions FROM rooms r "

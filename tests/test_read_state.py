@@ -442,8 +442,9 @@ def _plan_json(rows: list[asyncpg.Record]) -> dict[str, Any]:
 
 
 def test_a_message_writes_no_row_per_member(world: World) -> None:
-    """A send to a room of 2,000 members changes the author's membership row (the cursor)
-    and no other."""
+    """A send to a room of 2,000 members that mentions one of them changes the author's
+    membership row (the cursor) and the mentioned member's (the unread mention count), no
+    other; the mentioned member's count is 1."""
     a, _, _ = world.users
     with httpx.Client(base_url=world.instance.url, timeout=30) as http:
         room = unique("crowd-")
@@ -475,8 +476,14 @@ def test_a_message_writes_no_row_per_member(world: World) -> None:
             )
         }
     changed = {u for u in after if before.get(u) != after[u]}
-    assert changed == {a.name}
+    assert changed == {a.name, names[0]}
     assert len(after) == 2001
+    ((count,),) = world.sql(
+        "SELECT unread_mentions FROM members WHERE room_id = $1 AND username = $2",
+        room_id,
+        names[0],
+    )
+    assert count == 1
 
 
 def test_counts_after_a_prune(world: World) -> None:
@@ -511,3 +518,90 @@ def test_counts_after_a_prune(world: World) -> None:
             "SELECT count(*) AS n FROM messages WHERE room_id = $1 AND NOT deleted", room_id
         )
         assert brute["n"] == 10
+
+
+def test_mention_counts_hold_under_concurrent_reads_and_writes(world: World) -> None:
+    """The unread mention count is kept, not counted (readstate.py): while one user posts
+    messages that mention another, edits mentions in and out and deletes some, and the
+    other moves their cursor all along, every request in flight at once, the count the room
+    list reads equals a count of the mention rows above the cursor, and the rows are the
+    current texts' mentions."""
+    a, b, _ = world.users
+    with httpx.Client(base_url=world.instance.url, timeout=30) as http:
+        room, room_id = _public_room_of_two(http, world, "racing-")
+
+    async def storm() -> None:
+        limits = httpx.Limits(max_connections=24)
+        async with httpx.AsyncClient(
+            base_url=world.instance.url, timeout=30, limits=limits
+        ) as http:
+            gate = asyncio.Semaphore(16)
+            posted: list[int] = []
+
+            async def call(method: str, path: str, user: User, **kw: Any) -> httpx.Response:
+                async with gate:
+                    return await http.request(method, path, headers=user.headers, **kw)
+
+            async def post(i: int) -> None:
+                body = f"m{i} @{b.name}" if i % 3 else f"m{i} plain"
+                r = await call("POST", f"/api/rooms/{room}/messages", a, json={"body": body})
+                assert r.status_code == 201, r.text
+                posted.append(r.json()["seq"])
+
+            async def edit(i: int) -> None:
+                while len(posted) < 5:
+                    await asyncio.sleep(0.01)
+                seq = posted[(i * 7) % len(posted)]
+                body = f"e{i} @{b.name}" if i % 2 else f"e{i} nobody"
+                r = await call("PATCH", f"/api/rooms/{room}/messages/{seq}", a, json={"body": body})
+                assert r.status_code in (200, 404), r.text  # 404: deleted meanwhile
+
+            async def delete(i: int) -> None:
+                while len(posted) < 10:
+                    await asyncio.sleep(0.01)
+                seq = posted[(i * 13) % len(posted)]
+                r = await call("DELETE", f"/api/rooms/{room}/messages/{seq}", a)
+                assert r.status_code == 200, r.text
+
+            async def read(i: int) -> None:
+                await asyncio.sleep(0.005 * i)
+                seq = max(posted, default=1)
+                r = await call("PUT", f"/api/rooms/{room}/read", b, json={"seq": seq})
+                assert r.status_code == 200, r.text
+
+            async with asyncio.timeout(120):
+                await asyncio.gather(
+                    *(post(i) for i in range(150)),
+                    *(edit(i) for i in range(60)),
+                    *(delete(i) for i in range(20)),
+                    *(read(i) for i in range(60)),
+                )
+
+    world.runner.run(storm())
+    with httpx.Client(base_url=world.instance.url, timeout=30) as http:
+        info = http.get(f"/api/rooms/{room}", headers=b.headers).json()
+        ((cursor, kept, rows),) = world.sql(
+            "SELECT m.last_read_seq, m.unread_mentions, (SELECT count(*) FROM mentions mt "
+            "WHERE mt.room_id = m.room_id AND mt.username = m.username "
+            "AND mt.seq > m.last_read_seq) FROM members m WHERE m.room_id = $1 "
+            "AND m.username = $2",
+            room_id,
+            b.name,
+        )
+        assert (info["last_read_seq"], info["mentions"]) == (cursor, rows)
+        assert kept == rows
+        # The rows are the current texts' mentions.
+        named = world.sql(
+            "SELECT seq FROM messages WHERE room_id = $1 AND NOT deleted AND strpos(body, $2) > 0 "
+            "ORDER BY seq",
+            room_id,
+            f"@{b.name}",
+        )
+        stored = world.sql(
+            "SELECT seq FROM mentions WHERE room_id = $1 AND username = $2 ORDER BY seq",
+            room_id,
+            b.name,
+        )
+        assert [r["seq"] for r in stored] == [r["seq"] for r in named]
+        r = http.put(f"/api/rooms/{room}/read", json={"seq": 10**9}, headers=b.headers)
+        assert r.status_code == 200 and r.json()["mentions"] == 0, r.text

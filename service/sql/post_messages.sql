@@ -17,8 +17,9 @@
 -- literals service/search.py makes), advances the rooms, and moves each author's read
 -- cursor to their newest message there (PROTOCOL.md, Read cursor). Records who each one
 -- mentions (the `mentions` table; not in a dm, where every message mentions the peer and
--- the unread count is the mention count) and tells them: a `notification` frame on the
--- users' own stream (a `user` notification, in the same payloads as the messages).
+-- the unread count is the mention count), keeps each member's count of unread mentions
+-- (members.unread_mentions, service/readstate.py) and tells them: a `notification` frame on
+-- the users' own stream (a `user` notification, in the same payloads as the messages).
 --
 -- Changes, one by one in the order given (each reads what the one before it wrote; a
 -- reaction's new counts are kept in memory and written to its message once per batch, so a
@@ -96,6 +97,8 @@ DECLARE
     -- reactions and version): a storm on one message rewrites its row once per batch.
     pending jsonb := '{}';
     v_author_role text;
+    v_unnamed text[];  -- whom an edited text mentioned, and whom the new one mentions
+    v_named text[];
     v_seq bigint;
     v_count integer;
     v_code text;
@@ -159,12 +162,6 @@ BEGIN
                          message_count = top.n
         FROM (SELECT f.r, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r) AS top
         WHERE rooms.id = top.r
-    ), seen AS (  -- posting moves the author's read cursor to their newest message
-        UPDATE members SET last_read_seq = top.seq, last_read_n = top.n
-        FROM (SELECT f.r, f.a, max(f.seq) AS seq, max(f.n) AS n FROM fresh f GROUP BY f.r, f.a)
-             AS top
-        WHERE members.room_id = top.r AND members.username = top.a
-              AND members.last_read_seq < top.seq
     ), named AS (  -- who each new message mentions: members named by @name, the dm's peer
         SELECT f.ord, f.r, f.seq, f.kind, x.username
         FROM fresh f
@@ -173,6 +170,32 @@ BEGIN
     ), noted_mentions AS (
         INSERT INTO mentions (room_id, seq, username)
         SELECT nm.r, nm.seq, nm.username FROM named nm WHERE nm.kind <> 'dm'
+    ), touched AS (  -- each member this batch reads for (an author: up to their newest
+                     -- message) or mentions (outside dms), once: one update of each row
+        SELECT t.r, t.u, max(t.seq) AS seq, max(t.n) AS n
+        FROM (SELECT f.r, f.a AS u, f.seq, f.n FROM fresh f
+              UNION ALL
+              SELECT nm.r, nm.username, NULL, NULL FROM named nm WHERE nm.kind <> 'dm') AS t
+        GROUP BY t.r, t.u
+    ), seen AS (  -- posting moves the author's read cursor to their newest message; the
+                  -- count of unread mentions (readstate.py) loses the mentions that move
+                  -- passes (rows stored before this statement) and gains this batch's
+                  -- mentions above the cursor
+        UPDATE members SET
+            last_read_seq = greatest(members.last_read_seq, coalesce(t.seq, 0)),
+            last_read_n = CASE WHEN t.seq > members.last_read_seq THEN t.n
+                               ELSE members.last_read_n END,
+            unread_mentions = members.unread_mentions
+                - CASE WHEN t.seq > members.last_read_seq THEN (
+                      SELECT count(*) FROM mentions x
+                      WHERE x.username = t.u AND x.room_id = t.r
+                            AND x.seq > members.last_read_seq AND x.seq <= t.seq)
+                  ELSE 0 END
+                + (SELECT count(*) FROM named nm
+                   WHERE nm.r = t.r AND nm.username = t.u AND nm.kind <> 'dm'
+                         AND nm.seq > greatest(members.last_read_seq, coalesce(t.seq, 0)))
+        FROM touched t
+        WHERE members.room_id = t.r AND members.username = t.u
     ), told AS (  -- a `notification` for each of them (up to 100 users a notification; the
                   -- excerpt is the first 140 characters, PROTOCOL.md)
         SELECT min(t.ord) AS ord, json_build_object(
@@ -323,14 +346,29 @@ BEGIN
                                 reactions = v_reactions, search = p_c_searches[k]::tsvector
             WHERE room_id = v_room AND seq = v_target;
             pending := pending - v_key;
-            -- Mentions follow the current text (a text without `@` names nobody).
-            IF v_room_kind <> 'dm' AND strpos(v_body, '@') > 0 THEN
-                DELETE FROM mentions WHERE room_id = v_room AND seq = v_target;
-            END IF;
-            IF v_room_kind <> 'dm' AND strpos(p_c_bodies[k], '@') > 0 THEN
-                INSERT INTO mentions (room_id, seq, username)
-                SELECT v_room, v_target, x.username
-                FROM chat_mentioned(v_room, v_room_kind, v_actor, p_c_bodies[k]) AS x (username);
+            -- Mentions follow the current text (a text without `@` names nobody), and so
+            -- do the unread mention counts of the members whose cursor is below it.
+            IF v_room_kind <> 'dm'
+               AND (strpos(v_body, '@') > 0 OR strpos(p_c_bodies[k], '@') > 0) THEN
+                WITH gone AS (
+                    DELETE FROM mentions WHERE room_id = v_room AND seq = v_target
+                    RETURNING username)
+                SELECT coalesce(array_agg(username), '{}') INTO v_unnamed FROM gone;
+                WITH added AS (
+                    INSERT INTO mentions (room_id, seq, username)
+                    SELECT v_room, v_target, x.username
+                    FROM chat_mentioned(v_room, v_room_kind, v_actor, p_c_bodies[k])
+                         AS x (username)
+                    WHERE strpos(p_c_bodies[k], '@') > 0
+                    RETURNING username)
+                SELECT coalesce(array_agg(username), '{}') INTO v_named FROM added;
+                UPDATE members SET unread_mentions = members.unread_mentions + d.delta
+                FROM (SELECT z.u, sum(z.delta) AS delta
+                      FROM (SELECT unnest(v_unnamed) AS u, -1 AS delta
+                            UNION ALL SELECT unnest(v_named), 1) AS z
+                      GROUP BY z.u HAVING sum(z.delta) <> 0) AS d
+                WHERE members.room_id = v_room AND members.username = d.u
+                      AND members.last_read_seq < v_target;
             END IF;
             v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'edit',
                 'target', v_target, 'author', v_actor, 'body', p_c_bodies[k], 'edited_at', stamp);
@@ -345,7 +383,13 @@ BEGIN
             UPDATE events SET body = ''
             WHERE room_id = v_room AND target = v_target AND kind = 'edit';
             DELETE FROM reactions WHERE room_id = v_room AND seq = v_target;
-            DELETE FROM mentions WHERE room_id = v_room AND seq = v_target;
+            WITH gone AS (
+                DELETE FROM mentions WHERE room_id = v_room AND seq = v_target
+                RETURNING username)
+            UPDATE members SET unread_mentions = members.unread_mentions - 1
+            FROM gone
+            WHERE members.room_id = v_room AND members.username = gone.username
+                  AND members.last_read_seq < v_target;
             v_entry := json_build_object('room_id', v_room, 'seq', v_seq, 'kind', 'delete',
                 'target', v_target, 'by', v_actor);
         ELSE
