@@ -24,17 +24,22 @@ from .figures import (
     size_label,
 )
 
-TARGET_FANOUT_P99_MS = 25.0
-TARGET_JOIN_MS = 10.0
-TARGET_IDLE_KIB = 40.0
-TARGET_HISTORY_MS = 5.0
+# Issue #18's targets (v1's were 25 ms, 10 ms, 40 KiB, 5 ms and 3x): fan-out p99 at 1,000
+# msg/s x 200 receivers, join with 50 replayed, idle memory per joined socket, the history
+# page's p99 (#18 names 10M; every size is held to it), ingest against the raw ceiling with
+# v2's schema and indexes (stretch 8x).
+TARGET_FANOUT_P99_MS = 15.0
+TARGET_JOIN_MS = 5.0
+TARGET_IDLE_KIB = 25.0
+TARGET_HISTORY_MS = 3.0
+TARGET_INGEST_RATIO = 5.0
 TARGET_ROOM_LIST_MS = 10.0  # issue #15: 200 rooms, each with more than 10,000 unread
 # Search (issue #16), at 10M messages for a user in 50 rooms: a one-word query p99 under 50
 # ms, a two-character CJK substring under 150 ms; ingest with the index at least 4.5x the
 # raw INSERT+NOTIFY ceiling.
 TARGET_SEARCH_WORD_MS = 50.0
 TARGET_SEARCH_CJK_MS = 150.0
-TARGET_INGEST_RATIO = 4.5
+TARGET_INGEST_INDEXED_RATIO = 4.5
 # The lines of a search's plan worth a note: its query, its scans and their conditions.
 _PLAN_NODE = re.compile(r"^q=|Scan|Cond:|Filter:|BitmapAnd|Execution Time")
 _SEARCH_KINDS = {
@@ -256,8 +261,8 @@ def search_rows(results: Results) -> list[Row]:
                 raw.per_second,
                 "A raw asyncpg",
                 _ratio(results.ingest.per_second, raw.per_second),
-                target=f">= {TARGET_INGEST_RATIO:g}x",
-                passed=ratio >= TARGET_INGEST_RATIO,
+                target=f">= {TARGET_INGEST_INDEXED_RATIO:g}x",
+                passed=ratio >= TARGET_INGEST_INDEXED_RATIO,
             )
         )
     return out
