@@ -142,7 +142,7 @@ async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
     the DOM holds one ascending run of at most WINDOW messages; each message appears once on
     the way up and once on the way down, in order; the document and the JS heap stay flat; a
     message posted while the page is far back shows on the way down, and one posted at the
-    bottom arrives live."""
+    bottom arrives live; no task of the page runs long enough to freeze it."""
     alice, bob = await new_user(http), await new_user(http)
     room = unique("long-")
     await fill_room(pg, room, [alice.name, bob.name], TOTAL)
@@ -150,6 +150,8 @@ async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
     tab = await open_in_room(tabs, server, alice.name, room)
     await expect(tab.rows.last).to_have_attribute("data-seq", str(TOTAL))
     scroller = tab.by("messages")
+    await watch_long_tasks(tab)
+    tasks: list[float] = []  # the page's long tasks, but those of the heap measurements
 
     async def step(to: str) -> dict[str, Any]:
         """Scroll to the top or the bottom, wait until the page has loaded what that asks for,
@@ -170,14 +172,14 @@ async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
             shown_up.extend(older)
             elements.append(state["elements"])
             if not full and len(state["seqs"]) == WINDOW:
-                full = [state["elements"], await heap_bytes(tab)]
+                full = [state["elements"], await heap_bytes_aside(tab, tasks)]
             if state["start"] and state["seqs"][0] == 1:
                 break
             assert older, f"a step up brought nothing older than {shown_up[-1]}"
     assert shown_up == list(range(TOTAL, 0, -1)), "the way up skipped or repeated messages"
     await scroller.evaluate("(el) => { el.scrollTop = 0; }")
     await expect(tab.by("history-start")).to_be_in_viewport()
-    heap = [await heap_bytes(tab)]
+    heap = [await heap_bytes_aside(tab, tasks)]
 
     # Posted while the page is far back: it raises the "new messages" pill, stays out of the
     # DOM, and shows on the way down.
@@ -197,7 +199,7 @@ async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
             elements.append(state["elements"])
     assert shown_down == list(range(1, TOTAL + 2)), "the way down skipped or repeated messages"
     await expect(tab.by("history-newer-retry")).to_have_count(0)
-    heap.append(await heap_bytes(tab))
+    heap.append(await heap_bytes_aside(tab, tasks))
 
     # At the bottom again, a new message arrives live, and the window stays bounded.
     await scroller.evaluate("(el) => { el.scrollTop = el.scrollHeight; }")
@@ -212,7 +214,54 @@ async def test_20000_messages_scrolled_to_the_first_and_back_stay_bounded(
     assert full, "the window never filled"
     assert max(elements) <= full[0] * 1.25, (full, max(elements))
     assert max(heap) <= full[1] * 1.5 + 4_000_000, (full, heap)
+    # Never frozen: the longest task the page ran over the whole trip (printed; a freeze is
+    # seconds, a step's work tens of ms).
+    tasks += await drained_long_tasks(tab)
+    print(f"\nlong tasks over the trip: {len(tasks)}, the longest {max(tasks, default=0):.0f} ms")
+    assert max(tasks, default=0) < FROZEN_MS, tasks
     tab.watch.assert_clean()
+
+
+# A main-thread task this long is a frozen page (Chromium counts tasks over 50 ms as long).
+FROZEN_MS = 2000
+
+
+async def watch_long_tasks(tab: Tab) -> None:
+    """Record the page's long tasks (PerformanceObserver, `longtask`) in window.__longTasks,
+    after checking that the observer sees one: a 120 ms task, then the list is emptied."""
+    await tab.page.evaluate(
+        """() => {
+            window.__longTasks = [];
+            new PerformanceObserver((list) => {
+                for (const e of list.getEntries()) window.__longTasks.push(e.duration);
+            }).observe({type: "longtask"});
+            setTimeout(() => {
+                const end = performance.now() + 120;
+                while (performance.now() < end);
+            });
+        }"""
+    )
+    await tab.page.wait_for_function(
+        "() => window.__longTasks.some((d) => d >= 100)", timeout=10_000
+    )
+    await tab.page.evaluate("() => { window.__longTasks.length = 0; }")
+
+
+async def drained_long_tasks(tab: Tab) -> list[float]:
+    """The long tasks recorded since the last call (watch_long_tasks), and the list emptied."""
+    tasks: list[float] = await tab.page.evaluate(
+        "() => window.__longTasks.splice(0, window.__longTasks.length)"
+    )
+    return tasks
+
+
+async def heap_bytes_aside(tab: Tab, tasks: list[float]) -> int:
+    """heap_bytes, whose full garbage collection is a long task of the test's making: the
+    page's own long tasks before it are kept in `tasks`, the collection's dropped."""
+    tasks += await drained_long_tasks(tab)
+    used = await heap_bytes(tab)
+    await drained_long_tasks(tab)
+    return used
 
 
 async def scroll_up_past_the_window(tab: Tab, newest: int) -> dict[str, Any]:
