@@ -37,6 +37,7 @@ from tests.test_browser import (  # noqa: F401 (fixtures are found by name)
     for_readme,
     http,
     log_in,
+    open_in_room,
     send_from_page,
     server,
     short,
@@ -155,13 +156,18 @@ async def pick_user(tab: Tab, field: str, name: str) -> None:
     await expect(suggestion).to_have_count(0)
 
 
-async def tab_to(tab: Tab, testid: str, *, back: bool = False, steps: int = 60) -> None:
-    """Press Tab (Shift+Tab with `back`) until the element of `testid` has the focus: it is
-    reachable by keyboard, in the tab order."""
+async def tab_to(
+    tab: Tab, testid: str, *, back: bool = False, steps: int = 60, label: str | None = None
+) -> None:
+    """Press Tab (Shift+Tab with `back`) until the element of `testid` (and of aria-label
+    `label`, if given) has the focus: it is reachable by keyboard, in the tab order."""
     key = "Shift+Tab" if back else "Tab"
     for _ in range(steps):
-        focused = await tab.page.evaluate("() => document.activeElement?.dataset?.testid ?? ''")
-        if focused == testid:
+        focused = await tab.page.evaluate(
+            "() => [document.activeElement?.dataset?.testid ?? '',"
+            " document.activeElement?.getAttribute('aria-label')]"
+        )
+        if focused[0] == testid and label in (None, focused[1]):
             return
         await tab.page.keyboard.press(key)
     raise AssertionError(f"{testid} never took the focus in {steps} presses of {key}")
@@ -410,6 +416,82 @@ async def test_dm_from_a_username(
     await expect(alice.by("dm-list").get_by_test_id("room-item")).to_have_count(1)
     alice.watch.assert_clean(allow=(re.compile(r"^Failed to load resource: .* 404 .*/api/dms"),))
     bob.watch.assert_clean()
+
+
+async def test_dm_from_any_username(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient, axe_source: str
+) -> None:
+    """A username shown as a message's author, in the online list or in the members view opens
+    the dm with that person, by click or by keyboard; one's own name does not. Bob's click
+    creates the dm, the other names open the same one; Carol, in the same room, sees nothing
+    of it."""
+    alice_name, bob_name, carol_name = short("alice_"), short("bob_"), short("carol_")
+    for name in (alice_name, bob_name, carol_name):
+        await new_user(http, name)
+    room = unique("lobby-")
+    r = await http.post(
+        "/api/rooms", json={"name": room, "kind": "public"}, headers=(await new_user(http)).headers
+    )
+    assert r.status_code == 201, r.text
+    alice = await open_in_room(tabs, server, alice_name, room)
+    bob = await open_in_room(tabs, server, bob_name, room)
+    carol = await open_in_room(tabs, server, carol_name, room)
+    await expect_confirmed(await send_from_page(alice, "Anyone around?"))
+    row = bob.row_with("Anyone around?")
+    await expect_confirmed(row)
+
+    # One's own name is text: no dm with oneself.
+    own = alice.row_with("Anyone around?")
+    await expect(own.get_by_test_id("user-dm")).to_have_count(0)
+    await expect(
+        alice.by("online").get_by_role("button", name=f"Message {alice_name}")
+    ).to_have_count(0)
+
+    # Bob, by the author's name: the dm is created and opens.
+    await row.get_by_role("button", name=f"Message {alice_name}").click()
+    await expect(bob.by("room-title")).to_have_text(alice_name)
+    await expect(bob.by("room-kind")).to_have_attribute("data-kind", "dm")
+    await expect(bob.page).to_have_url(re.compile(r"#/room/dm-[a-z0-9]+$"))
+    dm = bob.page.url.rsplit("/", 1)[1]
+    await expect(bob.by("dm-list").get_by_test_id("room-item")).to_have_attribute("data-room", dm)
+    await expect(bob.by("conn-status")).to_have_attribute("data-state", "connected")
+    await expect_confirmed(await send_from_page(bob, "Here, privately."))
+    await expect(alice.by("dm-list").get_by_test_id("room-item")).to_have_attribute("data-room", dm)
+
+    # Alice, by keyboard alone: Tab to Bob's name in the online list, Enter: the same dm.
+    await expect(
+        alice.by("online").get_by_role("button", name=f"Message {bob_name}")
+    ).to_have_count(1)
+    await alice.by("composer").focus()
+    await tab_to(alice, "user-dm", label=f"Message {bob_name}")
+    await alice.page.keyboard.press("Enter")
+    await expect(alice.page).to_have_url(re.compile(f"#/room/{dm}$"))
+    await expect(alice.by("room-title")).to_have_text(bob_name)
+    await expect_confirmed(alice.row_with("Here, privately."))
+    await expect(alice.by("dm-list").get_by_test_id("room-item")).to_have_count(1)
+
+    # Alice, from the room's members view: the dialog closes on the same dm.
+    await room_item(alice, room).click()
+    await expect_in_room(alice, room, alice_name)
+    await alice.by("members-open").click()
+    members = alice.by("members-list")
+    await expect(members.get_by_test_id("member")).to_have_count(4)
+    await expect(members.get_by_role("button", name=f"Message {alice_name}")).to_have_count(0)
+    await alice.shot("members-names.png")
+    await audit(alice, axe_source, "members-names")
+    await members.get_by_role("button", name=f"Message {bob_name}").focus()
+    await alice.page.keyboard.press("Space")
+    await expect(alice.by("members-dialog")).to_be_hidden()
+    await expect(alice.page).to_have_url(re.compile(f"#/room/{dm}$"))
+    await expect(alice.by("composer")).to_be_focused()
+    await expect(alice.by("dm-list").get_by_test_id("room-item")).to_have_count(1)
+
+    # Carol, in the room all along, has no dm and nothing of theirs in her page.
+    await expect(carol.by("dm-list").get_by_test_id("room-item")).to_have_count(0)
+    await expect_never_seen(carol, dm)
+    assert "Here, privately." not in await carol.page.content()
+    for tab in (alice, bob, carol):
+        tab.watch.assert_clean()
 
 
 async def test_public_rooms_join_and_leave(

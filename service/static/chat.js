@@ -10,7 +10,7 @@ import { announce } from './dialog.js';
 import { MembersDialog } from './members-view.js';
 import { MessageActions } from './message-actions.js';
 import { TOMBSTONE_TEXT, excerpt } from './message-parts.js';
-import { NewDmDialog } from './new-dm.js';
+import { NewDmDialog, refusal as dmRefusal } from './new-dm.js';
 import { NewRoomDialog } from './new-room.js';
 import { Notifier } from './notifier.js';
 import { MessagePane } from './pane.js';
@@ -99,20 +99,12 @@ export class ChatSession {
       (room) => this.navigate(room), () => this.#renderTitle(), signal);
     this.cursor = new ReadCursor(this.socket, this.rooms);
     this.notifier = new Notifier(dom.notifyToggle, me, (room) => this.navigate(room), signal);
-    const opened = (room) => {
-      this.rooms.merge([room]);
-      this.navigate(room.name);
-    };
-    // This tab's own creations come back as `rooms` frames too: no news to announce.
-    const expect = (key) => {
-      this.#ownDoing.add(key);
-      setTimeout(() => this.#ownDoing.delete(key), OWN_DOING_MS);
-    };
+    const opened = (room) => this.#opened(room);
     this.newRoom = new NewRoomDialog({
-      onCreating: (name) => expect(`room:${name}`), onCreated: opened,
+      onCreating: (name) => this.#expect(`room:${name}`), onCreated: opened,
     }, signal);
     this.newDm = new NewDmDialog(me, {
-      onOpening: (peer) => expect(`dm:${peer}`), onOpened: opened,
+      onOpening: (peer) => this.#expect(`dm:${peer}`), onOpened: opened,
     }, signal);
     this.browse = new BrowseDialog({
       onOpen: (room) => this.navigate(room),
@@ -170,6 +162,11 @@ export class ChatSession {
       }
     });
     on(d.sessionsOpen, 'click', () => this.sessions.open());
+    // A username anywhere in the page (render.js, userName) opens the dm with that person.
+    on(document, 'click', (e) => {
+      const button = e.target.closest?.('button[data-dm]');
+      if (button) this.#openDm(button.dataset.dm);
+    });
     on(d.membersOpen, 'click', () => {
       if (this.current) this.members.open(this.current.name, this.rooms.get(this.current.name));
     });
@@ -446,6 +443,39 @@ export class ChatSession {
    * a `read` frame: the page moves it too, so it sends no `read` that would not move it. */
   #ownMessage(room, seq, author) {
     if (author === this.me && Number.isInteger(seq) && this.rooms.read(room, seq)) this.#recount(room);
+  }
+
+  /** This tab's own creations come back as `rooms` frames too: no news to announce. */
+  #expect(key) {
+    this.#ownDoing.add(key);
+    setTimeout(() => this.#ownDoing.delete(key), OWN_DOING_MS);
+  }
+
+  /** A room this tab created or a dm it opened: into the sidebar, and on screen. */
+  #opened(room) {
+    this.rooms.merge([room]);
+    this.navigate(room.name);
+  }
+
+  /** Open the dm with `peer`: the one in the sidebar, else POST /api/dms (which answers the
+   * existing dm too, or creates it). */
+  async #openDm(peer) {
+    if (!peer || peer === this.me) return;
+    this.members.close();
+    const known = this.rooms.dmWith(peer);
+    if (known) {
+      this.navigate(known);
+      return;
+    }
+    if (this.#ownDoing.has(`dm:${peer}`)) return; // on its way already
+    this.#expect(`dm:${peer}`);
+    try {
+      const room = await api.openDm(peer);
+      if (!this.#abort.signal.aborted) this.#opened(room);
+    } catch (err) {
+      this.#ownDoing.delete(`dm:${peer}`);
+      if (!this.#abort.signal.aborted) this.#toast(dmRefusal(err, peer));
+    }
   }
 
   /** This tab left `room` for good (DELETE .../members/me answered). */
@@ -772,7 +802,7 @@ export class ChatSession {
   #renderOnline() {
     const users = [...(this.current?.online ?? [])]
       .sort((a, b) => (b === this.me) - (a === this.me) || a.localeCompare(b));
-    this.#dom.online.replaceChildren(...users.map((u) => onlineItem(u, u === this.me)));
+    this.#dom.online.replaceChildren(...users.map((u) => onlineItem(u, this.me)));
     this.#dom.onlineCount.textContent = String(users.length);
   }
 
