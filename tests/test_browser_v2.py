@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Locator, expect
+from playwright.async_api import Locator, Route, expect
 
 from tests.support import PROJECT, Instance, new_user, unique
 from tests.test_browser import (  # noqa: F401 (fixtures are found by name)
@@ -690,4 +690,77 @@ async def test_new_views_by_keyboard_alone(
     await keyboard.press("Escape")
     await expect(tab.by("sessions-dialog")).to_be_hidden()
     await expect(tab.by("sessions-open")).to_be_focused()
+    tab.watch.assert_clean()
+
+
+async def test_the_page_takes_its_lengths_from_the_server(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """The lengths of room names, usernames, passwords and reactions are GET /api/config's
+    (answered here with larger ones than this server's): the fields' maxlength and the hints
+    follow, a room name longer than the usual 64 is typed whole, and the page judges a
+    password and a reaction by the config's bounds."""
+    ivy = await new_user(http, short("ivy_"))
+    room = unique("long-")
+    tab = await tabs.open(server)
+
+    async def stretch(route: Route) -> None:
+        response = await route.fetch()
+        config = await response.json()
+        rooms = config["room_pattern"].replace("{0,63}", "{0,79}")
+        users = config["username_pattern"].replace("{2,31}", "{3,39}")
+        assert rooms != config["room_pattern"] and users != config["username_pattern"]
+        assert (config["min_password_chars"], config["max_password_chars"]) < (10, 200)
+        assert config["max_emoji_chars"] < 40
+        await route.fulfill(
+            response=response,
+            json={
+                **config,
+                "room_pattern": rooms,
+                "username_pattern": users,
+                "min_password_chars": 10,
+                "max_password_chars": 200,
+                "max_emoji_chars": 40,
+            },
+        )
+
+    await tab.page.route("**/api/config", stretch)
+    await tab.goto()
+    await expect(tab.by("login-username")).to_have_attribute("maxlength", "40")
+    # In UTF-16 units, two per code point at most: no password of 200 characters is cut.
+    await expect(tab.by("login-password")).to_have_attribute("maxlength", "400")
+    await expect(tab.page.locator("#login-hint")).to_have_text(
+        "New here? Usernames have 4–40 letters, digits, “_”, “.” or “-”; "
+        "passwords 10–200 characters."
+    )
+    await tab.by("login-username").fill(short("newcomer_"))
+    await tab.by("login-password").fill("nine-char")
+    await tab.by("register-submit").click()
+    await expect(tab.by("login-error")).to_have_text("Passwords need at least 10 characters.")
+
+    await log_in(tab, ivy.name)
+    await tab.by("new-room-open").click()
+    name = tab.by("new-room-name")
+    await expect(name).to_have_attribute("maxlength", "80")
+    await expect(tab.page.locator("#new-room-hint")).to_have_text(
+        "Lower-case letters, digits, “-” and “_”; up to 80."
+    )
+    await name.press_sequentially("r" * 85)
+    await expect(name).to_have_value("r" * 80)
+    await tab.page.keyboard.press("Escape")
+    for field in ("new-dm-user", "add-member-user"):
+        await expect(tab.by(field)).to_have_attribute("maxlength", "40")
+    await expect(tab.by("browse-q")).to_have_attribute("maxlength", "80")
+
+    await tab.goto(f"/#/room/{room}")
+    await expect_in_room(tab, room, ivy.name)
+    row = await send_from_page(tab, "React to this.")
+    await expect_confirmed(row)
+    await row.hover()
+    await row.get_by_test_id("message-react").click()
+    emoji = tab.by("picker-input")
+    await expect(emoji).to_have_attribute("maxlength", "80")
+    await emoji.fill("a" * 41)
+    await emoji.press("Enter")
+    await expect(tab.by("emoji-picker")).to_contain_text("A reaction has at most 40 characters.")
     tab.watch.assert_clean()
