@@ -109,6 +109,11 @@ def room_item(tab: Tab, room: str) -> Locator:
     return tab.page.locator(f"[data-testid='room-item'][data-room='{room}']")
 
 
+def dm_label(user: str) -> str:
+    """The accessible name of a username that opens the dm with `user`."""
+    return f"{user}: send a message"
+
+
 def system_line(tab: Tab, text: str) -> Locator:
     return (
         tab.by("messages")
@@ -444,11 +449,11 @@ async def test_dm_from_any_username(
     own = alice.row_with("Anyone around?")
     await expect(own.get_by_test_id("user-dm")).to_have_count(0)
     await expect(
-        alice.by("online").get_by_role("button", name=f"Message {alice_name}")
+        alice.by("online").get_by_role("button", name=dm_label(alice_name), exact=True)
     ).to_have_count(0)
 
     # Bob, by the author's name: the dm is created and opens.
-    await row.get_by_role("button", name=f"Message {alice_name}").click()
+    await row.get_by_role("button", name=dm_label(alice_name), exact=True).click()
     await expect(bob.by("room-title")).to_have_text(alice_name)
     await expect(bob.by("room-kind")).to_have_attribute("data-kind", "dm")
     await expect(bob.page).to_have_url(re.compile(r"#/room/dm-[a-z0-9]+$"))
@@ -460,10 +465,10 @@ async def test_dm_from_any_username(
 
     # Alice, by keyboard alone: Tab to Bob's name in the online list, Enter: the same dm.
     await expect(
-        alice.by("online").get_by_role("button", name=f"Message {bob_name}")
+        alice.by("online").get_by_role("button", name=dm_label(bob_name), exact=True)
     ).to_have_count(1)
     await alice.by("composer").focus()
-    await tab_to(alice, "user-dm", label=f"Message {bob_name}")
+    await tab_to(alice, "user-dm", label=dm_label(bob_name))
     await alice.page.keyboard.press("Enter")
     await expect(alice.page).to_have_url(re.compile(f"#/room/{dm}$"))
     await expect(alice.by("room-title")).to_have_text(bob_name)
@@ -476,10 +481,12 @@ async def test_dm_from_any_username(
     await alice.by("members-open").click()
     members = alice.by("members-list")
     await expect(members.get_by_test_id("member")).to_have_count(4)
-    await expect(members.get_by_role("button", name=f"Message {alice_name}")).to_have_count(0)
+    await expect(
+        members.get_by_role("button", name=dm_label(alice_name), exact=True)
+    ).to_have_count(0)
     await alice.shot("members-names.png")
     await audit(alice, axe_source, "members-names")
-    await members.get_by_role("button", name=f"Message {bob_name}").focus()
+    await members.get_by_role("button", name=dm_label(bob_name), exact=True).focus()
     await alice.page.keyboard.press("Space")
     await expect(alice.by("members-dialog")).to_be_hidden()
     await expect(alice.page).to_have_url(re.compile(f"#/room/{dm}$"))

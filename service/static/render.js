@@ -132,7 +132,7 @@ export function userName(name, me, className) {
   if (name === me) return h('span', { class: className }, name);
   return h('button', {
     type: 'button', class: `${className} user-btn`, 'data-dm': name, 'data-testid': 'user-dm',
-    'aria-label': `Message ${name}`, title: `Message ${name}`,
+    'aria-label': `${name}: send a message`, title: `Send ${name} a message`,
   }, name);
 }
 
