@@ -38,6 +38,7 @@ from tests.test_browser import (  # noqa: F401 (fixtures are found by name)
     http,
     log_in,
     open_in_room,
+    post,
     send_from_page,
     server,
     short,
@@ -771,3 +772,38 @@ async def test_the_page_takes_its_lengths_from_the_server(
     await emoji.press("Enter")
     await expect(tab.by("emoji-picker")).to_contain_text("A reaction has at most 40 characters.")
     tab.watch.assert_clean()
+
+
+async def test_new_messages_from_others_are_said_politely(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """A polite log region says each message Bob sends while Alice has the room open; the
+    room's history, loaded as she opens it, is not read out (the message list is silent), nor
+    are her own messages."""
+    alice, bob = await new_user(http, short("alice_")), await new_user(http, short("bob_"))
+    room = unique("heard-")
+    r = await http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    for i in range(5):
+        await post(http, bob, room, f"Old news {i}")
+    alice_tab = await open_in_room(tabs, server, alice.name, room)
+    await expect(alice_tab.rows).to_have_count(5)
+
+    said = alice_tab.page.get_by_role("log", name="New messages")
+    await expect(said).to_have_attribute("aria-live", "polite")
+    await expect(said).not_to_have_attribute("aria-atomic", "true")
+    await expect(said).not_to_have_attribute("aria-hidden", "true")
+    await expect(alice_tab.by("messages")).to_have_attribute("aria-live", "off")
+    await expect(said.locator("p")).to_have_count(0)
+
+    bob_tab = await open_in_room(tabs, server, bob.name, room)
+    await expect_confirmed(await send_from_page(bob_tab, "Are you there, Alice?"))
+    await expect(said.locator("p")).to_have_text([f"{bob.name}: Are you there, Alice?"])
+    await expect_confirmed(await send_from_page(alice_tab, "I am."))
+    await expect_confirmed(bob_tab.row_with("I am."))
+    await expect_confirmed(await send_from_page(bob_tab, "Good."))
+    await expect(said.locator("p")).to_have_text(
+        [f"{bob.name}: Are you there, Alice?", f"{bob.name}: Good."]
+    )
+    alice_tab.watch.assert_clean()
+    bob_tab.watch.assert_clean()

@@ -51,6 +51,7 @@ const dom = {
   roomTitle: $('room-title'),
   toast: $('toast'),
   messages: $('messages'),
+  messageAnnouncer: $('message-announcer'),
   newPill: $('new-pill'),
   typing: $('typing'),
   composerForm: $('composer-form'),

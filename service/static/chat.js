@@ -25,6 +25,8 @@ import { SessionsDialog } from './sessions-view.js';
 import { ChatSocket } from './socket.js';
 
 const ROOMS_REFRESH_MS = 30_000;
+/** The latest messages kept in the message announcer (older ones were said already). */
+const SAID_KEPT = 5;
 /** How long a room this tab asked for is expected back on the user's stream. */
 const OWN_DOING_MS = 10_000;
 const NARROW = window.matchMedia('(max-width: 700px)');
@@ -231,6 +233,7 @@ export class ChatSession {
     d.dmList.replaceChildren();
     d.roomNotice.hidden = true;
     d.online.replaceChildren();
+    d.messageAnnouncer.replaceChildren();
     d.typing.textContent = '';
     d.replyBar.hidden = true;
     d.toast.hidden = true;
@@ -254,8 +257,11 @@ export class ChatSession {
       const v = view(m.room);
       if (!v) return;
       v.clearTyping(m.author);
-      // The first join's replay is recent history, not news: no pill.
-      v.addMessage(m, { live: v.joinedOnce });
+      // The first join's replay is recent history, not news: no pill, nothing said.
+      const live = v.joinedOnce;
+      if (v.addMessage(m, { live }) && live && v === this.current && m.author !== this.me) {
+        this.#say(m);
+      }
       this.rooms.activity(m.room, m.seq, m.created_at);
       this.#ownMessage(m.room, m.seq, m.author);
     });
@@ -779,6 +785,13 @@ export class ChatSession {
   }
 
   /** The room's name (a dm's other person) and kind in the header and the composer. */
+  /** Say a new message politely (the message list itself is silent, index.html). */
+  #say(msg) {
+    const region = this.#dom.messageAnnouncer;
+    region.append(h('p', {}, `${msg.author}: ${msg.deleted ? TOMBSTONE_TEXT : excerpt(msg.body)}`));
+    while (region.childElementCount > SAID_KEPT) region.firstElementChild.remove();
+  }
+
   #renderHeading() {
     const d = this.#dom;
     const name = this.current?.name ?? null;
