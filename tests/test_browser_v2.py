@@ -4,7 +4,8 @@ Playwright, several users in several browser contexts.
 
 The fixtures and helpers are test_browser.py's. Every wait is bounded (Playwright's expect and
 actions time out after WAIT_MS). Screenshots of each view go to test-artifacts/screenshots/
-(with UPDATE_README_SCREENSHOT=1 the sessions view also to docs/, for the README);
+(with UPDATE_README_SCREENSHOT=1 the login, members, public rooms and sessions views also
+to docs/, for the README);
 axe-core (pinned in tests/axe/package-lock.json, installed with `npm ci` on first use) audits
 the login, room, members, dm, public rooms and sessions views in the same Chromium: no
 violation of impact serious or critical is allowed.
@@ -49,6 +50,9 @@ AXE_DIR = PROJECT / "tests" / "axe"
 AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
 AXE_REPORTS = PROJECT / "test-artifacts" / "axe"
 README_SHOT_SESSIONS = PROJECT / "docs" / "screenshot-sessions.png"
+README_SHOT_LOGIN = PROJECT / "docs" / "screenshot-login.png"
+README_SHOT_MEMBERS = PROJECT / "docs" / "screenshot-members.png"
+README_SHOT_PUBLIC_ROOMS = PROJECT / "docs" / "screenshot-public-rooms.png"
 BLOCKING = ("serious", "critical")
 
 # Chromium logs every refused fetch as a console error. These are the refusals a test causes
@@ -208,9 +212,12 @@ async def test_login_view_passes_axe(tabs: Tabs, server: Instance, axe_source: s
     tab = await tabs.open(server)
     await tab.goto()
     await expect(tab.by("login-submit")).to_be_visible()
+    await expect(tab.page.locator("#login-hint")).to_contain_text("passwords")  # the config's
     tab.watch.logged_out_probe_done()
+    shot = await tab.shot("login.png")
     await audit(tab, axe_source, "login")
     tab.watch.assert_clean()
+    for_readme(shot, README_SHOT_LOGIN)
 
 
 async def test_private_room_members_live(
@@ -252,7 +259,7 @@ async def test_private_room_members_live(
     await expect(alice.by("announcer")).to_have_text(
         f"{bob_name} added to {room} as a member.", timeout=WAIT_MS
     )
-    await alice.shot("members.png")
+    members_shot = await alice.shot("members.png")
     await audit(alice, axe_source, "members")
 
     # Bob: the room appears in his sidebar live, marked private.
@@ -334,6 +341,7 @@ async def test_private_room_members_live(
     alice.watch.assert_clean()
     bob.watch.assert_clean(allow=(LOST_ROOM,))
     carol.watch.assert_clean()
+    for_readme(members_shot, README_SHOT_MEMBERS)
 
 
 async def test_join_of_a_private_room_is_refused_with_a_notice(
@@ -528,7 +536,7 @@ async def test_public_rooms_join_and_leave(
     found = await search_public(bob, prefix)
     await expect(found).to_have_count(4)
     await expect(bob.by("browse-status")).to_have_text(f"4 public rooms starting with “{prefix}”.")
-    await bob.shot("public-rooms.png")
+    public_shot = await bob.shot("public-rooms.png")
     await audit(bob, axe_source, "public-rooms")
     await bob.by("browse-q").fill(room)
     await expect(found).to_have_count(1)
@@ -562,6 +570,7 @@ async def test_public_rooms_join_and_leave(
     await expect(room_item(alice, room)).to_have_count(1)
     alice.watch.assert_clean(allow=(LAST_OWNER,))
     bob.watch.assert_clean(allow=(LOST_ROOM,))
+    for_readme(public_shot, README_SHOT_PUBLIC_ROOMS)
 
 
 async def test_sessions_view_and_logout_everywhere(
