@@ -25,6 +25,9 @@ from .security import issue_token
 from .sessions import Sessions
 from .settings import Settings
 from .validation import (
+    EMOJI_MAX,
+    PASSWORD_MAX,
+    PASSWORD_MIN,
     ROOM_PATTERN,
     USERNAME_PATTERN,
     InvalidInput,
@@ -381,9 +384,12 @@ class ConfigOut(BaseModel):
     rate_limit_per_second: float
     rate_limit_burst: int
     max_emoji_per_message: int
-    # Not in PROTOCOL.md's list: an addition (README, API) so that the page checks a search's
-    # length with the server's own bound.
+    # Not in PROTOCOL.md's list: additions (README, API) so that the page checks a search's,
+    # a password's and a reaction's length with the server's own bounds.
     max_search_chars: int
+    min_password_chars: int
+    max_password_chars: int
+    max_emoji_chars: int
     room_pattern: str = Field(examples=[ROOM_PATTERN])
     username_pattern: str = Field(examples=[USERNAME_PATTERN])
 
@@ -404,6 +410,9 @@ async def config(chat: ChatDep) -> ConfigOut:
         rate_limit_burst=s.rate_limit_burst,
         max_emoji_per_message=s.max_emoji_per_message,
         max_search_chars=MAX_QUERY_CHARS,
+        min_password_chars=PASSWORD_MIN,
+        max_password_chars=PASSWORD_MAX,
+        max_emoji_chars=EMOJI_MAX,
         room_pattern=ROOM_PATTERN,
         username_pattern=USERNAME_PATTERN,
     )

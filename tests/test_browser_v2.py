@@ -4,7 +4,8 @@ Playwright, several users in several browser contexts.
 
 The fixtures and helpers are test_browser.py's. Every wait is bounded (Playwright's expect and
 actions time out after WAIT_MS). Screenshots of each view go to test-artifacts/screenshots/
-(with UPDATE_README_SCREENSHOT=1 the sessions view also to docs/, for the README);
+(with UPDATE_README_SCREENSHOT=1 the login, members, public rooms and sessions views also
+to docs/, for the README);
 axe-core (pinned in tests/axe/package-lock.json, installed with `npm ci` on first use) audits
 the login, room, members, dm, public rooms and sessions views in the same Chromium: no
 violation of impact serious or critical is allowed.
@@ -24,7 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.async_api import Locator, expect
+from playwright.async_api import Locator, Route, expect
 
 from tests.support import PROJECT, Instance, new_user, unique
 from tests.test_browser import (  # noqa: F401 (fixtures are found by name)
@@ -37,6 +38,8 @@ from tests.test_browser import (  # noqa: F401 (fixtures are found by name)
     for_readme,
     http,
     log_in,
+    open_in_room,
+    post,
     send_from_page,
     server,
     short,
@@ -47,6 +50,9 @@ AXE_DIR = PROJECT / "tests" / "axe"
 AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
 AXE_REPORTS = PROJECT / "test-artifacts" / "axe"
 README_SHOT_SESSIONS = PROJECT / "docs" / "screenshot-sessions.png"
+README_SHOT_LOGIN = PROJECT / "docs" / "screenshot-login.png"
+README_SHOT_MEMBERS = PROJECT / "docs" / "screenshot-members.png"
+README_SHOT_PUBLIC_ROOMS = PROJECT / "docs" / "screenshot-public-rooms.png"
 BLOCKING = ("serious", "critical")
 
 # Chromium logs every refused fetch as a console error. These are the refusals a test causes
@@ -108,6 +114,11 @@ def room_item(tab: Tab, room: str) -> Locator:
     return tab.page.locator(f"[data-testid='room-item'][data-room='{room}']")
 
 
+def dm_label(user: str) -> str:
+    """The accessible name of a username that opens the dm with `user`."""
+    return f"{user}: send a message"
+
+
 def system_line(tab: Tab, text: str) -> Locator:
     return (
         tab.by("messages")
@@ -155,13 +166,18 @@ async def pick_user(tab: Tab, field: str, name: str) -> None:
     await expect(suggestion).to_have_count(0)
 
 
-async def tab_to(tab: Tab, testid: str, *, back: bool = False, steps: int = 60) -> None:
-    """Press Tab (Shift+Tab with `back`) until the element of `testid` has the focus: it is
-    reachable by keyboard, in the tab order."""
+async def tab_to(
+    tab: Tab, testid: str, *, back: bool = False, steps: int = 60, label: str | None = None
+) -> None:
+    """Press Tab (Shift+Tab with `back`) until the element of `testid` (and of aria-label
+    `label`, if given) has the focus: it is reachable by keyboard, in the tab order."""
     key = "Shift+Tab" if back else "Tab"
     for _ in range(steps):
-        focused = await tab.page.evaluate("() => document.activeElement?.dataset?.testid ?? ''")
-        if focused == testid:
+        focused = await tab.page.evaluate(
+            "() => [document.activeElement?.dataset?.testid ?? '',"
+            " document.activeElement?.getAttribute('aria-label')]"
+        )
+        if focused[0] == testid and label in (None, focused[1]):
             return
         await tab.page.keyboard.press(key)
     raise AssertionError(f"{testid} never took the focus in {steps} presses of {key}")
@@ -196,9 +212,12 @@ async def test_login_view_passes_axe(tabs: Tabs, server: Instance, axe_source: s
     tab = await tabs.open(server)
     await tab.goto()
     await expect(tab.by("login-submit")).to_be_visible()
+    await expect(tab.page.locator("#login-hint")).to_contain_text("passwords")  # the config's
     tab.watch.logged_out_probe_done()
+    shot = await tab.shot("login.png")
     await audit(tab, axe_source, "login")
     tab.watch.assert_clean()
+    for_readme(shot, README_SHOT_LOGIN)
 
 
 async def test_private_room_members_live(
@@ -240,7 +259,7 @@ async def test_private_room_members_live(
     await expect(alice.by("announcer")).to_have_text(
         f"{bob_name} added to {room} as a member.", timeout=WAIT_MS
     )
-    await alice.shot("members.png")
+    members_shot = await alice.shot("members.png")
     await audit(alice, axe_source, "members")
 
     # Bob: the room appears in his sidebar live, marked private.
@@ -322,6 +341,7 @@ async def test_private_room_members_live(
     alice.watch.assert_clean()
     bob.watch.assert_clean(allow=(LOST_ROOM,))
     carol.watch.assert_clean()
+    for_readme(members_shot, README_SHOT_MEMBERS)
 
 
 async def test_join_of_a_private_room_is_refused_with_a_notice(
@@ -412,6 +432,84 @@ async def test_dm_from_a_username(
     bob.watch.assert_clean()
 
 
+async def test_dm_from_any_username(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient, axe_source: str
+) -> None:
+    """A username shown as a message's author, in the online list or in the members view opens
+    the dm with that person, by click or by keyboard; one's own name does not. Bob's click
+    creates the dm, the other names open the same one; Carol, in the same room, sees nothing
+    of it."""
+    alice_name, bob_name, carol_name = short("alice_"), short("bob_"), short("carol_")
+    for name in (alice_name, bob_name, carol_name):
+        await new_user(http, name)
+    room = unique("lobby-")
+    r = await http.post(
+        "/api/rooms", json={"name": room, "kind": "public"}, headers=(await new_user(http)).headers
+    )
+    assert r.status_code == 201, r.text
+    alice = await open_in_room(tabs, server, alice_name, room)
+    bob = await open_in_room(tabs, server, bob_name, room)
+    carol = await open_in_room(tabs, server, carol_name, room)
+    await expect_confirmed(await send_from_page(alice, "Anyone around?"))
+    row = bob.row_with("Anyone around?")
+    await expect_confirmed(row)
+
+    # One's own name is text: no dm with oneself.
+    own = alice.row_with("Anyone around?")
+    await expect(own.get_by_test_id("user-dm")).to_have_count(0)
+    await expect(
+        alice.by("online").get_by_role("button", name=dm_label(alice_name), exact=True)
+    ).to_have_count(0)
+
+    # Bob, by the author's name: the dm is created and opens.
+    await row.get_by_role("button", name=dm_label(alice_name), exact=True).click()
+    await expect(bob.by("room-title")).to_have_text(alice_name)
+    await expect(bob.by("room-kind")).to_have_attribute("data-kind", "dm")
+    await expect(bob.page).to_have_url(re.compile(r"#/room/dm-[a-z0-9]+$"))
+    dm = bob.page.url.rsplit("/", 1)[1]
+    await expect(bob.by("dm-list").get_by_test_id("room-item")).to_have_attribute("data-room", dm)
+    await expect(bob.by("conn-status")).to_have_attribute("data-state", "connected")
+    await expect_confirmed(await send_from_page(bob, "Here, privately."))
+    await expect(alice.by("dm-list").get_by_test_id("room-item")).to_have_attribute("data-room", dm)
+
+    # Alice, by keyboard alone: Tab to Bob's name in the online list, Enter: the same dm.
+    await expect(
+        alice.by("online").get_by_role("button", name=dm_label(bob_name), exact=True)
+    ).to_have_count(1)
+    await alice.by("composer").focus()
+    await tab_to(alice, "user-dm", label=dm_label(bob_name))
+    await alice.page.keyboard.press("Enter")
+    await expect(alice.page).to_have_url(re.compile(f"#/room/{dm}$"))
+    await expect(alice.by("room-title")).to_have_text(bob_name)
+    await expect_confirmed(alice.row_with("Here, privately."))
+    await expect(alice.by("dm-list").get_by_test_id("room-item")).to_have_count(1)
+
+    # Alice, from the room's members view: the dialog closes on the same dm.
+    await room_item(alice, room).click()
+    await expect_in_room(alice, room, alice_name)
+    await alice.by("members-open").click()
+    members = alice.by("members-list")
+    await expect(members.get_by_test_id("member")).to_have_count(4)
+    await expect(
+        members.get_by_role("button", name=dm_label(alice_name), exact=True)
+    ).to_have_count(0)
+    await alice.shot("members-names.png")
+    await audit(alice, axe_source, "members-names")
+    await members.get_by_role("button", name=dm_label(bob_name), exact=True).focus()
+    await alice.page.keyboard.press("Space")
+    await expect(alice.by("members-dialog")).to_be_hidden()
+    await expect(alice.page).to_have_url(re.compile(f"#/room/{dm}$"))
+    await expect(alice.by("composer")).to_be_focused()
+    await expect(alice.by("dm-list").get_by_test_id("room-item")).to_have_count(1)
+
+    # Carol, in the room all along, has no dm and nothing of theirs in her page.
+    await expect(carol.by("dm-list").get_by_test_id("room-item")).to_have_count(0)
+    await expect_never_seen(carol, dm)
+    assert "Here, privately." not in await carol.page.content()
+    for tab in (alice, bob, carol):
+        tab.watch.assert_clean()
+
+
 async def test_public_rooms_join_and_leave(
     tabs: Tabs, server: Instance, http: httpx.AsyncClient, axe_source: str
 ) -> None:
@@ -438,7 +536,7 @@ async def test_public_rooms_join_and_leave(
     found = await search_public(bob, prefix)
     await expect(found).to_have_count(4)
     await expect(bob.by("browse-status")).to_have_text(f"4 public rooms starting with “{prefix}”.")
-    await bob.shot("public-rooms.png")
+    public_shot = await bob.shot("public-rooms.png")
     await audit(bob, axe_source, "public-rooms")
     await bob.by("browse-q").fill(room)
     await expect(found).to_have_count(1)
@@ -472,6 +570,7 @@ async def test_public_rooms_join_and_leave(
     await expect(room_item(alice, room)).to_have_count(1)
     alice.watch.assert_clean(allow=(LAST_OWNER,))
     bob.watch.assert_clean(allow=(LOST_ROOM,))
+    for_readme(public_shot, README_SHOT_PUBLIC_ROOMS)
 
 
 async def test_sessions_view_and_logout_everywhere(
@@ -609,3 +708,111 @@ async def test_new_views_by_keyboard_alone(
     await expect(tab.by("sessions-dialog")).to_be_hidden()
     await expect(tab.by("sessions-open")).to_be_focused()
     tab.watch.assert_clean()
+
+
+async def test_the_page_takes_its_lengths_from_the_server(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """The lengths of room names, usernames, passwords and reactions are GET /api/config's
+    (answered here with larger ones than this server's): the fields' maxlength and the hints
+    follow, a room name longer than the usual 64 is typed whole, and the page judges a
+    password and a reaction by the config's bounds."""
+    ivy = await new_user(http, short("ivy_"))
+    room = unique("long-")
+    tab = await tabs.open(server)
+
+    async def stretch(route: Route) -> None:
+        response = await route.fetch()
+        config = await response.json()
+        rooms = config["room_pattern"].replace("{0,63}", "{0,79}")
+        users = config["username_pattern"].replace("{2,31}", "{3,39}")
+        assert rooms != config["room_pattern"] and users != config["username_pattern"]
+        assert (config["min_password_chars"], config["max_password_chars"]) < (10, 200)
+        assert config["max_emoji_chars"] < 40
+        await route.fulfill(
+            response=response,
+            json={
+                **config,
+                "room_pattern": rooms,
+                "username_pattern": users,
+                "min_password_chars": 10,
+                "max_password_chars": 200,
+                "max_emoji_chars": 40,
+            },
+        )
+
+    await tab.page.route("**/api/config", stretch)
+    await tab.goto()
+    await expect(tab.by("login-username")).to_have_attribute("maxlength", "40")
+    # In UTF-16 units, two per code point at most: no password of 200 characters is cut.
+    await expect(tab.by("login-password")).to_have_attribute("maxlength", "400")
+    await expect(tab.page.locator("#login-hint")).to_have_text(
+        "New here? Usernames have 4–40 letters, digits, “_”, “.” or “-”; "
+        "passwords 10–200 characters."
+    )
+    await tab.by("login-username").fill(short("newcomer_"))
+    await tab.by("login-password").fill("nine-char")
+    await tab.by("register-submit").click()
+    await expect(tab.by("login-error")).to_have_text("Passwords need at least 10 characters.")
+
+    await log_in(tab, ivy.name)
+    await tab.by("new-room-open").click()
+    name = tab.by("new-room-name")
+    await expect(name).to_have_attribute("maxlength", "80")
+    await expect(tab.page.locator("#new-room-hint")).to_have_text(
+        "Lower-case letters, digits, “-” and “_”; up to 80."
+    )
+    await name.press_sequentially("r" * 85)
+    await expect(name).to_have_value("r" * 80)
+    await tab.page.keyboard.press("Escape")
+    for field in ("new-dm-user", "add-member-user"):
+        await expect(tab.by(field)).to_have_attribute("maxlength", "40")
+    await expect(tab.by("browse-q")).to_have_attribute("maxlength", "80")
+
+    await tab.goto(f"/#/room/{room}")
+    await expect_in_room(tab, room, ivy.name)
+    row = await send_from_page(tab, "React to this.")
+    await expect_confirmed(row)
+    await row.hover()
+    await row.get_by_test_id("message-react").click()
+    emoji = tab.by("picker-input")
+    await expect(emoji).to_have_attribute("maxlength", "80")
+    await emoji.fill("a" * 41)
+    await emoji.press("Enter")
+    await expect(tab.by("emoji-picker")).to_contain_text("A reaction has at most 40 characters.")
+    tab.watch.assert_clean()
+
+
+async def test_new_messages_from_others_are_said_politely(
+    tabs: Tabs, server: Instance, http: httpx.AsyncClient
+) -> None:
+    """A polite log region says each message Bob sends while Alice has the room open; the
+    room's history, loaded as she opens it, is not read out (the message list is silent), nor
+    are her own messages."""
+    alice, bob = await new_user(http, short("alice_")), await new_user(http, short("bob_"))
+    room = unique("heard-")
+    r = await http.post("/api/rooms", json={"name": room, "kind": "public"}, headers=alice.headers)
+    assert r.status_code == 201, r.text
+    for i in range(5):
+        await post(http, bob, room, f"Old news {i}")
+    alice_tab = await open_in_room(tabs, server, alice.name, room)
+    await expect(alice_tab.rows).to_have_count(5)
+
+    said = alice_tab.page.get_by_role("log", name="New messages")
+    await expect(said).to_have_attribute("aria-live", "polite")
+    await expect(said).not_to_have_attribute("aria-atomic", "true")
+    await expect(said).not_to_have_attribute("aria-hidden", "true")
+    await expect(alice_tab.by("messages")).to_have_attribute("aria-live", "off")
+    await expect(said.locator("p")).to_have_count(0)
+
+    bob_tab = await open_in_room(tabs, server, bob.name, room)
+    await expect_confirmed(await send_from_page(bob_tab, "Are you there, Alice?"))
+    await expect(said.locator("p")).to_have_text([f"{bob.name}: Are you there, Alice?"])
+    await expect_confirmed(await send_from_page(alice_tab, "I am."))
+    await expect_confirmed(bob_tab.row_with("I am."))
+    await expect_confirmed(await send_from_page(bob_tab, "Good."))
+    await expect(said.locator("p")).to_have_text(
+        [f"{bob.name}: Are you there, Alice?", f"{bob.name}: Good."]
+    )
+    alice_tab.watch.assert_clean()
+    bob_tab.watch.assert_clean()

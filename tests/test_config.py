@@ -1,6 +1,6 @@
 """GET /api/config: every field of the contract, from the app's own settings, with name
-patterns that accept and refuse exactly what the server's validation does; and the one field
-this server adds (README, API), the search bound that `GET /api/search` enforces."""
+patterns that accept and refuse exactly what the server's validation does; and the fields
+this server adds (README, API): the bounds that search, registration and reactions enforce."""
 
 from __future__ import annotations
 
@@ -16,12 +16,15 @@ from service.app import create_app
 from service.protocol import PROTOCOL_VERSION
 from service.search_text import MAX_QUERY_CHARS
 from service.settings import Settings
-from service.validation import check_room, normalize_username
-from tests.support import ROOM_NAMES, USERNAMES, accepts, app_client, new_user
+from service.validation import check_emoji, check_room, normalize_username
+from tests.support import ROOM_NAMES, USERNAMES, accepts, app_client, new_user, unique
 
 INT_FIELDS = {
     "protocol",
     "max_search_chars",
+    "min_password_chars",
+    "max_password_chars",
+    "max_emoji_chars",
     "max_message_chars",
     "max_frame_bytes",
     "replay_limit",
@@ -30,8 +33,8 @@ INT_FIELDS = {
     "rate_limit_burst",
     "max_emoji_per_message",
 }
-# Added to the contract's fields (README, API): clients that know only those ignore it.
-ADDED = {"max_search_chars"}
+# Added to the contract's fields (README, API): clients that know only those ignore them.
+ADDED = {"max_search_chars", "min_password_chars", "max_password_chars", "max_emoji_chars"}
 FIELDS = INT_FIELDS | ADDED | {"rate_limit_per_second", "room_pattern", "username_pattern"}
 LIMITS = FIELDS - ADDED - {"protocol", "room_pattern", "username_pattern"}
 
@@ -39,7 +42,7 @@ LIMITS = FIELDS - ADDED - {"protocol", "room_pattern", "username_pattern"}
 async def test_config_has_every_field_and_needs_no_authentication(
     client: httpx.AsyncClient, settings: Settings
 ) -> None:
-    """Exactly the contract's fields and the added one, typed, from the app's settings; no
+    """Exactly the contract's fields and the added ones, typed, from the app's settings; no
     token, no cookie."""
     r = await client.get("/api/config")
     assert r.status_code == 200, r.text
@@ -73,6 +76,27 @@ async def test_max_search_chars_is_the_bound_search_enforces(client: httpx.Async
     for length, status in ((bound, 200), (bound + 1, 422)):
         r = await client.get("/api/search", params={"q": "é" * length}, headers=user.headers)
         assert r.status_code == status, (length, r.text)
+
+
+async def test_password_bounds_are_the_ones_registration_enforces(
+    client: httpx.AsyncClient,
+) -> None:
+    """Passwords of `min_password_chars` and `max_password_chars` characters register; one
+    fewer and one more are refused (422)."""
+    config = (await client.get("/api/config")).json()
+    low, high = config["min_password_chars"], config["max_password_chars"]
+    for length, status in ((low - 1, 422), (low, 201), (high, 201), (high + 1, 422)):
+        name = unique("pw_")[:32]
+        r = await client.post("/api/users", json={"username": name, "password": "é" * length})
+        assert r.status_code == status, (length, r.text)
+
+
+async def test_max_emoji_chars_is_the_bound_reactions_enforce(client: httpx.AsyncClient) -> None:
+    """A reaction key of `max_emoji_chars` code points (astral ones) passes the check; one
+    more is refused."""
+    bound = (await client.get("/api/config")).json()["max_emoji_chars"]
+    assert check_emoji("\U0001f600" * bound)
+    assert not accepts(check_emoji, "\U0001f600" * (bound + 1))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@
 import * as api from './api.js';
 import { ChatSession } from './chat.js';
 import * as config from './config.js';
+import { applyLimits, codePoints } from './limits.js';
 
 const USER_KEY = 'chat.username';
 
@@ -50,6 +51,7 @@ const dom = {
   roomTitle: $('room-title'),
   toast: $('toast'),
   messages: $('messages'),
+  messageAnnouncer: $('message-announcer'),
   newPill: $('new-pill'),
   typing: $('typing'),
   composerForm: $('composer-form'),
@@ -177,8 +179,9 @@ function validate(mode, username, password) {
   if (config.refusesUsername(username)) {
     return `Not a valid username: names must match ${config.usernamePattern()}`;
   }
-  if (password.length < 8) return 'Passwords need at least 8 characters.';
-  if (password.length > 128) return 'Passwords can have at most 128 characters.';
+  const bounds = config.passwordLengths();
+  if (bounds && codePoints(password) < bounds.min) return `Passwords need at least ${bounds.min} characters.`;
+  if (bounds && codePoints(password) > bounds.max) return `Passwords can have at most ${bounds.max} characters.`;
   return '';
 }
 
@@ -270,4 +273,5 @@ document.addEventListener('keydown', (event) => {
   if (event.key === 'Escape' && closePanels()) panelOpener?.focus();
 });
 
+config.loaded.then(applyLimits);
 boot();

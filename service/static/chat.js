@@ -10,7 +10,7 @@ import { announce } from './dialog.js';
 import { MembersDialog } from './members-view.js';
 import { MessageActions } from './message-actions.js';
 import { TOMBSTONE_TEXT, excerpt } from './message-parts.js';
-import { NewDmDialog } from './new-dm.js';
+import { NewDmDialog, refusal as dmRefusal } from './new-dm.js';
 import { NewRoomDialog } from './new-room.js';
 import { Notifier } from './notifier.js';
 import { MessagePane } from './pane.js';
@@ -25,6 +25,8 @@ import { SessionsDialog } from './sessions-view.js';
 import { ChatSocket } from './socket.js';
 
 const ROOMS_REFRESH_MS = 30_000;
+/** The latest messages kept in the message announcer (older ones were said already). */
+const SAID_KEPT = 5;
 /** How long a room this tab asked for is expected back on the user's stream. */
 const OWN_DOING_MS = 10_000;
 const NARROW = window.matchMedia('(max-width: 700px)');
@@ -99,20 +101,12 @@ export class ChatSession {
       (room) => this.navigate(room), () => this.#renderTitle(), signal);
     this.cursor = new ReadCursor(this.socket, this.rooms);
     this.notifier = new Notifier(dom.notifyToggle, me, (room) => this.navigate(room), signal);
-    const opened = (room) => {
-      this.rooms.merge([room]);
-      this.navigate(room.name);
-    };
-    // This tab's own creations come back as `rooms` frames too: no news to announce.
-    const expect = (key) => {
-      this.#ownDoing.add(key);
-      setTimeout(() => this.#ownDoing.delete(key), OWN_DOING_MS);
-    };
+    const opened = (room) => this.#opened(room);
     this.newRoom = new NewRoomDialog({
-      onCreating: (name) => expect(`room:${name}`), onCreated: opened,
+      onCreating: (name) => this.#expect(`room:${name}`), onCreated: opened,
     }, signal);
     this.newDm = new NewDmDialog(me, {
-      onOpening: (peer) => expect(`dm:${peer}`), onOpened: opened,
+      onOpening: (peer) => this.#expect(`dm:${peer}`), onOpened: opened,
     }, signal);
     this.browse = new BrowseDialog({
       onOpen: (room) => this.navigate(room),
@@ -170,6 +164,11 @@ export class ChatSession {
       }
     });
     on(d.sessionsOpen, 'click', () => this.sessions.open());
+    // A username anywhere in the page (render.js, userName) opens the dm with that person.
+    on(document, 'click', (e) => {
+      const button = e.target.closest?.('button[data-dm]');
+      if (button) this.#openDm(button.dataset.dm);
+    });
     on(d.membersOpen, 'click', () => {
       if (this.current) this.members.open(this.current.name, this.rooms.get(this.current.name));
     });
@@ -234,6 +233,7 @@ export class ChatSession {
     d.dmList.replaceChildren();
     d.roomNotice.hidden = true;
     d.online.replaceChildren();
+    d.messageAnnouncer.replaceChildren();
     d.typing.textContent = '';
     d.replyBar.hidden = true;
     d.toast.hidden = true;
@@ -257,8 +257,11 @@ export class ChatSession {
       const v = view(m.room);
       if (!v) return;
       v.clearTyping(m.author);
-      // The first join's replay is recent history, not news: no pill.
-      v.addMessage(m, { live: v.joinedOnce });
+      // The first join's replay is recent history, not news: no pill, nothing said.
+      const live = v.joinedOnce;
+      if (v.addMessage(m, { live }) && live && v === this.current && m.author !== this.me) {
+        this.#say(m);
+      }
       this.rooms.activity(m.room, m.seq, m.created_at);
       this.#ownMessage(m.room, m.seq, m.author);
     });
@@ -446,6 +449,39 @@ export class ChatSession {
    * a `read` frame: the page moves it too, so it sends no `read` that would not move it. */
   #ownMessage(room, seq, author) {
     if (author === this.me && Number.isInteger(seq) && this.rooms.read(room, seq)) this.#recount(room);
+  }
+
+  /** This tab's own creations come back as `rooms` frames too: no news to announce. */
+  #expect(key) {
+    this.#ownDoing.add(key);
+    setTimeout(() => this.#ownDoing.delete(key), OWN_DOING_MS);
+  }
+
+  /** A room this tab created or a dm it opened: into the sidebar, and on screen. */
+  #opened(room) {
+    this.rooms.merge([room]);
+    this.navigate(room.name);
+  }
+
+  /** Open the dm with `peer`: the one in the sidebar, else POST /api/dms (which answers the
+   * existing dm too, or creates it). */
+  async #openDm(peer) {
+    if (!peer || peer === this.me) return;
+    this.members.close();
+    const known = this.rooms.dmWith(peer);
+    if (known) {
+      this.navigate(known);
+      return;
+    }
+    if (this.#ownDoing.has(`dm:${peer}`)) return; // on its way already
+    this.#expect(`dm:${peer}`);
+    try {
+      const room = await api.openDm(peer);
+      if (!this.#abort.signal.aborted) this.#opened(room);
+    } catch (err) {
+      this.#ownDoing.delete(`dm:${peer}`);
+      if (!this.#abort.signal.aborted) this.#toast(dmRefusal(err, peer));
+    }
   }
 
   /** This tab left `room` for good (DELETE .../members/me answered). */
@@ -749,6 +785,13 @@ export class ChatSession {
   }
 
   /** The room's name (a dm's other person) and kind in the header and the composer. */
+  /** Say a new message politely (the message list itself is silent, index.html). */
+  #say(msg) {
+    const region = this.#dom.messageAnnouncer;
+    region.append(h('p', {}, `${msg.author}: ${msg.deleted ? TOMBSTONE_TEXT : excerpt(msg.body)}`));
+    while (region.childElementCount > SAID_KEPT) region.firstElementChild.remove();
+  }
+
   #renderHeading() {
     const d = this.#dom;
     const name = this.current?.name ?? null;
@@ -772,7 +815,7 @@ export class ChatSession {
   #renderOnline() {
     const users = [...(this.current?.online ?? [])]
       .sort((a, b) => (b === this.me) - (a === this.me) || a.localeCompare(b));
-    this.#dom.online.replaceChildren(...users.map((u) => onlineItem(u, u === this.me)));
+    this.#dom.online.replaceChildren(...users.map((u) => onlineItem(u, this.me)));
     this.#dom.onlineCount.textContent = String(users.length);
   }
 

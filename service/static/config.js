@@ -14,7 +14,9 @@ const RETRY_BASE_MS = 1_000;
 const RETRY_MAX_MS = 30_000;
 
 /** @type {{maxMessageChars: number, maxEmoji: number|null, maxSearchChars: number|null,
- *   roomPattern: string, roomRe: RegExp, usernamePattern: string, usernameRe: RegExp}|null} */
+ *   password: Range|null, maxEmojiChars: number|null, roomPattern: string, roomRe: RegExp,
+ *   room: Range|null, usernamePattern: string, usernameRe: RegExp, username: Range|null}|null}
+ * @typedef {{min: number, max: number}} Range */
 let current = null;
 let attempt = null; // the fetch under way, if any
 let failures = 0;
@@ -61,17 +63,53 @@ function parse(raw) {
       maxMessageChars: limit,
       // v2; an older server's config has none (the server judges alone then).
       maxEmoji: Number.isInteger(raw.max_emoji_per_message) ? raw.max_emoji_per_message : null,
-      // An addition of this server (README, API); others have none (the server judges alone).
+      // Additions of this server (README, API); others have none (the server judges alone).
       maxSearchChars: Number.isInteger(raw.max_search_chars) ? raw.max_search_chars : null,
+      password: Number.isInteger(raw.min_password_chars) && Number.isInteger(raw.max_password_chars)
+        ? { min: raw.min_password_chars, max: raw.max_password_chars } : null,
+      maxEmojiChars: Number.isInteger(raw.max_emoji_chars) ? raw.max_emoji_chars : null,
       roomPattern: room,
       roomRe: new RegExp(room),
+      room: lengths(room),
       usernamePattern: username,
       usernameRe: new RegExp(username),
+      username: lengths(username),
     };
   } catch {
     return null; // a pattern this browser cannot compile
   }
 }
+
+const CLASS = String.raw`\[(?:\\.|[^\]\\])+\]`;
+const COUNT = String.raw`\{(\d+)(?:,(\d+))?\}`;
+const PART = new RegExp(`${CLASS}(?:${COUNT})?`, 'g');
+const PLAIN = new RegExp(String.raw`^\^(?:${CLASS}(?:${COUNT})?)+\$$`);
+
+/**
+ * The shortest and longest names a pattern accepts, read from it when it is a run of
+ * character classes with bounded counts (`^[a-z0-9][a-z0-9_-]{0,63}$`, the shape of the
+ * server's); null for any other shape, whose bounds the page then leaves to the server.
+ */
+export function lengths(pattern) {
+  if (!PLAIN.test(pattern)) return null;
+  let min = 0;
+  let max = 0;
+  for (const [, low, high] of pattern.matchAll(PART)) {
+    const least = low == null ? 1 : Number(low);
+    min += least;
+    max += high == null ? least : Number(high);
+  }
+  return { min, max };
+}
+
+/** The shortest and longest room names, usernames and passwords the server accepts (in
+ * characters, code points); null while unknown or not to be told from the server's rules. */
+export const roomLengths = () => current?.room ?? null;
+export const usernameLengths = () => current?.username ?? null;
+export const passwordLengths = () => current?.password ?? null;
+
+/** The longest reaction key, in code points; null while unknown. */
+export const maxEmojiChars = () => current?.maxEmojiChars ?? null;
 
 /** The most distinct emoji on one message (v2); null while unknown. */
 export const maxEmoji = () => current?.maxEmoji ?? null;

@@ -6,7 +6,7 @@
 import * as api from './api.js';
 import * as config from './config.js';
 import { Modal, announce, setError } from './dialog.js';
-import { KIND_TEXT, h } from './render.js';
+import { KIND_TEXT, h, userName } from './render.js';
 import { UserPicker } from './user-picker.js';
 
 const ROLES = ['member', 'moderator', 'owner'];
@@ -205,7 +205,8 @@ export class MembersDialog {
         : null;
       return h('li', { class: 'listed', 'data-testid': 'member', 'data-username': name, 'data-role': member.role },
         h('span', { class: 'listed-main' },
-          h('span', { class: 'listed-name' }, name, name === me ? h('span', { class: 'you' }, ' (you)') : null)),
+          h('span', { class: 'listed-name' }, userName(name, me, 'listed-user'),
+            name === me ? h('span', { class: 'you' }, ' (you)') : null)),
         control, remove);
     }));
     if (focused) this.#el.list.querySelector(`[data-focus-key="${CSS.escape(focused)}"]`)?.focus();

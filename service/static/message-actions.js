@@ -5,10 +5,9 @@
 
 import * as config from './config.js';
 import { Modal, announce, setError } from './dialog.js';
+import { codePoints, utf16Bound } from './limits.js';
 import { QUICK_EMOJI, excerpt, refusesEmoji } from './message-parts.js';
 import { h } from './render.js';
-
-const charCount = (text) => [...text].length;
 
 export class MessageActions {
   #hooks;
@@ -117,7 +116,7 @@ export class MessageActions {
     const errorId = `picker-error-${seq}`;
     const input = h('input', {
       id: inputId, type: 'text', class: 'picker-input', 'data-testid': 'picker-input',
-      autocomplete: 'off', maxlength: '64', 'aria-describedby': errorId,
+      autocomplete: 'off', maxlength: utf16Bound(config.maxEmojiChars()), 'aria-describedby': errorId,
     });
     const error = h('p', { class: 'field-error', id: errorId, role: 'alert', hidden: true });
     const form = h('form', { class: 'picker-form', novalidate: true },
@@ -128,7 +127,7 @@ export class MessageActions {
     form.addEventListener('submit', (e) => {
       e.preventDefault();
       const emoji = input.value.trim();
-      const problem = refusesEmoji(emoji);
+      const problem = refusesEmoji(emoji, config.maxEmojiChars());
       setError(error, problem);
       if (problem) input.focus();
       else react(emoji);
@@ -196,7 +195,7 @@ export class MessageActions {
         error.textContent = 'A message cannot be empty: delete it instead.';
         return undefined;
       }
-      if (max != null && charCount(body) > max) {
+      if (max != null && codePoints(body) > max) {
         error.textContent = `Messages can be at most ${max} characters.`;
         return undefined;
       }

@@ -12,14 +12,15 @@ export const QUICK_EMOJI = ['👍', '❤️', '😂', '🎉', '😮', '😢', '�
 
 export const TOMBSTONE_TEXT = 'This message was deleted';
 
-/** PROTOCOL.md's Emoji: 1 to 32 code points; no Cc, Cs, Zs, Zl, Zp, no Cf but U+200D; no "/". */
+/** PROTOCOL.md's Emoji: 1 to `max_emoji_chars` code points; no Cc, Cs, Zs, Zl, Zp, no Cf but
+ * U+200D; no "/". */
 const NOT_IN_EMOJI = /[\p{Cc}\p{Cs}\p{Zs}\p{Zl}\p{Zp}/]|(?!\u200D)\p{Cf}/u;
 
-/** Why `text` cannot be a reaction, or '' when it can. */
-export function refusesEmoji(text) {
+/** Why `text` cannot be a reaction, or '' when it can; `max` (code points) null when unknown. */
+export function refusesEmoji(text, max) {
   const n = [...text].length;
   if (n === 0) return 'Type an emoji.';
-  if (n > 32) return 'A reaction has at most 32 characters.';
+  if (max != null && n > max) return `A reaction has at most ${max} characters.`;
   if (NOT_IN_EMOJI.test(text)) return 'A reaction cannot contain spaces, "/" or invisible characters.';
   return '';
 }

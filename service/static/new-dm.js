@@ -78,7 +78,8 @@ export class NewDmDialog {
   }
 }
 
-function refusal(err, name) {
+/** Why POST /api/dms refused to open a dm with `name`, in words. */
+export function refusal(err, name) {
   switch (err.status) {
     case 404: return `There is no user named ${name}.`;
     case 403: return `You cannot message ${name}: ${err.message}.`;

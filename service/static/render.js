@@ -123,10 +123,23 @@ export function avatar(name) {
   return h('span', { class: avatarClass(name), 'aria-hidden': 'true' }, initial);
 }
 
-export function onlineItem(name, isMe) {
-  return h('li', { class: isMe ? 'online-user is-me' : 'online-user', 'data-testid': 'online-user' },
+/**
+ * A username shown in the page (an author, the online list, a room's members). Anyone else's
+ * is a button that opens the dm with them (the session listens for clicks on `data-dm`); the
+ * user's own stays text, as there is no dm with oneself.
+ */
+export function userName(name, me, className) {
+  if (name === me) return h('span', { class: className }, name);
+  return h('button', {
+    type: 'button', class: `${className} user-btn`, 'data-dm': name, 'data-testid': 'user-dm',
+    'aria-label': `${name}: send a message`, title: `Send ${name} a message`,
+  }, name);
+}
+
+export function onlineItem(name, me) {
+  return h('li', { class: name === me ? 'online-user is-me' : 'online-user', 'data-testid': 'online-user' },
     h('span', { class: 'presence-dot', 'aria-hidden': 'true' }),
-    h('span', { class: 'online-name' }, name));
+    userName(name, me, 'online-name'));
 }
 
 export function typingText(users) {
@@ -204,7 +217,7 @@ export function messageRow(msg, { state = 'confirmed', me = null } = {}) {
     h('div', { class: 'msg-gutter' }, avatar(msg.author), timeEl(date, 'msg-hover-time')),
     h('div', { class: 'msg-main' },
       h('div', { class: 'msg-meta' },
-        h('span', { class: 'msg-author' }, msg.author), timeEl(date, 'msg-time')),
+        userName(msg.author, me, 'msg-author'), timeEl(date, 'msg-time')),
       h('div', { class: 'msg-quote-slot' }),
       h('div', { class: 'msg-text' },
         h('span', { class: 'msg-body', 'data-testid': 'message-body' }, richText(msg.body, me)),

@@ -52,6 +52,14 @@ export class RoomList {
     return this.#rooms.has(name);
   }
 
+  /** The name of the user's dm with `peer`, or null when the list has none. */
+  dmWith(peer) {
+    for (const room of this.#rooms.values()) {
+      if (room.kind === 'dm' && room.peer === peer) return room.name;
+    }
+    return null;
+  }
+
   /** Fold in rooms of a GET /api/rooms answer (or one GET /api/rooms/{room}); never moves a
    * room's counters backwards. */
   merge(rooms) {
