@@ -150,13 +150,15 @@ def _base_env() -> dict[str, str]:
 def chat_instance(
     name: str, db: Database, secret: str, logs: Path, extra_env: dict[str, str] | None = None
 ) -> Server:
-    """A `chat serve` process: rate limit off, warnings only; `extra_env` adds or overrides
-    CHAT_ variables (e.g. CHAT_WS_IMPLEMENTATION)."""
+    """A `chat serve` process: rate limits off (the commands' and the searches': one client
+    stands for many users), warnings only; `extra_env` adds or overrides CHAT_ variables
+    (e.g. CHAT_WS_IMPLEMENTATION)."""
     port = free_port()
     env = _base_env() | {
         "CHAT_DATABASE_URL": db.url,
         "CHAT_SECRET_KEY": secret,
         "CHAT_RATE_LIMIT_PER_SECOND": "0",
+        "CHAT_SEARCH_RATE_PER_SECOND": "0",
         "CHAT_LOG_LEVEL": "WARNING",
         "CHAT_LOG_FORMAT": "text",
     }
