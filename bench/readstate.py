@@ -117,6 +117,14 @@ async def _prepare(conn: asyncpg.Connection, room_ids: list[int], reader: str) -
         room_ids,
         reader,
     )
+    # The membership's count of them, as the writer would have kept it (readstate.py).
+    await conn.execute(
+        "UPDATE members m SET unread_mentions = (SELECT count(*) FROM mentions mt "
+        "WHERE mt.room_id = m.room_id AND mt.username = m.username "
+        "AND mt.seq > m.last_read_seq) WHERE m.room_id = ANY($1::bigint[]) AND m.username = $2",
+        room_ids,
+        reader,
+    )
     await conn.execute(
         f"UPDATE messages SET deleted = true, body = '', reactions = NULL "
         f"WHERE room_id = ANY($1::bigint[]) AND seq % {DELETE_EVERY} = 0",

@@ -325,25 +325,30 @@ async def test_a_search_flood_is_held_to_the_users_bucket(settings: Settings) ->
 
 
 async def test_searches_past_the_instances_cap_wait_then_503(settings: Settings) -> None:
-    """With every search slot taken, a search waits for one: it runs when a slot frees in
-    time, and answers 503 with Retry-After when none does."""
+    """With every search slot taken, a search waits for one: it answers 503 with
+    Retry-After when none frees in time, and runs when one does."""
     async with (
-        bounded_app(settings, max_concurrent_searches=1, search_wait_seconds=0.5) as application,
+        bounded_app(settings, max_concurrent_searches=1, search_wait_seconds=0.3) as application,
         app_client(application) as http,
     ):
         user = await new_user(http)
-        gate = application.state.search_gate
-        async with gate.admit("someone else"):
+        async with application.state.search_gate.admit("someone else"):
             r = await http.get("/api/search", params={"q": "busy"}, headers=user.headers)
             assert r.status_code == 503, r.text
             assert r.headers["retry-after"] == "1"
-        async with gate.admit("someone else"):
+    # A wait far longer than the test, so that only the slot freeing lets it run.
+    async with (
+        bounded_app(settings, max_concurrent_searches=1, search_wait_seconds=60) as application,
+        app_client(application) as http,
+    ):
+        user = await new_user(http)
+        async with application.state.search_gate.admit("someone else"):
             waiting = asyncio.create_task(
                 http.get("/api/search", params={"q": "busy"}, headers=user.headers)
             )
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)
             assert not waiting.done()
-        r = await asyncio.wait_for(waiting, 10)
+        r = await asyncio.wait_for(waiting, 30)
         assert r.status_code == 200, r.text
 
 
