@@ -64,6 +64,7 @@ SCENARIOS = (
     "joins",
     "ingest",
     "ingest-mixed",
+    "reaction-storm",
     "baseline-a",
     "baseline-b",
     "fanout",
@@ -241,6 +242,11 @@ async def _measure(
     async def ingest_mixed() -> None:
         mixed.append(await scenarios.ingest_mixed(bench))
 
+    storms: list[Throughput] = []
+
+    async def reaction_storm() -> None:
+        storms.append(await scenarios.reaction_storm(bench))
+
     async def baseline_a() -> None:
         raws.append(await baselines.raw_asyncpg(bench))
 
@@ -308,12 +314,14 @@ async def _measure(
         for _ in range(bench.profile.repeats):
             await step("ingest", ingest)
             await step("ingest-mixed", ingest_mixed)
+            await step("reaction-storm", reaction_storm)
             await step("baseline-a", baseline_a)
             await step("ingest-unindexed", ingest_unindexed)
             if peer is not None:
                 synapse_ingests.append(await peer.ingest())
         results.ingest = median_run(ingests) if ingests else None
         results.ingest_mixed = median_run(mixed) if mixed else None
+        results.reaction_storm = median_run(storms) if storms else None
         results.baseline_a = median_run(raws) if raws else None
         results.ingest_unindexed = median_run(unindexed) if unindexed else None
         await step("baseline-b", baseline_b)

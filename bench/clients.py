@@ -216,7 +216,14 @@ class PipelinedSender(JoiningListener):
     client took ~0.6 of the machine's 2 cores away from the servers under test."""
 
     def __init__(
-        self, room: str, tag: str, window: int, tally: SendTally, *, mixed: bool = False
+        self,
+        room: str,
+        tag: str,
+        window: int,
+        tally: SendTally,
+        *,
+        mixed: bool = False,
+        storm: tuple[int, str] | None = None,
     ) -> None:
         super().__init__()
         self.room, self.tag, self.window, self.tally = room, tag, window, tally
@@ -230,6 +237,9 @@ class PipelinedSender(JoiningListener):
         self._sends: set[int] = set()  # refs of the sends in flight
         self._newest = 0  # seq of the sender's newest acked message
         self._reacted: tuple[int, str] | None = None
+        # A reaction storm: every command reacts to message `storm[0]` with `storm[1]`, in
+        # turn added and taken back (each a change, in the socket's order).
+        self.storm = storm
 
     def begin(self, measure_from: float, stop_at: float) -> None:
         """Fill the window now; each answer then makes room for one more until `stop_at`."""
@@ -245,7 +255,7 @@ class PipelinedSender(JoiningListener):
         ref = self._ref
         self.sent_at[ref] = now
         cid = f"{self.tag}-{ref}"
-        change = self._change(ref) if self.mixed else None
+        change = self._change(ref) if self.mixed else self._storm(ref) if self.storm else None
         if change is not None:
             self.transport.send(WSMsgType.TEXT, orjson.dumps({**change, "ref": ref}))
         else:
@@ -255,6 +265,13 @@ class PipelinedSender(JoiningListener):
                 WSMsgType.TEXT, orjson.dumps({**frame, "client_id": cid, "ref": ref})
             )
         self.tally.sent += now >= self.measure_from
+
+    def _storm(self, ref: int) -> dict[str, object]:
+        """The reaction storm's next command: the emoji added, then taken back."""
+        assert self.storm is not None
+        target, emoji = self.storm
+        return {"type": "react", "room": self.room, "target": target, "emoji": emoji,
+                "op": "add" if ref % 2 else "remove"}  # fmt: skip
 
     def _change(self, ref: int) -> dict[str, object] | None:
         """The mixed run's next command when it is not a message."""
@@ -322,11 +339,13 @@ async def open_pipelined(
     *,
     join_room: bool = True,
     mixed: bool = False,
+    storm: tuple[int, str] | None = None,
 ) -> PipelinedSender:
     """A picows sender on `url` (ws://...); joined to `room` first unless `join_room` is
-    False (the naive app subscribes by URL); `mixed` sends edits and reactions too."""
+    False (the naive app subscribes by URL); `mixed` sends edits and reactions too; `storm`
+    (message, emoji) sends only reactions to that message."""
     return await open_joined(
-        lambda: PipelinedSender(room, tag, window, tally, mixed=mixed),
+        lambda: PipelinedSender(room, tag, window, tally, mixed=mixed, storm=storm),
         url,
         room if join_room else None,
     )

@@ -293,6 +293,7 @@ class ReadStateResults:
 class Results:
     ingest: Throughput | None = None
     ingest_mixed: Throughput | None = None
+    reaction_storm: Throughput | None = None
     baseline_a: Throughput | None = None
     baseline_b: Throughput | None = None
     fanout: Fanout | None = None

@@ -126,7 +126,20 @@ def rows(results: Results) -> list[Row]:
                 _ratio(mixed.per_second, a.per_second) if a is not None else None,
             )
         )
-    elif a is not None or b is not None:
+    storm = results.reaction_storm
+    if storm is not None:
+        messages = ingest.per_second if ingest is not None else None
+        out.append(
+            Row(
+                "reaction storm on one message (events)",
+                storm.per_second,
+                "events/s",
+                messages,
+                "ingest, messages" if messages is not None else "",
+                _ratio(storm.per_second, messages) if messages else None,
+            )
+        )
+    if mixed is None and (a is not None or b is not None):
         for base in (a, b):
             if base is not None:
                 out.append(Row(base.label, base.per_second, "msg/s"))
@@ -483,6 +496,7 @@ def figures(results: Results) -> dict[str, float]:
     for key, t in (
         ("ingest", results.ingest),
         ("ingest_mixed", results.ingest_mixed),
+        ("reaction_storm", results.reaction_storm),
         ("baseline_a", results.baseline_a),
         ("baseline_b", results.baseline_b),
     ):
@@ -644,7 +658,13 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
 
     cpu = Table(title="CPU while measuring, in cores (1.00 = one core busy)")
     runs: list[tuple[str, dict[str, float]]] = []
-    for t in (results.ingest, results.ingest_mixed, results.baseline_a, results.baseline_b):
+    for t in (
+        results.ingest,
+        results.ingest_mixed,
+        results.reaction_storm,
+        results.baseline_a,
+        results.baseline_b,
+    ):
         if t is not None and t.cpu:
             runs.append((t.label, t.cpu))
     if results.fanout is not None and results.fanout.cpu:
@@ -745,7 +765,13 @@ def notes(results: Results) -> list[str]:
     out: list[str] = []
     throughputs: list[Throughput] = [
         t
-        for t in (results.ingest, results.ingest_mixed, results.baseline_a, results.baseline_b)
+        for t in (
+            results.ingest,
+            results.ingest_mixed,
+            results.reaction_storm,
+            results.baseline_a,
+            results.baseline_b,
+        )
         if t is not None
     ]
     for t in throughputs:

@@ -11,7 +11,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -253,6 +253,41 @@ async def ingest_mixed(bench: Bench) -> Throughput:
         f"that reaction removed; events acked per second, {p.ingest_seconds:g} s"
     )
     return await pipelined_run(bench, "ingest (mixed events)", open_sender, setup=setup)
+
+
+# Reaction storm: this many times the ingest's senders, each with this share of its window,
+# so as many commands are in flight as in ingest, from more users.
+STORM_SENDERS = 4
+
+
+async def reaction_storm(bench: Bench) -> Throughput:
+    """Many users (four times the ingest's senders, over both instances) react to one
+    message at once: each adds its emoji (one of 8) and takes it back, over and over, every
+    command a change with its own seq in the room's log; events acked per second."""
+    p = bench.profile
+    room = f"bench-storm-{uuid.uuid4().hex[:8]}"
+    headers = {"Authorization": f"Bearer {bench.tokens[0]}"}
+    async with contextlib.AsyncExitStack() as stack:
+        http = await http_sessions(stack, bench, headers)
+        async with http[0].post(f"/api/rooms/{room}/messages", json={"body": "react!"}) as r:
+            r.raise_for_status()
+            target = int((await r.json())["seq"])
+    senders = p.ingest_senders * STORM_SENDERS
+    window = max(1, p.ingest_window // STORM_SENDERS)
+    storm = replace(bench, profile=replace(p, ingest_senders=senders, ingest_window=window))
+
+    async def open_sender(i: int, tag: str, tally: clients.SendTally) -> clients.PipelinedSender:
+        url = clients.chat_url(bench.instances[i % 2].url, bench.tokens[1 + i])
+        return await clients.open_pipelined(
+            url, room, tag, window, tally, storm=(target, f"r{i % 8}")
+        )
+
+    setup = (
+        f"{senders} users (half per instance) react to one message, each adding its emoji "
+        f"(one of 8) and taking it back in turn, up to {window} unacked each; events acked "
+        f"per second, {p.ingest_seconds:g} s"
+    )
+    return await pipelined_run(storm, "reaction storm on one message", open_sender, setup=setup)
 
 
 # -- fan-out --------------------------------------------------------------------------------
