@@ -7,7 +7,7 @@ import gc
 import hmac
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -283,24 +283,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             headers={"Retry-After": str(error.retry_after_seconds)},
         )
 
-    async def passwords_busy(request: Request, error: Exception) -> Response:
-        # The instance is busy, not this client: 503, as for any overload (README, Choices).
-        return JSONResponse(
-            {"detail": "too many logins and registrations in progress; try again shortly"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+    def busy(what: str) -> Callable[[Request, Exception], Awaitable[Response]]:
+        """503 for an instance whose `what` are all in progress: the instance is busy, not
+        this client, as for any overload (README, Choices)."""
 
-    async def searches_busy(request: Request, error: Exception) -> Response:
-        return JSONResponse(
-            {"detail": "too many searches in progress; try again shortly"},
-            status_code=503,
-            headers={"Retry-After": "1"},
-        )
+        async def handler(request: Request, error: Exception) -> Response:
+            return JSONResponse(
+                {"detail": f"too many {what} in progress; try again shortly"},
+                status_code=503,
+                headers={"Retry-After": "1"},
+            )
+
+        return handler
 
     app.add_exception_handler(RateLimited, rate_limited)
-    app.add_exception_handler(SearchesBusy, searches_busy)
-    app.add_exception_handler(PasswordsBusy, passwords_busy)
+    app.add_exception_handler(SearchesBusy, busy("searches"))
+    app.add_exception_handler(PasswordsBusy, busy("logins and registrations"))
     app.add_exception_handler(Refused, api_rooms.refused)
 
     @app.get("/healthz", tags=["ops"])
