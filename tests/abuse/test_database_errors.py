@@ -131,13 +131,13 @@ async def test_connection_limit_answers_unavailable_and_503(
             done, waiting = await asyncio.wait(answering, timeout=5)
             await other.close()
             statuses = []
-            for ws in [None, *spare]:
-                if ws is not None:
+            for extra in [None, *spare]:
+                if extra is not None:
                     # A background write of the instance's may have given a connection back
                     # to its pool meanwhile (or another client a slot to the database): a
                     # spare join takes it and waits on its lock, or is refused at once.
-                    await ws.send(type="join", room=room, ref="spare")
-                    task = asyncio.create_task(_answer(ws, "spare"))
+                    await extra.send(type="join", room=room, ref="spare")
+                    task = asyncio.create_task(_answer(extra, "spare"))
                     await asyncio.wait({task}, timeout=2)
                     spares.append(task)
                 url = f"/api/rooms/{room}/messages"
