@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, field_validator
@@ -142,10 +143,13 @@ async def my_rooms(
     members: MembersDep,
     limit: Annotated[int, Query(ge=1, le=1000)] = 200,
     cursor: Cursor = None,
-) -> dict[str, Any]:
+) -> Response:
     """The caller's rooms, most recently active first; `next_cursor` pages on (null at the
     end). `unread` and `mentions` are exact (readstate.py)."""
-    return _listed(await members.my_rooms(user, limit, cursor), "rooms")
+    # Serialised by orjson directly: the response model documents the answer but validating
+    # 200 rooms through it took 0.6 ms, a sizeable share of a list the badges wait for.
+    page = await members.my_rooms(user, limit, cursor)
+    return Response(orjson.dumps(_listed(page, "rooms")), media_type="application/json")
 
 
 @router.get("/rooms/public", response_model=PublicRoomsOut, responses=_errors(401, 503))

@@ -12,6 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
+from service.api_rooms import RoomsOut
 from service.app import create_app
 from service.settings import Settings
 from tests.support import User, app_client, new_user, unique
@@ -273,6 +274,10 @@ async def test_my_rooms_and_paging(client: httpx.AsyncClient) -> None:
         listed = await every(client, user, "/api/rooms", "rooms", limit=limit)
         assert [x["name"] for x in listed] == expected, limit
         assert all(set(x) == ROOM_FIELDS for x in listed)
+    # The list is serialised without its response model; it still answers to the model.
+    r = await client.get("/api/rooms", headers=user.headers)
+    assert r.headers["content-type"] == "application/json"
+    assert RoomsOut.model_validate(r.json(), strict=True).model_dump() == r.json()
     assert await every(client, other, "/api/rooms", "rooms") == []
     # The public list and the members list page the same way.
     prefix = unique("pg") + "-"
