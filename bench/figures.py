@@ -237,8 +237,8 @@ class SearchFigures:
     index_seconds: float
     index_mb: float
     latency_ms: dict[str, Percentiles]  # by kind of query: rare, common, cjk2
-    plans: dict[str, list[str]] = field(default_factory=dict)  # EXPLAIN ANALYZE, one per kind
-    sql_ms: dict[str, float] = field(default_factory=dict)
+    plans: dict[str, list[str]] = field(default_factory=dict)  # how each kind was found
+    sql_ms: dict[str, float] = field(default_factory=dict)  # p99 of Search.find in process
 
 
 @dataclass

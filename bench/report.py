@@ -862,7 +862,7 @@ def notes(results: Results) -> list[str]:
         out.append(
             f"- search {label}: {sf.rows:,} messages in {sf.rooms:,} rooms, the user in "
             f"{sf.member_rooms} ({sf.member_messages:,} messages); loaded in {sf.load_seconds} s, "
-            f"index built in {sf.index_seconds} s ({sf.index_mb} MB); SQL "
+            f"index built in {sf.index_seconds} s ({sf.index_mb} MB); in process (no HTTP) p99 "
             + ", ".join(f"{k} {v} ms" for k, v in sf.sql_ms.items())
         )
         for kind, plan in sf.plans.items():

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import json
 import random
-import re
 import string
 import time
 from collections.abc import Awaitable, Callable
@@ -27,8 +25,10 @@ from collections.abc import Awaitable, Callable
 import asyncpg
 import orjson
 
-from service.search import _ESTIMATE, _FIND_EACH, _FIRST, chosen
-from service.search_text import parse_query, search_vector
+from service.db import create_engine
+from service.search import Search
+from service.search_text import search_vector
+from service.settings import Settings
 
 from .cluster import create_rooms
 from .figures import Percentiles, SearchFigures, Throughput, size_label
@@ -144,7 +144,8 @@ def _queries(
 
 
 async def search(bench: Bench, rows: int) -> SearchFigures:
-    """Load, then time the three kinds of query through the REST API, and EXPLAIN each."""
+    """Load, then time the three kinds of query through the REST API, then again in this
+    process through the service's Search, to see how each was found."""
     label = size_label(rows)
     rng = random.Random(rows)
     vocabulary, cumulative, pool = _pool(rng, min(POOL, max(rows, 1000)))
@@ -181,26 +182,8 @@ async def search(bench: Bench, rows: int) -> SearchFigures:
                         times.append(elapsed)
                         step.advance()
                 latencies[kind] = Percentiles.of(times)
-        plans, sql_ms = {}, {}
-        logs = await conn.fetchval(
-            "SELECT sum(last_seq) FROM rooms WHERE id = ANY($1::bigint[])", mine
-        )
-        for kind, words in queries.items():
-            # The statement the service would choose, with its estimate.
-            query = parse_query(words[-1])
-            raw = await conn.fetchval(_positional(_ESTIMATE.text), mine, query)
-            estimate = (json.loads(raw) if isinstance(raw, str) else raw)[0]["Plan"]["Plan Rows"]
-            statement = chosen(float(estimate), int(logs))
-            sql = _positional(statement.text)
-            args = (mine, query, *_FIRST, 21)
-            walk = "off" if statement is _FIND_EACH else "on"  # as the service sets it
-            await conn.execute(f"SET enable_bitmapscan = {walk}")
-            raw = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
-            plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
-            sql_ms[kind] = round(float(plan["Execution Time"]), 3)
-            text = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {sql}", *args)
-            await conn.execute("RESET enable_bitmapscan")
-            plans[kind] = [f"q={words[-1]!r} (estimate {estimate} rows)"] + [r[0] for r in text]
+        step.update(description=f"search {label}: each query again, in process", completed=0)
+        plans, sql_ms = await _ways(bench.db.url, queries, member_messages, step.advance)
     finally:
         await conn.close()
         step.done()
@@ -218,10 +201,38 @@ async def search(bench: Bench, rows: int) -> SearchFigures:
     )
 
 
-def _positional(sql: str) -> str:
-    """service/search.py's statements with asyncpg's placeholders."""
-    names = ["rooms", "q", "at", "room_id", "seq", "limit"]
-    return re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", sql)
+async def _ways(
+    url: str, queries: dict[str, list[str]], member_messages: int, advance: Callable[[], None]
+) -> tuple[dict[str, list[str]], dict[str, float]]:
+    """Each timed query again through service/search.py's Search in this process (no HTTP):
+    by kind, how many the walk found and how many the index, the rows walked and the
+    rounds, and the p99 time."""
+    engine = create_engine(Settings(database_url=url))
+    plans, p99 = {}, {}
+    try:
+        search = Search(engine)
+        for kind, words in queries.items():
+            times, walked, rounds, by_index = [], [], [], 0
+            for q in words[20:]:
+                began = time.perf_counter()
+                found = await search.find("bench_00000", q)
+                times.append((time.perf_counter() - began) * 1000)
+                walked.append(found.walked)
+                rounds.append(found.rounds)
+                by_index += found.by_index
+                advance()
+            ms = Percentiles.of(times)
+            rows = Percentiles.of([float(n) for n in walked])
+            p99[kind] = ms.p99
+            plans[kind] = [
+                f"q=... {len(words) - 20} queries: walk {len(words) - 20 - by_index}, index "
+                f"{by_index}; rows walked p50 {rows.p50:,.0f} p99 {rows.p99:,.0f} of the rooms' "
+                f"{member_messages:,}; rounds up to {max(rounds)}; in process p50 {ms.p50} ms, "
+                f"p99 {ms.p99} ms"
+            ]
+    finally:
+        await engine.dispose()
+    return plans, p99
 
 
 async def ingest_without_index(

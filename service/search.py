@@ -4,26 +4,38 @@ user may read, newest first, a page at a time.
 
 The caller's rooms are read again on every page, so a removed member stops finding a room
 at once. A page is the newest `limit` by (created_at, room_id, seq), a keyset the opaque
-cursor carries, found one of two ways, chosen by the planner's estimate of the matches:
+cursor carries, found one of two ways:
 
-- words of few messages: every match in the rooms, through the GIN index of the lexemes
-  (ANDed with the primary key's ranges of the rooms), then the newest;
-- words of many messages (more than one in twenty of the rooms' messages): each room's
-  primary key walked back from its newest message, stopping at `limit` matches, then the
-  newest of those; fetching and sorting every match would cost more.
+- **the walk**: each room's primary key read back from its newest message in windows of
+  seqs, all rooms a window at a time (one statement a round), each window checked against
+  the query. Within a room created_at follows seq, so the rows not yet read in a room are
+  older than the oldest one read there; once `limit` matches are newer than every room's
+  unread rest, they are the page. Rooms that cannot hold a newer match stop; the others
+  read a window four times longer. For a word in many messages this reads a few rows per
+  match wanted, whatever the size of the table or of the rooms.
+- **the index**: every match in the rooms through the GIN index of the lexemes (ANDed with
+  the primary key's ranges of the rooms), then the newest. Its cost follows the word's
+  postings in the whole table, however few of them are in the caller's rooms.
+
+Every search starts walking (first windows of _PROBE rows in all cost about a third of
+the index's fixed cost), and after each round compares what walking on would cost (the
+matches still wanted over the density seen so far) with what the index would (its fixed
+cost plus the postings that density gives the whole table), and switches when the index is
+cheaper. The planner cannot make this choice: a prefix query (`'qwen':*`) has no
+statistics, so its estimate is a constant. bench/search.py measures both at 1M and 10M.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import TextClause, text
+from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from .db import writing
@@ -62,24 +74,67 @@ _ONE_ROOM = text("SELECT id, name, last_seq FROM rooms WHERE id = :room_id")
 _MATCHES = "m.room_id = ANY(CAST(:rooms AS bigint[])) AND m.search @@ CAST(:q AS tsquery)"
 _AFTER = "(m.created_at, m.room_id, m.seq) < (:at, :room_id, :seq)"
 _ORDER = "ORDER BY m.created_at DESC, m.room_id DESC, m.seq DESC LIMIT :limit"
-# How many of the rooms' messages the planner expects to match.
-_ESTIMATE = text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM messages m WHERE {_MATCHES}")
-# Every match, then the newest: for words of few messages, found through the GIN index.
+# The index: every match in the rooms through the GIN index, then the newest.
 _FIND = text(f"SELECT m.room_id, {_COLUMNS} FROM messages m WHERE {_MATCHES} AND {_AFTER} {_ORDER}")
-# Each room's newest matches (walking its primary key back from the newest message, so it
-# stops after `limit`), then the newest of them: for words of many messages, which would
-# cost fetching and sorting every match. Within a room, created_at follows seq.
-_FIND_EACH = text(
-    f"SELECT m.room_id, {_COLUMNS} FROM unnest(CAST(:rooms AS bigint[])) AS r (id)"
-    f" CROSS JOIN LATERAL (SELECT m.room_id, {_COLUMNS} FROM messages m WHERE m.room_id = r.id"
-    f" AND m.search @@ CAST(:q AS tsquery) AND {_AFTER} ORDER BY m.seq DESC LIMIT :limit) AS m"
-    f" {_ORDER}"
+# The walk's round: for each room, its matches among seqs lo..hi (by the primary key: the
+# GIN index would read the word's postings once per room), and the created_at of the oldest
+# message there (the frontier: every message of the room below lo is older). OFFSET 0 keeps
+# the planner from flattening the windows into one join over the whole table (a hash join
+# of a sequential scan, which it chose for a word of every message in a small table).
+_WINDOWS = text(
+    f"SELECT m.room_id, {_COLUMNS}, w.room AS window, f.created_at AS frontier"
+    " FROM unnest(CAST(:rooms AS bigint[]), CAST(:lo AS bigint[]), CAST(:hi AS bigint[]))"
+    " AS w (room, lo, hi)"
+    " LEFT JOIN LATERAL (SELECT f.created_at FROM messages f WHERE f.room_id = w.room"
+    " AND f.seq BETWEEN w.lo AND w.hi ORDER BY f.seq LIMIT 1) AS f ON true"
+    f" LEFT JOIN LATERAL (SELECT m.room_id, {_COLUMNS} FROM messages m WHERE m.room_id = w.room"
+    " AND m.seq BETWEEN w.lo AND w.hi AND m.search @@ CAST(:q AS tsquery) OFFSET 0) AS m ON true"
 )
-_WALK = text("SELECT set_config('enable_bitmapscan', 'off', true)")
-# Past this share of the rooms' messages matching, walking each room back is cheaper than
-# fetching every match (bench/search.py measures both kinds of word).
-_COMMON = 0.05
+# For a page after the first: in each room, the message at or before seqs at doubling
+# distances from the newest, so the walk can start near the cursor's time instead of
+# reading again every message newer than it (at most as many as it skips).
+_SEEK = text(
+    "SELECT p.room, f.seq, f.created_at"
+    " FROM unnest(CAST(:rooms AS bigint[]), CAST(:seqs AS bigint[])) AS p (room, at_seq)"
+    " CROSS JOIN LATERAL (SELECT m.seq, m.created_at FROM messages m WHERE m.room_id = p.room"
+    " AND m.seq <= p.at_seq ORDER BY m.seq DESC LIMIT 1) AS f"
+)
+_BY_KEY = text("SELECT set_config('enable_bitmapscan', 'off', true)")
+_BY_INDEX = text("SELECT set_config('enable_bitmapscan', 'on', true)")
+# The messages in the table (the planner's count, kept by ANALYZE and autovacuum).
+_TABLE_ROWS = text("SELECT reltuples FROM pg_class WHERE oid = 'messages'::regclass")
 _FIRST = (datetime.max.replace(tzinfo=UTC), 0, 0)
+
+# What the two ways cost, in rows walked (bench/search.py, 10M messages in 5,000 rooms, a
+# user in 50: a walked row 3.7 us, the index 10 ms plus 0.75 us a posting of the word).
+_PROBE = 800  # the rows of the first windows, all rooms together (16 each for 50 rooms)
+_PROBE_MAX = 64  # the first window of a room at most
+_GROWTH = 4  # each next window of a room that goes on, against the last
+_INDEX_FIXED = 2700.0
+_INDEX_PER_POSTING = 0.2
+
+
+def density(matches: int, walked: int) -> float:
+    """The share of messages that match, after walking `walked` rows and meeting `matches`
+    (newer than the cursor or not); one more than seen, so that a first window with a
+    match or two does not take a word of one message in two hundred for a rare one."""
+    return (matches + 1) / max(walked, 1)
+
+
+def index_is_cheaper(matches: int, walked: int, wanted: int, table_rows: float) -> bool:
+    """Whether the index would cost less than walking on for `wanted` more matches."""
+    share = density(matches, walked)
+    return _INDEX_FIXED + _INDEX_PER_POSTING * share * table_rows < wanted / share
+
+
+@dataclass(slots=True)
+class _Walk:
+    """One room's walk: the newest seq not read yet, the next window's length, and a key
+    above every unread message's."""
+
+    hi: int
+    size: int
+    bound: tuple[datetime, int, int]
 
 
 class SearchesBusy(Exception):
@@ -117,6 +172,11 @@ class SearchGate:
 class Results:
     messages: list[StoredMessage]
     next_cursor: str | None
+    # How they were found: the walk's rounds and the rows it read, and whether the index
+    # finished the search (bench/search.py reports them).
+    rounds: int = 0
+    walked: int = 0
+    by_index: bool = False
 
 
 def _position(cursor: str | None) -> tuple[datetime, int, int]:
@@ -148,27 +208,29 @@ class Search:
         `user` is a member of, or in `room_id` alone (the caller checked that `user` may read
         it). Invalid for a query without words or a cursor this did not give."""
         query = parse_query(q)
-        at, after_room, after_seq = _position(cursor)
+        position = _position(cursor)
         async with writing(self._engine) as conn:
             await conn.execute(_SETTINGS, {"timeout": self._timeout})
             if room_id is None:
                 heads = (await conn.execute(_MY_ROOMS, {"user": user})).all()
             else:
                 heads = (await conn.execute(_ONE_ROOM, {"room_id": room_id})).all()
-            rooms = [r.id for r in heads]
-            params = {
-                "rooms": rooms, "q": query, "at": at, "room_id": after_room, "seq": after_seq,
-                "limit": limit + 1,
-            }  # fmt: skip
             rows: Sequence[Any] = []
-            if rooms:
-                estimate = await _estimate(conn, params)
-                statement = chosen(estimate, sum(r.last_seq for r in heads))
-                if statement is _FIND_EACH:
-                    # Per room, the planner would switch to the GIN index for words of a few
-                    # percent of the messages, reading their postings once per room.
-                    await conn.execute(_WALK)
-                rows = (await conn.execute(statement, params)).all()
+            walk = _Walked()
+            if heads:
+                table_rows = float((await conn.execute(_TABLE_ROWS)).scalar_one())
+                table_rows = max(table_rows, sum(r.last_seq for r in heads))
+                walk = await _walked(conn, heads, query, position, limit + 1, table_rows)
+                if walk.found is None:
+                    at, after_room, after_seq = position
+                    params = {
+                        "rooms": [r.id for r in heads], "q": query, "at": at,
+                        "room_id": after_room, "seq": after_seq, "limit": limit + 1,
+                    }  # fmt: skip
+                    await conn.execute(_BY_INDEX)
+                    rows = (await conn.execute(_FIND, params)).all()
+                else:
+                    rows = walk.found
             names = {r.id: r.name for r in heads}
             messages = await _addressed(conn, user, names, rows[:limit])
         next_cursor = None
@@ -177,20 +239,103 @@ class Search:
             next_cursor = _encode_cursor(
                 "search", [last.created_at.isoformat(), int(last.room_id), int(last.seq)]
             )
-        return Results(messages, next_cursor)
+        by_index = bool(heads) and walk.found is None
+        return Results(messages, next_cursor, walk.rounds, walk.rows, by_index)
 
 
-def chosen(estimate: float, messages: int) -> TextClause:
-    """The statement for a query the planner expects `estimate` matches of, in rooms whose
-    logs hold `messages` events."""
-    return _FIND_EACH if estimate > _COMMON * messages else _FIND
+def _key(row: Any) -> tuple[datetime, int, int]:
+    return (row.created_at, row.room_id, row.seq)
 
 
-async def _estimate(conn: AsyncConnection, params: dict[str, Any]) -> float:
-    """The planner's estimate of the messages that match in the rooms."""
-    raw = (await conn.execute(_ESTIMATE, params)).scalar_one()
-    plan = json.loads(raw) if isinstance(raw, str) else raw
-    return float(plan[0]["Plan"]["Plan Rows"])
+@dataclass(slots=True)
+class _Walked:
+    """What a walk found (None: the index will), in how many rounds, reading how many rows."""
+
+    found: list[Any] | None = None
+    rounds: int = 0
+    rows: int = 0
+
+
+async def _walked(
+    conn: AsyncConnection,
+    heads: Sequence[Any],
+    query: str,
+    position: tuple[datetime, int, int],
+    wanted: int,
+    table_rows: float,
+) -> _Walked:
+    """The newest `wanted` matches older than `position`, walking the rooms back (the
+    module's docstring); found None as soon as the index would cost less than walking on."""
+    first = min(_PROBE_MAX, max(2, _PROBE // len(heads)))
+    walks = {
+        int(r.id): _Walk(r.last_seq, first, (_FIRST[0], int(r.id), r.last_seq + 1))
+        for r in heads
+        if r.last_seq > 0
+    }
+    found: list[Any] = []
+    matches = walked = 0
+    todo = list(walks)
+    await conn.execute(_BY_KEY)
+    if position != _FIRST:
+        await _seek(conn, walks, position[0])
+        todo = [room for room, walk in walks.items() if walk.hi > 0]
+    rounds = 0
+    while todo:
+        rounds += 1
+        lo = [max(1, walks[r].hi - walks[r].size + 1) for r in todo]
+        params = {"rooms": todo, "lo": lo, "hi": [walks[r].hi for r in todo], "q": query}
+        frontiers: dict[int, datetime | None] = {}
+        for row in (await conn.execute(_WINDOWS, params)).all():
+            frontiers[row.window] = row.frontier
+            if row.room_id is not None:
+                matches += 1
+                if _key(row) < position:
+                    found.append(row)
+        for room, start in zip(todo, lo, strict=True):
+            walk = walks[room]
+            walked += walk.hi - start + 1
+            # No message in the window (its seqs were other events): the old frontier holds.
+            walk.bound = (frontiers.get(room) or walk.bound[0], room, start)
+            walk.hi = start - 1
+        found.sort(key=_key, reverse=True)
+        del found[wanted:]
+        going = [room for room, walk in walks.items() if walk.hi > 0]
+        if len(found) == wanted:
+            last = _key(found[-1])  # only a room whose unread rest may be newer goes on
+            todo = [room for room in going if walks[room].bound > last]
+        else:
+            todo = going
+        missing = wanted - len(found) + 1
+        if todo and index_is_cheaper(matches, walked, missing, table_rows):
+            return _Walked(None, rounds, walked)
+        # The next windows: what the matches still missing take at the density seen, with
+        # half again to spare, shared by the rooms that go on; at most _GROWTH times longer.
+        # A room whose window was all newer than the cursor (nothing in it could count)
+        # reads a window _GROWTH times longer.
+        share = math.ceil(1.5 * missing / density(matches, walked) / max(len(todo), 1))
+        for room in todo:
+            walk = walks[room]
+            longer = walk.size * _GROWTH
+            walk.size = longer if walk.bound >= position else max(4, min(share, longer))
+    return _Walked(found, rounds, walked)
+
+
+async def _seek(conn: AsyncConnection, walks: dict[int, _Walk], at: datetime) -> None:
+    """Move each room's walk past the messages newer than `at` (none of them can be on the
+    page after a cursor at `at`), found by probing seqs at doubling distances back."""
+    rooms, seqs = [], []
+    for room, walk in walks.items():
+        distance = 1
+        while distance <= walk.hi:
+            rooms.append(room)
+            seqs.append(walk.hi - distance + 1)
+            distance *= 2
+    for row in (await conn.execute(_SEEK, {"rooms": rooms, "seqs": seqs})).all():
+        walk = walks[row.room]
+        if row.created_at > at and row.seq <= walk.hi:
+            # This message and every later one of the room are newer than the cursor.
+            walk.hi = row.seq - 1
+            walk.bound = (row.created_at, row.room, row.seq)
 
 
 async def _addressed(
@@ -199,7 +344,7 @@ async def _addressed(
     """The rows as messages addressed to `user` (with `me`), in their order."""
     by_room: dict[int, list[StoredMessage]] = {}
     for row in rows:
-        by_room.setdefault(row.room_id, []).append(_message(names[row.room_id], row[1:]))
+        by_room.setdefault(row.room_id, []).append(_message(names[row.room_id], row[1:11]))
     mine = {}
     for room_id, messages in by_room.items():
         for m in await _with_mine(conn, room_id, user, messages):

@@ -13,16 +13,18 @@ import contextlib
 import re
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
+import service.search as search_module
 from service import migrate
 from service.app import create_app
-from service.search import _FIND, _FIND_EACH, _FIRST
+from service.db import create_engine
+from service.search import _FIND, _FIRST, _WINDOWS, Search
 from service.search_text import parse_query, search_vector
 from service.settings import Settings
 from tests.support import User, app_client, new_user, unique
@@ -273,13 +275,19 @@ async def _plans_and_answers(
         plan = "\n".join(r[0] for r in await pg.fetch(f"EXPLAIN {sql}", *args))
         assert "Seq Scan on messages" not in plan, plan
         assert index in plan, plan
-    each = re.sub(r":(\w+)", lambda m: f"${names.index(m[1]) + 1}", _FIND_EACH.text)
+    # The walk's round: each room's window by its primary key, never the whole table.
+    windows = re.sub(
+        r":(\w+)", lambda m: f"${['rooms', 'lo', 'hi', 'q'].index(m[1]) + 1}", _WINDOWS.text
+    )
+    await pg.execute("SET enable_bitmapscan = off")  # as the service sets it for the walk
     plan = "\n".join(
-        r[0] for r in await pg.fetch(f"EXPLAIN {each}", ids, parse_query(common), *_FIRST, 4)
+        r[0]
+        for r in await pg.fetch(
+            f"EXPLAIN {windows}", ids, [19000] * 5, [20000] * 5, parse_query(common)
+        )
     )
-    assert "Seq Scan on messages" not in plan and "Index Scan Backward using pk_messages" in plan, (
-        plan
-    )
+    await pg.execute("RESET enable_bitmapscan")
+    assert "Seq Scan on messages" not in plan and "Index Scan using pk_messages" in plan, plan
 
     # Through the API: the common word is every message of the five rooms (each room walked
     # back), the rare one a single message (the GIN index); the same order and paging.
@@ -382,3 +390,93 @@ async def test_upgrade_fills_earlier_messages(own_database: str) -> None:
         assert found == 1
     finally:
         await conn.close(timeout=5)
+
+
+def _always(answer: bool) -> Callable[..., bool]:
+    def decide(*_: object) -> bool:
+        return answer
+
+    return decide
+
+
+async def test_walk_and_index_agree_with_every_match(
+    settings: Settings, pg: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rooms of very different pace (a busy one, a slow one whose messages fall between the
+    busy one's, an old one, an empty one, one whose seqs are shared with other events, one
+    whose messages all have one time), with equal times across rooms and within a batch: for words in every message down to
+    one message, every page through the walk alone, through the index alone and through the
+    service's own choice equals the brute-force list of all matches, newest first."""
+    tag, user = unique("wk"), unique("walker")
+    await pg.execute("INSERT INTO users (username, password_hash) VALUES ($1, 'x')", user)
+    names = [unique(f"walk{i}-") for i in range(6)]
+    ids = [
+        await pg.fetchval("INSERT INTO rooms (name) VALUES ($1) RETURNING id", name)
+        for name in names
+    ]
+    await pg.execute(
+        "INSERT INTO members (room_id, username, role) SELECT unnest($1::bigint[]), $2, 'member'",
+        ids,
+        user,
+    )
+    base = await pg.fetchval("SELECT now() - interval '30 days'")
+    # (room, seqs, seconds after base of each): created_at follows seq within a room.
+    layout: list[tuple[int, range, Callable[[int], int]]] = [
+        (ids[0], range(1, 2401), lambda s: 100_000 + s // 3),  # busy; batches of three
+        (ids[1], range(1, 121), lambda s: 100_000 + s * 20),  # slow, between the busy's
+        (ids[2], range(1, 41), lambda s: s * 60),  # old
+        (ids[4], range(1, 601, 3), lambda s: 100_000 + s // 3),  # every third seq a message
+        (ids[5], range(1, 41), lambda s: 100_500),  # one time for all
+    ]
+    for room_id, seqs, seconds in layout:
+        rows = []
+        for seq in seqs:
+            words = [tag, "every"]
+            words += [w for w, n in (("tenth", 10), ("hundredth", 100)) if seq % n == 0]
+            if room_id == ids[2]:
+                words.append("oldonly")
+            if room_id == ids[5]:
+                words.append("tied")
+            if (room_id, seq) == (ids[1], 7):
+                words.append("once")
+            body = " ".join(words)
+            rows.append((room_id, seq, user, body, seconds(seq), search_vector(body)))
+        await pg.executemany(
+            "INSERT INTO messages (room_id, seq, author, body, created_at, search)"
+            " VALUES ($1, $2, $3, $4, $5::timestamptz + $6 * interval '1 second',"
+            " CAST($7 AS tsvector))",
+            [(r, s, a, b, base, t, v) for r, s, a, b, t, v in rows],
+        )
+        await pg.execute("UPDATE rooms SET last_seq = $2 WHERE id = $1", room_id, max(seqs))
+    engine = create_engine(settings)
+    try:
+        for word in ["every", "tenth", "hundredth", "oldonly", "tied", "once", "nowhere"]:
+            q = f"{tag} {word}"
+            expected = [
+                (r["room_id"], r["seq"])
+                for r in await pg.fetch(
+                    "SELECT room_id, seq FROM messages WHERE room_id = ANY($1::bigint[])"
+                    " AND search @@ CAST($2 AS tsquery)"
+                    " ORDER BY created_at DESC, room_id DESC, seq DESC",
+                    ids,
+                    parse_query(q),
+                )
+            ]
+            by_name = dict(zip(names, ids, strict=True))
+            for way in ("walk", "index", "chosen"):
+                if way != "chosen":
+                    monkeypatch.setattr(search_module, "index_is_cheaper", _always(way == "index"))
+                else:
+                    monkeypatch.undo()
+                for limit in [n for n in (1, 7, 50, 100) if len(expected) // n <= 60]:
+                    got: list[tuple[int, int]] = []
+                    cursor = None
+                    for _ in range(len(expected) // limit + 2):
+                        page = await Search(engine).find(user, q, cursor=cursor, limit=limit)
+                        got += [(by_name[m.room], m.seq) for m in page.messages]
+                        cursor = page.next_cursor
+                        if cursor is None:
+                            break
+                    assert got == expected, (word, way, limit)
+    finally:
+        await engine.dispose()
