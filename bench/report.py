@@ -139,6 +139,20 @@ def rows(results: Results) -> list[Row]:
                 _ratio(storm.per_second, messages) if messages else None,
             )
         )
+        # Every event of the storm goes to every reacting socket (all joined, as `react`
+        # needs): what the storm moves is deliveries, which ingest's rooms of a few make few.
+        delivered = ingest.deliveries_per_second if ingest is not None else None
+        if storm.deliveries_per_second:
+            out.append(
+                Row(
+                    "reaction storm: deliveries (every event to every reactor)",
+                    storm.deliveries_per_second,
+                    "frames/s",
+                    delivered,
+                    "ingest, deliveries" if delivered else "",
+                    _ratio(storm.deliveries_per_second, delivered) if delivered else None,
+                )
+            )
     if mixed is None and (a is not None or b is not None):
         for base in (a, b):
             if base is not None:
