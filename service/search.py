@@ -122,9 +122,13 @@ def density(matches: int, walked: int) -> float:
 
 
 def index_is_cheaper(matches: int, walked: int, wanted: int, table_rows: float) -> bool:
-    """Whether the index would cost less than walking on for `wanted` more matches."""
+    """Whether the index would cost less than walking on for `wanted` more matches, or
+    less than the walk has cost already. The second bounds what no density foresees: a room
+    of many messages newer than the matches, none of them matching, is read through before
+    the page is known; stopping there keeps a search within twice the index's cost."""
     share = density(matches, walked)
-    return _INDEX_FIXED + _INDEX_PER_POSTING * share * table_rows < wanted / share
+    index = _INDEX_FIXED + _INDEX_PER_POSTING * share * table_rows
+    return index < wanted / share or index < walked
 
 
 @dataclass(slots=True)
@@ -310,13 +314,15 @@ async def _walked(
             return _Walked(None, rounds, walked)
         # The next windows: what the matches still missing take at the density seen, with
         # half again to spare, shared by the rooms that go on; at most _GROWTH times longer.
-        # A room whose window was all newer than the cursor (nothing in it could count)
-        # reads a window _GROWTH times longer.
+        # With the page full, or in a room whose window was all newer than the cursor
+        # (nothing in it could count), what is left is reaching a time: _GROWTH times longer.
         share = math.ceil(1.5 * missing / density(matches, walked) / max(len(todo), 1))
+        full = len(found) == wanted
         for room in todo:
             walk = walks[room]
             longer = walk.size * _GROWTH
-            walk.size = longer if walk.bound >= position else max(4, min(share, longer))
+            reaching = full or walk.bound >= position
+            walk.size = longer if reaching else max(4, min(share, longer))
     return _Walked(found, rounds, walked)
 
 
