@@ -28,6 +28,8 @@ from .config import BODY_TEXT
 ACK = '{"type":"ack"'
 ERROR = '{"type":"error"'
 MESSAGE = '{"type":"message"'
+# The frames of a room's log that a joined socket receives (the deliveries counted).
+EVENTS = (MESSAGE, '{"type":"reaction"', '{"type":"edit"', '{"type":"delete"')
 JOINED = '{"type":"joined"'
 
 
@@ -127,7 +129,7 @@ class SendTally:
     acks: int = 0
     errors: Counter[str] = field(default_factory=Counter)
     errors_in_window: Counter[str] = field(default_factory=Counter)
-    deliveries: int = 0  # message frames received by the senders (their rooms' traffic)
+    deliveries: int = 0  # event frames received by the senders (their rooms' traffic)
     duplicates: int = 0  # acks with duplicate: true (a client_id seen before)
     ack_ms: list[float] = field(default_factory=list)
     unanswered: int = 0  # sends still without ack or error when the drain time ran out
@@ -300,7 +302,7 @@ class PipelinedSender(JoiningListener):
         raw = frame.get_payload_as_utf8_text()
         now = time.perf_counter()
         inside = self.measure_from <= now <= self.stop_at
-        if raw.startswith(MESSAGE):
+        if raw.startswith(EVENTS):
             self.tally.deliveries += inside
             return
         if not self.joined.done():

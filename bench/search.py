@@ -1,8 +1,7 @@
 """Search at scale (issue #16): `rows` messages over thousands of rooms (2,000 a room), a user
-in 50 of them (and in BUSY_ROOMS rooms of recent messages that match nothing), and GET
-/api/search through the instances: one word drawn from the vocabulary (most are rare), one
-word drawn by how often it is written (common words), and a two-character Chinese
-substring. Plus ingest with the search index dropped, to put beside
+in 50 of them, and GET /api/search through the instances: one word drawn from the vocabulary
+(most are rare), one word drawn by how often it is written (common words), and a
+two-character Chinese substring. Plus ingest with the search index dropped, to put beside
 ingest with it.
 
 Bodies are drawn from a pool made once in Python (words of a 20,000-word vocabulary at Zipf
@@ -39,17 +38,6 @@ VOCABULARY = 20_000
 POOL = 50_000
 PER_ROOM = 2_000
 MEMBER_ROOMS = 50
-# The user is also in rooms busier than any of those and newer than every match, whose
-# messages match no query (a room of bots, say): the walk must read through them before a
-# page is known, and gives up for the index once that costs more than the index would.
-BUSY_ROOMS = 2
-BUSY_MESSAGES = 100_000
-_BUSY = """
-INSERT INTO messages (room_id, seq, author, body, created_at, search)
-SELECT $1, g, 'bench_00001', '0000 1111', now() - ($2 - g) * interval '10 milliseconds',
-       CAST($3 AS tsvector)
-FROM generate_series(1, $2) AS g
-"""
 REQUESTS = 300  # per kind of query
 # Common Han characters, the runs of the bodies that have some.
 HAN = (
@@ -174,8 +162,6 @@ async def search(bench: Bench, rows: int) -> SearchFigures:
         member_messages = await conn.fetchval(
             "SELECT count(*) FROM messages WHERE room_id = ANY($1::bigint[])", mine
         )
-        busy = min(BUSY_MESSAGES, max(rows // 10, 100))
-        await _busy_rooms(conn, label, busy)
         queries = _queries(rng, vocabulary, cumulative, pool, 20 + REQUESTS)
         step.update(description=f"search {label}: {3 * REQUESTS} queries", completed=0)
         step.update(total=3 * REQUESTS)
@@ -215,26 +201,6 @@ async def search(bench: Bench, rows: int) -> SearchFigures:
     )
 
 
-async def _busy_rooms(conn: asyncpg.Connection, label: str, messages: int) -> None:
-    """BUSY_ROOMS rooms of `messages` recent messages each (digits only: no query word is a
-    prefix of them), the user a member of them."""
-    names = [f"bench-search-busy-{label.lower()}-{i}" for i in range(BUSY_ROOMS)]
-    ids = list((await create_rooms(conn, names)).values())
-    for room_id in ids:
-        await conn.execute(_BUSY, room_id, messages, search_vector("0000 1111"))
-    await conn.execute(
-        "UPDATE rooms SET last_seq = $2, last_message_at = now() WHERE id = ANY($1::bigint[])",
-        ids,
-        messages,
-    )
-    await conn.execute(
-        "INSERT INTO members (room_id, username, role) SELECT unnest($1::bigint[]),"
-        " 'bench_00000', 'member' ON CONFLICT DO NOTHING",
-        ids,
-    )
-    await conn.execute("ANALYZE messages")
-
-
 async def _ways(
     url: str, queries: dict[str, list[str]], member_messages: int, advance: Callable[[], None]
 ) -> tuple[dict[str, list[str]], dict[str, float]]:
@@ -261,8 +227,7 @@ async def _ways(
             plans[kind] = [
                 f"q=... {len(words) - 20} queries: walk {len(words) - 20 - by_index}, index "
                 f"{by_index}; rows walked p50 {rows.p50:,.0f} p99 {rows.p99:,.0f} of the rooms' "
-                f"{member_messages:,} and the busy rooms'; rounds up to {max(rounds)}; in "
-                f"process p50 {ms.p50} ms, "
+                f"{member_messages:,}; rounds up to {max(rounds)}; in process p50 {ms.p50} ms, "
                 f"p99 {ms.p99} ms"
             ]
     finally:
