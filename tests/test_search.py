@@ -404,9 +404,10 @@ async def test_walk_and_index_agree_with_every_match(
 ) -> None:
     """Rooms of very different pace (a busy one, a slow one whose messages fall between the
     busy one's, an old one, an empty one, one whose seqs are shared with other events, one
-    whose messages all have one time), with equal times across rooms and within a batch: for words in every message down to
-    one message, every page through the walk alone, through the index alone and through the
-    service's own choice equals the brute-force list of all matches, newest first."""
+    whose messages all have one time), with equal times across rooms and within a batch:
+    for words in every message down to one message, every page through the walk alone,
+    through the index alone and through the service's own choice equals the brute-force
+    list of all matches, newest first."""
     tag, user = unique("wk"), unique("walker")
     await pg.execute("INSERT INTO users (username, password_hash) VALUES ($1, 'x')", user)
     names = [unique(f"walk{i}-") for i in range(6)]
