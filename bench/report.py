@@ -671,16 +671,9 @@ def print_report(console: Console, results: Results, meta: dict[str, Any]) -> No
     console.print(table)
 
     cpu = Table(title="CPU while measuring, in cores (1.00 = one core busy)")
-    runs: list[tuple[str, dict[str, float]]] = []
-    for t in (
-        results.ingest,
-        results.ingest_mixed,
-        results.reaction_storm,
-        results.baseline_a,
-        results.baseline_b,
-    ):
-        if t is not None and t.cpu:
-            runs.append((t.label, t.cpu))
+    runs: list[tuple[str, dict[str, float]]] = [
+        (t.label, t.cpu) for t in _throughputs(results) if t.cpu
+    ]
     if results.fanout is not None and results.fanout.cpu:
         runs.append(("fan-out", results.fanout.cpu))
     if results.large_room is not None and results.large_room.ours.cpu:
@@ -775,20 +768,21 @@ def transport_table(transports: list[Transport]) -> Table:
     return table
 
 
+def _throughputs(results: Results) -> list[Throughput]:
+    """The write paths measured, in the order the tables show them."""
+    measured = (
+        results.ingest,
+        results.ingest_mixed,
+        results.reaction_storm,
+        results.baseline_a,
+        results.baseline_b,
+    )
+    return [t for t in measured if t is not None]
+
+
 def notes(results: Results) -> list[str]:
     out: list[str] = []
-    throughputs: list[Throughput] = [
-        t
-        for t in (
-            results.ingest,
-            results.ingest_mixed,
-            results.reaction_storm,
-            results.baseline_a,
-            results.baseline_b,
-        )
-        if t is not None
-    ]
-    for t in throughputs:
+    for t in _throughputs(results):
         lat = (
             f"; send-to-ack p50 {t.latency_ms.p50} ms, p99 {t.latency_ms.p99} ms"
             if (t.latency_ms and t.latency_ms.n)

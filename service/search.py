@@ -11,8 +11,9 @@ cursor carries, found one of two ways:
   the query. Within a room created_at follows seq, so the rows not yet read in a room are
   older than the oldest one read there; once `limit` matches are newer than every room's
   unread rest, they are the page. Rooms that cannot hold a newer match stop; the others
-  read a window four times longer. For a word in many messages this reads a few rows per
-  match wanted, whatever the size of the table or of the rooms.
+  read a next window sized to the matches still missing, at most four times the last. For
+  a word in many messages this reads a few rows per match wanted, whatever the size of the
+  table or of the rooms.
 - **the index**: every match in the rooms through the GIN index of the lexemes (ANDed with
   the primary key's ranges of the rooms), then the newest. Its cost follows the word's
   postings in the whole table, however few of them are in the caller's rooms.
@@ -21,8 +22,9 @@ Every search starts walking (first windows of _PROBE rows in all cost about a th
 the index's fixed cost), and after each round compares what walking on would cost (the
 matches still wanted over the density seen so far) with what the index would (its fixed
 cost plus the postings that density gives the whole table), and switches when the index is
-cheaper. The planner cannot make this choice: a prefix query (`'qwen':*`) has no
-statistics, so its estimate is a constant. bench/search.py measures both at 1M and 10M.
+cheaper, or once the walk has cost what the index would. The planner cannot make this
+choice: a prefix query (`'qwen':*`) has no statistics, so its estimate is a constant.
+bench/search.py measures both at 1M and 10M.
 """
 
 from __future__ import annotations
@@ -59,10 +61,13 @@ _COLUMNS = (
 # against 0.33 s exact, bench/search.py's words at 10M); a search holds one of at most
 # `max_concurrent_searches` connections (SearchGate), so this is bounded per instance. JIT
 # compilation costs more than the walk it would speed up (17 ms of a 360 ms walk).
+# The same statement answers the messages in the table (the planner's count, kept by
+# ANALYZE and autovacuum), which the choice between the walk and the index needs.
 _SETTINGS = text(
     "SELECT set_config('plan_cache_mode', 'force_custom_plan', true),"
     " set_config('statement_timeout', :timeout, true),"
-    " set_config('work_mem', '64MB', true), set_config('jit', 'off', true)"
+    " set_config('work_mem', '64MB', true), set_config('jit', 'off', true),"
+    " (SELECT reltuples FROM pg_class WHERE oid = 'messages'::regclass) AS table_rows"
 )
 # Checked on every page: the rooms the caller is a member of now, and how long their logs
 # are (an upper bound of their messages).
@@ -101,8 +106,6 @@ _SEEK = text(
 )
 _BY_KEY = text("SELECT set_config('enable_bitmapscan', 'off', true)")
 _BY_INDEX = text("SELECT set_config('enable_bitmapscan', 'on', true)")
-# The messages in the table (the planner's count, kept by ANALYZE and autovacuum).
-_TABLE_ROWS = text("SELECT reltuples FROM pg_class WHERE oid = 'messages'::regclass")
 _FIRST = (datetime.max.replace(tzinfo=UTC), 0, 0)
 
 # What the two ways cost, in rows walked (bench/search.py, 10M messages in 5,000 rooms, a
@@ -214,7 +217,7 @@ class Search:
         query = parse_query(q)
         position = _position(cursor)
         async with writing(self._engine) as conn:
-            await conn.execute(_SETTINGS, {"timeout": self._timeout})
+            settings = (await conn.execute(_SETTINGS, {"timeout": self._timeout})).one()
             if room_id is None:
                 heads = (await conn.execute(_MY_ROOMS, {"user": user})).all()
             else:
@@ -222,8 +225,7 @@ class Search:
             rows: Sequence[Any] = []
             walk = _Walked()
             if heads:
-                table_rows = float((await conn.execute(_TABLE_ROWS)).scalar_one())
-                table_rows = max(table_rows, sum(r.last_seq for r in heads))
+                table_rows = max(float(settings.table_rows), sum(r.last_seq for r in heads))
                 walk = await _walked(conn, heads, query, position, limit + 1, table_rows)
                 if walk.found is None:
                     at, after_room, after_seq = position
