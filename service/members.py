@@ -187,15 +187,24 @@ _ROOM_INFO = text(
 # Keyset by (activity, id). Activity moves while a client pages: a room that becomes active
 # meanwhile moves to the front and is not repeated or skipped twice over; the client re-reads
 # the list on every `rooms` frame and reconnect anyway.
+# Each membership's room is read by its primary key: `OFFSET 0` keeps the planner from
+# flattening the lateral into a hash join over every room of the server, which it chose for
+# a user in a few hundred rooms (a cost that grew with the server, not the user; tested).
+# The page's rows carry the room and the membership, so neither is read twice: `r` is the
+# page and `m` its membership columns under the names _ROOM_FORM and COUNTS use.
 _MY_ROOMS = text(
-    _ROOM_FORM + "FROM (SELECT pm.room_id FROM members pm JOIN rooms pr ON pr.id = pm.room_id "
+    _ROOM_FORM + "FROM (SELECT pr.*, pm.role, pm.last_read_seq, pm.last_read_n, "
+    "    pm.unread_mentions, pm.username "
+    "  FROM members pm CROSS JOIN LATERAL (SELECT id, name, kind, last_seq, last_message_seq, "
+    "    created_at, last_message_at, message_count, pruned_n, "
+    "    coalesce(last_message_at, created_at) AS active FROM rooms "
+    "    WHERE id = pm.room_id OFFSET 0) AS pr "
     "  WHERE pm.username = :username AND (CAST(:active AS timestamptz) IS NULL "
-    "    OR coalesce(pr.last_message_at, pr.created_at) < :active "
-    "    OR (coalesce(pr.last_message_at, pr.created_at) = :active AND pr.id > :after_id)) "
-    "  ORDER BY coalesce(pr.last_message_at, pr.created_at) DESC, pr.id LIMIT :limit"
-    ") AS page "  # the page first: the counts only for the rooms it holds
-    "JOIN members m ON m.room_id = page.room_id AND m.username = :username "
-    "JOIN rooms r ON r.id = page.room_id " + _COUNTED + "ORDER BY active DESC, r.id"
+    "    OR pr.active < :active OR (pr.active = :active AND pr.id > :after_id)) "
+    "  ORDER BY pr.active DESC, pr.id LIMIT :limit"
+    ") AS r "  # the page first: the counts only for the rooms it holds
+    "CROSS JOIN LATERAL (SELECT r.role, r.last_read_seq, r.last_read_n, r.unread_mentions, "
+    "  r.username) AS m " + _COUNTED + "ORDER BY active DESC, r.id"
 )
 _PUBLIC_ROOMS = text(
     "SELECT r.name, r.created_at, r.last_message_at, "

@@ -6,6 +6,7 @@ what a count costs at scale; and that a message writes no per-member row."""
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service import migrate
+from service.members import _MY_ROOMS
 from service.readstate import COUNTS
 from service.settings import Settings
 from tests.faults.harness import make_users
@@ -439,6 +441,50 @@ def _plan_json(rows: list[asyncpg.Record]) -> dict[str, Any]:
     data = orjson.loads(row[0])
     plan: dict[str, Any] = data[0]["Plan"]
     return plan
+
+
+def test_the_room_list_reads_the_callers_rooms_not_the_servers(world: World) -> None:
+    """Among 4,000 rooms with members, the list of a user in 303 of them reaches their rooms
+    by index: no sequential scan of rooms or members. The list before took the planner's
+    choice, a hash join over every room of the server, which grew with the server and not
+    with the user (this test failed with it)."""
+    world.renew()
+    a, b, _ = world.users
+    with httpx.Client(base_url=world.instance.url, timeout=30) as http:
+        mine = [_public_room_of_two(http, world, "few-")[0] for _ in range(3)]
+        before = _rooms_list(http, b)
+        others = unique("others-")
+        world.sql(
+            "INSERT INTO rooms (name, kind) SELECT $1 || g, 'private' "
+            "FROM generate_series(1, 4000) g",
+            others,
+        )
+        world.sql(
+            "INSERT INTO members (room_id, username) SELECT id, $1 FROM rooms "
+            "WHERE starts_with(name, $2)",
+            a.name,
+            others,
+        )
+        world.sql(
+            "INSERT INTO members (room_id, username) SELECT id, $1 FROM rooms "
+            "WHERE starts_with(name, $2) ORDER BY id LIMIT 300",
+            b.name,
+            others,
+        )
+        world.sql("ANALYZE rooms")
+        world.sql("ANALYZE members")
+        names = ["username", "active", "after_id", "limit"]
+        sql = re.sub(r"(?<!:):(\w+)", lambda m: f"${names.index(m[1]) + 1}", _MY_ROOMS.text)
+        plan = world.sql(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", b.name, None, 0, 1001)
+        top = _plan_json(plan)
+        assert "Seq Scan" not in str(top), top
+        assert top["Actual Rows"] == 303
+        assert set(before) == set(mine)
+        r = http.get("/api/rooms?limit=1000", headers=b.headers)
+        assert r.status_code == 200, r.text
+        listed = [room["name"] for room in r.json()["rooms"]]
+        assert len(listed) == 303 and set(mine) < set(listed)
+    world.renew()  # the first user is in 4,000 rooms: not for the tests after this one
 
 
 def test_a_message_writes_no_row_per_member(world: World) -> None:
