@@ -19,7 +19,7 @@ import click
 import uvicorn
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import httpserver, logs, migrate, ops
+from . import httpserver, logs, migrate, ops, wsserver
 from .db import Unavailable
 from .settings import ConfigError, Settings, new_secret
 from .validation import InvalidInput, check_password, check_room, normalize_username
@@ -68,7 +68,13 @@ def run_server(settings: Settings, host: str, port: int) -> None:
         loop=settings.event_loop,
         # httptools, with a bound on the time and the bytes a request's headers may take.
         http=httpserver.bounded(settings.header_timeout_seconds, settings.max_header_bytes),
-        ws=settings.ws_implementation,
+        # The default implementation with a turn's frames to a socket sent in one system call
+        # (wsserver.py); the others as uvicorn has them.
+        ws=(
+            wsserver.CorkedWebSocketProtocol
+            if settings.ws_implementation == "websockets-sansio"
+            else settings.ws_implementation
+        ),
         ws_max_size=settings.max_frame_bytes,
         # bench/ measures idle memory with and without deflate offered: deflate costs memory
         # per socket and CPU per frame, and chat frames are small, already compact JSON.

@@ -1,0 +1,110 @@
+"""uvicorn's `websockets-sansio` protocol, with the frames written to a socket in one turn of
+the event loop sent together, in one system call.
+
+uvicorn writes each WebSocket frame to the transport as it is sent, and the transport sends
+each write at once: one `send` system call per frame. A socket often gets many frames in
+one turn: the acks of a batch resolve together and its writer (ws.py) drains its whole
+queue without yielding, and a batch's notification fans out to the room's sockets in one
+callback. The system calls were the largest single cost of an instance under load (about a
+quarter of its CPU, README), and under a virtual machine each costs more than the frame.
+
+Here the protocol's transport keeps the writes of the current turn and sends them, joined,
+from a callback scheduled with the first of them: the frames leave in the same order, at
+the end of the same turn (no timer; a lone frame waits only for the callbacks already
+queued). Closing sends what is kept first; aborting drops it, as the transport would. What
+a write does to flow control (the transport's buffer, `pause_writing`) happens when the
+joined write is made, a turn's worth of frames later at most, which the socket's own
+outbox bounds (ws.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+
+class CorkedTransport(asyncio.Transport):
+    """`transport`, with the writes of one turn of `loop` sent as one."""
+
+    __slots__ = ("_inner", "_kept", "_loop")
+
+    def __init__(self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._inner = inner
+        self._loop = loop
+        self._kept: list[bytes] | None = None  # None while nothing waits: no list per socket
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not data:
+            return
+        if self._kept is None:
+            self._kept = [bytes(data)]
+            self._loop.call_soon(self._send)
+        else:
+            self._kept.append(bytes(data))
+
+    def writelines(self, list_of_data: Any) -> None:
+        for data in list_of_data:
+            self.write(data)
+
+    def _send(self) -> None:
+        kept, self._kept = self._kept, None
+        if not kept or self._inner.is_closing():
+            return  # the connection is gone or going: the loop closed it, nobody reads
+        self._inner.write(kept[0] if len(kept) == 1 else b"".join(kept))
+
+    def close(self) -> None:
+        self._send()
+        self._inner.close()
+
+    def abort(self) -> None:
+        self._kept = None
+        self._inner.abort()
+
+    def write_eof(self) -> None:
+        self._send()
+        self._inner.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return self._inner.can_write_eof()
+
+    def is_closing(self) -> bool:
+        return self._inner.is_closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._inner.get_extra_info(name, default)
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._inner.set_protocol(protocol)
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._inner.get_protocol()
+
+    def is_reading(self) -> bool:
+        return self._inner.is_reading()
+
+    def pause_reading(self) -> None:
+        self._inner.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._inner.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._inner.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        kept = sum(len(data) for data in self._kept) if self._kept else 0
+        return self._inner.get_write_buffer_size() + kept
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._inner.get_write_buffer_limits()
+
+
+class CorkedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's `websockets-sansio` protocol on a CorkedTransport."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.transport = CorkedTransport(self.transport, self.loop)

@@ -1,0 +1,156 @@
+"""The corked WebSocket transport (service/wsserver.py): the writes of one turn of the event
+loop leave as one, in order; closing sends them first, aborting drops them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import uvicorn
+import websockets
+
+from service.wsserver import CorkedTransport, CorkedWebSocketProtocol
+
+
+class Recording(asyncio.Transport):
+    """A transport that records what it is asked to do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+        self.closed = False
+        self.aborted = False
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def is_closing(self) -> bool:
+        return self.closed or self.aborted
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+async def _turn() -> None:
+    """Let the callbacks already scheduled run (the corked send among them)."""
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+
+
+async def test_the_writes_of_a_turn_leave_as_one_in_order() -> None:
+    inner = Recording()
+    corked = CorkedTransport(inner, asyncio.get_running_loop())
+    corked.write(b"a")
+    corked.write(b"")
+    corked.writelines([b"b", b"c"])
+    assert inner.writes == [] and corked.get_write_buffer_size() == 3
+    await _turn()
+    assert inner.writes == [b"abc"] and corked.get_write_buffer_size() == 0
+    corked.write(b"d")
+    await _turn()
+    assert inner.writes == [b"abc", b"d"]
+    await _turn()
+    assert inner.writes == [b"abc", b"d"]  # nothing kept: nothing more sent
+
+
+async def test_close_sends_what_is_kept_first_and_abort_drops_it() -> None:
+    loop = asyncio.get_running_loop()
+    inner = Recording()
+    corked = CorkedTransport(inner, loop)
+    corked.write(b"last words")
+    corked.close()
+    assert inner.writes == [b"last words"] and inner.closed
+    await _turn()
+    assert inner.writes == [b"last words"]  # the scheduled send found nothing left
+
+    inner = Recording()
+    corked = CorkedTransport(inner, loop)
+    corked.write(b"never")
+    corked.abort()
+    await _turn()
+    assert inner.writes == [] and inner.aborted
+
+
+async def test_writes_to_a_connection_the_loop_closed_are_dropped() -> None:
+    inner = Recording()
+    corked = CorkedTransport(inner, asyncio.get_running_loop())
+    corked.write(b"too late")
+    inner.closed = True  # the connection was lost before the turn ended
+    await _turn()
+    assert inner.writes == []
+    assert corked.is_closing()
+
+
+class Counting(CorkedTransport):
+    sends = 0
+
+    def _send(self) -> None:
+        if self._kept:
+            Counting.sends += 1
+        super()._send()
+
+
+class CountingProtocol(CorkedWebSocketProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert isinstance(self.transport, CorkedTransport)
+        self.transport = Counting(self.transport._inner, self.loop)
+
+
+FRAMES = 500
+
+
+async def _burst(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app: a socket is accepted and sent FRAMES frames at once, then closed."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    assert (await receive())["type"] == "websocket.connect"
+    await send({"type": "websocket.accept"})
+    for i in range(FRAMES):
+        await send({"type": "websocket.send", "text": orjson.dumps({"i": i}).decode()})
+    await send({"type": "websocket.close", "code": 1000})
+
+
+@contextlib.asynccontextmanager
+async def _serving() -> AsyncIterator[int]:
+    config = uvicorn.Config(
+        _burst, host="127.0.0.1", port=0, ws=CountingProtocol, log_config=None, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        yield server.servers[0].sockets[0].getsockname()[1]
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task
+
+
+async def test_a_burst_of_frames_through_uvicorn_leaves_in_a_few_writes() -> None:
+    """Through a real uvicorn server: 500 frames sent in one go arrive whole and in order,
+    with the handshake, in a handful of system calls instead of 501."""
+    Counting.sends = 0
+    async with _serving() as port:
+        got = []
+        async with asyncio.timeout(10):
+            async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
+                with contextlib.suppress(websockets.ConnectionClosedOK):
+                    while True:
+                        got.append(orjson.loads(await ws.recv()))
+    assert got == [{"i": i} for i in range(FRAMES)]
+    assert 1 <= Counting.sends <= 3, Counting.sends
