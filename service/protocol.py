@@ -61,8 +61,22 @@ SIGNATURE_BYTES = 65
 # -- messages ------------------------------------------------------------------------------
 
 
+# The last instant written and read. The messages of a batch share one created_at (the
+# writer's clock_timestamp() for the batch: sql/post_messages.sql), so the acks and frames
+# of a batch write the same text hundreds of times, and a notification carries it as many
+# times: each is made once. Equal instants in the same time zone write the same text.
+_written: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
+_read: tuple[str, datetime] = ("", datetime.min.replace(tzinfo=UTC))
+
+
 def _timestamp(at: datetime) -> str:
-    return at.isoformat(timespec="microseconds")
+    global _written
+    last, text = _written
+    if at == last and at.tzinfo is last.tzinfo:
+        return text
+    text = at.isoformat(timespec="microseconds")
+    _written = (at, text)
+    return text
 
 
 # A message's reactions: (emoji, count) in order of first use, counts above 0.
@@ -695,15 +709,21 @@ def _optional_int(data: dict[str, Any], key: str) -> int | None:
 
 
 def _instant(data: dict[str, Any], key: str) -> datetime:
+    global _read
+    text = _str(data, key)
+    if text == _read[0]:
+        return _read[1]
     try:
-        at = datetime.fromisoformat(_str(data, key))
+        at = datetime.fromisoformat(text)
     except ValueError:
         raise _Malformed(key) from None
     if at.tzinfo is None:
         raise _Malformed(key)
     # An instant, shown in UTC whatever TimeZone the producing session had (an instance of
     # an older release, mid-upgrade, may not have set it): the contract says +00:00.
-    return at.astimezone(UTC)
+    at = at.astimezone(UTC)
+    _read = (text, at)
+    return at
 
 
 def _change(data: dict[str, Any], kind: object) -> NotifiedChange:

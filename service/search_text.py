@@ -123,8 +123,12 @@ def search_vector(body: str) -> str:
 
 
 def _literal(positions: dict[str, list[int]]) -> str:
+    # Most words occur once in a message: their position is written without a join.
     return " ".join(
-        f"{_lexeme(k)}:{','.join(map(str, v[:_MAX_POSITIONS]))}" for k, v in positions.items()
+        [
+            f"'{k}':{v[0]}" if len(v) == 1 else f"'{k}':{','.join(map(str, v[:_MAX_POSITIONS]))}"
+            for k, v in positions.items()
+        ]
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import orjson
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from service.protocol import _instant, _timestamp
 from tests.support import Instance, User, WsClient, new_user, unique, ws_connect
 
 LIMITS = {
@@ -242,3 +244,19 @@ async def test_since_beyond_the_end_is_a_plain_join(pair: tuple[Instance, Instan
         joined, replay = await ws.join(room, since=1000)
         assert [m["seq"] for m in replay] == [1, 2, 3]
         assert (joined["last_seq"], joined["truncated"]) == (3, False)
+
+
+def test_the_remembered_instant_is_only_reused_for_the_same_one() -> None:
+    """_timestamp and _instant remember their last answer (a batch shares one created_at):
+    an equal instant in another zone, or a different one, is written afresh."""
+    at = datetime(2026, 1, 2, 3, 4, 5, 6000, tzinfo=UTC)
+    assert _timestamp(at) == "2026-01-02T03:04:05.006000+00:00"
+    assert _timestamp(at) == "2026-01-02T03:04:05.006000+00:00"
+    plus_two = at.astimezone(timezone(timedelta(hours=2)))
+    assert plus_two == at
+    assert _timestamp(plus_two) == "2026-01-02T05:04:05.006000+02:00"
+    assert _timestamp(at + timedelta(microseconds=1)) == "2026-01-02T03:04:05.006001+00:00"
+    text = "2026-01-02T05:04:05.006000+02:00"
+    assert _instant({"t": text}, "t") == at and _instant({"t": text}, "t").tzinfo is UTC
+    later = _instant({"t": "2026-01-02T03:04:06+00:00"}, "t")
+    assert later == at.replace(second=6, microsecond=0)
