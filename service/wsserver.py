@@ -11,10 +11,13 @@ quarter of its CPU, README), and under a virtual machine each costs more than th
 Here the protocol's transport keeps the writes of the current turn and sends them, joined,
 from a callback scheduled with the first of them: the frames leave in the same order, at
 the end of the same turn (no timer; a lone frame waits only for the callbacks already
-queued). Closing sends what is kept first; aborting drops it, as the transport would. What
-a write does to flow control (the transport's buffer, `pause_writing`) happens when the
-joined write is made, a turn's worth of frames later at most, which the socket's own
-outbox bounds (ws.py).
+queued). Closing sends what is kept first; aborting drops it, as the transport would.
+
+Flow control is unchanged: once what is kept reaches FLUSH_BYTES (asyncio's default high-
+water mark of a transport's buffer), it is written at once, so a client that stops reading
+still meets `pause_writing` within that many bytes, and the socket's writer (ws.py) stops
+draining its outbox into the transport as it did before: a slow client can make the
+server hold no more than before plus FLUSH_BYTES.
 """
 
 from __future__ import annotations
@@ -24,26 +27,33 @@ from typing import Any
 
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
+FLUSH_BYTES = 64 * 1024
+
 
 class CorkedTransport(asyncio.Transport):
     """`transport`, with the writes of one turn of `loop` sent as one."""
 
-    __slots__ = ("_inner", "_kept", "_loop")
+    __slots__ = ("_inner", "_kept", "_kept_bytes", "_loop")
 
     def __init__(self, inner: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._inner = inner
         self._loop = loop
         self._kept: list[bytes] | None = None  # None while nothing waits: no list per socket
+        self._kept_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
             return
         if self._kept is None:
             self._kept = [bytes(data)]
+            self._kept_bytes = len(data)
             self._loop.call_soon(self._send)
         else:
             self._kept.append(bytes(data))
+            self._kept_bytes += len(data)
+        if self._kept_bytes >= FLUSH_BYTES:
+            self._send()  # the scheduled send then finds nothing kept
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:
@@ -51,6 +61,7 @@ class CorkedTransport(asyncio.Transport):
 
     def _send(self) -> None:
         kept, self._kept = self._kept, None
+        self._kept_bytes = 0
         if not kept or self._inner.is_closing():
             return  # the connection is gone or going: the loop closed it, nobody reads
         self._inner.write(kept[0] if len(kept) == 1 else b"".join(kept))
@@ -61,6 +72,7 @@ class CorkedTransport(asyncio.Transport):
 
     def abort(self) -> None:
         self._kept = None
+        self._kept_bytes = 0
         self._inner.abort()
 
     def write_eof(self) -> None:
@@ -95,8 +107,7 @@ class CorkedTransport(asyncio.Transport):
         self._inner.set_write_buffer_limits(high, low)
 
     def get_write_buffer_size(self) -> int:
-        kept = sum(len(data) for data in self._kept) if self._kept else 0
-        return self._inner.get_write_buffer_size() + kept
+        return self._inner.get_write_buffer_size() + self._kept_bytes
 
     def get_write_buffer_limits(self) -> tuple[int, int]:
         return self._inner.get_write_buffer_limits()

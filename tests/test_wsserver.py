@@ -12,7 +12,7 @@ import orjson
 import uvicorn
 import websockets
 
-from service.wsserver import CorkedTransport, CorkedWebSocketProtocol
+from service.wsserver import FLUSH_BYTES, CorkedTransport, CorkedWebSocketProtocol
 
 
 class Recording(asyncio.Transport):
@@ -60,6 +60,24 @@ async def test_the_writes_of_a_turn_leave_as_one_in_order() -> None:
     assert inner.writes == [b"abc", b"d"]
     await _turn()
     assert inner.writes == [b"abc", b"d"]  # nothing kept: nothing more sent
+
+
+async def test_a_turn_that_writes_a_lot_sends_as_it_goes() -> None:
+    """Past FLUSH_BYTES kept, a write goes out at once, so the transport's flow control
+    (pause_writing at its high-water mark) still stops a writer within that many bytes."""
+    inner = Recording()
+    corked = CorkedTransport(inner, asyncio.get_running_loop())
+    frame = b"x" * 1000
+    frames = -(-FLUSH_BYTES // len(frame))  # the write that reaches FLUSH_BYTES
+    for _ in range(frames - 1):
+        corked.write(frame)
+    assert inner.writes == [] and corked.get_write_buffer_size() == (frames - 1) * 1000
+    corked.write(frame)
+    assert [len(w) for w in inner.writes] == [frames * 1000]
+    corked.write(frame)
+    assert corked.get_write_buffer_size() == 1000
+    await _turn()
+    assert [len(w) for w in inner.writes] == [frames * 1000, 1000]
 
 
 async def test_close_sends_what_is_kept_first_and_abort_drops_it() -> None:
