@@ -46,6 +46,11 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # trips). A connection found dead raises an outage error (callers answer
         # `unavailable`, clients retry) and SQLAlchemy then recycles the whole pool.
         pool_pre_ping=False,
+        # The connection used last goes out first: at a light load one backend stays warm
+        # instead of each write waking the one idle longest (FIFO). bench/, 10 msg/s, two
+        # runs each: a write's commit 6.9-7.5 ms mean against 10.0-10.9, commit to frame
+        # queued 5.5-5.7 against 6.4-6.5, send to receipt p50 8.7-8.9 against 9.2-9.8 ms.
+        pool_use_lifo=True,
         pool_timeout=5,
         connect_args=connect_args(timeout=5, command_timeout=30),
         # SQLAlchemy puts a failed statement's parameters in the error's text, and the
