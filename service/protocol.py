@@ -27,6 +27,7 @@ it needs nothing beyond PostgreSQL's built-in sha256().
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 from dataclasses import dataclass, replace
@@ -61,12 +62,12 @@ SIGNATURE_BYTES = 65
 # -- messages ------------------------------------------------------------------------------
 
 
-# The last instant written and read. The messages of a batch share one created_at (the
-# writer's clock_timestamp() for the batch: sql/post_messages.sql), so the acks and frames
-# of a batch write the same text hundreds of times, and a notification carries it as many
-# times: each is made once. Equal instants in the same time zone write the same text.
+# The last instant written, and (_utc) the last read. The messages of a batch share one
+# created_at (the writer's clock_timestamp() for the batch: sql/post_messages.sql), so the
+# acks and frames of a batch write the same text hundreds of times, and a notification
+# carries it as many times: each is made once. Not functools' cache for the writing: equal
+# instants in other time zones are equal keys there, and write other text.
 _written: tuple[datetime, str] = (datetime.min.replace(tzinfo=UTC), "")
-_read: tuple[str, datetime] = ("", datetime.min.replace(tzinfo=UTC))
 
 
 def _timestamp(at: datetime) -> str:
@@ -708,21 +709,22 @@ def _optional_int(data: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def _instant(data: dict[str, Any], key: str) -> datetime:
-    global _read
-    text = _str(data, key)
-    if text == _read[0]:
-        return _read[1]
+@functools.lru_cache(maxsize=1)
+def _utc(text: str) -> datetime | None:
+    """The instant `text` writes, in UTC; None when it is not one with a zone."""
     try:
         at = datetime.fromisoformat(text)
     except ValueError:
-        raise _Malformed(key) from None
-    if at.tzinfo is None:
-        raise _Malformed(key)
+        return None
     # An instant, shown in UTC whatever TimeZone the producing session had (an instance of
     # an older release, mid-upgrade, may not have set it): the contract says +00:00.
-    at = at.astimezone(UTC)
-    _read = (text, at)
+    return at.astimezone(UTC) if at.tzinfo is not None else None
+
+
+def _instant(data: dict[str, Any], key: str) -> datetime:
+    at = _utc(_str(data, key))
+    if at is None:
+        raise _Malformed(key)
     return at
 
 

@@ -126,7 +126,9 @@ def _literal(positions: dict[str, list[int]]) -> str:
     # Most words occur once in a message: their position is written without a join.
     return " ".join(
         [
-            f"'{k}':{v[0]}" if len(v) == 1 else f"'{k}':{','.join(map(str, v[:_MAX_POSITIONS]))}"
+            f"{_lexeme(k)}:{v[0]}"
+            if len(v) == 1
+            else f"{_lexeme(k)}:{','.join(map(str, v[:_MAX_POSITIONS]))}"
             for k, v in positions.items()
         ]
     )
