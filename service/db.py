@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -56,6 +57,9 @@ def create_engine(settings: Settings) -> AsyncEngine:
         # SQLAlchemy puts a failed statement's parameters in the error's text, and the
         # writer's parameters are message bodies: never let them reach a log.
         hide_parameters=True,
+        # JSON columns (a message's reactions) decoded by orjson rather than the standard
+        # library's json (~2 % of a history page's CPU in the instance, py-spy).
+        json_deserializer=orjson.loads,
     )
 
 

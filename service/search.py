@@ -46,10 +46,16 @@ from .protocol import MAX_SEQ, StoredMessage
 from .ratelimit import KeyedLimiter, RateLimited
 from .refusals import Invalid
 from .search_text import parse_query
-from .store import _message, _with_mine
+from .store import _message
 
 MAX_LIMIT = 100
 
+# The emoji :user reacted with on each of the messages (rooms[i], seqs[i]).
+_MINE = text(
+    "SELECT x.room_id, x.seq, x.emoji FROM unnest(CAST(:rooms AS bigint[]),"
+    " CAST(:seqs AS bigint[])) AS t (room_id, seq) JOIN reactions x"
+    " ON x.room_id = t.room_id AND x.seq = t.seq AND x.username = :user"
+)
 _COLUMNS = (
     "m.seq, m.author, m.body, m.client_id, m.created_at, m.reply_to, m.edited_at, m.deleted,"
     " m.version, m.reactions"
@@ -349,12 +355,19 @@ async def _seek(conn: AsyncConnection, walks: dict[int, _Walk], at: datetime) ->
 async def _addressed(
     conn: AsyncConnection, user: str, names: dict[int, str], rows: Sequence[Any]
 ) -> list[StoredMessage]:
-    """The rows as messages addressed to `user` (with `me`), in their order."""
-    by_room: dict[int, list[StoredMessage]] = {}
-    for row in rows:
-        by_room.setdefault(row.room_id, []).append(_message(names[row.room_id], row[1:11]))
-    mine = {}
-    for room_id, messages in by_room.items():
-        for m in await _with_mine(conn, room_id, user, messages):
-            mine[(room_id, m.seq)] = m
-    return [mine[(row.room_id, row.seq)] for row in rows]
+    """The rows as messages addressed to `user` (with `me`), in their order: the emoji the
+    user reacted with are read in one statement for the rows that have reactions."""
+    reacted = [row for row in rows if row.reactions is not None]
+    mine: dict[tuple[int, int], set[str]] = {}
+    if reacted:
+        params = {
+            "rooms": [row.room_id for row in reacted],
+            "seqs": [row.seq for row in reacted],
+            "user": user,
+        }
+        for room_id, seq, emoji in (await conn.execute(_MINE, params)).all():
+            mine.setdefault((room_id, seq), set()).add(emoji)
+    return [
+        _message(names[row.room_id], row[1:11], frozenset(mine.get((row.room_id, row.seq), ())))
+        for row in rows
+    ]

@@ -151,7 +151,7 @@ class Around:
 class Replay:
     messages: list[StoredMessage]
     truncated: bool
-    last_seq: int  # the room's last seq as read, before or at the newest message replayed
+    last_seq: int  # the room's last seq, read in the same snapshot as the messages
 
 
 class Store(Protocol):
@@ -199,42 +199,53 @@ class Store(Protocol):
 _COLUMNS = (
     "seq, author, body, client_id, created_at, reply_to, edited_at, deleted, version, reactions"
 )
+# The emoji :user reacted with, read in the same statement for the rows that have reactions
+# at all (NULL for the others, and for every row when :user is NULL): a second round trip
+# and a second pass over the page cost more (a history page's CPU in the instance).
+_MINE_COLUMN = (
+    "CASE WHEN reactions IS NOT NULL AND CAST(:user AS text) IS NOT NULL THEN ARRAY("
+    "SELECT r.emoji FROM reactions r WHERE r.room_id = messages.room_id"
+    " AND r.seq = messages.seq AND r.username = CAST(:user AS text)) END AS mine"
+)
+_ADDRESSED = f"{_COLUMNS}, {_MINE_COLUMN}"
 _NEWEST_BEFORE = text(
-    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq < :before "
+    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq < :before "
     "ORDER BY seq DESC LIMIT :limit"
 )
 _OLDEST_AFTER = text(
-    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq > :after "
+    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq > :after "
     "ORDER BY seq LIMIT :limit"
 )
 _OLDEST_FROM = text(
-    f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq >= :start "
+    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq >= :start "
     "ORDER BY seq LIMIT :limit"
 )
 # The log is messages and events by (room_id, seq): two range scans of their primary keys,
 # merged. A message row has a NULL kind.
 _RANGE = text(
-    f"(SELECT NULL::text AS kind, {_COLUMNS}, NULL::text AS subject, NULL::text AS op,"
+    f"(SELECT NULL::text AS kind, {_ADDRESSED}, NULL::text AS subject, NULL::text AS op,"
     " NULL::text AS role, NULL::bigint AS target, NULL::text AS emoji, NULL::int AS count"
     " FROM messages"
     " WHERE room_id = :room_id AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit)"
     " UNION ALL"
-    " (SELECT kind, seq, actor, body, NULL, created_at, NULL, NULL, NULL, NULL, NULL,"
+    " (SELECT kind, seq, actor, body, NULL, created_at, NULL, NULL, NULL, NULL, NULL, NULL,"
     " subject, op, role, target, emoji, count FROM events"
     " WHERE room_id = :room_id AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit)"
     " ORDER BY seq LIMIT :limit"
-)
-_MINE = text(
-    "SELECT seq, emoji FROM reactions WHERE room_id = :room_id"
-    " AND seq = ANY(CAST(:seqs AS bigint[])) AND username = :user"
 )
 _WHO_REACTED = text(
     "SELECT emoji, username FROM (SELECT emoji, username, row_number() OVER"
     " (PARTITION BY emoji ORDER BY created_at, username) AS n FROM reactions"
     " WHERE room_id = :room_id AND seq = :seq) AS r WHERE n <= :per_emoji"
 )
-_MESSAGE = text(f"SELECT {_COLUMNS} FROM messages WHERE room_id = :room_id AND seq = :seq")
-_LAST_SEQ = text("SELECT last_seq FROM rooms WHERE id = :room_id")
+_MESSAGE = text(f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq = :seq")
+# A join's replay: the room's last seq and its newest messages, in one snapshot (one row
+# with NULL message columns when the room has none).
+_REPLAY = text(
+    "SELECT rooms.last_seq, m.* FROM rooms LEFT JOIN LATERAL ("
+    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = rooms.id"
+    " ORDER BY seq DESC LIMIT :limit) AS m ON true WHERE rooms.id = :room_id ORDER BY m.seq DESC"
+)
 _LAST_SEQS = text("SELECT id, last_seq FROM rooms WHERE id = ANY(CAST(:ids AS bigint[]))")
 # service/sql/post_messages.sql
 _POST = text(
@@ -266,27 +277,39 @@ def _reactions(value: Any) -> Reactions:
     return tuple((r["emoji"], int(r["count"])) for r in value)
 
 
-def _message(room: str, r: Any) -> StoredMessage:
+def _message(room: str, r: Any, mine: frozenset[str] | None = None) -> StoredMessage:
     # Unpacked by position (the order of _COLUMNS): a Row's attribute lookups cost more.
-    seq, author, body, client_id, at, reply_to, edited_at, deleted, version, reactions = r
+    seq, author, body, client_id, at, reply_to, edited_at, deleted, version, reactions = r[:10]
     return StoredMessage(
         room, seq, author, body, client_id, at, reply_to, edited_at, deleted, version,
-        _reactions(reactions),
+        _reactions(reactions), mine,
     )  # fmt: skip
 
 
-def _rows(room: str, rows: Any) -> list[StoredMessage]:
-    return [_message(room, r) for r in rows]
+_NOTHING_MINE: frozenset[str] = frozenset()
 
 
-def _entries(room: str, rows: Any) -> list[LogEntry]:
-    """_RANGE's rows as log entries."""
+def _addressed(room: str, r: Any, user: str | None) -> StoredMessage:
+    """A row of _ADDRESSED's columns as a message addressed to `user` (`mine` from the
+    row's last column), or to nobody in particular when `user` is None."""
+    if user is None:
+        return _message(room, r)
+    mine = r[10]
+    return _message(room, r, frozenset(mine) if mine else _NOTHING_MINE)
+
+
+def _rows(room: str, rows: Any, user: str | None) -> list[StoredMessage]:
+    return [_addressed(room, r, user) for r in rows]
+
+
+def _entries(room: str, rows: Any, user: str | None) -> list[LogEntry]:
+    """_RANGE's rows as log entries, the messages addressed to `user`."""
     entries: list[LogEntry] = []
     for row in rows:
         kind, seq, actor, body = row[0], row[1], row[2], row[3]
-        subject, op, role, target, emoji, count = row[11:]
+        subject, op, role, target, emoji, count = row[12:]
         if kind is None:
-            entries.append(_message(room, row[1:11]))
+            entries.append(_addressed(room, row[1:12], user))
         elif kind == "edit":
             entries.append(EditEvent(room, seq, target, actor, body or "", row[5]))
         elif kind == "delete":
@@ -298,32 +321,6 @@ def _entries(room: str, rows: Any) -> list[LogEntry]:
         else:  # a kind unknown to this release: passed over
             log.warning("room %s: seq %d is a %s event, which this release skips", room, seq, kind)
     return entries
-
-
-async def _with_mine(
-    conn: AsyncConnection, room_id: int, user: str | None, messages: list[StoredMessage]
-) -> list[StoredMessage]:
-    """`messages` addressed to `user`: each with `mine` (the emoji they reacted with), read
-    for the messages that have reactions at all."""
-    if user is None:
-        return messages
-    reacted = [m.seq for m in messages if m.reactions]
-    mine: dict[int, set[str]] = {}
-    if reacted:
-        params = {"room_id": room_id, "seqs": reacted, "user": user}
-        for seq, emoji in (await conn.execute(_MINE, params)).all():
-            mine.setdefault(seq, set()).add(emoji)
-    return [replace(m, mine=frozenset(mine.get(m.seq, ()))) for m in messages]
-
-
-async def _entries_with_mine(
-    conn: AsyncConnection, room_id: int, user: str | None, entries: list[LogEntry]
-) -> list[LogEntry]:
-    if user is None:
-        return entries
-    messages = [e for e in entries if isinstance(e, StoredMessage)]
-    addressed = iter(await _with_mine(conn, room_id, user, messages))
-    return [next(addressed) if isinstance(e, StoredMessage) else e for e in entries]
 
 
 def unique_drafts(drafts: Sequence[Item]) -> tuple[list[Item], list[int]]:
@@ -548,18 +545,19 @@ class PostgresStore:
         self, room_id: int, room: str, replay_limit: int, user: str | None = None
     ) -> Replay:
         async with reading(self._engine) as conn:
-            last_seq = (await conn.execute(_LAST_SEQ, {"room_id": room_id})).scalar_one()
-            newest = await _newest(conn, room_id, room, MAX_SEQ, replay_limit)
-            messages = await _with_mine(conn, room_id, user, newest.messages)
-        return Replay(messages, newest.has_more, last_seq)
+            params = {"room_id": room_id, "limit": replay_limit + 1, "user": user}
+            rows = (await conn.execute(_REPLAY, params)).all()
+        last_seq = int(rows[0][0])
+        found = [r[1:] for r in rows if r[1] is not None]
+        messages = _rows(room, reversed(found[:replay_limit]), user)
+        return Replay(messages, len(found) > replay_limit, last_seq)
 
     async def fetch_range(
         self, room_id: int, room: str, after: int, upto: int, limit: int, user: str | None = None
     ) -> list[LogEntry]:
-        params = {"room_id": room_id, "after": after, "upto": upto, "limit": limit}
+        params = {"room_id": room_id, "after": after, "upto": upto, "limit": limit, "user": user}
         async with reading(self._engine) as conn:
-            entries = _entries(room, (await conn.execute(_RANGE, params)).all())
-            return await _entries_with_mine(conn, room_id, user, entries)
+            return _entries(room, (await conn.execute(_RANGE, params)).all(), user)
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
         async with reading(self._engine) as conn:
@@ -580,13 +578,11 @@ class PostgresStore:
         says whether the scan could go further."""
         async with reading(self._engine) as conn:
             if after is not None:
-                params = {"room_id": room_id, "after": after, "limit": limit + 1}
+                params = {"room_id": room_id, "after": after, "limit": limit + 1, "user": user}
                 rows = (await conn.execute(_OLDEST_AFTER, params)).all()
-                page = Page(_rows(room, rows[:limit]), len(rows) > limit)
-            else:
-                start = MAX_SEQ if before is None else before
-                page = await _newest(conn, room_id, room, start, limit)
-            return Page(await _with_mine(conn, room_id, user, page.messages), page.has_more)
+                return Page(_rows(room, rows[:limit], user), len(rows) > limit)
+            start = MAX_SEQ if before is None else before
+            return await _newest(conn, room_id, room, start, limit, user)
 
     async def around(
         self, room_id: int, room: str, seq: int, limit: int, user: str | None = None
@@ -595,22 +591,20 @@ class PostgresStore:
         about half before it, the rest from it on."""
         older = limit // 2
         async with reading(self._engine) as conn:
-            before = await _newest(conn, room_id, room, seq, older)
-            params = {"room_id": room_id, "start": seq, "limit": limit - older + 1}
+            before = await _newest(conn, room_id, room, seq, older, user)
+            params = {"room_id": room_id, "start": seq, "limit": limit - older + 1, "user": user}
             rows = (await conn.execute(_OLDEST_FROM, params)).all()
-            later = _rows(room, rows[: limit - older])
-            messages = await _with_mine(conn, room_id, user, before.messages + later)
-        return Around(messages, before.has_more, len(rows) > limit - older)
+        later = _rows(room, rows[: limit - older], user)
+        return Around(before.messages + later, before.has_more, len(rows) > limit - older)
 
     async def message(
         self, room_id: int, room: str, seq: int, user: str | None = None
     ) -> StoredMessage | None:
         """One message in its current state, or None."""
         async with reading(self._engine) as conn:
-            row = (await conn.execute(_MESSAGE, {"room_id": room_id, "seq": seq})).one_or_none()
-            if row is None:
-                return None
-            return (await _with_mine(conn, room_id, user, [_message(room, row)]))[0]
+            params = {"room_id": room_id, "seq": seq, "user": user}
+            row = (await conn.execute(_MESSAGE, params)).one_or_none()
+        return None if row is None else _addressed(room, row, user)
 
     async def who_reacted(self, room_id: int, seq: int, per_emoji: int) -> dict[str, list[str]]:
         """For each emoji on the message, at most `per_emoji` users, the earliest first."""
@@ -623,7 +617,9 @@ class PostgresStore:
         return users
 
 
-async def _newest(conn: AsyncConnection, room_id: int, room: str, before: int, limit: int) -> Page:
-    params = {"room_id": room_id, "before": before, "limit": limit + 1}
+async def _newest(
+    conn: AsyncConnection, room_id: int, room: str, before: int, limit: int, user: str | None
+) -> Page:
+    params = {"room_id": room_id, "before": before, "limit": limit + 1, "user": user}
     rows = (await conn.execute(_NEWEST_BEFORE, params)).all()
-    return Page(_rows(room, reversed(rows[:limit])), len(rows) > limit)
+    return Page(_rows(room, reversed(rows[:limit]), user), len(rows) > limit)
