@@ -75,7 +75,13 @@ def _timestamp(at: datetime) -> str:
     last, text = _written
     if at == last and at.tzinfo is last.tzinfo:
         return text
-    text = at.isoformat(timespec="microseconds")
+    # orjson writes the same text as isoformat(timespec="microseconds") in a third of the
+    # time (0.33 against 1.1 us; a resume writes one per frame), except that it leaves the
+    # fraction out when it is zero.
+    if at.microsecond:
+        text = orjson.dumps(at)[1:-1].decode()
+    else:
+        text = at.isoformat(timespec="microseconds")
     _written = (at, text)
     return text
 

@@ -20,7 +20,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -53,6 +53,7 @@ from .protocol import (
 from .ratelimit import RateLimited, TokenBucket
 from .refusals import Forbidden, NotFound
 from .store import Changed, ChangeDraft, Outcome, Posted
+from .wsserver import SEND_NOW
 
 if TYPE_CHECKING:
     from .chat import Chat
@@ -116,6 +117,9 @@ class Connection:
         self._reader: asyncio.Task[Any] | None = None  # the endpoint's task, while it reads
         self._interrupted = False  # close() cancelled the reader
         self._writer: asyncio.Task[None] | None = None  # exists only while frames are queued
+        # The server's synchronous write, when it offers one (service/wsserver.py).
+        offered = websocket.scope.get("extensions", {}).get(SEND_NOW)
+        self._send_now: Callable[[str], bool] | None = offered["send"] if offered else None
         # A resume's feed waiting for room in the outbox (hubs.py), made when first needed.
         self._room: asyncio.Event | None = None
         self._feeding = False
@@ -141,12 +145,19 @@ class Connection:
         return len(self.outbox)
 
     def push_live(self, frame: str) -> None:
-        if self.close_code is None:
+        if self.close_code is None and not self._sent_now(frame):
             self._queued(self.outbox.push_live(frame))
 
     def push_answer(self, frame: str) -> None:
-        if self.close_code is None:
+        if self.close_code is None and not self._sent_now(frame):
             self._queued(self.outbox.push_answer(frame))
+
+    def _sent_now(self, frame: str) -> bool:
+        """Whether `frame` was written at once: when nothing waits before it and the server
+        can write it without waiting (wsserver.SEND_NOW; a fan-out then costs no task per
+        socket). Otherwise it is queued and the writer task sends it through ASGI."""
+        send_now = self._send_now
+        return send_now is not None and self._writer is None and not self.outbox and send_now(frame)
 
     def _queued(self, accepted: bool) -> None:
         if not accepted:
@@ -211,8 +222,11 @@ class Connection:
 
     async def _write(self) -> None:
         try:
+            send_now = self._send_now
             while self.outbox:
-                await self.websocket.send_text(self.outbox.pop())
+                frame = self.outbox.pop()
+                if send_now is None or not send_now(frame):
+                    await self.websocket.send_text(frame)
                 if self._room is not None and len(self.outbox) < FEED_PAGE:
                     self._room.set()
         except WebSocketDisconnect:

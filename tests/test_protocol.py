@@ -246,6 +246,22 @@ async def test_since_beyond_the_end_is_a_plain_join(pair: tuple[Instance, Instan
         assert (joined["last_seq"], joined["truncated"]) == (3, False)
 
 
+def test_a_timestamp_is_written_as_isoformat_writes_it() -> None:
+    """_timestamp's fast path (orjson) writes what isoformat(timespec="microseconds") does:
+    in every zone, before 1970 and after 2038, and with a fraction of zero (which orjson
+    would leave out)."""
+    zones = [UTC, timezone(timedelta(hours=-5)), timezone(timedelta(hours=5, minutes=30))]
+    seen = 0
+    for zone in zones:
+        for year in (1969, 2026, 2039):
+            for micro in (0, 1, 6000, 999999):
+                at = datetime(year, 2, 3, 4, 5, 6, micro, tzinfo=zone)
+                assert _timestamp(at) == at.isoformat(timespec="microseconds"), at
+                seen += 1
+    assert seen == 36
+    assert _timestamp(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)).endswith(":05.000000+00:00")
+
+
 def test_the_remembered_instant_is_only_reused_for_the_same_one() -> None:
     """_timestamp and _instant remember their last answer (a batch shares one created_at):
     an equal instant in another zone, or a different one, is written afresh."""

@@ -12,7 +12,7 @@ import orjson
 import uvicorn
 import websockets
 
-from service.wsserver import FLUSH_BYTES, CorkedTransport, CorkedWebSocketProtocol
+from service.wsserver import FLUSH_BYTES, SEND_NOW, CorkedTransport, CorkedWebSocketProtocol
 
 
 class Recording(asyncio.Transport):
@@ -172,3 +172,80 @@ async def test_a_burst_of_frames_through_uvicorn_leaves_in_a_few_writes() -> Non
                         got.append(orjson.loads(await ws.recv()))
     assert got == [{"i": i} for i in range(FRAMES)]
     assert 1 <= Counting.sends <= 3, Counting.sends
+
+
+# -- send_text_now -----------------------------------------------------------------------
+
+SENT_NOW: dict[str, Any] = {}
+
+
+async def _sends_now(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """An ASGI app writing through the protocol's send_text_now: refused before the
+    accept; taken after it, in order with frames sent through ASGI; taken until flow
+    control pauses writing to a client that does not read; refused once a close is sent."""
+    if scope["type"] == "lifespan":
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    send_now = scope["extensions"][SEND_NOW]["send"]
+    assert (await receive())["type"] == "websocket.connect"
+    SENT_NOW["before accept"] = send_now("too early")
+    await send({"type": "websocket.accept"})
+    for i in range(10):
+        if i % 2:
+            await send({"type": "websocket.send", "text": f"asgi {i}"})
+        else:
+            SENT_NOW.setdefault("taken", []).append(send_now(f"now {i}"))
+    # The client reads nothing until told: write until the transport pauses us.
+    big = "x" * 10_000
+    written = 0
+    while send_now(big):
+        written += 1
+        if written > 10_000:  # 100 MB: flow control never came
+            break
+    SENT_NOW["until paused"] = written
+    await send({"type": "websocket.send", "text": "after the pause"})  # waits for the drain
+    await send({"type": "websocket.close", "code": 1000})
+    SENT_NOW["after close"] = send_now("too late")
+
+
+async def test_send_text_now_writes_in_order_and_refuses_where_send_would_wait() -> None:
+    SENT_NOW.clear()
+    # Without deflate, as the service runs (service/cli.py): compressed, the frames of x
+    # would be a few bytes each.
+    config = uvicorn.Config(
+        _sends_now,
+        host="127.0.0.1",
+        port=0,
+        ws=CorkedWebSocketProtocol,
+        ws_per_message_deflate=False,
+        log_config=None,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(20):
+            while not server.started:
+                await asyncio.sleep(0.01)
+            port = server.servers[0].sockets[0].getsockname()[1]
+            async with websockets.connect(f"ws://127.0.0.1:{port}/", max_queue=1) as ws:
+                got = [await ws.recv() for _ in range(10)]
+                while "until paused" not in SENT_NOW:
+                    await asyncio.sleep(0.01)
+                rest = []
+                with contextlib.suppress(websockets.ConnectionClosedOK):
+                    while True:
+                        rest.append(await ws.recv())
+            while "after close" not in SENT_NOW:
+                await asyncio.sleep(0.01)
+    finally:
+        server.should_exit = True
+        async with asyncio.timeout(10):
+            await task
+    assert got == [f"now {i}" if i % 2 == 0 else f"asgi {i}" for i in range(10)]
+    assert SENT_NOW["taken"] == [True] * 5
+    assert SENT_NOW["before accept"] is False and SENT_NOW["after close"] is False
+    # Paused within a few transport buffers and kernel socket buffers, not 100 MB.
+    assert 0 < SENT_NOW["until paused"] < 2_000, SENT_NOW["until paused"]
+    assert rest == ["x" * 10_000] * SENT_NOW["until paused"] + ["after the pause"]
