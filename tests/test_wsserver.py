@@ -127,12 +127,17 @@ class CountingProtocol(CorkedWebSocketProtocol):
 FRAMES = 500
 
 
+async def _lifespan(receive: Any, send: Any) -> None:
+    """An ASGI app's lifespan: started, then stopped when asked."""
+    while (await receive())["type"] != "lifespan.shutdown":
+        await send({"type": "lifespan.startup.complete"})
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 async def _burst(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """An ASGI app: a socket is accepted and sent FRAMES frames at once, then closed."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await _lifespan(receive, send)
         return
     assert (await receive())["type"] == "websocket.connect"
     await send({"type": "websocket.accept"})
@@ -184,9 +189,7 @@ async def _sends_now(scope: dict[str, Any], receive: Any, send: Any) -> None:
     accept; taken after it, in order with frames sent through ASGI; taken until flow
     control pauses writing to a client that does not read; refused once a close is sent."""
     if scope["type"] == "lifespan":
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+        await _lifespan(receive, send)
         return
     send_now = scope["extensions"][SEND_NOW]["send"]
     assert (await receive())["type"] == "websocket.connect"
