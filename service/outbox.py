@@ -27,7 +27,9 @@ class Outbox:
     __slots__ = ("_frames", "_live", "_live_limit", "_max_bytes", "bytes", "closed")
 
     def __init__(self, live_limit: int, max_bytes: int) -> None:
-        self._frames: deque[tuple[str, bool]] = deque()  # (frame, is_live)
+        # (frame, is_live); None while nothing waits (most sockets, most of the time: an
+        # empty deque holds 0.8 KiB)
+        self._frames: deque[tuple[str, bool]] | None = None
         self._live = 0
         self._live_limit = live_limit
         self._max_bytes = max_bytes
@@ -35,7 +37,7 @@ class Outbox:
         self.closed = False
 
     def __len__(self) -> int:
-        return len(self._frames)
+        return 0 if self._frames is None else len(self._frames)
 
     @property
     def live(self) -> int:
@@ -45,7 +47,7 @@ class Outbox:
     @property
     def answers(self) -> int:
         """Answers waiting."""
-        return len(self._frames) - self._live
+        return len(self) - self._live
 
     def push_live(self, frame: str) -> bool:
         """Queue a live frame; False (nothing queued) when a bound would be passed. Once
@@ -66,13 +68,20 @@ class Outbox:
         cost = len(frame) + FRAME_OVERHEAD
         if self.bytes + cost > self._max_bytes:
             return False
+        if self._frames is None:
+            self._frames = deque()
         self._frames.append((frame, live))
         self.bytes += cost
         return True
 
     def pop(self) -> str:
         """The oldest frame; raises IndexError when empty."""
-        frame, live = self._frames.popleft()
+        frames = self._frames
+        if frames is None:
+            raise IndexError("pop from an empty outbox")
+        frame, live = frames.popleft()
+        if not frames:
+            self._frames = None
         self.bytes -= len(frame) + FRAME_OVERHEAD
         if live:
             self._live -= 1
@@ -81,6 +90,6 @@ class Outbox:
     def close(self) -> None:
         """Drop what waits; later pushes are dropped too."""
         self.closed = True
-        self._frames.clear()
+        self._frames = None
         self._live = 0
         self.bytes = 0

@@ -12,7 +12,14 @@ import orjson
 import uvicorn
 import websockets
 
-from service.wsserver import FLUSH_BYTES, SEND_NOW, CorkedTransport, CorkedWebSocketProtocol
+from service.wsserver import (
+    FLUSH_BYTES,
+    SEND_NOW,
+    CorkedTransport,
+    CorkedWebSocketProtocol,
+    _Inbox,
+    _Writable,
+)
 
 
 class Recording(asyncio.Transport):
@@ -194,7 +201,10 @@ async def _sends_now(scope: dict[str, Any], receive: Any, send: Any) -> None:
     send_now = scope["extensions"][SEND_NOW]["send"]
     assert (await receive())["type"] == "websocket.connect"
     SENT_NOW["before accept"] = send_now("too early")
+    protocol = send_now.__self__
     await send({"type": "websocket.accept"})
+    # The handshake's request and response are let go once it is done.
+    SENT_NOW["request kept"] = hasattr(protocol, "request") or hasattr(protocol, "response")
     for i in range(10):
         if i % 2:
             await send({"type": "websocket.send", "text": f"asgi {i}"})
@@ -249,6 +259,56 @@ async def test_send_text_now_writes_in_order_and_refuses_where_send_would_wait()
     assert got == [f"now {i}" if i % 2 == 0 else f"asgi {i}" for i in range(10)]
     assert SENT_NOW["taken"] == [True] * 5
     assert SENT_NOW["before accept"] is False and SENT_NOW["after close"] is False
+    assert SENT_NOW["request kept"] is False
     # Paused within a few transport buffers and kernel socket buffers, not 100 MB.
     assert 0 < SENT_NOW["until paused"] < 2_000, SENT_NOW["until paused"]
     assert rest == ["x" * 10_000] * SENT_NOW["until paused"] + ["after the pause"]
+
+
+# -- the lighter queue and flag ------------------------------------------------------------
+
+
+async def test_the_inbox_hands_events_over_in_order_and_survives_a_cancelled_get() -> None:
+    inbox = _Inbox()
+    assert inbox.empty() and inbox.qsize() == 0
+    inbox.put_nowait({"type": "websocket.connect"})
+    inbox.put_nowait({"type": "websocket.receive", "text": "a"})
+    assert inbox.qsize() == 2
+    assert (await inbox.get())["type"] == "websocket.connect"
+    assert await inbox.get() == {"type": "websocket.receive", "text": "a"}
+    waiting = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    waiting.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await waiting
+    inbox.put_nowait({"type": "websocket.receive", "text": "b"})  # nothing waits: kept
+    waiting = asyncio.create_task(inbox.get())
+    async with asyncio.timeout(5):
+        assert await waiting == {"type": "websocket.receive", "text": "b"}
+    waiting = asyncio.create_task(inbox.get())
+    await asyncio.sleep(0)
+    inbox.put_nowait({"type": "websocket.disconnect", "code": 1000})
+    async with asyncio.timeout(5):
+        assert (await waiting)["type"] == "websocket.disconnect"
+    assert inbox.empty()
+
+
+async def test_writable_wakes_every_waiter_when_set_and_lets_a_cancelled_one_go() -> None:
+    flag = _Writable()
+    assert flag.is_set()
+    async with asyncio.timeout(5):
+        await flag.wait()  # set: returns at once
+    flag.clear()
+    first = asyncio.create_task(flag.wait())
+    second = asyncio.create_task(flag.wait())
+    gone = asyncio.create_task(flag.wait())
+    await asyncio.sleep(0)
+    assert not (first.done() or second.done() or gone.done())
+    gone.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await gone
+    flag.set()
+    async with asyncio.timeout(5):
+        await asyncio.gather(first, second)
+    assert flag.is_set()
