@@ -117,6 +117,10 @@ class Fanout:
         published after the commit (another backend)."""
         return self._channel if self.via_postgres else None
 
+    def signed(self, payload: str) -> str:
+        """`payload` as every notification goes out: signed with the fan-out key."""
+        return self._key.sign(payload)
+
     async def notify_in(self, conn: AsyncConnection, payloads: list[str]) -> list[str]:
         """Inside a transaction: with Postgres, NOTIFY as part of it (delivered if and only if
         it commits); otherwise return them signed, to `publish` after the commit."""

@@ -65,12 +65,10 @@ _REGISTER = text(
     "INSERT INTO instances (id) VALUES (:me) ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()"
 )
 _HEARTBEAT = text("UPDATE instances SET heartbeat_at = now() WHERE id = :me")
-_ADD = text(
-    "INSERT INTO presence (room_id, username, instance_id) VALUES (:room_id, :user, :me) "
-    "ON CONFLICT DO NOTHING"
-)
-_REMOVE = text(
-    "DELETE FROM presence WHERE room_id = :room_id AND username = :user AND instance_id = :me"
+# service/sql/presence_set.sql: the key's lock, the row, the check and the notification.
+_SET = text(
+    "SELECT changed, announce FROM chat_presence_set(:room_id, :user, :me,"
+    " CAST(:ttl AS double precision), :online, CAST(:channel AS text), CAST(:payload AS text))"
 )
 _ONLINE_ELSEWHERE = text(
     "SELECT EXISTS (SELECT 1 FROM presence p JOIN instances i ON i.id = p.instance_id "
@@ -425,20 +423,21 @@ class Presence:
             self._schedule(key)
 
     async def _write_once(self, key: _Key, online: bool) -> None:
-        params = {"room_id": key.room_id, "user": key.user, "me": self._me, "ttl": self._ttl}
-        later: list[str] = []
-        async with writing(self._engine) as conn:
-            await conn.execute(_KEY_LOCK, {"key": f"{key.room_id}/{key.user}"})
-            changed = (await conn.execute(_ADD if online else _REMOVE, params)).rowcount > 0
-            if changed and not (await conn.execute(_ONLINE_ELSEWHERE, params)).scalar_one():
-                note = PresenceNote(key.room_id, key.room, key.user, "join" if online else "leave")
-                later = await self._fanout.notify_in(conn, [encode_note(note)])
-        if later:
+        note = PresenceNote(key.room_id, key.room, key.user, "join" if online else "leave")
+        signed = self._fanout.signed(encode_note(note))
+        channel = self._fanout.notify_channel
+        params = {
+            "room_id": key.room_id, "user": key.user, "me": self._me, "ttl": self._ttl,
+            "online": online, "channel": channel, "payload": None if channel is None else signed,
+        }  # fmt: skip
+        async with reading(self._engine) as conn:  # autocommit: the call is the transaction
+            announce = (await conn.execute(_SET, params)).one().announce
+        if announce and channel is None:
             # Committed: the row is right whatever happens to the event, which a repair after
             # the fan-out's recovery makes up for. So this never fails the write.
             try:
                 async with asyncio.timeout(_PUBLISH_TIMEOUT):
-                    await self._fanout.publish(later)
+                    await self._fanout.publish([signed])
             except Exception as error:
                 log.warning("presence event not published: %s", error)
 

@@ -329,13 +329,71 @@ async def test_flapping_is_coalesced_and_the_final_state_written(
     assert events.of(room_id, user)[-1] == "leave"
 
 
+class PublishingAfterCommit(Fanout):
+    """A fan-out other than PostgreSQL's (Redis, say): nothing is NOTIFYed in a transaction;
+    what would be is handed to `publish` after the commit, here recorded."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.via_postgres = False
+        self.published: list[str] = []
+
+    async def publish(self, payloads: list[str]) -> None:
+        self.published.extend(payloads)
+
+
+async def test_without_notify_the_rooms_changes_are_published_after_the_commit(
+    database_url: str, pg: asyncpg.Connection
+) -> None:
+    """With a fan-out that is not PostgreSQL's, the change a write makes for the room (the
+    user's first row anywhere, their last one gone) is published, signed, once the row is
+    committed; a second instance's row for the same user announces nothing."""
+    engine = db.create_engine(Settings(database_url=database_url))
+    made: list[Presence] = []
+    fanouts: list[PublishingAfterCommit] = []
+    try:
+        for _ in range(2):
+            me = uuid.uuid4().hex
+            fanout = PublishingAfterCommit(
+                url=database_url, channel=unique("p_"), engine=engine, instance_id=me, key=KEY
+            )
+            presence = Presence(
+                engine, me, fanout=fanout, heartbeat_seconds=60.0, ttl_seconds=30,
+                debounce_seconds=0.05,
+            )  # fmt: skip
+            await presence.start(on_change=lambda r, u, e: None)
+            made.append(presence)
+            fanouts.append(fanout)
+        a, b = made
+        room_id, user = await _room(pg), unique("pub_")
+
+        def published(fanout: PublishingAfterCommit) -> list[str]:
+            notes = [orjson.loads(KEY.open(p) or "null") for p in fanout.published]
+            return [n["event"] for n in notes if n["room_id"] == room_id and n["user"] == user]
+
+        await a.join(room_id, "r", user)
+        assert await _rows(pg, room_id, user) == 1 and published(fanouts[0]) == ["join"]
+        await b.join(room_id, "r", user)  # online from a already: not the room's change
+        assert await _rows(pg, room_id, user) == 2 and published(fanouts[1]) == []
+        await b.leave(room_id, "r", user)
+        await a.leave(room_id, "r", user)
+        await _until(lambda: _rows_is(pg, room_id, user, 0))
+        await asyncio.sleep(0.1)
+        assert published(fanouts[1]) == [] and published(fanouts[0]) == ["join", "leave"]
+    finally:
+        for presence in made:
+            await presence.stop()
+        await engine.dispose()
+
+
 async def _rows_is(conn: asyncpg.Connection, room_id: int, user: str, n: int) -> bool:
     return await _rows(conn, room_id, user) == n
 
 
 _WAITING_FOR_KEY = (
     "FROM pg_stat_activity WHERE datname = current_database() AND wait_event = 'advisory' "
-    "AND query LIKE '%pg_advisory_xact_lock%' AND pid <> pg_backend_pid()"
+    "AND (query LIKE '%pg_advisory_xact_lock%' OR query LIKE '%chat_presence_set%')"
+    " AND pid <> pg_backend_pid()"
 )
 
 

@@ -1,0 +1,79 @@
+"""Presence: an instance's row for a user in a room is written in one round trip.
+
+- chat_presence_set() takes the (room, user) key's advisory lock, inserts or deletes the row,
+  tells whether the change is the room's, and sends its notification in the same
+  transaction (service/sql/presence_set.sql); service/presence.py called the same steps as
+  six statements (BEGIN, the lock, the write, the check, NOTIFY, COMMIT), on the path of
+  every join.
+
+Revision ID: 0010
+Revises: 0009
+Create Date: 2026-12-07
+"""
+
+from collections.abc import Sequence
+
+from alembic import op
+
+revision: str = "0010"
+down_revision: str | None = "0009"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+# A frozen copy of service/sql/presence_set.sql.
+FROZEN_SQL = {
+    "presence_set.sql": r"""-- chat_presence_set(): makes instance p_me's presence row for (p_room, p_user) say p_online,
+-- in one round trip (service/presence.py calls it in autocommit: the call is the
+-- transaction). Returns whether the row changed and whether the change is the room's (no
+-- other live instance has the user there): then, when p_payload is given, the signed
+-- `presence` notification goes out on p_channel in the same transaction; without one, the
+-- caller publishes it after the commit (a fan-out other than PostgreSQL's).
+--
+-- The advisory lock on the (room, user) key comes first, in its own statement, so that two
+-- instances changing the same user's rows one after the other each see the other's commit
+-- (a VOLATILE function's statements each take a snapshot after the one before): one of
+-- them announces a join or a leave, never both, never neither. The reaper takes the same
+-- lock (service/presence.py).
+--
+-- This file is the source; each migration that (re)defines the function embeds a frozen
+-- copy of it, and tests/test_sql_sources.py fails when the newest copy and this file differ.
+CREATE OR REPLACE FUNCTION chat_presence_set(
+    p_room bigint, p_user text, p_me text, p_ttl double precision, p_online boolean,
+    p_channel text, p_payload text,
+    OUT changed boolean, OUT announce boolean
+) LANGUAGE plpgsql VOLATILE AS $fn$
+DECLARE
+    n bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_room::text || '/' || p_user, 0));
+    IF p_online THEN
+        INSERT INTO presence (room_id, username, instance_id) VALUES (p_room, p_user, p_me)
+        ON CONFLICT DO NOTHING;
+    ELSE
+        DELETE FROM presence
+        WHERE room_id = p_room AND username = p_user AND instance_id = p_me;
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    changed := n > 0;
+    announce := changed AND NOT EXISTS (
+        SELECT 1 FROM presence p JOIN instances i ON i.id = p.instance_id
+        WHERE p.room_id = p_room AND p.username = p_user AND p.instance_id <> p_me
+          AND i.heartbeat_at > now() - make_interval(secs => p_ttl));
+    IF announce AND p_payload IS NOT NULL THEN
+        PERFORM pg_notify(p_channel, p_payload);
+    END IF;
+END
+$fn$;
+""",
+}
+
+
+def upgrade() -> None:
+    op.execute(FROZEN_SQL["presence_set.sql"])
+
+
+def downgrade() -> None:
+    op.execute(
+        "DROP FUNCTION IF EXISTS chat_presence_set("
+        "bigint, text, text, double precision, boolean, text, text)"
+    )
