@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import uvicorn
 import websockets
+from websockets.frames import Frame, Opcode
 
 from service.wsserver import (
     FLUSH_BYTES,
@@ -19,6 +20,7 @@ from service.wsserver import (
     CorkedWebSocketProtocol,
     _Inbox,
     _Writable,
+    text_frame,
 )
 
 
@@ -312,3 +314,14 @@ async def test_writable_wakes_every_waiter_when_set_and_lets_a_cancelled_one_go(
     async with asyncio.timeout(5):
         await asyncio.gather(first, second)
     assert flag.is_set()
+
+
+def test_a_text_frame_is_what_websockets_would_write() -> None:
+    """text_frame's header at each length boundary (7-bit, 16-bit and 64-bit lengths) and
+    with characters of several bytes, byte for byte as websockets serializes the frame; the
+    same str twice is encoded once."""
+    for text in ["", "a" * 125, "a" * 126, "é" * 63, "é" * 64, "a" * 65535, "a" * 65536, "文字"]:
+        expected = Frame(Opcode.TEXT, text.encode()).serialize(mask=False, extensions=[])
+        assert text_frame(text) == expected, len(text)
+    shared = "x" * 300
+    assert text_frame(shared) is text_frame(shared)
