@@ -36,8 +36,10 @@ log = logging.getLogger(__name__)
 # Messages held for a hub beyond its head; past this they are re-read from the database.
 _PENDING_MAX = 5000
 _FETCH_BATCH = 500
-# Messages a resume feeds per step: the most it adds to a member's queue at once.
-FEED_PAGE = 100
+# Messages a resume feeds per step: the most it adds to a member's queue at once. bench/,
+# a resume of 1,000 on one socket: 250 took 10.5 ms of the instance's CPU and 10.6 ms to
+# `joined`, against 15.0 and 16.5 ms in pages of 100 (and 500 no better than 250).
+FEED_PAGE = 250
 
 
 class Member(Protocol):

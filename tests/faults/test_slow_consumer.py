@@ -11,6 +11,7 @@ import random
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from websockets.asyncio.client import ClientConnection
@@ -180,6 +181,16 @@ async def _send_and_see(ws: ClientConnection, room: str, tag: str, count: int) -
                     ids.discard(frame["client_id"])
 
 
+async def _drain(ws: ClientConnection, quiet: float) -> list[dict[str, Any]]:
+    """The frames that arrive until none has for `quiet` seconds."""
+    frames = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            async with asyncio.timeout(quiet):
+                frames.append(loads(await ws.recv()))
+    return frames
+
+
 async def test_resume_longer_than_the_queue_limit_is_not_cut_off(
     start_instances: Callable[..., Awaitable[list[Instance]]],
     users: MakeUsers,
@@ -220,6 +231,11 @@ async def test_resume_longer_than_the_queue_limit_is_not_cut_off(
                 else:
                     seqs.append(frame["seq"])
         closes = await metric(server.url, closed_1013, 0) - closes_before
+        # Nothing but the user's own stream may follow (its `rooms` frame comes whenever the
+        # enrolment does): no message twice. Read it all, so that the client (max_queue=1)
+        # reads the server's close frame when it closes.
+        after = await _drain(resumer, 1.0)
+        assert all(f["type"] == "rooms" for f in after), after
     finally:
         await writer.close()
         await resumer.close()
