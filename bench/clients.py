@@ -1,5 +1,6 @@
-"""WebSocket clients that drive the servers: the `websockets` library (asyncio) for senders
-and joins, picows for the fan-out's 200 receivers.
+"""WebSocket clients that drive the servers: the `websockets` library (asyncio) where a
+client's own cost does not enter a figure, picows (frames parsed in C) where it would: the
+fan-out's receivers, the pipelining senders, and the timed joins and resumes.
 
 Frames are told apart by their first bytes: the service encodes frames with orjson, keys in
 the order `type` first and no spaces, so an `ack` starts with `{"type":"ack"`; decoding every
@@ -209,6 +210,57 @@ async def close_joined(listeners: Sequence[JoiningListener]) -> None:
     for listener in listeners:
         if listener.transport is not None:
             listener.transport.disconnect()
+
+
+class Replayed(JoiningListener):
+    """A picows socket that counts the messages replayed before `joined` (a join's or a
+    resume's), parsed in C up to the payload, which is looked at only for its first bytes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.replayed = 0
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        kind = frame.msg_type
+        if kind == WSMsgType.TEXT:
+            if self.joined.done():
+                return
+            raw = frame.get_payload_as_utf8_text()
+            if raw.startswith(MESSAGE):
+                self.replayed += 1
+            else:
+                self._settle_join(raw)
+        elif kind == WSMsgType.CLOSE:
+            self._answer_close(transport, frame, None)
+
+
+@dataclass
+class TimedJoin:
+    handshake_s: float  # connect to the socket open
+    join_s: float  # the join sent to `joined` received
+    replayed: int
+
+
+async def timed_join(url: str, room: str, since: int | None, timeout: float = 30.0) -> TimedJoin:
+    """Open a picows socket to `url` (ws://...), join `room` (from `since`), and time both;
+    the socket is closed before returning."""
+    began = time.perf_counter()
+    transport, connected = await ws_connect(
+        Replayed, url, websocket_handshake_timeout=15, max_frame_size=2**22
+    )
+    listener = cast(Replayed, connected)
+    opened = time.perf_counter()
+    try:
+        frame: dict[str, Any] = {"type": "join", "room": room}
+        if since is not None:
+            frame["since"] = since
+        transport.send(WSMsgType.TEXT, orjson.dumps(frame))
+        async with asyncio.timeout(timeout):
+            await listener.joined
+        ended = time.perf_counter()
+    finally:
+        await close_joined([listener])
+    return TimedJoin(opened - began, ended - opened, listener.replayed)
 
 
 class PipelinedSender(JoiningListener):
