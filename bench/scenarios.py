@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import time
 import uuid
 from collections import Counter
@@ -22,9 +23,11 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 
 from service.settings import Settings
+from service.store import _READABLE_NEWEST
 
 from . import clients
 from .cluster import Database, Server, bulk_load, chat_instance, create_rooms
+from .cluster import username as bench_username
 from .config import Profile
 from .figures import (
     Fanout,
@@ -737,27 +740,34 @@ async def transports(bench: Bench) -> list[Transport]:
 # The instances' own request timing (from the request to the end of the answer): what the
 # client measures, minus the client's own overhead.
 _HTTP_METRIC = "chat_http_request_seconds"
-# The query behind a history page (service/store.py, _NEWEST_BEFORE).
-_PAGE_SQL = (
-    "SELECT seq, author, body, client_id, created_at, reply_to, edited_at, deleted, version,"
-    " reactions FROM messages WHERE room_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT $3"
+# The statement behind a history page (service/store.py, _READABLE_NEWEST: the caller's
+# right to read the room and its page), its named parameters numbered for asyncpg.
+_PAGE_PARAMS = ("room", "user", "before", "limit")
+_PAGE_SQL = re.sub(
+    r":(room|user|before|limit)\b",
+    lambda m: f"${_PAGE_PARAMS.index(m.group(1)) + 1}",
+    str(_READABLE_NEWEST.text),
 )
 
 
 def _node_path(plan: dict[str, Any]) -> str:
-    """'Limit > Index Scan Backward using pk_messages' from an EXPLAIN (FORMAT JSON) plan."""
-    parts = []
-    node: dict[str, Any] | None = plan
-    while node is not None:
-        name = node["Node Type"]
-        if node.get("Scan Direction") == "Backward":
-            name += " Backward"
-        if "Index Name" in node:
-            name += f" using {node['Index Name']}"
-        parts.append(name)
-        children = node.get("Plans") or []
-        node = children[0] if children else None
-    return " > ".join(parts)
+    """The scans of an EXPLAIN (FORMAT JSON) plan, depth first: 'Index Scan using
+    uq_rooms_name on rooms, Index Scan Backward using pk_messages on messages, ...'."""
+    scans: list[str] = []
+
+    def visit(node: dict[str, Any]) -> None:
+        if "Relation Name" in node:
+            name = node["Node Type"]
+            if node.get("Scan Direction") == "Backward":
+                name += " Backward"
+            if "Index Name" in node:
+                name += f" using {node['Index Name']}"
+            scans.append(f"{name} on {node['Relation Name']}")
+        for child in node.get("Plans") or []:
+            visit(child)
+
+    visit(plan)
+    return ", ".join(scans)
 
 
 async def http_sessions(
@@ -804,7 +814,6 @@ async def history(bench: Bench, rows: int) -> History:
         with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
             await conn.execute("CHECKPOINT")
         load_seconds = time.perf_counter() - began
-        room_id = ids[room]
 
         step.update(description=f"history {label}: {p.history_requests} pages", completed=0)
         step.update(total=p.history_requests)
@@ -837,13 +846,13 @@ async def history(bench: Bench, rows: int) -> History:
         served = histogram_delta(metrics_before, await scrape(bench.instances), _HTTP_METRIC)
 
         before = rng.randint(2, rows + 1)
-        args = (room_id, before, 51)
+        args = (room, bench_username(0), before, 51)
         text_plan = await conn.fetch(f"EXPLAIN (ANALYZE, BUFFERS) {_PAGE_SQL}", *args)
         raw = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {_PAGE_SQL}", *args)
         plan = (json.loads(raw) if isinstance(raw, str) else raw)[0]
-        await conn.execute(f"PREPARE bench_page(bigint, bigint, int) AS {_PAGE_SQL}")
+        await conn.execute(f"PREPARE bench_page(text, text, bigint, int) AS {_PAGE_SQL}")
         await conn.execute("SET plan_cache_mode = force_generic_plan")
-        execute = "EXECUTE bench_page({}, {}, {})".format(*args)
+        execute = "EXECUTE bench_page('{}', '{}', {}, {})".format(*args)
         raw = await conn.fetchval(f"EXPLAIN (FORMAT JSON) {execute}")
         generic = (json.loads(raw) if isinstance(raw, str) else raw)[0]
         await conn.execute("DEALLOCATE bench_page")

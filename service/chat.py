@@ -34,7 +34,7 @@ from .db import Unavailable
 from .fanout import Fanout
 from .hubs import Hubs, Joined, Removed
 from .hubs import Member as HubMember
-from .members import Change, StreamEvent
+from .members import Change, StreamEvent, readable
 from .presence import Presence
 from .protocol import (
     CLOSE_RESTART,
@@ -452,6 +452,17 @@ class Chat:
         return await self._store.page(
             room_id, room, before=before, after=after, limit=limit, user=user
         )
+
+    async def readable_history(
+        self, room: str, user: str, *, before: int | None, after: int | None, limit: int
+    ) -> Page:
+        """`history` of `room` by name, when `user` may read it (members.readable: NotFound,
+        Forbidden), the check and the page read together."""
+        access, page = await self._store.readable_page(
+            room, user, before=before, after=after, limit=limit
+        )
+        readable(room, access)
+        return page
 
     async def around(self, room_id: int, room: str, seq: int, limit: int, user: str) -> Around:
         return await self._store.around(room_id, room, seq, limit, user)

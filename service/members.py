@@ -46,6 +46,18 @@ class Access(NamedTuple):
     role: str | None  # the caller's role, None when not a member (public rooms only)
 
 
+def readable(room: str, row: Any) -> Access:
+    """The rule of who may read a room, applied to a row of its id, kind and the user's role
+    (None: not a member), or to no row (no such room): a public room anyone, a private room
+    or dm its members only (an admin too must add themselves first, visibly; and never to a
+    dm). NotFound for no row, Forbidden for a room the user may not read."""
+    if row is None:
+        raise NotFound(f"room {room} does not exist")
+    if row.kind != "public" and row.role is None:
+        raise Forbidden(f"not a member of {room}")
+    return Access(int(row.id), str(row.kind), row.role)
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     """A committed membership change, for the notifications: the room's log event (private
@@ -553,21 +565,15 @@ class Members:
         NotFound for an unknown room, Forbidden otherwise."""
         async with reading(self._engine) as conn:
             row = (await conn.execute(_ACCESS, {"name": room, "username": user})).one_or_none()
-        if row is None:
-            raise NotFound(f"room {room} does not exist")
-        if row.kind != "public" and row.role is None:
-            raise Forbidden(f"not a member of {room}")
-        return Access(int(row.id), str(row.kind), row.role)
+        return readable(room, row)
 
     async def room_info(self, room: str, user: str) -> dict[str, Any]:
         """`room` in PROTOCOL.md's room form as `user` sees it; NotFound, Forbidden as
         `access`. For a public room the user is not in, their fields are null."""
         async with reading(self._engine) as conn:
             row = (await conn.execute(_ROOM_INFO, {"name": room, "username": user})).one_or_none()
-        if row is None:
-            raise NotFound(f"room {room} does not exist")
-        if row.kind != "public" and row.role is None:
-            raise Forbidden(f"not a member of {room}")
+        readable(room, row)
+        assert row is not None  # readable raised otherwise
         return _room_form(row)
 
     async def my_rooms(self, user: str, limit: int, cursor: str | None = None) -> ListPage:

@@ -204,8 +204,8 @@ _COLUMNS = (
 # and a second pass over the page cost more (a history page's CPU in the instance).
 _MINE_COLUMN = (
     "CASE WHEN reactions IS NOT NULL AND CAST(:user AS text) IS NOT NULL THEN ARRAY("
-    "SELECT r.emoji FROM reactions r WHERE r.room_id = messages.room_id"
-    " AND r.seq = messages.seq AND r.username = CAST(:user AS text)) END AS mine"
+    "SELECT x.emoji FROM reactions x WHERE x.room_id = messages.room_id"
+    " AND x.seq = messages.seq AND x.username = CAST(:user AS text)) END AS mine"
 )
 _ADDRESSED = f"{_COLUMNS}, {_MINE_COLUMN}"
 _NEWEST_BEFORE = text(
@@ -219,6 +219,31 @@ _OLDEST_AFTER = text(
 _OLDEST_FROM = text(
     f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq >= :start "
     "ORDER BY seq LIMIT :limit"
+)
+# A history page together with the caller's right to read it, in one statement: the room by
+# name with the caller's role in it, then, only when they may read it (a public room, or
+# one they are a member of: members.readable, which the caller applies again), its page. No
+# row: no such room. One round trip and one connection where the check and the page took
+# two of each (a page's CPU in the instance: 1.3 against 1.5 ms).
+_READABLE = (
+    "SELECT a.id, a.kind, a.role, p.* FROM (SELECT r.id, r.kind, m.role FROM rooms r"
+    " LEFT JOIN members m ON m.room_id = r.id AND m.username = CAST(:user AS text)"
+    " WHERE r.name = :room) AS a LEFT JOIN LATERAL ({page}) AS p"
+    " ON a.kind = 'public' OR a.role IS NOT NULL ORDER BY p.seq {order}"
+)
+_READABLE_NEWEST = text(
+    _READABLE.format(
+        page=f"SELECT {_ADDRESSED} FROM messages WHERE room_id = a.id AND seq < :before"
+        " ORDER BY seq DESC LIMIT :limit",
+        order="DESC",
+    )
+)
+_READABLE_OLDEST = text(
+    _READABLE.format(
+        page=f"SELECT {_ADDRESSED} FROM messages WHERE room_id = a.id AND seq > :after"
+        " ORDER BY seq LIMIT :limit",
+        order="ASC",
+    )
 )
 # The log is messages and events by (room_id, seq): two range scans of their primary keys,
 # merged. A message row has a NULL kind.
@@ -583,6 +608,30 @@ class PostgresStore:
                 return Page(_rows(room, rows[:limit], user), len(rows) > limit)
             start = MAX_SEQ if before is None else before
             return await _newest(conn, room_id, room, start, limit, user)
+
+    async def readable_page(
+        self, room: str, user: str, *, before: int | None, after: int | None, limit: int
+    ) -> tuple[Any, Page]:
+        """`page` for `user` by the room's name, with what decides whether they may read it:
+        a row of the room's id, kind and their role (None when there is no such room), and
+        the page, empty unless the room is public or they are a member. The caller applies
+        members.readable to the row before it answers anything."""
+        params: dict[str, Any] = {"room": room, "user": user, "limit": limit + 1}
+        if after is not None:
+            statement = _READABLE_OLDEST
+            params["after"] = after
+        else:
+            statement = _READABLE_NEWEST
+            params["before"] = MAX_SEQ if before is None else before
+        async with reading(self._engine) as conn:
+            rows = (await conn.execute(statement, params)).all()
+        if not rows:
+            return None, Page([], False)
+        found = [r[3:] for r in rows if r[3] is not None]
+        messages = found[:limit]
+        if after is None:
+            messages.reverse()
+        return rows[0], Page(_rows(room, messages, user), len(found) > limit)
 
     async def around(
         self, room_id: int, room: str, seq: int, limit: int, user: str | None = None
