@@ -217,8 +217,10 @@ _WAITING = (
     "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
     "AND wait_event_type = 'Lock' AND wait_event = ANY($1::text[]) AND query LIKE $2"
 )
-ADVISORY = (["advisory"], "%pg_advisory_xact_lock%")
-ROW = (["tuple", "transactionid"], "INSERT INTO presence%")
+# The instance's presence write is one call (service/sql/presence_set.sql): its waits, for
+# the key's advisory lock or for a row, are seen on that statement.
+ADVISORY = (["advisory"], "%chat_presence_set%")
+ROW = (["tuple", "transactionid"], "%chat_presence_set%")
 
 
 async def _until_waiting(conn: asyncpg.Connection, on: tuple[list[str], str]) -> None:
