@@ -438,26 +438,12 @@ class Chat:
         """The room's id, or None when nobody has used it yet."""
         return await self._rooms.find(room)
 
-    async def history(
-        self,
-        room_id: int,
-        room: str,
-        *,
-        before: int | None,
-        after: int | None,
-        limit: int,
-        user: str | None = None,
-    ) -> Page:
-        """A page of messages in their current state, addressed to `user`."""
-        return await self._store.page(
-            room_id, room, before=before, after=after, limit=limit, user=user
-        )
-
     async def readable_history(
         self, room: str, user: str, *, before: int | None, after: int | None, limit: int
     ) -> Page:
-        """`history` of `room` by name, when `user` may read it (members.readable: NotFound,
-        Forbidden), the check and the page read together."""
+        """A page of `room`'s messages in their current state, addressed to `user`, when they
+        may read it (members.readable: NotFound, Forbidden): the check and the page are read
+        together."""
         access, page = await self._store.readable_page(
             room, user, before=before, after=after, limit=limit
         )

@@ -208,14 +208,18 @@ _MINE_COLUMN = (
     " AND x.seq = messages.seq AND x.username = CAST(:user AS text)) END AS mine"
 )
 _ADDRESSED = f"{_COLUMNS}, {_MINE_COLUMN}"
-_NEWEST_BEFORE = text(
-    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq < :before "
-    "ORDER BY seq DESC LIMIT :limit"
+# A page's statements, on the room `{room}` names (a parameter, or the room a statement's
+# outer query found).
+_NEWEST = (
+    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = {{room}} AND seq < :before"
+    " ORDER BY seq DESC LIMIT :limit"
 )
-_OLDEST_AFTER = text(
-    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq > :after "
-    "ORDER BY seq LIMIT :limit"
+_OLDEST = (
+    f"SELECT {_ADDRESSED} FROM messages WHERE room_id = {{room}} AND seq > :after"
+    " ORDER BY seq LIMIT :limit"
 )
+_NEWEST_BEFORE = text(_NEWEST.format(room=":room_id"))
+_OLDEST_AFTER = text(_OLDEST.format(room=":room_id"))
 _OLDEST_FROM = text(
     f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq >= :start "
     "ORDER BY seq LIMIT :limit"
@@ -231,20 +235,8 @@ _READABLE = (
     " WHERE r.name = :room) AS a LEFT JOIN LATERAL ({page}) AS p"
     " ON a.kind = 'public' OR a.role IS NOT NULL ORDER BY p.seq {order}"
 )
-_READABLE_NEWEST = text(
-    _READABLE.format(
-        page=f"SELECT {_ADDRESSED} FROM messages WHERE room_id = a.id AND seq < :before"
-        " ORDER BY seq DESC LIMIT :limit",
-        order="DESC",
-    )
-)
-_READABLE_OLDEST = text(
-    _READABLE.format(
-        page=f"SELECT {_ADDRESSED} FROM messages WHERE room_id = a.id AND seq > :after"
-        " ORDER BY seq LIMIT :limit",
-        order="ASC",
-    )
-)
+_READABLE_NEWEST = text(_READABLE.format(page=_NEWEST.format(room="a.id"), order="DESC"))
+_READABLE_OLDEST = text(_READABLE.format(page=_OLDEST.format(room="a.id"), order="ASC"))
 # The log is messages and events by (room_id, seq): two range scans of their primary keys,
 # merged. A message row has a NULL kind.
 _RANGE = text(

@@ -156,9 +156,11 @@ async def _burst(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 
 @contextlib.asynccontextmanager
-async def _serving() -> AsyncIterator[int]:
+async def _serving(app: Any, ws: type, **options: Any) -> AsyncIterator[int]:
+    """A real uvicorn server of `app` on a free port, with `ws` as its WebSocket protocol;
+    yields the port."""
     config = uvicorn.Config(
-        _burst, host="127.0.0.1", port=0, ws=CountingProtocol, log_config=None, lifespan="on"
+        app, host="127.0.0.1", port=0, ws=ws, log_config=None, lifespan="on", **options
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -177,7 +179,7 @@ async def test_a_burst_of_frames_through_uvicorn_leaves_in_a_few_writes() -> Non
     """Through a real uvicorn server: 500 frames sent in one go arrive whole and in order,
     with the handshake, in a handful of system calls instead of 501."""
     Counting.sends = 0
-    async with _serving() as port:
+    async with _serving(_burst, CountingProtocol) as port:
         got = []
         async with asyncio.timeout(10):
             async with websockets.connect(f"ws://127.0.0.1:{port}/") as ws:
@@ -229,35 +231,18 @@ async def test_send_text_now_writes_in_order_and_refuses_where_send_would_wait()
     SENT_NOW.clear()
     # Without deflate, as the service runs (service/cli.py): compressed, the frames of x
     # would be a few bytes each.
-    config = uvicorn.Config(
-        _sends_now,
-        host="127.0.0.1",
-        port=0,
-        ws=CorkedWebSocketProtocol,
-        ws_per_message_deflate=False,
-        log_config=None,
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(20):
-            while not server.started:
+    serving = _serving(_sends_now, CorkedWebSocketProtocol, ws_per_message_deflate=False)
+    async with serving as port, asyncio.timeout(20):
+        async with websockets.connect(f"ws://127.0.0.1:{port}/", max_queue=1) as ws:
+            got = [await ws.recv() for _ in range(10)]
+            while "until paused" not in SENT_NOW:
                 await asyncio.sleep(0.01)
-            port = server.servers[0].sockets[0].getsockname()[1]
-            async with websockets.connect(f"ws://127.0.0.1:{port}/", max_queue=1) as ws:
-                got = [await ws.recv() for _ in range(10)]
-                while "until paused" not in SENT_NOW:
-                    await asyncio.sleep(0.01)
-                rest = []
-                with contextlib.suppress(websockets.ConnectionClosedOK):
-                    while True:
-                        rest.append(await ws.recv())
-            while "after close" not in SENT_NOW:
-                await asyncio.sleep(0.01)
-    finally:
-        server.should_exit = True
-        async with asyncio.timeout(10):
-            await task
+            rest = []
+            with contextlib.suppress(websockets.ConnectionClosedOK):
+                while True:
+                    rest.append(await ws.recv())
+        while "after close" not in SENT_NOW:
+            await asyncio.sleep(0.01)
     assert got == [f"now {i}" if i % 2 == 0 else f"asgi {i}" for i in range(10)]
     assert SENT_NOW["taken"] == [True] * 5
     assert SENT_NOW["before accept"] is False and SENT_NOW["after close"] is False
