@@ -69,6 +69,8 @@ class Resources:
     `rest_writes`."""
 
     engine: AsyncEngine
+    # The writer's own connection (PostgresStore's `writes`).
+    writes: AsyncEngine
     fanout: Fanout
     chat: Chat
     passwords: Passwords
@@ -83,11 +85,13 @@ class Resources:
         await self.chat.stop()
         self.passwords.close()
         await self.engine.dispose()
+        await self.writes.dispose()
 
 
 def build(settings: Settings) -> Resources:
     """Wire one instance: nothing here connects; `Chat.start` does."""
     engine = db.create_engine(settings)
+    writes = db.create_engine(settings, pool_size=1)
     instance_id = uuid.uuid4().hex
     key = FanoutKey.from_secret(settings.require_secret())
     fanout = Fanout(
@@ -116,7 +120,7 @@ def build(settings: Settings) -> Resources:
     )
     chat = Chat(
         settings,
-        store=PostgresStore(engine, key, settings.max_emoji_per_message),
+        store=PostgresStore(engine, key, settings.max_emoji_per_message, writes=writes),
         rooms=rooms,
         fanout=fanout,
         presence=presence,
@@ -137,6 +141,7 @@ def build(settings: Settings) -> Resources:
     )
     return Resources(
         engine,
+        writes,
         fanout,
         chat,
         passwords,

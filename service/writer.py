@@ -75,7 +75,7 @@ class MessageWriter:
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue(queue_max)
         self._task: asyncio.Task[None] | None = None
         self._recoveries: set[asyncio.Task[None]] = set()
-        self._forgotten_at = time.monotonic()
+        self._forgetter: asyncio.Task[None] | None = None
         self._stopped = False
 
     @property
@@ -85,6 +85,7 @@ class MessageWriter:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="message-writer")
+        self._forgetter = asyncio.create_task(self._forget_old_outcomes(), name="writer-forget")
 
     async def stop(self, timeout: float) -> None:
         """Finish what was submitted (each send is acked or failed), then stop."""
@@ -98,13 +99,10 @@ class MessageWriter:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await asyncio.gather(*self._recoveries, return_exceptions=True)
-        for task in [self._task, *self._recoveries]:
-            if task is not None:
-                task.cancel()
-        await asyncio.gather(
-            *(t for t in [self._task, *self._recoveries] if t is not None),
-            return_exceptions=True,
-        )
+        tasks = [t for t in [self._task, self._forgetter, *self._recoveries] if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._stopped = True
         while not self._queue.empty():
             self._queue.get_nowait().fail(Unavailable("shutting down"))
@@ -145,7 +143,6 @@ class MessageWriter:
 
     async def _commit(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()
-        await self._forget_old_outcomes()
         drafts = [p.draft for p in batch]
         batch_id = uuid.uuid4()
         try:
@@ -208,11 +205,11 @@ class MessageWriter:
         await self._resolve(batch, stored)
 
     async def _forget_old_outcomes(self) -> None:
-        now = time.monotonic()
-        if now - self._forgotten_at < _FORGET_EVERY_SECONDS:
-            return
-        self._forgotten_at = now
-        try:
-            await self._store.forget_batches(datetime.now(UTC) - OUTCOME_KEPT)
-        except Exception as error:  # kept a little longer; tried again next time
-            log.warning("could not forget old batch outcomes: %s", error)
+        """Every _FORGET_EVERY_SECONDS, in a task of its own: never in a batch's way (it was
+        once a minute before a batch, a transaction of its own that the batch waited for)."""
+        while True:
+            await asyncio.sleep(_FORGET_EVERY_SECONDS)
+            try:
+                await self._store.forget_batches(datetime.now(UTC) - OUTCOME_KEPT)
+            except Exception as error:  # kept a little longer; tried again next time
+                log.warning("could not forget old batch outcomes: %s", error)

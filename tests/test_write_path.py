@@ -15,6 +15,7 @@ import asyncpg
 import pytest
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from service import db
 from service.db import OutcomeUnknown
 from service.protocol import (
     NOTIFY_INLINE_MAX_BYTES,
@@ -250,6 +251,44 @@ async def pg_store(database_url: str) -> AsyncIterator[PostgresStore]:
         yield PostgresStore(engine, KEY)
     finally:
         await engine.dispose()
+
+
+async def test_the_writer_stores_on_a_connection_of_its_own(own_database: str) -> None:
+    """With `writes`, every batch runs on that engine's one connection (one backend, which
+    keeps chat_post_messages() compiled and planned), never on the shared pool, even while
+    the pool's connections are busy with reads; reads and recovery stay on the pool. (A
+    database of its own: no other test's backends in pg_stat_activity.)"""
+    settings = Settings(database_url=own_database)
+    engine = db.create_engine(settings)
+    writes = db.create_engine(settings, pool_size=1)
+    assert writes.pool.size() == 1  # type: ignore[attr-defined]
+    store = PostgresStore(engine, KEY, writes=writes)
+    pg = await asyncpg.connect(own_database, timeout=10)
+    author = await make_user(pg)
+    room_id = await make_room(pg)
+    try:
+        async with engine.connect() as busy:  # a read holding one of the pool's connections
+            await busy.exec_driver_sql("SELECT 1")
+            batches = []
+            for i in range(3):
+                batch = uuid.uuid4()
+                await store.store([Draft(room_id, "r", author, f"m{i}", None)], None, batch)
+                batches.append(batch)
+        assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]  # the read's alone
+        writers = await pg.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query LIKE '%chat_post_messages(%' AND pid <> pg_backend_pid()"
+        )
+        async with writes.connect() as conn:
+            pid = (await conn.exec_driver_sql("SELECT pg_backend_pid()")).scalar()
+        assert [r["pid"] for r in writers] == [pid]
+        assert await store.recover([], batches[0]) is not None  # read back on the pool
+        assert engine.pool.checkedin() == 1  # type: ignore[attr-defined]
+        assert writes.pool.checkedin() == 1  # type: ignore[attr-defined]
+    finally:
+        await pg.close()
+        await engine.dispose()
+        await writes.dispose()
 
 
 async def test_a_batch_outcome_is_recorded_and_read_back(
