@@ -446,6 +446,13 @@ def fanout_body(instance: int) -> str:
     return f"{instance} {time.time_ns()} {BODY_TEXT}"
 
 
+def staggered(start: float, rate: float, k: int, senders: int) -> float:
+    """When sender `k` of `senders`, each at `rate` messages/s, first sends: spread evenly
+    over one interval, so the total offered load arrives at an even pace (as Synapse's
+    latency senders do) rather than in bursts of one message per sender."""
+    return start + k / (rate * senders)
+
+
 async def paced_sender(
     ws: ClientConnection,
     room: str,

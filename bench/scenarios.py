@@ -346,7 +346,7 @@ async def fanout(bench: Bench) -> Fanout:
                     rooms[k],
                     k % 2,
                     rate=rate,
-                    start=start,
+                    start=clients.staggered(start, rate, k, len(senders)),
                     measure_from=measure_from,
                     stop_at=stop_at,
                     tally=tally,

@@ -227,9 +227,13 @@ async def fanout(run: SocketIoRun) -> Fanout:
                 asyncio.gather(
                     *(
                         _paced(
-                            s, rate=rate, start=start, measure_from=measure_from, stop_at=stop_at
+                            s,
+                            rate=rate,
+                            start=clients.staggered(start, rate, k, len(senders)),
+                            measure_from=measure_from,
+                            stop_at=stop_at,
                         )
-                        for s in senders
+                        for k, s in enumerate(senders)
                     )
                 ),
                 step.tick(stop_at - time.perf_counter()),

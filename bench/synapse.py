@@ -218,7 +218,7 @@ async def latency(
 
     async def paced(k: int, http: aiohttp.ClientSession) -> None:
         interval = len(rooms) / p.peer_latency_rate
-        due = start + k * interval / len(rooms)  # rooms staggered across the interval
+        due = clients.staggered(start, 1 / interval, k, len(rooms))
         while due < stop_at:
             await asyncio.sleep(max(due - time.perf_counter(), 0))
             timed = due >= measure_from
