@@ -209,7 +209,10 @@ BEGIN
               FROM named nm) AS t
         JOIN fresh f ON f.ord = t.ord
         GROUP BY t.ord, t.seq, t.chunk
-    ), noted AS (  -- each new message as its notification entry: inline, or a ref if large
+    ), noted AS MATERIALIZED (  -- each new message as its notification entry: inline, or a
+          -- ref if large. Materialized: referenced once, PostgreSQL would inline it into the
+          -- final join below, whose nested loop then built every entry once per row of the
+          -- batch (n² json_build_object calls: 95 of a 100-message batch's 99 ms).
         SELECT f.ord, octet_length(j.entry::text) > p_inline_max AS is_ref,
                CASE WHEN octet_length(j.entry::text) > p_inline_max
                     THEN json_build_object('room_id', f.r, 'seq', f.seq)
