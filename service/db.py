@@ -41,11 +41,14 @@ class Unavailable(Exception):
 def create_engine(settings: Settings, *, pool_size: int | None = None) -> AsyncEngine:
     """The instance's pool: `settings.db_pool_size` connections (as many again in overflow),
     or exactly `pool_size` (no overflow)."""
-    size = settings.db_pool_size if pool_size is None else pool_size
+    if pool_size is None:
+        size, overflow = settings.db_pool_size, settings.db_pool_size
+    else:
+        size, overflow = pool_size, 0
     return create_async_engine(
         settings.sqlalchemy_url,
         pool_size=size,
-        max_overflow=settings.db_pool_size if pool_size is None else 0,
+        max_overflow=overflow,
         # No pre-ping: with asyncpg it is BEGIN; ROLLBACK around each checkout (3 round
         # trips). A connection found dead raises an outage error (callers answer
         # `unavailable`, clients retry) and SQLAlchemy then recycles the whole pool.
