@@ -39,6 +39,7 @@ POOL = 50_000
 PER_ROOM = 2_000
 MEMBER_ROOMS = 50
 REQUESTS = 300  # per kind of query
+_SLOWEST = 5  # the queries reported with how they were found
 # Common Han characters, the runs of the bodies that have some.
 HAN = (
     "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年得就那要下以生会自着去之过家"
@@ -218,13 +219,14 @@ async def _ways(
 ) -> tuple[dict[str, list[str]], dict[str, float]]:
     """Each timed query again through service/search.py's Search in this process (no HTTP):
     by kind, how many the walk found and how many the index, the rows walked and the
-    rounds, and the p99 time."""
+    rounds, and the p99 time; and the slowest queries, each with how it was found."""
     engine = create_engine(Settings(database_url=url))
     plans, p99 = {}, {}
     try:
         search = Search(engine)
         for kind, words in queries.items():
             times, walked, rounds, by_index = [], [], [], 0
+            each = []  # (ms, query, how it was found) of every query, for the slowest
             for q in words[20:]:
                 began = time.perf_counter()
                 found = await search.find(user, q)
@@ -232,15 +234,20 @@ async def _ways(
                 walked.append(found.walked)
                 rounds.append(found.rounds)
                 by_index += found.by_index
+                way = "index" if found.by_index else "walk"
+                each.append((times[-1], q, f"{way}, {found.walked:,} rows in {found.rounds}"))
                 advance()
             ms = Percentiles.of(times)
+            slowest = sorted(each, reverse=True)[:_SLOWEST]
             rows = Percentiles.of([float(n) for n in walked])
             p99[kind] = ms.p99
             plans[kind] = [
                 f"q=... {len(words) - 20} queries: walk {len(words) - 20 - by_index}, index "
                 f"{by_index}; rows walked p50 {rows.p50:,.0f} p99 {rows.p99:,.0f} of the rooms' "
                 f"{member_messages:,}; rounds up to {max(rounds)}; in process p50 {ms.p50} ms, "
-                f"p99 {ms.p99} ms"
+                f"p99 {ms.p99} ms",
+                "q=... slowest: "
+                + "; ".join(f"{q!r} {how} rounds, {t:.1f} ms" for t, q, how in slowest),
             ]
     finally:
         await engine.dispose()

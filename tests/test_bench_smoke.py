@@ -110,6 +110,12 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         assert total > 0 and walked + indexed == total, line
         found[kind] = walked, indexed
     assert found["common"][0] > 0 and found["cjk2"][1] > 0, ways
+    # And the slowest queries of each kind, each with how it was found.
+    for kind, lines in data["details"]["search"]["10k"]["plans"].items():
+        slowest = re.findall(
+            r"'[^']+' (?:walk|index), [\d,]+ rows in \d+ rounds, [\d.]+ ms", lines[1]
+        )
+        assert lines[1].startswith("q=... slowest: ") and len(slowest) == 5, (kind, lines)
     transports = data["details"]["transports"]
     assert [(t["ws"], t["loop"]) for t in transports] == TRANSPORTS
     assert [t["missing"] for t in transports] == [0] * len(TRANSPORTS)
