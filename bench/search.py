@@ -235,7 +235,8 @@ async def _ways(
                 rounds.append(found.rounds)
                 by_index += found.by_index
                 way = "index" if found.by_index else "walk"
-                each.append((times[-1], q, f"{way}, {found.walked:,} rows in {found.rounds}"))
+                how = f"{way}, {found.walked:,} rows in {found.rounds} rounds"
+                each.append((times[-1], q, how))
                 advance()
             ms = Percentiles.of(times)
             slowest = sorted(each, reverse=True)[:_SLOWEST]
@@ -246,8 +247,7 @@ async def _ways(
                 f"{by_index}; rows walked p50 {rows.p50:,.0f} p99 {rows.p99:,.0f} of the rooms' "
                 f"{member_messages:,}; rounds up to {max(rounds)}; in process p50 {ms.p50} ms, "
                 f"p99 {ms.p99} ms",
-                "q=... slowest: "
-                + "; ".join(f"{q!r} {how} rounds, {t:.1f} ms" for t, q, how in slowest),
+                "q=... slowest: " + "; ".join(f"{q!r} {how}, {t:.1f} ms" for t, q, how in slowest),
             ]
     finally:
         await engine.dispose()
