@@ -99,6 +99,8 @@ def test_smoke_run_reports_every_figure(tmp_path: Path) -> None:
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (name, value)
     assert data["machine"]["cores"] > 0 and data["postgres"]["version"]
     assert "pk_messages" in data["details"]["history"]["10k"]["node"]
+    # The searcher reads the 50 rooms of this size and no others (counted from `members`).
+    assert data["details"]["search"]["10k"]["member_rooms"] == 50
     # How each kind of search was found (the walk or the GIN index: service/search.py): the
     # smoke data's common words mostly by walking, the Chinese pairs by the index.
     ways = {kind: lines[0] for kind, lines in data["details"]["search"]["10k"]["plans"].items()}
