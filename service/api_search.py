@@ -40,9 +40,8 @@ async def search(
     gate: SearchGate = request.app.state.search_gate
     async with gate.admit(user):
         room_id = None if room is None else (await members.access(room, user)).room_id
-        found = await Search(request.app.state.engine).find(
-            user, q, room_id=room_id, cursor=cursor, limit=limit
-        )
+        searcher: Search = request.app.state.search
+        found = await searcher.find(user, q, room_id=room_id, cursor=cursor, limit=limit)
     results = [m.to_wire() for m in found.messages]
     body = orjson.dumps({"results": results, "next_cursor": found.next_cursor})
     return Response(body, media_type="application/json")

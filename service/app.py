@@ -34,7 +34,7 @@ from .readiness import DatabaseCheck
 from .readstate import ReadState
 from .refusals import Refused
 from .rooms import RoomDirectory
-from .search import SearchesBusy, SearchGate
+from .search import Search, SearchesBusy, SearchGate
 from .security import Passwords, PasswordsBusy, default_password_threads
 from .sessions import Sessions
 from .settings import Settings
@@ -225,6 +225,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.members = resources.members
         app.state.sessions = resources.sessions
         app.state.engine = engine = resources.engine
+        app.state.search = Search(engine)  # one per app: it keeps the lexemes' statistics
         app.state.database_check = DatabaseCheck(lambda: db.ping(engine))
         await chat.start()
         await resources.sessions.start()

@@ -18,19 +18,24 @@ cursor carries, found one of two ways:
   the primary key's ranges of the rooms), then the newest. Its cost follows the word's
   postings in the whole table, however few of them are in the caller's rooms.
 
-Every search starts walking (first windows of _PROBE rows in all cost about a third of
-the index's fixed cost), and after each round compares what walking on would cost (the
-matches still wanted over the density seen so far) with what the index would (its fixed
-cost plus the postings that density gives the whole table), and switches when the index is
-cheaper, or once the walk has cost what the index would. The planner cannot make this
-choice: a prefix query (`'qwen':*`) has no statistics, so its estimate is a constant.
-bench/search.py measures both at 1M and 10M.
+A search compares what walking would cost (the matches wanted over their density) with what
+the index would (its fixed cost plus the postings that density gives the whole table). Before
+any walking the density is the share of messages the planner's statistics give the query's
+rarest word (pg_stats keeps the commonest lexemes of the table with their shares), so a rare
+word goes to the index at once; otherwise the walk starts (first windows of _PROBE rows in
+all), and after each round the density is what the walk met, the statistics' share counting
+as one match more, and it switches when the index is cheaper, or once the walk has cost what
+the index would. The planner cannot make this choice itself: the walk is rounds of
+statements, not a plan. bench/search.py measures both at 1M and 10M.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import math
+import re
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -110,6 +115,16 @@ _SEEK = text(
     " CROSS JOIN LATERAL (SELECT m.seq, m.created_at FROM messages m WHERE m.room_id = p.room"
     " AND m.seq <= p.at_seq ORDER BY m.seq DESC LIMIT 1) AS f"
 )
+# The lexemes' statistics that ANALYZE (autovacuum's too) keeps for the planner: the
+# commonest lexemes (ten times the statistics target: 1,000 by default), each with the share
+# of the messages that hold it, then the least and the greatest of those shares.
+_LEXEME_STATS = text(
+    "SELECT CAST(CAST(most_common_elems AS text) AS text[]) AS lexemes,"
+    " most_common_elem_freqs AS shares FROM pg_stats WHERE schemaname = current_schema()"
+    " AND tablename = 'messages' AND attname = 'search'"
+)
+_STATS_SECONDS = 60.0  # how long a Search trusts the statistics it read
+_ITEM = re.compile(r"'([^']*)'(:\*)?")  # a lexeme of a tsquery literal, and whether a prefix
 _BY_KEY = text("SELECT set_config('enable_bitmapscan', 'off', true)")
 _BY_INDEX = text("SELECT set_config('enable_bitmapscan', 'on', true)")
 _FIRST = (datetime.max.replace(tzinfo=UTC), 0, 0)
@@ -123,19 +138,66 @@ _INDEX_FIXED = 2700.0
 _INDEX_PER_POSTING = 0.2
 
 
-def density(matches: int, walked: int) -> float:
+@dataclass(frozen=True, slots=True)
+class LexemeShares:
+    """The statistics' commonest lexemes (sorted) with the share of messages holding each,
+    and the least of those shares: a lexeme not listed is in about that share or fewer."""
+
+    lexemes: list[str]
+    shares: list[float]
+    least: float
+
+    @classmethod
+    def of(cls, lexemes: Sequence[str] | None, shares: Sequence[float] | None) -> LexemeShares:
+        """From pg_stats' most_common_elems and most_common_elem_freqs (the shares of the
+        lexemes, then their least and greatest); empty when ANALYZE has not run yet."""
+        if not lexemes or not shares or len(shares) < len(lexemes) + 2:
+            return cls([], [], 1.0)
+        ordered = sorted(zip(lexemes, shares, strict=False))
+        least = float(shares[len(lexemes)])
+        return cls([k for k, _ in ordered], [float(v) for _, v in ordered], max(least, 1e-9))
+
+    def share(self, tsquery: str) -> float | None:
+        """At most what share of the messages match `tsquery` (search_text.parse_query's:
+        its lexemes are all required), or None without statistics. A prefix's share is
+        the sum of its listed lexemes' (those not listed are left out: a rare word's
+        share stays its own), or the least share when none is listed."""
+        if not self.lexemes:
+            return None
+        bound = 1.0
+        for lexeme, prefix in _ITEM.findall(tsquery):
+            at = bisect.bisect_left(self.lexemes, lexeme)
+            if prefix:
+                upto = bisect.bisect_left(self.lexemes, lexeme + "\U0010ffff", at)
+                share = math.fsum(self.shares[at:upto]) or self.least
+            elif at < len(self.lexemes) and self.lexemes[at] == lexeme:
+                share = self.shares[at]
+            else:
+                share = self.least
+            bound = min(bound, share)
+        return bound
+
+
+def density(matches: int, walked: int, prior: float | None = None) -> float:
     """The share of messages that match, after walking `walked` rows and meeting `matches`
     (newer than the cursor or not); one more than seen, so that a first window with a
-    match or two does not take a word of one message in two hundred for a rare one."""
-    return (matches + 1) / max(walked, 1)
+    match or two does not take a word of one message in two hundred for a rare one. With
+    the statistics' share (`prior`), that one more is spread over the rows the share says
+    one match takes: before any walking the density is the share, and what is walked
+    outweighs it as it grows (the caller's rooms need not be like the whole table)."""
+    if prior is None:
+        return (matches + 1) / max(walked, 1)
+    return (matches + 1) / (walked + 1 / prior)
 
 
-def index_is_cheaper(matches: int, walked: int, wanted: int, table_rows: float) -> bool:
+def index_is_cheaper(
+    matches: int, walked: int, wanted: int, table_rows: float, prior: float | None = None
+) -> bool:
     """Whether the index would cost less than walking on for `wanted` more matches, or
     less than the walk has cost already. The second bounds what no density foresees: a room
     of many messages newer than the matches, none of them matching, is read through before
     the page is known; stopping there keeps a search within twice the index's cost."""
-    share = density(matches, walked)
+    share = density(matches, walked, prior)
     index = _INDEX_FIXED + _INDEX_PER_POSTING * share * table_rows
     return index < wanted / share or index < walked
 
@@ -207,6 +269,16 @@ class Search:
     def __init__(self, engine: AsyncEngine, timeout_ms: int = 5000) -> None:
         self._engine = engine
         self._timeout = str(timeout_ms)
+        self._shares = LexemeShares([], [], 1.0)
+        self._shares_until = 0.0  # time.monotonic() when they are read again
+
+    async def _lexeme_shares(self, conn: AsyncConnection) -> LexemeShares:
+        """The statistics of the lexemes, read again once a minute (ANALYZE changes them)."""
+        if time.monotonic() >= self._shares_until:
+            row = (await conn.execute(_LEXEME_STATS)).first()
+            self._shares = LexemeShares.of(*row) if row else LexemeShares([], [], 1.0)
+            self._shares_until = time.monotonic() + _STATS_SECONDS
+        return self._shares
 
     async def find(
         self,
@@ -232,7 +304,8 @@ class Search:
             walk = _Walked()
             if heads:
                 table_rows = max(float(settings.table_rows), sum(r.last_seq for r in heads))
-                walk = await _walked(conn, heads, query, position, limit + 1, table_rows)
+                prior = (await self._lexeme_shares(conn)).share(query)
+                walk = await _walked(conn, heads, query, position, limit + 1, table_rows, prior)
                 if walk.found is None:
                     at, after_room, after_seq = position
                     params = {
@@ -275,9 +348,13 @@ async def _walked(
     position: tuple[datetime, int, int],
     wanted: int,
     table_rows: float,
+    prior: float | None = None,
 ) -> _Walked:
     """The newest `wanted` matches older than `position`, walking the rooms back (the
-    module's docstring); found None as soon as the index would cost less than walking on."""
+    module's docstring); found None as soon as the index would cost less than walking on,
+    before the first round if the statistics' share (`prior`) says so."""
+    if prior is not None and index_is_cheaper(0, 0, wanted + 1, table_rows, prior):
+        return _Walked(None, 0, 0)
     first = min(_PROBE_MAX, max(2, _PROBE // len(heads)))
     walks = {
         int(r.id): _Walk(r.last_seq, first, (_FIRST[0], int(r.id), r.last_seq + 1))
@@ -318,13 +395,13 @@ async def _walked(
         else:
             todo = going
         missing = wanted - len(found) + 1
-        if todo and index_is_cheaper(matches, walked, missing, table_rows):
+        if todo and index_is_cheaper(matches, walked, missing, table_rows, prior):
             return _Walked(None, rounds, walked)
         # The next windows: what the matches still missing take at the density seen, with
         # half again to spare, shared by the rooms that go on; at most _GROWTH times longer.
         # With the page full, or in a room whose window was all newer than the cursor
         # (nothing in it could count), what is left is reaching a time: _GROWTH times longer.
-        share = math.ceil(1.5 * missing / density(matches, walked) / max(len(todo), 1))
+        share = math.ceil(1.5 * missing / density(matches, walked, prior) / max(len(todo), 1))
         full = len(found) == wanted
         for room in todo:
             walk = walks[room]

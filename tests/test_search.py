@@ -24,7 +24,7 @@ import service.search as search_module
 from service import migrate
 from service.app import create_app
 from service.db import create_engine
-from service.search import _FIND, _FIRST, _WINDOWS, Search
+from service.search import _FIND, _FIRST, _WINDOWS, LexemeShares, Search
 from service.search_text import parse_query, search_vector
 from service.settings import Settings
 from tests.support import User, app_client, new_user, unique
@@ -481,3 +481,78 @@ async def test_walk_and_index_agree_with_every_match(
                     assert got == expected, (word, way, limit)
     finally:
         await engine.dispose()
+
+
+def test_lexeme_shares_bound_a_query_by_its_rarest_lexeme() -> None:
+    """The statistics' shares (pg_stats' most_common_elems and their frequencies, then the
+    least and the greatest) say at most what share of the messages a query can match: a
+    prefix sums its listed lexemes, a lexeme not listed has the least share, and a query
+    whose lexemes are all required is bounded by its rarest."""
+    shares = LexemeShares.of(["qwen", "abc", "abd", "~北京"], [0.3, 0.2, 0.05, 0.01, 0.01, 0.3])
+    assert shares.least == 0.01
+    assert shares.share(parse_query("ab")) == pytest.approx(0.25)  # abc and abd
+    assert shares.share(parse_query("abd")) == pytest.approx(0.05)
+    assert shares.share(parse_query("qwen")) == pytest.approx(0.3)
+    assert shares.share(parse_query("zzz")) == pytest.approx(0.01)  # not listed: the least
+    assert shares.share(parse_query("qwen ab")) == pytest.approx(0.25)
+    assert shares.share(parse_query("北京")) == pytest.approx(0.01)  # '~北京', exact
+    assert shares.share(parse_query("北京市")) == pytest.approx(0.01)  # '~京市' not listed
+    assert shares.share(parse_query('"qwen abd"')) == pytest.approx(0.05)
+    # Before ANALYZE (or on a server that keeps none): no statistics, no share.
+    assert LexemeShares.of(None, None).share(parse_query("qwen")) is None
+    assert LexemeShares.of(["qwen"], [0.3]).share(parse_query("qwen")) is None
+
+
+def test_density_starts_at_the_statistics_share_and_follows_the_walk() -> None:
+    assert search_module.density(0, 0, 0.02) == pytest.approx(0.02)
+    assert search_module.density(0, 800) == pytest.approx(1 / 800)  # no share: one more
+    # Walked rows outweigh the share as they grow.
+    assert search_module.density(100, 100_000, 0.5) == pytest.approx(101 / 100_002)
+    # At 10M messages: a word of one message in 100,000 goes to the index at once, a word
+    # of one in twenty is walked, and without statistics nothing is decided before a walk.
+    assert search_module.index_is_cheaper(0, 0, 21, 10e6, 1e-5)
+    assert not search_module.index_is_cheaper(0, 0, 21, 10e6, 0.05)
+
+
+async def test_statistics_decide_before_the_first_round(own_database: str, secret_key: str) -> None:
+    """On a database of its own: after ANALYZE, Search reads the lexemes' shares from
+    pg_stats; a word they call rare goes to the GIN index without a round of the walk, a
+    word in most messages is walked; both find the same messages a brute-force query does."""
+    settings = Settings(database_url=own_database, secret_key=secret_key, log_format="text")
+    pg = await asyncpg.connect(own_database)
+    engine = create_engine(settings)
+    try:
+        await pg.execute("INSERT INTO users (username, password_hash) VALUES ('stats', 'x')")
+        room = await pg.fetchval("INSERT INTO rooms (name) VALUES ('stats') RETURNING id")
+        await pg.execute(
+            "INSERT INTO members (room_id, username, role) VALUES ($1, 'stats', 'member')", room
+        )
+        rows = [
+            (room, seq, f"usual {'seldom' if seq == 7 else 'filler'} w{seq % 50}")
+            for seq in range(1, 3001)
+        ]
+        await pg.executemany(
+            "INSERT INTO messages (room_id, seq, author, body, search)"
+            " VALUES ($1, $2, 'stats', $3, CAST($4 AS tsvector))",
+            [(r, s, b, search_vector(b)) for r, s, b in rows],
+        )
+        await pg.execute("UPDATE rooms SET last_seq = 3000 WHERE id = $1", room)
+        await pg.execute("ANALYZE messages")
+        searcher = Search(engine)
+        async with engine.connect() as conn:
+            shares = await searcher._lexeme_shares(conn)
+        assert shares.share(parse_query("usual")) == pytest.approx(1.0)
+        assert shares.share(parse_query("seldom")) == pytest.approx(shares.least)
+        assert shares.least < 0.05
+        # The model's table is 10M messages (its fixed cost is a walk of thousands of rows);
+        # a table this small would always walk, so the count is set as a large one's.
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(search_module, "_INDEX_FIXED", 0.0)
+            rare = await searcher.find("stats", "seldom")
+            usual = await searcher.find("stats", "usual", limit=5)
+        assert (rare.by_index, rare.rounds, [m.seq for m in rare.messages]) == (True, 0, [7])
+        assert not usual.by_index and usual.rounds >= 1
+        assert [m.seq for m in usual.messages] == [3000, 2999, 2998, 2997, 2996]
+    finally:
+        await engine.dispose()
+        await pg.close(timeout=5)
