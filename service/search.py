@@ -152,7 +152,7 @@ class LexemeShares:
         """From pg_stats' most_common_elems and most_common_elem_freqs (the shares of the
         lexemes, then their least and greatest); empty when ANALYZE has not run yet."""
         if not lexemes or not shares or len(shares) < len(lexemes) + 2:
-            return cls([], [], 1.0)
+            return _NO_SHARES
         ordered = sorted(zip(lexemes, shares, strict=False))
         least = float(shares[len(lexemes)])
         return cls([k for k, _ in ordered], [float(v) for _, v in ordered], max(least, 1e-9))
@@ -176,6 +176,9 @@ class LexemeShares:
                 share = self.least
             bound = min(bound, share)
         return bound
+
+
+_NO_SHARES = LexemeShares([], [], 1.0)  # no statistics (before ANALYZE): share() is None
 
 
 def density(matches: int, walked: int, prior: float | None = None) -> float:
@@ -269,14 +272,14 @@ class Search:
     def __init__(self, engine: AsyncEngine, timeout_ms: int = 5000) -> None:
         self._engine = engine
         self._timeout = str(timeout_ms)
-        self._shares = LexemeShares([], [], 1.0)
+        self._shares = _NO_SHARES
         self._shares_until = 0.0  # time.monotonic() when they are read again
 
     async def _lexeme_shares(self, conn: AsyncConnection) -> LexemeShares:
         """The statistics of the lexemes, read again once a minute (ANALYZE changes them)."""
         if time.monotonic() >= self._shares_until:
             row = (await conn.execute(_LEXEME_STATS)).first()
-            self._shares = LexemeShares.of(*row) if row else LexemeShares([], [], 1.0)
+            self._shares = LexemeShares.of(*row) if row else _NO_SHARES
             self._shares_until = time.monotonic() + _STATS_SECONDS
         return self._shares
 
@@ -348,7 +351,7 @@ async def _walked(
     position: tuple[datetime, int, int],
     wanted: int,
     table_rows: float,
-    prior: float | None = None,
+    prior: float | None,
 ) -> _Walked:
     """The newest `wanted` matches older than `position`, walking the rooms back (the
     module's docstring); found None as soon as the index would cost less than walking on,
