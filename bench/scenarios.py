@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import time
 import uuid
 from collections import Counter
@@ -741,13 +740,8 @@ async def transports(bench: Bench) -> list[Transport]:
 # client measures, minus the client's own overhead.
 _HTTP_METRIC = "chat_http_request_seconds"
 # The statement behind a history page (service/store.py, _READABLE_NEWEST: the caller's
-# right to read the room and its page), its named parameters numbered for asyncpg.
-_PAGE_PARAMS = ("room", "user", "before", "limit")
-_PAGE_SQL = re.sub(
-    r":(room|user|before|limit)\b",
-    lambda m: f"${_PAGE_PARAMS.index(m.group(1)) + 1}",
-    str(_READABLE_NEWEST.text),
-)
+# right to read the room and its page), its parameters room, user, before and limit.
+_PAGE_SQL = _READABLE_NEWEST
 
 
 def _node_path(plan: dict[str, Any]) -> str:

@@ -63,6 +63,9 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 router = APIRouter(prefix="/api")
+# A history page's size: at most, and when none is asked for.
+MAX_PAGE = 200
+DEFAULT_PAGE = 50
 RoomName = Annotated[str, Path(pattern=ROOM_PATTERN)]
 
 
@@ -433,37 +436,43 @@ async def room_messages(
     before: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     after: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
     around: Annotated[int | None, Query(ge=0, le=MAX_SEQ)] = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = DEFAULT_PAGE,
 ) -> Response:
     """A page of messages in their current state (tombstones included, `me` in each
     reaction), ascending seq: the newest `limit` before `before`, the oldest `limit` after
     `after`, up to `limit` centred on `around` (with `has_more_before` and
-    `has_more_after`), or the newest `limit`; `has_more` says whether more lie beyond."""
+    `has_more_after`), or the newest `limit`; `has_more` says whether more lie beyond.
+    An ordinary request (no `around`) is answered below FastAPI by fastpath.py, with
+    history_body as here."""
     if sum(p is not None for p in (before, after, around)) > 1:
         raise HTTPException(
             status.HTTP_422_UNPROCESSABLE_CONTENT, "give one of before, after and around"
         )
+    if around is None:
+        body = await history_body(chat, room, user, before=before, after=after, limit=limit)
+        return Response(body, media_type="application/json")
+    room_id = await _readable(members, room, user)
+    centred = await chat.around(room_id, room, around, limit, user)
     # Encoded directly: validating the page against PageOut again (FastAPI's default for a
     # returned dict) cost more than the query. PageOut still documents it.
-    body: dict[str, Any]
-    if around is not None:
-        room_id = await _readable(members, room, user)
-        centred = await chat.around(room_id, room, around, limit, user)
-        body = {
-            "room": room,
-            "messages": [m.to_wire() for m in centred.messages],
-            "has_more_before": centred.has_more_before,
-            "has_more_after": centred.has_more_after,
-        }
-    else:
-        # The check and the page in one statement (store.py, _READABLE).
-        page = await chat.readable_history(room, user, before=before, after=after, limit=limit)
-        body = {
-            "room": room,
-            "messages": [m.to_wire() for m in page.messages],
-            "has_more": page.has_more,
-        }
-    return Response(orjson.dumps(body), media_type="application/json")
+    centred_body = {
+        "room": room,
+        "messages": [m.to_wire() for m in centred.messages],
+        "has_more_before": centred.has_more_before,
+        "has_more_after": centred.has_more_after,
+    }
+    return Response(orjson.dumps(centred_body), media_type="application/json")
+
+
+async def history_body(
+    chat: Chat, room: str, user: str, *, before: int | None, after: int | None, limit: int
+) -> bytes:
+    """The JSON of a page before `before`, after `after` or the newest, for `user`; raises
+    NotFound or Forbidden as members.readable does. The check and the page are one statement
+    (store.py, _READABLE)."""
+    page = await chat.readable_history(room, user, before=before, after=after, limit=limit)
+    body = {"room": room, "messages": page.messages, "has_more": page.has_more}
+    return orjson.dumps(body)
 
 
 @router.post(

@@ -25,6 +25,7 @@ from . import api, api_log, api_rooms, api_search, db, logs, metrics, ws
 from .accounts import Accounts
 from .chat import Chat
 from .fanout import Fanout
+from .fastpath import HistoryPages
 from .guards import Guard
 from .members import Members
 from .presence import Presence
@@ -251,6 +252,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.add_middleware(HistoryPages)  # the ordinary history page, below FastAPI
     app.add_middleware(SecurityHeaders)
     app.add_middleware(ws.Endpoint)  # /ws, under the request context only
     # In front of /ws too: a handshake with a malformed Host or Origin is refused (403).

@@ -64,10 +64,10 @@ from .store import (
     ChangeDraft,
     Draft,
     Outcome,
-    Page,
     Posted,
     PostgresStore,
     Refusal,
+    WirePage,
 )
 from .writer import MessageWriter
 
@@ -440,7 +440,7 @@ class Chat:
 
     async def readable_history(
         self, room: str, user: str, *, before: int | None, after: int | None, limit: int
-    ) -> Page:
+    ) -> WirePage:
         """A page of `room`'s messages in their current state, addressed to `user`, when they
         may read it (members.readable: NotFound, Forbidden): the check and the page are read
         together."""

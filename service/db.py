@@ -96,6 +96,31 @@ async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
 
 
 @asynccontextmanager
+async def driver_reading(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection's asyncpg connection itself, for the hottest read (a history
+    page), where SQLAlchemy's execution of a statement cost more than asyncpg's: its
+    statements run outside any transaction and with asyncpg's own statement cache. An outage
+    invalidates the connection, so the pool replaces it, as SQLAlchemy does when one of its
+    own statements meets a dead connection (its dialect asks `is_closed()`). A connection
+    found in a state asyncpg cannot go on from (InternalClientError: a backend ended while
+    the connection was idle leaves its FATAL error half consumed) is replaced likewise, and
+    the read is an outage: answered 503, and retried on a new connection."""
+    with outages_unavailable():
+        async with engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver: asyncpg.Connection = raw.driver_connection
+            try:
+                yield driver
+            except Exception as error:
+                broken = isinstance(error, asyncpg.InternalClientError) or driver.is_closed()
+                if broken or is_outage(error):
+                    await conn.invalidate()
+                if broken:
+                    raise Unavailable(f"connection lost: {error}") from error
+                raise
+
+
+@asynccontextmanager
 async def writing(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     """A transaction, committed at the end of the block."""
     with outages_unavailable():

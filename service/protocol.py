@@ -90,6 +90,40 @@ def _timestamp(at: datetime) -> str:
 Reactions = tuple[tuple[str, int], ...]
 
 
+def message_wire(
+    room: str,
+    seq: int,
+    author: str,
+    body: str,
+    client_id: str | None,
+    created_at: datetime,
+    reply_to: int | None,
+    edited_at: datetime | None,
+    deleted: bool,
+    version: int,
+    reactions: Reactions,
+    mine: frozenset[str] | None,
+) -> dict[str, Any]:
+    """A message as REST answers and `message` frames carry it (StoredMessage.to_wire), from
+    its fields: a history page makes its messages' from the rows without the objects."""
+    return {
+        "room": room,
+        "seq": seq,
+        "author": author,
+        "body": body,
+        "created_at": _timestamp(created_at),
+        "client_id": client_id,
+        "reply_to": reply_to,
+        "edited_at": _timestamp(edited_at) if edited_at is not None else None,
+        "deleted": deleted,
+        "reactions": [
+            {"emoji": e, "count": c} if mine is None else {"emoji": e, "count": c, "me": e in mine}
+            for e, c in reactions
+        ],
+        "version": version or seq,
+    }
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A committed message in its current state: `(room, seq)` is its identity, `version`
@@ -112,25 +146,10 @@ class StoredMessage:
 
     def to_wire(self) -> dict[str, Any]:
         """The message as REST answers and `message` frames carry it."""
-        mine = self.mine
-        return {
-            "room": self.room,
-            "seq": self.seq,
-            "author": self.author,
-            "body": self.body,
-            "created_at": _timestamp(self.created_at),
-            "client_id": self.client_id,
-            "reply_to": self.reply_to,
-            "edited_at": _timestamp(self.edited_at) if self.edited_at is not None else None,
-            "deleted": self.deleted,
-            "reactions": [
-                {"emoji": e, "count": c}
-                if mine is None
-                else {"emoji": e, "count": c, "me": e in mine}
-                for e, c in self.reactions
-            ],
-            "version": self.version or self.seq,
-        }
+        return message_wire(
+            self.room, self.seq, self.author, self.body, self.client_id, self.created_at,
+            self.reply_to, self.edited_at, self.deleted, self.version, self.reactions, self.mine,
+        )  # fmt: skip
 
     def frame(self) -> str:
         """The `message` frame, encoded once and shared by every receiving socket."""
