@@ -15,6 +15,12 @@ with a byte every few seconds (slowloris), or send one header of gigabytes. Here
 
 A body is bounded by guards.py (its size and its time); a socket, after its handshake, by
 its pings.
+
+And its transport is corked as a socket's is (wsserver.CorkedTransport): uvicorn writes a
+response's head and its body separately, and the transport sends each write at once, so
+every response took two system calls and left as two segments. Corked, what a turn of the
+event loop writes leaves together, in one; a socket upgraded from the connection keeps the
+same corked transport.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Any
 
 import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from .wsserver import CorkedTransport
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +76,7 @@ class BoundedHeaders(HttpToolsProtocol):
             self._header_timer = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        super().connection_made(CorkedTransport(transport, self.loop))
         self._start_headers()
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -204,7 +204,8 @@ class CorkedWebSocketProtocol(WebSocketsSansIOProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        self.transport = CorkedTransport(self.transport, self.loop)
+        if not isinstance(self.transport, CorkedTransport):  # httpserver's is corked already
+            self.transport = CorkedTransport(self.transport, self.loop)
 
     def handle_connect(self, event: Request) -> None:
         super().handle_connect(event)
