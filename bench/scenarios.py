@@ -22,7 +22,10 @@ import orjson
 from websockets.asyncio.client import ClientConnection
 
 from service.settings import Settings
-from service.store import _READABLE_NEWEST
+
+# The statement behind a history page (the caller's right to read the room and its page),
+# its parameters room, user, before and limit.
+from service.store import _READABLE_NEWEST as _PAGE_SQL
 
 from . import clients
 from .cluster import Database, Server, bulk_load, chat_instance, create_rooms
@@ -739,9 +742,6 @@ async def transports(bench: Bench) -> list[Transport]:
 # The instances' own request timing (from the request to the end of the answer): what the
 # client measures, minus the client's own overhead.
 _HTTP_METRIC = "chat_http_request_seconds"
-# The statement behind a history page (service/store.py, _READABLE_NEWEST: the caller's
-# right to read the room and its page), its parameters room, user, before and limit.
-_PAGE_SQL = _READABLE_NEWEST
 
 
 def _node_path(plan: dict[str, Any]) -> str:

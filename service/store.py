@@ -349,8 +349,8 @@ def _addressed(room: str, r: Any, user: str | None) -> StoredMessage:
     return _message(room, r, frozenset(mine) if mine else _NOTHING_MINE)
 
 
-def _wired(room: str, r: Any, user: str) -> dict[str, Any]:
-    """A row of _ADDRESSED's columns as `user`'s wire message (_addressed(...).to_wire())."""
+def _wired(room: str, r: Any) -> dict[str, Any]:
+    """A row of _ADDRESSED's columns as its user's wire message (_addressed(...).to_wire())."""
     seq, author, body, client_id, at, reply_to, edited_at, deleted, version, reactions, mine = r
     return message_wire(
         room, seq, author, body, client_id, at, reply_to, edited_at, deleted, version,
@@ -680,7 +680,7 @@ class PostgresStore:
         access = RoomAccess(first[0], first[1], first[2])
         # Written from the rows (StoredMessage.to_wire's text, by message_wire): building
         # the messages first cost about a tenth of a page's time in the instance.
-        wired = [_wired(room, r[3:], user) for r in messages]
+        wired = [_wired(room, r[3:]) for r in messages]
         return access, WirePage(wired, len(found) > limit)
 
     async def around(
