@@ -300,9 +300,10 @@ class Chat:
         if not public and not (await self._rooms.standing(room_id, user)).readable:
             # Before presence: a non-member must not appear online, even for a moment.
             raise Forbidden(f"you are not a member of {room}")
-        await self._presence.join(room_id, room, user)
+        # The user's presence (a commit) is written while the hub reads the replay: `admit`
+        # waits for it, so nothing is sent to the member before the user is online.
+        arrival = asyncio.create_task(self._arrive(room_id, room, user), name="presence-join")
         try:
-            await self._presence.watch(room_id)
             standing: Standing | None = None
 
             async def admit() -> None:
@@ -310,6 +311,7 @@ class Chat:
                 standing = await self._rooms.standing(room_id, user, enrol=public)
                 if not standing.readable:
                     raise Forbidden(f"you are not a member of {room}")
+                await arrival
 
             def announce(joined: Joined) -> None:
                 assert standing is not None
@@ -350,13 +352,26 @@ class Chat:
         except BaseException:
             # The join did not happen: neither does its presence. Bounded and best effort:
             # the reaper removes what an outage leaves behind.
-            with contextlib.suppress(Exception):
-                await self._presence.leave(room_id, room, user)
+            arrival.cancel()
+            with contextlib.suppress(BaseException):  # the join's own error is raised below
+                await arrival
+                await self._presence.leave(room_id, room, user)  # it had arrived
             raise
         metrics.JOINED_ROOMS.inc()
         if standing is not None and standing.added:
             self.tell_soon((user,), rooms_changed(room, "added"))
         return room_id, kind
+
+    async def _arrive(self, room_id: int, room: str, user: str) -> None:
+        """The presence half of a join: the user is online in the room (written, unless
+        another of their connections here has it so) and this instance knows who else is.
+        Raises Unavailable, having undone its part."""
+        await self._presence.join(room_id, room, user)
+        try:
+            await self._presence.watch(room_id)
+        except BaseException:
+            await self._presence.leave(room_id, room, user)
+            raise
 
     async def leave(self, member: Member, room_id: int, room: str) -> None:
         """Unsubscribe `member`; its presence ends when it was the user's last connection

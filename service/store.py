@@ -273,7 +273,7 @@ class RoomAccess(NamedTuple):
 
 # The log is messages and events by (room_id, seq): two range scans of their primary keys,
 # merged. A message row has a NULL kind.
-_RANGE = text(
+_RANGE = _numbered(
     f"(SELECT NULL::text AS kind, {_ADDRESSED}, NULL::text AS subject, NULL::text AS op,"
     " NULL::text AS role, NULL::bigint AS target, NULL::text AS emoji, NULL::int AS count"
     " FROM messages"
@@ -282,7 +282,8 @@ _RANGE = text(
     " (SELECT kind, seq, actor, body, NULL, created_at, NULL, NULL, NULL, NULL, NULL, NULL,"
     " subject, op, role, target, emoji, count FROM events"
     " WHERE room_id = :room_id AND seq > :after AND seq <= :upto ORDER BY seq LIMIT :limit)"
-    " ORDER BY seq LIMIT :limit"
+    " ORDER BY seq LIMIT :limit",
+    ("room_id", "after", "upto", "limit", "user"),
 )
 _WHO_REACTED = text(
     "SELECT emoji, username FROM (SELECT emoji, username, row_number() OVER"
@@ -292,10 +293,11 @@ _WHO_REACTED = text(
 _MESSAGE = text(f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq = :seq")
 # A join's replay: the room's last seq and its newest messages, in one snapshot (one row
 # with NULL message columns when the room has none).
-_REPLAY = text(
+_REPLAY = _numbered(
     "SELECT rooms.last_seq, m.* FROM rooms LEFT JOIN LATERAL ("
     f"SELECT {_ADDRESSED} FROM messages WHERE room_id = rooms.id"
-    " ORDER BY seq DESC LIMIT :limit) AS m ON true WHERE rooms.id = :room_id ORDER BY m.seq DESC"
+    " ORDER BY seq DESC LIMIT :limit) AS m ON true WHERE rooms.id = :room_id ORDER BY m.seq DESC",
+    ("room_id", "limit", "user"),
 )
 _LAST_SEQS = text("SELECT id, last_seq FROM rooms WHERE id = ANY(CAST(:ids AS bigint[]))")
 # service/sql/post_messages.sql
@@ -617,9 +619,8 @@ class PostgresStore:
     async def replay(
         self, room_id: int, room: str, replay_limit: int, user: str | None = None
     ) -> Replay:
-        async with reading(self._engine) as conn:
-            params = {"room_id": room_id, "limit": replay_limit + 1, "user": user}
-            rows = (await conn.execute(_REPLAY, params)).all()
+        async with driver_reading(self._engine) as driver:
+            rows = await driver.fetch(_REPLAY, room_id, replay_limit + 1, user)
         last_seq = int(rows[0][0])
         found = [r[1:] for r in rows if r[1] is not None]
         messages = _rows(room, reversed(found[:replay_limit]), user)
@@ -628,9 +629,9 @@ class PostgresStore:
     async def fetch_range(
         self, room_id: int, room: str, after: int, upto: int, limit: int, user: str | None = None
     ) -> list[LogEntry]:
-        params = {"room_id": room_id, "after": after, "upto": upto, "limit": limit, "user": user}
-        async with reading(self._engine) as conn:
-            return _entries(room, (await conn.execute(_RANGE, params)).all(), user)
+        async with driver_reading(self._engine) as driver:
+            rows = await driver.fetch(_RANGE, room_id, after, upto, limit, user)
+        return _entries(room, rows, user)
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
         async with reading(self._engine) as conn:

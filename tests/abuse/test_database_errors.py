@@ -227,6 +227,18 @@ ADVISORY = (["advisory"], "%chat_presence_set%")
 ROW = (["tuple", "transactionid"], "%chat_presence_set%")
 
 
+async def _room_with_users(instance: Instance, count: int, prefix: str) -> tuple[list[User], str]:
+    """`count` new users, and a public room the first of them has posted in."""
+    async with httpx.AsyncClient(base_url=instance.url, timeout=20) as http:
+        users = [await new_user(http) for _ in range(count)]
+        room = unique(prefix)
+        r = await http.post(
+            f"/api/rooms/{room}/messages", json={"body": "x"}, headers=users[0].headers
+        )
+        assert r.status_code == 201, r.text
+    return users, room
+
+
 async def _until_waiting(conn: asyncpg.Connection, on: tuple[list[str], str]) -> None:
     """Until a session of the instance waits for the lock `on` names. `conn` must not be in
     a transaction: pg_stat_activity is read once per transaction."""
@@ -239,13 +251,7 @@ async def test_timeouts_cancels_and_deadlocks_are_answered(
     impatient: str, hostile_instances: Callable[..., Awaitable[list[Instance]]]
 ) -> None:
     (instance,) = await hostile_instances(1, impatient)
-    async with httpx.AsyncClient(base_url=instance.url, timeout=20) as http:
-        alice, bob, carol = [await new_user(http) for _ in range(3)]
-        room = unique("impatient-")
-        r = await http.post(
-            f"/api/rooms/{room}/messages", json={"body": "x"}, headers=alice.headers
-        )
-        assert r.status_code == 201, r.text
+    (alice, bob, carol), room = await _room_with_users(instance, 3, "impatient-")
     conn = await asyncpg.connect(impatient)  # holds the locks
     watch = await asyncpg.connect(impatient)  # looks at the instance's sessions
     try:
@@ -325,3 +331,55 @@ async def test_timeouts_cancels_and_deadlocks_are_answered(
     assert deadlocks >= 1
     assert deadlocked["type"] == "joined", deadlocked  # run again at once
     assert after["type"] == "ack"
+
+
+# A join's replay, as pg_stat_activity shows it (store._REPLAY).
+REPLAY = (["relation"], "%FROM rooms LEFT JOIN LATERAL%")
+
+
+async def test_a_join_that_fails_after_its_presence_was_written_leaves_no_presence(
+    impatient: str, hostile_instances: Callable[..., Awaitable[list[Instance]]]
+) -> None:
+    """A join's presence is written while its replay is read (service/chat.py): when the
+    read fails after the write, the join is answered `unavailable` and the user goes
+    offline again, for the members who saw them arrive and in the database."""
+    (instance,) = await hostile_instances(1, impatient)
+    (alice, bob), room = await _room_with_users(instance, 2, "half-joined-")
+    conn = await asyncpg.connect(impatient)  # holds the lock
+    watch = await asyncpg.connect(impatient)  # looks at the instance's sessions
+    try:
+        await conn.execute("SET statement_timeout = 0")
+        async with _sockets(instance.url, [alice, bob]) as (ws_alice, ws_bob):
+            await ws_alice.join(room)
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                await ws_bob.send(type="join", room=room, ref="b1")
+                await _until_waiting(watch, REPLAY)
+                async with asyncio.timeout(10):  # the presence write went through meanwhile
+                    while not await watch.fetchval(
+                        "SELECT count(*) FROM presence WHERE username = $1", bob.name
+                    ):
+                        await asyncio.sleep(0.01)
+                await watch.execute(f"SELECT pg_cancel_backend(pid) {_WAITING}", *REPLAY)
+                failed = await _answer(ws_bob, "b1")
+            seen: list[tuple[str, str]] = []
+            async with asyncio.timeout(20):  # bob came and went, for alice
+                while ("leave", bob.name) not in seen:
+                    frame = await ws_alice.recv(20)
+                    if frame["type"] == "presence":
+                        seen.append((frame["event"], frame["user"]))
+            async with asyncio.timeout(10):
+                while await watch.fetchval(
+                    "SELECT count(*) FROM presence WHERE username = $1", bob.name
+                ):
+                    await asyncio.sleep(0.05)
+            async with httpx.AsyncClient(base_url=instance.url, timeout=20) as http:
+                online = await http.get(f"/api/rooms/{room}/online", headers=alice.headers)
+            rejoined, _ = await ws_bob.join(room)  # and nothing is left half done
+    finally:
+        await conn.close()
+        await watch.close()
+    assert failed["type"] == "error" and failed["code"] == "unavailable", failed
+    assert seen == [("join", bob.name), ("leave", bob.name)]
+    assert online.json()["users"] == [alice.name]
+    assert rejoined["type"] == "joined"
