@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any, TypeVar
 
@@ -93,6 +94,12 @@ async def reading(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     with outages_unavailable():
         async with engine.connect() as conn:
             yield await conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+def numbered(statement: str, names: Sequence[str]) -> str:
+    """`statement` with its named parameters numbered for asyncpg ($1 for names[0], ...),
+    for driver_reading."""
+    return re.sub(r"(?<!:):(\w+)\b", lambda m: f"${names.index(m.group(1)) + 1}", statement)
 
 
 @asynccontextmanager

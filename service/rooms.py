@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import reading, writing
+from .db import driver_reading, numbered, reading, writing
 from .ratelimit import KeyedLimiter, RateLimited
 
 _FIND = text("SELECT id FROM rooms WHERE name = :name")
@@ -21,7 +21,7 @@ _KIND = text("SELECT kind FROM rooms WHERE id = :room_id")
 # by this first join or a first post, or carried over from v1 without posters) gets its
 # first member as owner. The statement sees the members table as it was before its own
 # insert, hence the coalesce with what the insert returned.
-_STANDING = text(
+_STANDING = numbered(
     "WITH enrol AS ("
     " INSERT INTO members (room_id, username, role, last_read_seq, last_read_n)"
     " SELECT r.id, :user, CASE WHEN EXISTS (SELECT 1 FROM members o"
@@ -32,7 +32,8 @@ _STANDING = text(
     " SELECT r.kind, r.last_message_seq, coalesce(m.role, e.role) AS role,"
     " coalesce(m.last_read_seq, e.last_read_seq) AS last_read_seq, e.role IS NOT NULL AS added"
     " FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.username = :user"
-    " LEFT JOIN enrol e ON true WHERE r.id = :room_id"
+    " LEFT JOIN enrol e ON true WHERE r.id = :room_id",
+    ("room_id", "user", "enrol"),
 )
 
 
@@ -98,12 +99,11 @@ class RoomDirectory:
     async def standing(self, room_id: int, user: str, *, enrol: bool = False) -> Standing:
         """`user`'s place in the room, read now; with `enrol`, a public room makes them a
         member if they were not one."""
-        params = {"room_id": room_id, "user": user, "enrol": enrol}
-        async with reading(self._engine) as conn:  # autocommit: one statement, one transaction
-            row = (await conn.execute(_STANDING, params)).one()
-        return Standing(
-            row.kind, row.role, row.last_read_seq or 0, row.last_message_seq, bool(row.added)
-        )
+        async with driver_reading(self._engine) as driver:  # one statement, one transaction
+            kind, last_message_seq, role, last_read_seq, added = await driver.fetchrow(
+                _STANDING, room_id, user, enrol
+            )
+        return Standing(kind, role, last_read_seq or 0, last_message_seq, bool(added))
 
     async def find(self, name: str) -> int | None:
         """The room's id, or None when nobody has used that room yet."""

@@ -49,7 +49,7 @@ from typing import Protocol
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import Unavailable, reading, writing
+from .db import Unavailable, driver_reading, reading, writing
 from .protocol import CLOSE_POLICY
 
 log = logging.getLogger(__name__)
@@ -224,13 +224,10 @@ class Sessions:
         return await self._validate(session_id, username, now)
 
     async def _validate(self, session_id: uuid.UUID, username: str, started: float) -> bool:
-        async with reading(self._engine) as conn:
-            row = (
-                await conn.execute(
-                    text("SELECT username, ended_at FROM sessions WHERE id = :id"),
-                    {"id": session_id},
-                )
-            ).first()
+        async with driver_reading(self._engine) as driver:
+            row = await driver.fetchrow(
+                "SELECT username, ended_at FROM sessions WHERE id = $1", session_id
+            )
         if row is None or row[1] is not None:
             # Ended, or never was (or purged, long expired): either way it never comes back.
             self._remember_ended(session_id)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -25,7 +24,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from .db import OutcomeUnknown, driver_reading, is_outage, reading, writing
+from .db import OutcomeUnknown, driver_reading, is_outage, numbered, reading, writing
 from .protocol import (
     MAX_SEQ,
     NOTIFY_INLINE_MAX_BYTES,
@@ -247,17 +246,12 @@ _READABLE = (
 )
 
 
-def _numbered(statement: str, names: Sequence[str]) -> str:
-    """`statement` with its named parameters numbered for asyncpg ($1 for names[0], ...)."""
-    return re.sub(r"(?<!:):(\w+)\b", lambda m: f"${names.index(m.group(1)) + 1}", statement)
-
-
 # Run by asyncpg itself (PostgresStore.readable_page): parameters room, user, bound, limit.
-_READABLE_NEWEST = _numbered(
+_READABLE_NEWEST = numbered(
     _READABLE.format(page=_NEWEST.format(room="a.id"), order="DESC"),
     ("room", "user", "before", "limit"),
 )
-_READABLE_OLDEST = _numbered(
+_READABLE_OLDEST = numbered(
     _READABLE.format(page=_OLDEST.format(room="a.id"), order="ASC"),
     ("room", "user", "after", "limit"),
 )
@@ -273,7 +267,7 @@ class RoomAccess(NamedTuple):
 
 # The log is messages and events by (room_id, seq): two range scans of their primary keys,
 # merged. A message row has a NULL kind.
-_RANGE = _numbered(
+_RANGE = numbered(
     f"(SELECT NULL::text AS kind, {_ADDRESSED}, NULL::text AS subject, NULL::text AS op,"
     " NULL::text AS role, NULL::bigint AS target, NULL::text AS emoji, NULL::int AS count"
     " FROM messages"
@@ -293,13 +287,13 @@ _WHO_REACTED = text(
 _MESSAGE = text(f"SELECT {_ADDRESSED} FROM messages WHERE room_id = :room_id AND seq = :seq")
 # A join's replay: the room's last seq and its newest messages, in one snapshot (one row
 # with NULL message columns when the room has none).
-_REPLAY = _numbered(
+_REPLAY = numbered(
     "SELECT rooms.last_seq, m.* FROM rooms LEFT JOIN LATERAL ("
     f"SELECT {_ADDRESSED} FROM messages WHERE room_id = rooms.id"
     " ORDER BY seq DESC LIMIT :limit) AS m ON true WHERE rooms.id = :room_id ORDER BY m.seq DESC",
     ("room_id", "limit", "user"),
 )
-_LAST_SEQS = text("SELECT id, last_seq FROM rooms WHERE id = ANY(CAST(:ids AS bigint[]))")
+_LAST_SEQS = "SELECT id, last_seq FROM rooms WHERE id = ANY($1::bigint[])"
 # service/sql/post_messages.sql
 _POST = text(
     "SELECT seqs, created, repeated, stored_bodies, payloads, joined, codes, c_seqs, c_codes,"
@@ -634,9 +628,9 @@ class PostgresStore:
         return _entries(room, rows, user)
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
-        async with reading(self._engine) as conn:
-            rows = (await conn.execute(_LAST_SEQS, {"ids": room_ids})).all()
-        return {r.id: r.last_seq for r in rows}
+        async with driver_reading(self._engine) as driver:
+            rows = await driver.fetch(_LAST_SEQS, room_ids)
+        return {r[0]: r[1] for r in rows}
 
     async def page(
         self,
