@@ -128,27 +128,28 @@ class RoomHub:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
-        admit: Callable[[], Awaitable[None]],
+        admit: Callable[[int], Awaitable[None]],
     ) -> asyncio.Future[None]:
         """Replay to `member`, call `on_joined` (still before any live message can reach the
         member), then make it a member. A resume is fed in the background: the future
         returned is done once `on_joined` has been called (cancelled if the feed ends
         first).
 
-        `admit` checks that the member's user may read the room, and raises if not. It runs
-        after the room's head is read and before anything is sent: a membership that ends
-        after that read ends with a `member` event above the head, which live delivery
-        carries (the member is cut off there); one that ended before it, `admit` sees."""
+        `admit` checks that the member's user may read the room, and raises if not. It is
+        given the room's head once that is read, and runs before anything is sent: a
+        membership that ends after the head ends with a `member` event above it, which live
+        delivery carries (the member is cut off there); one that ended at or below it,
+        `admit` must see (chat.py reads the membership again when what it read is older)."""
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         async with self._lock:
             if since is not None:
                 last_seq = (await self.store.last_seqs([self.room_id])).get(self.room_id, 0)
                 if since <= last_seq:
-                    await admit()
+                    await admit(last_seq)
                     self._resume(member, since, last_seq, resume_limit, on_joined, ready)
                     return ready
             replay = await self.store.replay(self.room_id, self.room, replay_limit, member.username)
-            await admit()
+            await admit(replay.last_seq)
             if since is not None and since <= replay.last_seq:
                 # The head passed `since` between the two reads: a resume after all.
                 self._resume(member, since, replay.last_seq, resume_limit, on_joined, ready)
@@ -390,7 +391,7 @@ class Hubs:
         replay_limit: int,
         resume_limit: int,
         on_joined: Callable[[Joined], None],
-        admit: Callable[[], Awaitable[None]],
+        admit: Callable[[int], Awaitable[None]],
     ) -> asyncio.Future[None]:
         """Add `member` to the room's hub (created, and registered before any read, if the
         room has no local members yet); the future is RoomHub.join's."""

@@ -29,7 +29,7 @@ _STANDING = numbered(
     " r.last_seq, r.message_count FROM rooms r"
     " WHERE r.id = :room_id AND r.kind = 'public' AND :enrol"
     " ON CONFLICT DO NOTHING RETURNING role, last_read_seq)"
-    " SELECT r.kind, r.last_message_seq, coalesce(m.role, e.role) AS role,"
+    " SELECT r.kind, r.last_message_seq, coalesce(m.role, e.role) AS role, r.last_seq,"
     " coalesce(m.last_read_seq, e.last_read_seq) AS last_read_seq, e.role IS NOT NULL AS added"
     " FROM rooms r LEFT JOIN members m ON m.room_id = r.id AND m.username = :user"
     " LEFT JOIN enrol e ON true WHERE r.id = :room_id",
@@ -52,6 +52,8 @@ class Standing:
     last_read_seq: int
     last_message_seq: int
     added: bool = False  # this very read made the user a member of the (public) room
+    # The room's log as this read saw it: every membership change up to this seq is in it.
+    seen_seq: int = 0
 
     @property
     def readable(self) -> bool:
@@ -100,10 +102,10 @@ class RoomDirectory:
         """`user`'s place in the room, read now; with `enrol`, a public room makes them a
         member if they were not one."""
         async with driver_reading(self._engine) as driver:  # one statement, one transaction
-            kind, last_message_seq, role, last_read_seq, added = await driver.fetchrow(
+            kind, last_message_seq, role, seen_seq, last_read_seq, added = await driver.fetchrow(
                 _STANDING, room_id, user, enrol
             )
-        return Standing(kind, role, last_read_seq or 0, last_message_seq, bool(added))
+        return Standing(kind, role, last_read_seq or 0, last_message_seq, bool(added), seen_seq)
 
     async def find(self, name: str) -> int | None:
         """The room's id, or None when nobody has used that room yet."""

@@ -64,7 +64,7 @@ class Member:
         return [f["seq"] for f in self.live if f["type"] == "message"]
 
 
-async def admitted() -> None:
+async def admitted(head: int) -> None:
     """Every member may read the room (membership is tested against PostgreSQL)."""
 
 
@@ -516,7 +516,8 @@ async def test_admission_is_checked_after_the_head_is_read(
     store.add(ROOM_ID, ROOM, "secret")
     calls: list[int] = []
 
-    async def refuse() -> None:
+    async def refuse(head: int) -> None:
+        assert head == store.last_seq[ROOM_ID]
         calls.append(store.last_seq[ROOM_ID])
         raise PermissionError("not a member")
 

@@ -4,6 +4,8 @@ posters and joiners members, and the user's own stream on both fan-out backends.
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import httpx
 
@@ -169,3 +171,42 @@ async def test_dm_names_are_reserved(instances: tuple[Instance, Instance]) -> No
     async with httpx.AsyncClient(base_url=a.url, timeout=10) as http:
         r = await http.post(f"/api/rooms/{room}/messages", json={"body": "x"}, headers=user.headers)
         assert r.status_code == 403
+
+
+async def test_a_member_removed_while_their_join_reads_the_head_is_refused(
+    instances: tuple[Instance, Instance], pg: asyncpg.Connection, database_url: str
+) -> None:
+    """A join reads the membership and the room's head side by side (service/chat.py); a
+    removal committed between the two (here: while the head's read waits for a lock the
+    test holds) is above what the membership read saw, so the join reads it again and is
+    refused: nothing of the room reaches the removed user."""
+    a, _ = instances
+    owner, member = await users(a, 2)
+    room = await private_room(pg, owner.name, member.name)
+    locker = await asyncpg.connect(database_url)
+    watch = await asyncpg.connect(database_url)
+    try:
+        async with (
+            ws_connect(a.url, member.token) as ws,
+            httpx.AsyncClient(base_url=a.url, timeout=20) as http,
+        ):
+            async with locker.transaction():
+                await locker.execute("LOCK TABLE messages IN ACCESS EXCLUSIVE MODE")
+                await ws.send(type="join", room=room, ref="j")
+                async with asyncio.timeout(10):  # the join's replay waits for the lock
+                    while not await watch.fetchval(
+                        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND query LIKE '%FROM rooms LEFT JOIN LATERAL%'"
+                    ):
+                        await asyncio.sleep(0.01)
+                removed = await http.delete(
+                    f"/api/rooms/{room}/members/{member.name}", headers=owner.headers
+                )
+            answer = await ws.recv()
+            after = await quiet(ws)
+    finally:
+        await locker.close()
+        await watch.close()
+    assert removed.status_code == 204, removed.text
+    assert (answer["type"], answer.get("code"), answer.get("ref")) == ("error", "forbidden", "j")
+    assert after == []
