@@ -252,15 +252,15 @@ class RoomHub:
         an event of the page (told so, with `tell`); nothing after it was pushed."""
         if cursor >= upto:
             return cursor, False
-        rows = await self.store.fetch_range(
+        rows = await self.store.fetch_frames(
             self.room_id, self.room, cursor, upto, FEED_PAGE, member.username
         )
-        for entry in rows:
-            if _ends(entry, member.username):
+        for item in rows:
+            if item.event is not None and _ends(item.event, member.username):
                 if tell:
                     member.removed(self.room)
                 return -1, False
-            member.push_answer(entry.frame())
+            member.push_answer(item.frame)
         gap = not rows or rows[0].seq != cursor + 1
         return (upto if len(rows) < FEED_PAGE else rows[-1].seq), gap
 

@@ -124,6 +124,11 @@ def message_wire(
     }
 
 
+def message_frame(wire: dict[str, Any]) -> str:
+    """The `message` frame of a message as message_wire writes it."""
+    return orjson.dumps({"type": "message", **wire}).decode()
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     """A committed message in its current state: `(room, seq)` is its identity, `version`
@@ -153,7 +158,7 @@ class StoredMessage:
 
     def frame(self) -> str:
         """The `message` frame, encoded once and shared by every receiving socket."""
-        return orjson.dumps({"type": "message", **self.to_wire()}).decode()
+        return message_frame(self.to_wire())
 
 
 @dataclass(frozen=True, slots=True)

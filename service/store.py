@@ -39,6 +39,7 @@ from .protocol import (
     ReactionOp,
     Reactions,
     StoredMessage,
+    message_frame,
     message_wire,
 )
 from .search_text import search_vector
@@ -163,6 +164,15 @@ class Replay:
     last_seq: int  # the room's last seq, read in the same snapshot as the messages
 
 
+class FeedItem(NamedTuple):
+    """An entry of a room's log as one member's frame. `event` is the entry itself when it
+    is not a message (the hub looks at membership changes), else None."""
+
+    seq: int
+    frame: str
+    event: LogEntry | None
+
+
 class Store(Protocol):
     async def store(self, drafts: Sequence[Item], channel: str | None, batch: uuid.UUID) -> Stored:
         """Store the drafts in one transaction, numbering each new event after its room's
@@ -198,6 +208,13 @@ class Store(Protocol):
     ) -> list[LogEntry]:
         """The log's entries (messages in their current state, and the other events) with
         after < seq <= upto, ascending, at most `limit`; with `user`, messages carry `me`."""
+        ...
+
+    async def fetch_frames(
+        self, room_id: int, room: str, after: int, upto: int, limit: int, user: str
+    ) -> list[FeedItem]:
+        """fetch_range's entries addressed to `user`, as the frames they are sent as (a
+        resume's pages: the messages' frames are written from the rows)."""
         ...
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
@@ -362,21 +379,38 @@ def _entries(room: str, rows: Any, user: str | None) -> list[LogEntry]:
     """_RANGE's rows as log entries, the messages addressed to `user`."""
     entries: list[LogEntry] = []
     for row in rows:
-        kind, seq, actor, body = row[0], row[1], row[2], row[3]
-        subject, op, role, target, emoji, count = row[12:]
-        if kind is None:
-            entries.append(_addressed(room, row[1:12], user))
-        elif kind == "edit":
-            entries.append(EditEvent(room, seq, target, actor, body or "", row[5]))
-        elif kind == "delete":
-            entries.append(DeleteEvent(room, seq, target, actor))
-        elif kind == "reaction":
-            entries.append(ReactionEvent(room, seq, target, actor, emoji, op, count))
-        elif kind == "member":
-            entries.append(MemberEvent(room, seq, subject, op, role, actor, row[5]))
-        else:  # a kind unknown to this release: passed over
-            log.warning("room %s: seq %d is a %s event, which this release skips", room, seq, kind)
+        entry = _addressed(room, row[1:12], user) if row[0] is None else _event(room, row)
+        if entry is not None:
+            entries.append(entry)
     return entries
+
+
+def _feed_items(room: str, rows: Any) -> list[FeedItem]:
+    """_RANGE's rows (addressed to a user) as FeedItems."""
+    items: list[FeedItem] = []
+    for row in rows:
+        if row[0] is None:
+            items.append(FeedItem(row[1], message_frame(_wired(room, row[1:12])), None))
+        elif (event := _event(room, row)) is not None:
+            items.append(FeedItem(event.seq, event.frame(), event))
+    return items
+
+
+def _event(room: str, row: Any) -> LogEntry | None:
+    """A row of _RANGE that is an event, as its entry; None for a kind unknown to this
+    release (passed over)."""
+    kind, seq, actor, body = row[0], row[1], row[2], row[3]
+    subject, op, role, target, emoji, count = row[12:]
+    if kind == "edit":
+        return EditEvent(room, seq, target, actor, body or "", row[5])
+    if kind == "delete":
+        return DeleteEvent(room, seq, target, actor)
+    if kind == "reaction":
+        return ReactionEvent(room, seq, target, actor, emoji, op, count)
+    if kind == "member":
+        return MemberEvent(room, seq, subject, op, role, actor, row[5])
+    log.warning("room %s: seq %d is a %s event, which this release skips", room, seq, kind)
+    return None
 
 
 def unique_drafts(drafts: Sequence[Item]) -> tuple[list[Item], list[int]]:
@@ -626,6 +660,13 @@ class PostgresStore:
         async with driver_reading(self._engine) as driver:
             rows = await driver.fetch(_RANGE, room_id, after, upto, limit, user)
         return _entries(room, rows, user)
+
+    async def fetch_frames(
+        self, room_id: int, room: str, after: int, upto: int, limit: int, user: str
+    ) -> list[FeedItem]:
+        async with driver_reading(self._engine) as driver:
+            rows = await driver.fetch(_RANGE, room_id, after, upto, limit, user)
+        return _feed_items(room, rows)
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
         async with driver_reading(self._engine) as driver:

@@ -39,6 +39,7 @@ from service.protocol import (
 from service.store import (
     Changed,
     ChangeDraft,
+    FeedItem,
     Item,
     Outcome,
     Posted,
@@ -243,6 +244,14 @@ class MemoryStore:
         self._check()
         self.reads += 1
         return [m for m in self._present(room_id) if after < m.seq <= upto][:limit]
+
+    async def fetch_frames(
+        self, room_id: int, room: str, after: int, upto: int, limit: int, user: str
+    ) -> list[FeedItem]:
+        entries = await self.fetch_range(room_id, room, after, upto, limit, user)
+        return [
+            FeedItem(e.seq, e.frame(), None if isinstance(e, StoredMessage) else e) for e in entries
+        ]
 
     async def last_seqs(self, room_ids: list[int]) -> dict[int, int]:
         self._check()

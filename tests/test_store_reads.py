@@ -1,7 +1,7 @@
 """The store's read paths against a real PostgreSQL: every one that addresses messages to a
 user (history pages before and after, around, one message, a join's replay, the log's
-range) gives each reaction's `me` for that user alone, read in the same statement as the
-page, and nothing of the kind to nobody in particular."""
+range and its frames) gives each reaction's `me` for that user alone, read in the same
+statement as the page, and nothing of the kind to nobody in particular."""
 
 from __future__ import annotations
 
@@ -115,6 +115,10 @@ async def test_every_read_path_addresses_me_to_its_user(
         entries = await reader.fetch_range(room_id, room, 0, MAX_SEQ, 100, user)
         assert [e.seq for e in entries] == [1, 2, 3, 4, 5, 6, 7]
         _check([e for e in entries if isinstance(e, StoredMessage)], who)
+        if user is not None:  # a resume's pages: the same entries, as their frames
+            items = await reader.fetch_frames(room_id, room, 2, MAX_SEQ, 100, user)
+            assert [(i.seq, i.frame) for i in items] == [(e.seq, e.frame()) for e in entries[2:]]
+            assert [i.event for i in items] == [None, None, None, None, entries[6]]
 
 
 async def test_a_replay_of_a_room_without_messages_still_gives_its_last_seq(
