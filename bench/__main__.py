@@ -55,7 +55,7 @@ from .figures import (
     median_run,
     size_label,
 )
-from .system import load_average, machine_info, raise_open_files_limit
+from .system import load_average, machine_info, raise_open_files_limit, settled
 from .ui import Ui
 
 SCENARIOS = (
@@ -214,7 +214,7 @@ async def _measure(
 
     async def step(name: str, action: Callable[[], Awaitable[None]]) -> None:
         if name in wanted:
-            await action()
+            await settled(action())
 
     # Memory first, on instances that have done nothing yet: memory freed by earlier load
     # would be reused by the new sockets and hide their cost.
@@ -266,9 +266,9 @@ async def _measure(
                 )
             for _ in range(bench.profile.repeats):
                 if "fanout" in wanted:
-                    ours.append(await scenarios.fanout(bench))
+                    ours.append(await settled(scenarios.fanout(bench)))
                 if sio is not None:
-                    theirs.append(await socketio_peer.fanout(sio))
+                    theirs.append(await settled(socketio_peer.fanout(sio)))
             if ours:
                 results.fanout = median_fanout(ours)
             if sio is not None:
@@ -281,7 +281,7 @@ async def _measure(
 
     async def history(sizes: list[int]) -> None:
         for rows in sizes:
-            results.history[size_label(rows)] = await scenarios.history(bench, rows)
+            results.history[size_label(rows)] = await settled(scenarios.history(bench, rows))
 
     unindexed: list[Throughput] = []
 
@@ -318,7 +318,7 @@ async def _measure(
             await step("baseline-a", baseline_a)
             await step("ingest-unindexed", ingest_unindexed)
             if peer is not None:
-                synapse_ingests.append(await peer.ingest())
+                synapse_ingests.append(await settled(peer.ingest()))
         results.ingest = median_run(ingests) if ingests else None
         results.ingest_mixed = median_run(mixed) if mixed else None
         results.reaction_storm = median_run(storms) if storms else None
@@ -333,28 +333,30 @@ async def _measure(
             ours: list[Fanout] = []
             theirs: list[Fanout] = []
             for _ in range(bench.profile.repeats):
-                ours.append(await latency_peer_load())
-                theirs.append(await peer.latency())
+                ours.append(await settled(latency_peer_load()))
+                theirs.append(await settled(peer.latency()))
             results.latency_peer_load = median_latency(ours)
             synapse_latency = median_latency(theirs)
         if peer is not None:
             # The chat at the size Synapse's room has (it cannot be loaded with a million),
             # then Synapse's pages, one right after the other.
             await history([bench.profile.synapse_history_messages])
-            pages = await peer.history()
+            pages = await settled(peer.history())
             results.synapse = peer.results(synapse_ingests, synapse_latency, pages)
     # Search at each size right after history at that size: the figures side by side.
     for rows in bench.profile.history_sizes:
         if "history" in wanted:
             await history([rows])
         if "search" in wanted:
-            results.search[size_label(rows)] = await search.search(bench, rows)
+            results.search[size_label(rows)] = await settled(search.search(bench, rows))
     if "read-state" in wanted:
-        results.read_state = await readstate.read_state(bench)
+        results.read_state = await settled(readstate.read_state(bench))
     if "large-room" in wanted:
-        results.large_room = await largeroom.measure(bench, with_socketio="socketio" in wanted)
+        results.large_room = await settled(
+            largeroom.measure(bench, with_socketio="socketio" in wanted)
+        )
     if "resume-converged" in wanted:
-        results.resyncs = await resync.resyncs(bench)
+        results.resyncs = await settled(resync.resyncs(bench))
     # Last: it starts and stops six instances of its own, and the first ingest run after it
     # was 1,350-2,300 msg/s instead of ~10,000 (PostgreSQL or the client settling; the two
     # main instances took no part in it).
