@@ -104,14 +104,16 @@ def numbered(statement: str, names: Sequence[str]) -> str:
 
 @asynccontextmanager
 async def driver_reading(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    """A pooled connection's asyncpg connection itself, for the hottest read (a history
-    page), where SQLAlchemy's execution of a statement cost more than asyncpg's: its
-    statements run outside any transaction and with asyncpg's own statement cache. An outage
-    invalidates the connection, so the pool replaces it, as SQLAlchemy does when one of its
-    own statements meets a dead connection (its dialect asks `is_closed()`). A connection
-    found in a state asyncpg cannot go on from (InternalClientError: a backend ended while
-    the connection was idle leaves its FATAL error half consumed) is replaced likewise, and
-    the read is an outage: answered 503, and retried on a new connection."""
+    """A pooled connection's asyncpg connection itself, for the hot reads (a history page,
+    a join's replay and standing, a resume's pages, a session's validation), where
+    SQLAlchemy's execution of a statement cost more than asyncpg's: each statement is its
+    own transaction (a standing's enrolment commits with it), with asyncpg's own statement
+    cache. An outage invalidates the connection, so the pool replaces it, as SQLAlchemy
+    does when one of its own statements meets a dead connection (its dialect asks
+    `is_closed()`). A connection found in a state asyncpg cannot go on from
+    (InternalClientError: a backend ended while the connection was idle leaves its FATAL
+    error half consumed) is replaced likewise, and the read is an outage: answered 503, and
+    retried on a new connection."""
     with outages_unavailable():
         async with engine.connect() as conn:
             raw = await conn.get_raw_connection()
