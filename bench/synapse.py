@@ -34,7 +34,7 @@ from .config import BODY_TEXT, Profile
 from .figures import Fanout, Pages, Percentiles, SynapseResults, Throughput, median_run
 from .matrix import CLIENT, MatrixError, call, create_room, join_room, register, send_text, session
 from .synapse_server import VARIANTS, Homeserver, start, stop
-from .system import CpuMeter
+from .system import CpuMeter, machine_quiet
 from .ui import Ui
 
 # Timelines as Element asks for them: members loaded lazily, no presence or account data.
@@ -316,6 +316,7 @@ async def history(
         # The last tokens reach the room's creation: pages of 50 messages are wanted.
         usable = page_tokens[: max(count // 50, 1)]
         rng = random.Random(count)
+        await machine_quiet()  # as the chat's pages wait (scenarios.quiet)
         step.update(description="synapse history: pages", total=p.synapse_history_requests)
         meter = _meter(hs, db)
         for i in range(20 + p.synapse_history_requests):

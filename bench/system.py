@@ -3,6 +3,7 @@ and the client's heap settled before a measurement."""
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import platform
@@ -62,6 +63,21 @@ def machine_busy_seconds() -> tuple[float, float]:
     idle = values[3] + (values[4] if len(values) > 4 else 0)
     interrupts = sum(values[5:7])
     return (sum(values[:8]) - idle) / _TICK, interrupts / _TICK
+
+
+async def machine_quiet(at_most: float = 60.0, cores: float = 0.35) -> bool:
+    """Until the whole machine uses under `cores` over a quarter of a second, at most
+    `at_most` s; whether it got there. What a scenario leaves running (an autovacuum worker
+    after the ingests, a peer's background work, the debounced presence writes of sockets
+    just closed) then does not land inside the next scenario's timed requests."""
+    until = time.perf_counter() + at_most
+    while time.perf_counter() < until:
+        before, _ = machine_busy_seconds()
+        await asyncio.sleep(0.25)
+        used, _ = machine_busy_seconds()
+        if used - before < cores * 0.25:
+            return True
+    return False
 
 
 def processes_in(directory: Path) -> list[int]:
