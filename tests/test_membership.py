@@ -176,10 +176,11 @@ async def test_dm_names_are_reserved(instances: tuple[Instance, Instance]) -> No
 async def test_a_member_removed_while_their_join_reads_the_head_is_refused(
     instances: tuple[Instance, Instance], pg: asyncpg.Connection, database_url: str
 ) -> None:
-    """A join reads the membership and the room's head side by side (service/chat.py); a
-    removal committed between the two (here: while the head's read waits for a lock the
-    test holds) is above what the membership read saw, so the join reads it again and is
-    refused: nothing of the room reaches the removed user."""
+    """A join of a private room checks the membership before presence, and uses that read
+    again once the room's head is read unless the head has moved past what it saw
+    (service/chat.py). A removal committed between the two (here: while the head's read
+    waits for a lock the test holds) is such a move, so the membership is read again and
+    the join refused: nothing of the room reaches the removed user."""
     a, _ = instances
     owner, member = await users(a, 2)
     room = await private_room(pg, owner.name, member.name)
@@ -196,6 +197,7 @@ async def test_a_member_removed_while_their_join_reads_the_head_is_refused(
                 async with asyncio.timeout(10):  # the join's replay waits for the lock
                     while not await watch.fetchval(
                         "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                        " AND datname = current_database()"
                         " AND query LIKE '%FROM rooms LEFT JOIN LATERAL%'"
                     ):
                         await asyncio.sleep(0.01)
