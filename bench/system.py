@@ -65,9 +65,9 @@ def machine_busy_seconds() -> tuple[float, float]:
     return (sum(values[:8]) - idle) / _TICK, interrupts / _TICK
 
 
-async def machine_quiet(at_most: float = 60.0, cores: float = 0.35) -> bool:
+async def machine_quiet(at_most: float = 60.0, cores: float = 0.35) -> None:
     """Until the whole machine uses under `cores` over a quarter of a second, at most
-    `at_most` s; whether it got there. What a scenario leaves running (an autovacuum worker
+    `at_most` s. What a scenario leaves running (an autovacuum worker
     after the ingests, a peer's background work, the debounced presence writes of sockets
     just closed) then does not land inside the next scenario's timed requests."""
     until = time.perf_counter() + at_most
@@ -76,8 +76,7 @@ async def machine_quiet(at_most: float = 60.0, cores: float = 0.35) -> bool:
         await asyncio.sleep(0.25)
         used, _ = machine_busy_seconds()
         if used - before < cores * 0.25:
-            return True
-    return False
+            return
 
 
 def processes_in(directory: Path) -> list[int]:
